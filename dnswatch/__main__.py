@@ -1,0 +1,3 @@
+from dnswatch.cli import main
+
+main()
