@@ -1,0 +1,124 @@
+"""Rendering rows for people and pipes: JSON, newline-delimited JSON, CSV, tables, and live event lines.
+
+Nothing that came off the wire reaches a terminal raw: control characters (escape codes, newlines,
+C1 controls, DEL) are shown as ``\\xHH``. JSON output escapes them by construction.
+"""
+from __future__ import annotations
+
+import base64
+import csv
+import json
+import re
+import time
+from typing import IO, Any, Dict, Iterable, List, Optional, Sequence
+
+from tabulate import tabulate
+
+FORMATS = ("json", "nl", "csv", "table")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def safe_text(value: Any) -> str:
+    """A value as text that cannot move the cursor, recolour, or forge a line on a terminal."""
+    if value is None:
+        return ""
+    text = value if isinstance(value, str) else str(value)
+    return _CONTROL.sub(lambda m: "\\x%02x" % ord(m.group()) if ord(m.group()) < 256 else "\\u%04x" % ord(m.group()), text)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return {"$base64": True, "encoded": base64.b64encode(bytes(value)).decode("ascii")}
+    return value
+
+
+def write_rows(rows: Iterable[Dict[str, Any]], fmt: str, out: IO[str], columns: Optional[Sequence[str]] = None) -> int:
+    """Write query results in ``fmt`` (json array, nl, csv, table). Returns the row count."""
+    n = 0
+    if fmt == "json":
+        out.write("[")
+        for row in rows:
+            out.write(("\n " if n == 0 else ",\n ") + json.dumps({k: _jsonable(v) for k, v in row.items()}, ensure_ascii=True))
+            n += 1
+        out.write("\n]\n" if n else "]\n")
+    elif fmt == "nl":
+        for row in rows:
+            out.write(json.dumps({k: _jsonable(v) for k, v in row.items()}, ensure_ascii=True) + "\n")
+            n += 1
+    elif fmt == "csv":
+        writer = None
+        for row in rows:
+            if writer is None:
+                writer = csv.writer(out)
+                writer.writerow(list(row.keys()))
+            writer.writerow([_csv_value(v) for v in row.values()])
+            n += 1
+        if writer is None and columns:
+            csv.writer(out).writerow(list(columns))
+    elif fmt == "table":
+        materialised: List[Dict[str, Any]] = list(rows)
+        n = len(materialised)
+        headers = list(materialised[0].keys()) if materialised else list(columns or [])
+        out.write(tabulate([[_table_value(v) for v in r.values()] for r in materialised], headers=headers) + "\n")
+    else:
+        raise ValueError(f"unknown format {fmt}")
+    return n
+
+
+def _csv_value(v: Any) -> Any:
+    if isinstance(v, (bytes, bytearray, memoryview)):
+        return base64.b64encode(bytes(v)).decode("ascii")
+    return safe_text(v) if isinstance(v, str) else v
+
+
+def _table_value(v: Any) -> Any:
+    if isinstance(v, (bytes, bytearray, memoryview)):
+        return f"<{len(v)} bytes>"
+    return safe_text(v) if isinstance(v, str) else v
+
+
+# -- live events ---------------------------------------------------------------------------------
+
+def _who(row: Dict[str, Any]) -> str:
+    if row.get("pid") is not None:
+        who = f"{row['pid']}/{safe_text(row.get('comm'))}"
+    else:
+        who = "-"
+    if row.get("pod"):
+        who += f" {safe_text(row.get('pod_namespace'))}/{safe_text(row['pod'])}"
+        if row.get("container"):
+            who += f":{safe_text(row['container'])}"
+    elif row.get("container_id"):
+        who += f" ctr:{safe_text(row['container_id'])[:12]}"
+    return who
+
+
+def _endpoint(addr: Any, port: Any) -> str:
+    addr = safe_text(addr)
+    return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
+
+
+def event_line(kind: str, row: Dict[str, Any]) -> str:
+    """One terminal line for a query (kind 'Q') or a response/timeout (kind 'R')."""
+    ts = row["ts"] if kind == "Q" else (row.get("response_ts") or row["ts"])
+    clock = time.strftime("%H:%M:%S", time.localtime(ts)) + f".{int((ts % 1) * 1000):03d}"
+    parts = [clock, kind, _who(row), f"{_endpoint(row['src'], row['sport'])} > {_endpoint(row['dst'], row['dport'])}",
+             safe_text(row.get("proto")), f"#{row.get('dns_id')}", safe_text(row.get("qtype") or "?"),
+             safe_text(row.get("qname") or "?")]
+    if kind == "R":
+        status = row.get("status")
+        if status == "unanswered":
+            parts.append("UNANSWERED")
+        else:
+            parts.append(safe_text(row.get("rcode")))
+            if row.get("latency_ms") is not None:
+                parts.append(f"{row['latency_ms']:.2f}ms")
+            answers = row.get("answers")
+            if answers:
+                try:
+                    data = [a.get("data") for a in json.loads(answers)][:4]
+                except (ValueError, AttributeError):
+                    data = []
+                if data:
+                    parts.append("-> " + ", ".join(safe_text(d) for d in data))
+    return " ".join(str(p) for p in parts)

@@ -1,0 +1,167 @@
+"""The log's schema: every table and column with its meaning. ``dnswatch schema`` prints this, and
+``store`` creates the tables from it, so the documentation cannot drift from the database."""
+from __future__ import annotations
+
+from typing import Dict, List, NamedTuple, Tuple
+
+
+class Column(NamedTuple):
+    name: str
+    type: str
+    doc: str
+
+
+class Index(NamedTuple):
+    name: str
+    columns: str
+    where: str = ""  # a partial index: rows that do not match cost nothing
+
+
+class Table(NamedTuple):
+    name: str
+    doc: str
+    columns: Tuple[Column, ...]
+    indexes: Tuple["Index", ...]
+
+
+
+QUERIES = Table(
+    "queries",
+    "One row per DNS question: the query and, once matched, its response. A response whose query was not "
+    "seen is a row too (status 'response_only').",
+    (
+        Column("id", "INTEGER PRIMARY KEY", "Row id."),
+        Column("ts", "REAL", "When the query was seen, Unix seconds (the response's time for response_only rows)."),
+        Column("capture_id", "INTEGER", "The capture this row came from: captures.id."),
+        Column("src", "TEXT", "Client address (the query's source)."),
+        Column("sport", "INTEGER", "Client port."),
+        Column("dst", "TEXT", "Server address (the query's destination)."),
+        Column("dport", "INTEGER", "Server port (53 unless --port said otherwise)."),
+        Column("proto", "TEXT", "Transport: 'udp' or 'tcp'."),
+        Column("dns_id", "INTEGER", "DNS message ID (0-65535)."),
+        Column("qname", "TEXT COLLATE NOCASE",
+               "Queried name in presentation form as sent: case kept, no trailing dot, the root as '.', bytes that are "
+               "not printable ASCII as \\DDD (as tshark and dig show them). Compares case-insensitively."),
+        Column("qtype", "TEXT", "Query type mnemonic: 'A', 'AAAA', 'HTTPS'... or 'TYPE65535' when unknown."),
+        Column("qtype_num", "INTEGER", "Query type number (28 for AAAA)."),
+        Column("qclass", "TEXT", "Query class: 'IN', 'CH', ... or 'CLASS<n>'."),
+        Column("opcode", "TEXT", "Opcode: 'QUERY', 'NOTIFY', 'UPDATE', ..."),
+        Column("status", "TEXT",
+               "'answered' (response matched), 'unanswered' (no response within the timeout or before the capture "
+               "ended), 'response_only' (a response whose query was not seen), 'query_only' (live capture without --responses: "
+               "responses were not captured)."),
+        Column("rcode", "TEXT", "Response code mnemonic ('NOERROR', 'NXDOMAIN', 'SERVFAIL', ...); NULL until answered."),
+        Column("rcode_num", "INTEGER", "Response code number, with EDNS extended bits (3 for NXDOMAIN)."),
+        Column("answers", "TEXT",
+               "Answer section as JSON: a list of {name, type, ttl, data}. Search it with json_each(answers)."),
+        Column("ancount", "INTEGER", "Answer count from the response header."),
+        Column("latency_ms", "REAL", "Response time minus query time, in milliseconds."),
+        Column("response_ts", "REAL", "When the response was seen, Unix seconds."),
+        Column("query_flags", "TEXT", "Header flags of the query, e.g. 'rd' or 'rd cd'."),
+        Column("response_flags", "TEXT", "Header flags of the response, e.g. 'aa rd ra' ('tc' = truncated)."),
+        Column("edns_udp_size", "INTEGER", "EDNS UDP payload size the client advertised; NULL without EDNS."),
+        Column("edns_do", "INTEGER", "EDNS DO bit of the query (1 = DNSSEC records wanted); NULL without EDNS."),
+        Column("ecs", "TEXT", "EDNS client subnet sent with the query, e.g. '198.18.5.0/24'."),
+        Column("query_size", "INTEGER", "Size of the query message in bytes (DNS payload)."),
+        Column("response_size", "INTEGER", "Size of the response message in bytes (DNS payload)."),
+        Column("decoder", "TEXT",
+               "'dnslib', or 'raw' when dnslib refused the message and the question was read from the wire bytes."),
+        Column("decode_note", "TEXT", "Why the raw reader was needed, or a header/body mismatch (qdcount...)."),
+        Column("ifname", "TEXT", "Interface the query was captured on (live; pcapng interface name from files)."),
+        Column("pid", "INTEGER", "Process id (thread group) that sent the query; live capture only, NULL from pcap "
+               "and whenever the kernel could not know it (packets received in softirq)."),
+        Column("tid", "INTEGER", "Thread id that sent the query (live)."),
+        Column("comm", "TEXT", "Command name of the sending thread (live, at most 15 characters)."),
+        Column("uid", "INTEGER", "User id of the sending process (live)."),
+        Column("cgroup_id", "INTEGER", "cgroup v2 id of the sending process (live)."),
+        Column("netns", "INTEGER", "Network namespace inode where the query was captured (live)."),
+        Column("container_id", "TEXT", "Container id, from the sender's cgroup path (live)."),
+        Column("container", "TEXT", "Container name (Kubernetes container name, from the kubelet's logs) (live)."),
+        Column("pod", "TEXT", "Kubernetes pod name (live)."),
+        Column("pod_namespace", "TEXT", "Kubernetes namespace of the pod (live)."),
+        Column("pod_uid", "TEXT", "Kubernetes pod UID (live)."),
+    ),
+    (
+        Index("queries_ts", "ts"),
+        Index("queries_qname", "qname"),
+        Index("queries_pid", "pid, ts", "pid IS NOT NULL"),
+        Index("queries_comm", "comm, ts", "comm IS NOT NULL"),
+        Index("queries_pod", "pod_namespace, pod, ts", "pod IS NOT NULL"),
+    ),
+)
+
+CAPTURES = Table(
+    "captures",
+    "One row per replay of a file or live capture session, with its counters (updated as it runs).",
+    (
+        Column("id", "INTEGER PRIMARY KEY", "Capture id (queries.capture_id)."),
+        Column("kind", "TEXT", "'pcap' (replay of a file) or 'live'."),
+        Column("source", "TEXT", "The file replayed, or the interfaces/namespaces watched."),
+        Column("host", "TEXT", "Host name of the machine that made this row."),
+        Column("started", "REAL", "Start, Unix seconds (wall clock when dnswatch started on it)."),
+        Column("ended", "REAL", "End, Unix seconds; NULL while running or when the run was killed."),
+        Column("status", "TEXT", "'running', 'complete', 'interrupted' (Ctrl-C, SIGTERM) or 'failed'."),
+        Column("first_ts", "REAL", "Time of the first frame in the capture."),
+        Column("last_ts", "REAL", "Time of the last frame in the capture."),
+        Column("frames", "INTEGER", "Frames read (pcap) or passed up by the kernel filter (live)."),
+        Column("dns_messages", "INTEGER", "DNS messages found (queries, responses and malformed ones)."),
+        Column("queries", "INTEGER", "DNS queries decoded."),
+        Column("responses", "INTEGER", "DNS responses decoded."),
+        Column("malformed", "INTEGER", "DNS messages that could not be read at all (see the malformed table)."),
+        Column("dropped", "INTEGER",
+               "Data lost: kernel buffer losses in live capture; fragments or TCP streams given up at a memory bound."),
+        Column("duplicates", "INTEGER", "Copies of a message seen on a second interface, stored once."),
+        Column("options", "TEXT", "Options of the run as JSON (ports, interfaces, timeout...)."),
+        Column("notes", "TEXT", "JSON: counts of frames skipped by reason, warnings about damaged input."),
+        Column("dnswatch_version", "TEXT", "Version of dnswatch that wrote this row."),
+    ),
+    (),
+)
+
+MALFORMED = Table(
+    "malformed",
+    "DNS messages (on a DNS port) that could not be read at all, kept with their bytes for inspection.",
+    (
+        Column("id", "INTEGER PRIMARY KEY", "Row id."),
+        Column("capture_id", "INTEGER", "captures.id."),
+        Column("ts", "REAL", "When it was seen, Unix seconds."),
+        Column("src", "TEXT", "Source address."),
+        Column("sport", "INTEGER", "Source port."),
+        Column("dst", "TEXT", "Destination address."),
+        Column("dport", "INTEGER", "Destination port."),
+        Column("proto", "TEXT", "'udp' or 'tcp'."),
+        Column("reason", "TEXT", "Why it could not be read (truncated header, compression loop, ...)."),
+        Column("size", "INTEGER", "Message size in bytes."),
+        Column("data", "BLOB", "The message bytes (DNS payload)."),
+        Column("pid", "INTEGER", "Sending process (live, when known)."),
+        Column("comm", "TEXT", "Sending command name (live, when known)."),
+        Column("ifname", "TEXT", "Interface (live)."),
+    ),
+    (Index("malformed_capture", "capture_id"),),
+)
+
+TABLES = (QUERIES, CAPTURES, MALFORMED)
+
+# Column order of the rows the pipeline builds (everything but the row id), and their positions.
+QUERY_COLUMNS: List[str] = [c.name for c in QUERIES.columns if c.name != "id"]
+Q: Dict[str, int] = {name: i for i, name in enumerate(QUERY_COLUMNS)}
+# Columns only live capture fills come last, so rows from files can be inserted without them.
+LIVE_ONLY_FROM = Q["pid"]
+MALFORMED_COLUMNS: List[str] = [c.name for c in MALFORMED.columns if c.name != "id"]
+
+
+def create_sql(table: Table) -> List[str]:
+    cols = ",\n    ".join(f"[{c.name}] {c.type}" for c in table.columns)
+    statements = [f"CREATE TABLE IF NOT EXISTS [{table.name}] (\n    {cols}\n)"]
+    for index in table.indexes:
+        where = f" WHERE {index.where}" if index.where else ""
+        statements.append(f"CREATE INDEX IF NOT EXISTS [{index.name}] ON [{table.name}] ({index.columns}){where}")
+    return statements
+
+
+def describe() -> List[dict]:
+    """Schema as data (for ``dnswatch schema --json``)."""
+    return [
+        {"table": t.name, "doc": t.doc, "columns": [{"name": c.name, "type": c.type, "doc": c.doc} for c in t.columns]}
+        for t in TABLES
+    ]

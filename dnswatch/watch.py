@@ -1,0 +1,112 @@
+"""The live loop: kernel frames into the shared pipeline until Ctrl-C, SIGTERM, --duration or --count.
+
+A clean stop (any of those) flushes every row already captured and records the counters, losses included.
+"""
+from __future__ import annotations
+
+import fnmatch
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence
+
+from dnswatch.correlate import I_COMM, I_PID, I_QNAME, I_QTYPE, Row
+from dnswatch.pipeline import Pipeline, Summary
+from dnswatch.schema import QUERY_COLUMNS
+
+POLL_MS = 100
+
+
+@dataclass
+class RowFilter:
+    """``watch`` filters: a row passes when it matches every option given (any value within one option)."""
+
+    pids: Sequence[int] = ()
+    comms: Sequence[str] = ()
+    names: Sequence[str] = ()
+    types: Sequence[str] = ()
+    extra: List[Callable[[Row], bool]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.pids = frozenset(self.pids)
+        self.comms = frozenset(self.comms)
+        self.types = frozenset(t.upper() for t in self.types)
+        self.names = [n.lower() for n in self.names]
+
+    @property
+    def active(self) -> bool:
+        return bool(self.pids or self.comms or self.names or self.types or self.extra)
+
+    def __call__(self, row: Row) -> bool:
+        if self.pids and row[I_PID] not in self.pids:
+            return False
+        if self.comms and row[I_COMM] not in self.comms:
+            return False
+        if self.types and (row[I_QTYPE] or "") not in self.types:
+            return False
+        if self.names:
+            name = (row[I_QNAME] or "").lower()
+            if not any(fnmatch.fnmatchcase(name, n) if any(c in n for c in "*?[") else n in name for n in self.names):
+                return False
+        return all(f(row) for f in self.extra)
+
+
+def row_dict(row: Row) -> Dict[str, object]:
+    return dict(zip(QUERY_COLUMNS, row))
+
+
+class _Stop(Exception):
+    pass
+
+
+def run_watch(
+    capture,
+    pipeline: Pipeline,
+    duration: Optional[float] = None,
+    count: Optional[int] = None,
+    shown: Callable[[], int] = lambda: 0,
+) -> Summary:
+    """Poll ``capture`` (a ``sources.live.LiveCapture``) into ``pipeline``. Returns the final counters."""
+    stop = {"why": None}
+
+    def on_term(signum, _frame):
+        stop["why"] = "interrupted"
+
+    old_term = signal.signal(signal.SIGTERM, on_term)
+    deadline = time.monotonic() + duration if duration else None
+    status = "complete"
+    last_record = 0.0
+    try:
+        while stop["why"] is None:
+            for frame in capture.poll(POLL_MS):
+                pipeline.feed(frame)
+            pipeline.extra_dropped = _losses(capture)
+            pipeline.tick()
+            now = time.monotonic()
+            if now - last_record >= 1.0:  # counters stay current in the log, even if we are killed
+                pipeline.record_counters("running")
+                last_record = now
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+            if count is not None and shown() >= count:
+                break
+        if stop["why"]:
+            status = stop["why"]
+    except KeyboardInterrupt:
+        status = "interrupted"
+    finally:
+        signal.signal(signal.SIGTERM, old_term)
+        # drain what the kernel already handed over, then close
+        try:
+            for frame in capture.poll(0):
+                pipeline.feed(frame)
+        except Exception:  # noqa: BLE001 - closing must not lose the rows already decoded
+            pass
+        pipeline.extra_dropped = _losses(capture)
+        capture.close()
+    return pipeline.finish(status)
+
+
+def _losses(capture) -> int:
+    stats = capture.stats()
+    return int(stats.get("lost_samples", 0)) + int(stats.get("emit_failures", 0))
