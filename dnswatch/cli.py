@@ -179,7 +179,7 @@ def _run_sql(db, sql: str, params, fmt: str) -> None:
         raise click.ClickException(f"SQL error: {exc}")
     columns = [d[0] for d in cursor.description or ()]
     rows = (dict(zip(columns, r)) for r in cursor)
-    out = click.get_text_stream("stdout")
+    out = sys.stdout
     try:
         write_rows(rows, fmt, out, columns)
     except sqlite3.Error as exc:
@@ -314,7 +314,7 @@ def watch(interfaces, ports, responses, db_path, no_db, as_json, duration, count
             capture.close()
             raise click.ClickException(str(exc))
     shown = {"n": 0}
-    out = click.get_text_stream("stdout")
+    out = sys.stdout
 
     def show(kind: str, row) -> None:
         if not row_filter(row):

@@ -33,8 +33,10 @@ from dnswatch.model import (
 ETH_P_IP = 0x0800
 ETH_P_IPV6 = 0x86DD
 VLAN_TPIDS = (0x8100, 0x88A8, 0x9100)
-MAX_VLAN_TAGS = 2
+MAX_VLAN_TAGS = 2  # the keep contract's limits (what the kernel walks)
 MAX_IPV6_EXT_HEADERS = 8
+DECODE_MAX_VLAN_TAGS = 8  # replay decodes deeper stacks too (as tshark does), still bounded
+DECODE_MAX_IPV6_EXT_HEADERS = 16
 MAX_QDCOUNT = 16
 LOOPBACK_IFINDEX = 1
 
@@ -113,6 +115,7 @@ class FrameDecoder:
     # -- entry point ---------------------------------------------------------------------------
     def decode(self, frame: Frame) -> List[Segment]:
         self.keep = False
+        self._beyond_contract = False  # deeper than the kernel walks: decoded, but never "kept"
         data = frame.data
         lt = frame.linktype
         self._now = frame.ts
@@ -128,12 +131,13 @@ class FrameDecoder:
                 off = 14
                 tags = 0
                 while etype in VLAN_TPIDS:
-                    if tags == MAX_VLAN_TAGS or len(data) < off + 4:
+                    if tags == DECODE_MAX_VLAN_TAGS or len(data) < off + 4:
                         self.stats["vlan_too_deep"] += 1
                         return []
                     etype = (data[off + 2] << 8) | data[off + 3]
                     off += 4
                     tags += 1
+                self._beyond_contract = tags > MAX_VLAN_TAGS
             elif lt == LINKTYPE_LINUX_SLL2:
                 if len(data) < 20:
                     self.stats["truncated_l2"] += 1
@@ -223,8 +227,10 @@ class FrameDecoder:
         dst = self._addr6(data[off + 24:off + 40])
         end = min(off + 40 + plen, len(data)) if plen else len(data)  # plen 0: jumbogram
         pos = off + 40
-        for _ in range(MAX_IPV6_EXT_HEADERS):
+        for walked in range(DECODE_MAX_IPV6_EXT_HEADERS + 1):
             if nh == IPPROTO_UDP or nh == IPPROTO_TCP:
+                if walked > MAX_IPV6_EXT_HEADERS:
+                    self._beyond_contract = True
                 return self._transport(frame, src, dst, nh, data, pos, end)
             if nh in IPV6_EXT_GENERIC:
                 nh, pos = data[pos], pos + (data[pos + 1] + 1) * 8
@@ -289,7 +295,7 @@ class FrameDecoder:
 
     def _ipv6_after_fragment(self, frame, src, dst, nh, payload) -> List[Segment]:
         pos = 0
-        for _ in range(MAX_IPV6_EXT_HEADERS):
+        for _ in range(DECODE_MAX_IPV6_EXT_HEADERS + 1):
             if nh == IPPROTO_UDP or nh == IPPROTO_TCP:
                 return self._transport(frame, src, dst, nh, payload, pos, len(payload), reassembled=True)
             if nh in IPV6_EXT_GENERIC:
@@ -317,7 +323,8 @@ class FrameDecoder:
     # -- transport -----------------------------------------------------------------------------
     def _verdict(self, proto: int, data: bytes, pos: int, end: int, frame: Frame) -> None:
         meta = frame.meta
-        if meta is not None and meta.ifindex == LOOPBACK_IFINDEX and meta.pkt_type != PACKET_OUTGOING:
+        if self._beyond_contract or (
+                meta is not None and meta.ifindex == LOOPBACK_IFINDEX and meta.pkt_type != PACKET_OUTGOING):
             self.keep = False
             return
         sport, dport = _ports(data, pos)
@@ -343,7 +350,7 @@ class FrameDecoder:
     def _transport(self, frame, src, dst, proto, data, pos, end, reassembled=False) -> List[Segment]:
         if end - pos < 8:
             return []
-        if not reassembled:
+        if self.track_verdict and not reassembled:
             self._verdict(proto, data, pos, end, frame)
         if proto == IPPROTO_UDP:
             sport, dport, ulen = _udp(data, pos)
