@@ -1,0 +1,302 @@
+"""From a query's cgroup id (or network namespace) to its container and Kubernetes pod.
+
+No API credentials are needed: a cgroup v2 id is the inode number of the cgroup's folder, the folder's
+path names the container (and the pod UID under Kubernetes), and the kubelet's log folders name the pod,
+its namespace and the container:
+
+    /var/log/pods/<namespace>_<pod>_<pod uid>/<container>/0.log
+    /var/log/containers/<pod>_<namespace>_<container>-<container id>.log
+
+When the kernel could not name the sending task (a packet handled in softirq), the network namespace
+stands in: a pod's network namespace belongs to its pod.
+
+Every cache is bounded and expires, and a folder that is gone is looked up again, so a container that
+went away never lends its name to a newcomer.
+"""
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections import OrderedDict
+from typing import Callable, Dict, Generic, Iterator, NamedTuple, Optional, Tuple, TypeVar
+
+from dnswatch.correlate import (I_CGROUP, I_CONTAINER, I_CONTAINER_ID, I_NETNS, I_POD, I_POD_NS, I_POD_UID, Row)
+from dnswatch.model import Segment
+
+CGROUP_MOUNTS = ("/sys/fs/cgroup/unified", "/sys/fs/cgroup")  # hybrid hosts mount v2 at .../unified
+CACHE_SIZE = 8192
+CACHE_TTL = 30.0
+RESCAN_INTERVAL = 1.0  # at most one walk of the cgroup tree per second, however many misses
+
+_ID = r"([0-9a-f]{12,64})"
+_UID = r"([0-9a-f]{8}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{12})"
+# (regex, runtime) for the container's own folder; the pod UID is looked for in the whole path
+_CONTAINER_PATTERNS = (
+    (re.compile(r"(?:^|/)cri-containerd-" + _ID + r"\.scope$"), "containerd"),
+    (re.compile(r"(?:^|/)crio-(?:conmon-)?" + _ID + r"\.scope$"), "cri-o"),
+    (re.compile(r"(?:^|/)docker-" + _ID + r"\.scope$"), "docker"),
+    (re.compile(r"(?:^|/)libpod-(?:conmon-)?" + _ID + r"\.scope(?:/container)?$"), "podman"),
+    (re.compile(r"/kubepods(?:/[a-z]+)?/pod" + _UID + r"/" + _ID + r"$"), "kubernetes"),  # cgroupfs driver
+    (re.compile(r"^/docker/" + _ID + r"$"), "docker"),
+    (re.compile(r"/libpod_parent/libpod-" + _ID + r"$"), "podman"),
+)
+_POD_UID = re.compile(r"pod" + _UID + r"(?:\.slice)?(?:/|$)")
+_CONTAINER_LOG = re.compile(r"^([^_/]+)_([^_/]+)_(.+)-([0-9a-f]{64})\.log$")
+_POD_DIR = re.compile(r"^([^_/]+)_([^_/]+)_([0-9a-f-]{36})$")
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class Container(NamedTuple):
+    container_id: Optional[str]
+    pod_uid: Optional[str]
+    runtime: Optional[str]
+
+
+class Pod(NamedTuple):
+    namespace: str
+    name: str
+
+
+class TTLCache(Generic[K, V]):
+    """LRU with expiry: entries older than ``ttl`` seconds are misses."""
+
+    def __init__(self, size: int = CACHE_SIZE, ttl: float = CACHE_TTL, clock: Callable[[], float] = time.monotonic):
+        self.size, self.ttl, self.clock = size, ttl, clock
+        self._data: "OrderedDict[K, Tuple[float, V]]" = OrderedDict()
+
+    def get(self, key: K) -> Optional[V]:
+        hit = self._data.get(key)
+        if hit is None:
+            return None
+        if self.clock() - hit[0] > self.ttl:
+            del self._data[key]
+            return None
+        self._data.move_to_end(key)
+        return hit[1]
+
+    def put(self, key: K, value: V) -> None:
+        self._data[key] = (self.clock(), value)
+        self._data.move_to_end(key)
+        while len(self._data) > self.size:
+            self._data.popitem(last=False)
+
+    def clear(self) -> None:
+        self._data.clear()
+
+
+def cgroup_root() -> Optional[str]:
+    """The cgroup v2 mount point: /sys/fs/cgroup on unified hosts, /sys/fs/cgroup/unified on hybrid ones."""
+    for path in CGROUP_MOUNTS:
+        if os.path.exists(os.path.join(path, "cgroup.controllers")) or os.path.exists(
+                os.path.join(path, "cgroup.procs")) and _is_cgroup2(path):
+            return path
+    return None
+
+
+def _is_cgroup2(path: str) -> bool:
+    try:
+        with open("/proc/self/mounts") as mounts:
+            return any(line.split()[1] == path and line.split()[2] == "cgroup2" for line in mounts)
+    except OSError:
+        return False
+
+
+def parse_cgroup_path(path: str) -> Container:
+    """Container id, pod UID and runtime named by a cgroup path (relative to the cgroup root)."""
+    path = path.rstrip("/")
+    pod = _POD_UID.search(path)
+    pod_uid = pod.group(1).replace("_", "-") if pod else None
+    for pattern, runtime in _CONTAINER_PATTERNS:
+        m = pattern.search(path)
+        if m:
+            return Container(m.groups()[-1], pod_uid, runtime)
+    return Container(None, pod_uid, None)
+
+
+class CgroupPaths:
+    """cgroup id -> path, by walking the cgroup v2 tree (an id is its folder's inode number)."""
+
+    def __init__(self, root: Optional[str] = None, clock: Callable[[], float] = time.monotonic):
+        self.root = root if root is not None else cgroup_root()
+        self.clock = clock
+        self._paths: Dict[int, str] = {}
+        self._last_scan = -RESCAN_INTERVAL
+
+    def path(self, cgroup_id: int) -> Optional[str]:
+        if self.root is None:
+            return None
+        p = self._paths.get(cgroup_id)
+        if p is not None:
+            if os.path.isdir(self.root + p):
+                return p
+            del self._paths[cgroup_id]  # gone: never reuse its name
+        now = self.clock()
+        if now - self._last_scan < RESCAN_INTERVAL:
+            return None
+        self._last_scan = now
+        self._paths = dict(self._walk())
+        return self._paths.get(cgroup_id)
+
+    def _walk(self) -> Iterator[Tuple[int, str]]:
+        root = self.root
+        assert root is not None
+        for dirpath, _dirs, _files in os.walk(root):
+            try:
+                ino = os.stat(dirpath).st_ino
+            except OSError:
+                continue
+            yield ino, dirpath[len(root):] or "/"
+
+
+class KubeletLogs:
+    """Pod and container names from the kubelet's log folders under ``log_dir`` (default /var/log)."""
+
+    def __init__(self, log_dir: str = "/var/log", clock: Callable[[], float] = time.monotonic):
+        self.log_dir = log_dir
+        self.clock = clock
+        self._containers: Dict[str, Tuple[Pod, str]] = {}  # container id -> (pod, container name)
+        self._pods: Dict[str, Pod] = {}  # pod uid -> pod
+        self._last_scan = -RESCAN_INTERVAL
+
+    def _scan(self) -> None:
+        now = self.clock()
+        if now - self._last_scan < RESCAN_INTERVAL:
+            return
+        self._last_scan = now
+        containers: Dict[str, Tuple[Pod, str]] = {}
+        pods: Dict[str, Pod] = {}
+        try:
+            for name in os.listdir(os.path.join(self.log_dir, "containers")):
+                m = _CONTAINER_LOG.match(name)
+                if m:
+                    containers[m.group(4)] = (Pod(m.group(2), m.group(1)), m.group(3))
+        except OSError:
+            pass
+        try:
+            for name in os.listdir(os.path.join(self.log_dir, "pods")):
+                m = _POD_DIR.match(name)
+                if m:
+                    pods[m.group(3)] = Pod(m.group(1), m.group(2))
+        except OSError:
+            pass
+        self._containers, self._pods = containers, pods
+
+    def container(self, container_id: str) -> Optional[Tuple[Pod, str]]:
+        hit = self._lookup_container(container_id)
+        if hit is None:
+            self._scan()
+            hit = self._lookup_container(container_id)
+        return hit
+
+    def _lookup_container(self, container_id: str) -> Optional[Tuple[Pod, str]]:
+        hit = self._containers.get(container_id)
+        if hit is None and len(container_id) < 64:  # a short id (cgroupfs layouts, tests): unique prefix
+            matches = [v for k, v in self._containers.items() if k.startswith(container_id)]
+            hit = matches[0] if len(matches) == 1 else None
+        return hit
+
+    def pod(self, pod_uid: str) -> Optional[Pod]:
+        hit = self._pods.get(pod_uid)
+        if hit is None:
+            self._scan()
+            hit = self._pods.get(pod_uid)
+        return hit
+
+
+class NetnsOwners:
+    """Network namespace inode -> a cgroup path of a process living in it (for packets seen in softirq).
+
+    Namespace inodes are reused once a namespace is gone, so every hit is checked again: the process we
+    learned it from must still live in that namespace.
+    """
+
+    def __init__(self, proc: str = "/proc", clock: Callable[[], float] = time.monotonic):
+        self.proc = proc
+        self.clock = clock
+        self._owners: Dict[int, Tuple[str, str]] = {}  # netns inode -> (pid, cgroup path)
+        self._last_scan = -RESCAN_INTERVAL
+
+    def cgroup_path(self, netns: int) -> Optional[str]:
+        hit = self._owners.get(netns)
+        if hit is not None and self._netns_of(hit[0]) != netns:
+            del self._owners[netns]
+            hit = None
+        if hit is None:
+            now = self.clock()
+            if now - self._last_scan >= RESCAN_INTERVAL:
+                self._last_scan = now
+                self._owners = self._scan()
+                hit = self._owners.get(netns)
+        return hit[1] if hit is not None else None
+
+    def _netns_of(self, pid: str) -> Optional[int]:
+        try:
+            return os.stat(f"{self.proc}/{pid}/ns/net").st_ino
+        except OSError:
+            return None
+
+    def _scan(self) -> Dict[int, Tuple[str, str]]:
+        owners: Dict[int, Tuple[str, str]] = {}
+        try:
+            pids = [p for p in os.listdir(self.proc) if p.isdigit()]
+        except OSError:
+            return owners
+        for pid in pids:
+            ino = self._netns_of(pid)
+            if ino is None or ino in owners:
+                continue
+            try:
+                with open(f"{self.proc}/{pid}/cgroup") as f:
+                    for line in f:
+                        if line.startswith("0::"):
+                            path = line[3:].strip()
+                            c = parse_cgroup_path(path)
+                            if c.pod_uid or c.container_id:
+                                owners[ino] = (pid, path)
+                            break
+            except OSError:
+                continue
+        return owners
+
+
+class Enricher:
+    """Fills container_id, container, pod, pod_namespace and pod_uid of a row (called by the correlator)."""
+
+    def __init__(self, k8s_log_dir: str = "/var/log", cgroup_root_dir: Optional[str] = None,
+                 proc: str = "/proc", clock: Callable[[], float] = time.monotonic):
+        self.cgroups = CgroupPaths(cgroup_root_dir, clock)
+        self.kubelet = KubeletLogs(k8s_log_dir, clock)
+        self.netns_owners = NetnsOwners(proc, clock)
+        self._by_cgroup: TTLCache[int, Tuple] = TTLCache(clock=clock)  # cgroup ids are never reused
+
+    def __call__(self, row: Row, seg: Optional[Segment] = None) -> None:
+        cgroup_id = row[I_CGROUP]
+        info = None
+        if cgroup_id:
+            info = self._by_cgroup.get(cgroup_id)
+            if info is None:
+                path = self.cgroups.path(cgroup_id)
+                info = self._describe(path) if path is not None else None
+                if info is not None:
+                    self._by_cgroup.put(cgroup_id, info)
+        if (info is None or info[0] is None and info[2] is None) and row[I_NETNS]:
+            path = self.netns_owners.cgroup_path(row[I_NETNS])
+            info = self._describe(path) if path is not None else None
+        if info is not None:
+            (row[I_CONTAINER_ID], row[I_CONTAINER], row[I_POD_UID], row[I_POD_NS], row[I_POD]) = info
+
+    def _describe(self, path: str) -> Tuple[Optional[str], Optional[str], Optional[str], Optional[str], Optional[str]]:
+        c = parse_cgroup_path(path)
+        container_name = pod_ns = pod_name = None
+        if c.container_id:
+            hit = self.kubelet.container(c.container_id)
+            if hit is not None:
+                (pod_ns, pod_name), container_name = hit
+        if pod_name is None and c.pod_uid:
+            pod = self.kubelet.pod(c.pod_uid)
+            if pod is not None:
+                pod_ns, pod_name = pod
+        return c.container_id, container_name, c.pod_uid, pod_ns, pod_name
