@@ -284,10 +284,12 @@ def schema(as_json: bool, as_sql: bool) -> None:
 @click.option("--type", "types", multiple=True, help="Only this query type (repeatable).")
 @click.option("--timeout", type=float, default=DEFAULT_TIMEOUT, show_default=True,
               help="Seconds a query waits for its response (with --responses).")
+@click.option("--k8s-log-dir", default="/var/log", show_default=True, metavar="DIR",
+              help="Where the kubelet's pods/ and containers/ log folders are (pod and container names).")
 @click.option("--quiet", "-q", is_flag=True, help="Print no per-query lines (still stores them).")
 @click.option("--debug", is_flag=True, help="Show the BPF compiler/verifier output on failure.")
 def watch(interfaces, ports, responses, db_path, no_db, as_json, duration, count, pids, comms, names, types,
-          timeout, quiet, debug) -> None:
+          timeout, k8s_log_dir, quiet, debug) -> None:
     """Watch DNS queries live (needs root and bcc), storing them in the log.
 
     \b
@@ -296,6 +298,7 @@ def watch(interfaces, ports, responses, db_path, no_db, as_json, duration, count
       sudo dnswatch watch -i eth0 --responses
       sudo dnswatch watch --comm curl --json
     """
+    from dnswatch.enrich import Enricher
     from dnswatch.sources.live import LiveCapture, LiveCaptureError
     from dnswatch.watch import RowFilter, row_dict, run_watch
 
@@ -334,6 +337,7 @@ def watch(interfaces, ports, responses, db_path, no_db, as_json, duration, count
                         options={"interfaces": list(interfaces), "responses": responses},
                         on_query=lambda row: show("Q", row),
                         on_response=(lambda row: show("R", row)) if responses else None,
+                        enrich=Enricher(k8s_log_dir=k8s_log_dir),
                         row_filter=row_filter if row_filter.active else None,
                         expect_responses=responses)
     where = f", logging to {store.path}" if store else ""

@@ -22,11 +22,49 @@ MAX_PENDING = 200_000
 DUPLICATE_WINDOW = 2.0  # seconds during which a second copy of an answered response is a duplicate
 
 _N = len(QUERY_COLUMNS)
-# column positions, bound once: rows are plain lists in QUERY_COLUMNS order
-(I_TS, I_CAP, I_SRC, I_SPORT, I_DST, I_DPORT, I_PROTO, I_ID, I_QNAME, I_QTYPE, I_QTYPE_NUM, I_QCLASS, I_OPCODE,
- I_STATUS, I_RCODE, I_RCODE_NUM, I_ANSWERS, I_ANCOUNT, I_LATENCY, I_RTS, I_QFLAGS, I_RFLAGS, I_EDNS_SIZE, I_EDNS_DO,
- I_ECS, I_QSIZE, I_RSIZE, I_DECODER, I_NOTE, I_PID, I_TID, I_COMM, I_UID, I_CGROUP, I_CONTAINER_ID, I_CONTAINER,
- I_POD, I_POD_NS, I_POD_UID, I_NETNS, I_IFNAME) = (Q[c] for c in QUERY_COLUMNS)
+# column positions, bound once by name: rows are plain lists in QUERY_COLUMNS order
+I_TS = Q["ts"]
+I_CAP = Q["capture_id"]
+I_SRC = Q["src"]
+I_SPORT = Q["sport"]
+I_DST = Q["dst"]
+I_DPORT = Q["dport"]
+I_PROTO = Q["proto"]
+I_ID = Q["dns_id"]
+I_QNAME = Q["qname"]
+I_QTYPE = Q["qtype"]
+I_QTYPE_NUM = Q["qtype_num"]
+I_QCLASS = Q["qclass"]
+I_OPCODE = Q["opcode"]
+I_STATUS = Q["status"]
+I_RCODE = Q["rcode"]
+I_RCODE_NUM = Q["rcode_num"]
+I_ANSWERS = Q["answers"]
+I_ANCOUNT = Q["ancount"]
+I_LATENCY = Q["latency_ms"]
+I_RTS = Q["response_ts"]
+I_QFLAGS = Q["query_flags"]
+I_RFLAGS = Q["response_flags"]
+I_EDNS_SIZE = Q["edns_udp_size"]
+I_EDNS_DO = Q["edns_do"]
+I_ECS = Q["ecs"]
+I_QSIZE = Q["query_size"]
+I_RSIZE = Q["response_size"]
+I_DECODER = Q["decoder"]
+I_NOTE = Q["decode_note"]
+I_IFNAME = Q["ifname"]
+I_PID = Q["pid"]
+I_TID = Q["tid"]
+I_COMM = Q["comm"]
+I_THREAD = Q["thread_name"]
+I_UID = Q["uid"]
+I_CGROUP = Q["cgroup_id"]
+I_NETNS = Q["netns"]
+I_CONTAINER_ID = Q["container_id"]
+I_CONTAINER = Q["container"]
+I_POD = Q["pod"]
+I_POD_NS = Q["pod_namespace"]
+I_POD_UID = Q["pod_uid"]
 
 
 class Correlator:
@@ -238,7 +276,8 @@ def _fill_meta(row: Row, seg: Segment) -> None:
     meta = seg.meta
     row[I_PID] = meta.pid
     row[I_TID] = meta.tid
-    row[I_COMM] = meta.comm
+    row[I_COMM] = meta.comm  # the thread's name until enrich finds the process's
+    row[I_THREAD] = meta.comm
     row[I_UID] = meta.uid
     row[I_CGROUP] = meta.cgroup_id
     row[I_NETNS] = meta.netns

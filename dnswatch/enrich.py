@@ -21,7 +21,8 @@ import time
 from collections import OrderedDict
 from typing import Callable, Dict, Generic, Iterator, NamedTuple, Optional, Tuple, TypeVar
 
-from dnswatch.correlate import (I_CGROUP, I_CONTAINER, I_CONTAINER_ID, I_NETNS, I_POD, I_POD_NS, I_POD_UID, Row)
+from dnswatch.correlate import (I_CGROUP, I_COMM, I_CONTAINER, I_CONTAINER_ID, I_NETNS, I_PID, I_POD, I_POD_NS,
+                                I_POD_UID, I_TID, Row)
 from dnswatch.model import Segment
 
 CGROUP_MOUNTS = ("/sys/fs/cgroup/unified", "/sys/fs/cgroup")  # hybrid hosts mount v2 at .../unified
@@ -262,17 +263,44 @@ class NetnsOwners:
         return owners
 
 
+class ProcessNames:
+    """pid -> the process's command name. The kernel only knows the sending thread's name; the process's
+    is read from /proc while the sender is (almost always) still waiting for its answer."""
+
+    def __init__(self, proc: str = "/proc", clock: Callable[[], float] = time.monotonic):
+        self.proc = proc
+        self._names: TTLCache[int, str] = TTLCache(size=4096, ttl=2.0, clock=clock)  # short: pids are reused
+
+    def name(self, pid: int) -> Optional[str]:
+        hit = self._names.get(pid)
+        if hit is None:
+            try:
+                with open(f"{self.proc}/{pid}/comm") as f:
+                    hit = f.read().rstrip("\n")
+            except OSError:
+                return None
+            self._names.put(pid, hit)
+        return hit
+
+
 class Enricher:
-    """Fills container_id, container, pod, pod_namespace and pod_uid of a row (called by the correlator)."""
+    """Fills comm (the process's name), container_id, container, pod, pod_namespace and pod_uid of a row
+    (called by the correlator when a query is first seen)."""
 
     def __init__(self, k8s_log_dir: str = "/var/log", cgroup_root_dir: Optional[str] = None,
                  proc: str = "/proc", clock: Callable[[], float] = time.monotonic):
         self.cgroups = CgroupPaths(cgroup_root_dir, clock)
         self.kubelet = KubeletLogs(k8s_log_dir, clock)
         self.netns_owners = NetnsOwners(proc, clock)
+        self.process_names = ProcessNames(proc, clock)
         self._by_cgroup: TTLCache[int, Tuple] = TTLCache(clock=clock)  # cgroup ids are never reused
 
     def __call__(self, row: Row, seg: Optional[Segment] = None) -> None:
+        pid = row[I_PID]
+        if pid is not None and pid != row[I_TID]:  # sent by a thread: name the process, as ps does
+            name = self.process_names.name(pid)
+            if name is not None:
+                row[I_COMM] = name
         cgroup_id = row[I_CGROUP]
         info = None
         if cgroup_id:

@@ -71,7 +71,9 @@ QUERIES = Table(
         Column("pid", "INTEGER", "Process id (thread group) that sent the query; live capture only, NULL from pcap "
                "and whenever the kernel could not know it (packets received in softirq)."),
         Column("tid", "INTEGER", "Thread id that sent the query (live)."),
-        Column("comm", "TEXT", "Command name of the sending thread (live, at most 15 characters)."),
+        Column("comm", "TEXT", "Command name of the sending process, as ps shows it (live, at most 15 characters)."),
+        Column("thread_name", "TEXT",
+               "Name of the thread that sent it, as the kernel saw it (dig 9.18 sends from 'isc-net-0000') (live)."),
         Column("uid", "INTEGER", "User id of the sending process (live)."),
         Column("cgroup_id", "INTEGER", "cgroup v2 id of the sending process (live)."),
         Column("netns", "INTEGER", "Network namespace inode where the query was captured (live)."),
