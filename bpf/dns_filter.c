@@ -1,0 +1,374 @@
+/* dnswatch kernel side: a BPF_PROG_TYPE_SOCKET_FILTER (bcc dialect) that finds DNS
+ * messages and sends them to user space. The rule it implements is docs/keep-contract.md.
+ *
+ * RETURN CONTRACT: dns_filter() always returns 0 ("queue nothing on the socket").
+ *   A kept packet is delivered as ONE perf event on `events`: struct event_meta followed
+ *   by the first meta.cap_len bytes of the packet from skb->data. Since nothing is ever
+ *   queued on the raw socket, a full socket buffer cannot drop anything; the only loss is
+ *   a full perf buffer (user space's lost callback, plus the EMIT_FAIL counter).
+ *   The verdict is "a perf event was emitted" (or CNT_EMIT_FAIL counted). Tests
+ *   (BPF_PROG_TEST_RUN) observe exactly that: they tag each frame through skb->cb[0],
+ *   which comes back as meta.netns (dnswatch/sources/bpf_testrun.py).
+ *
+ * OFFSETS: the L3 type comes from skb->protocol, and offsets are relative to the header
+ *   the kernel marked, read with bpf_skb_load_bytes_relative():
+ *   - IPv4/IPv6: BPF_HDR_START_NET. Same in every context: live AF_PACKET (skb->data at
+ *     the MAC header, or at the IP header on devices without one: tun, wireguard) and
+ *     BPF_PROG_TEST_RUN (which strips 14 bytes as Ethernet before the program runs).
+ *   - VLAN (skb->protocol is a TPID): BPF_HDR_START_MAC, parsing the Ethernet header and
+ *     its inline tags, because where the network header sits varies: past the tags for
+ *     frames sent through AF_PACKET or tagged in software, at the inner tag for QinQ the
+ *     stack untagged once, at the first tag in test runs. (Tags the NIC or the stack moved
+ *     to skb->vlan_tci are gone from the data; skb->protocol is then the inner type.)
+ *   That helper reads only the linear part. If bytes live in page fragments (live only;
+ *   test-run skbs are linear) ld() falls back to bpf_skb_load_bytes() from skb->data, which
+ *   live is the MAC header; the network header is 14 past it on Ethernet-like devices
+ *   (EtherType at data+12 equals skb->protocol), else 0.
+ *
+ * SETTINGS (-D): DNS_PORTS (comma list, <= 16), RESPONSES (0/1), MAX_CAPTURE (bytes),
+ *   LOOPBACK_DEDUP (0/1: on ifindex 1 keep only the outgoing copy), TASK_META (bitmask of
+ *   task helpers the kernel allows here: 1 pid_tgid, 2 uid_gid, 4 comm, 8 cgroup_id).
+ *
+ * NAMESPACES: one raw socket per network namespace; each has a tiny dispatcher program
+ *   (built by user space) that stores its netns inode in skb->cb[0] and tail-calls
+ *   progs[0] = this program. Attached directly, cb[0] is 0 (the kernel clears cb).
+ */
+#ifndef DNS_PORTS
+#define DNS_PORTS 53
+#endif
+#ifndef RESPONSES
+#define RESPONSES 0
+#endif
+#ifndef MAX_CAPTURE
+#define MAX_CAPTURE 65400
+#endif
+#ifndef LOOPBACK_DEDUP
+#define LOOPBACK_DEDUP 1
+#endif
+#ifndef TASK_META
+#define TASK_META 15
+#endif
+/* perf_event_header.size is a u16: 8 + roundup8(4 + sizeof(meta) + cap) must fit. */
+#if MAX_CAPTURE > 65400 || MAX_CAPTURE < 64
+#error "MAX_CAPTURE must be within [64, 65400]"
+#endif
+
+#define TASK_PID    1
+#define TASK_UID    2
+#define TASK_COMM   4
+#define TASK_CGROUP 8
+
+#define ETH_P_IPV4   0x0800
+#define ETH_P_IPV6_  0x86DD
+#define ETH_P_8021Q_ 0x8100
+#define ETH_P_8021AD_ 0x88A8
+#define ETH_P_QINQ1  0x9100
+#define PKT_OUTGOING 4
+#define LOOPBACK_IFINDEX 1
+#define IPPROTO_TCP_ 6
+#define IPPROTO_UDP_ 17
+#define MAX_VLAN_TAGS 2
+#define MAX_IPV6_EXT 8
+
+#define META_TASK_VALID 1
+
+/* Event header; user space parses it with struct.Struct("<QQQQIIIIII16s"). */
+struct event_meta {
+    u64 ktime_ns;   /* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
+    u64 pid_tgid;   /* task fields: only when flags & META_TASK_VALID */
+    u64 uid_gid;
+    u64 cgroup_id;
+    u32 ifindex;
+    u32 pkt_type;   /* PACKET_HOST .. PACKET_OUTGOING */
+    u32 orig_len;   /* skb->len */
+    u32 cap_len;    /* packet bytes following this header */
+    u32 netns;      /* skb->cb[0], set by the per-namespace dispatcher; 0 if none */
+    u32 flags;
+    char comm[16];
+};
+
+/* DNS header (RFC 1035 4.1.1). Counts are big-endian on the wire. */
+typedef struct {
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    u8 rd:1, tc:1, aa:1, opcode:4, qr:1;   /* wire byte 2, bit 7 is QR */
+    u8 rcode:4, cd:1, ad:1, z:1, ra:1;     /* wire byte 3 */
+#else
+    u8 qr:1, opcode:4, aa:1, tc:1, rd:1;
+    u8 ra:1, z:1, ad:1, cd:1, rcode:4;
+#endif
+} dns_query_flags_t;
+
+typedef struct {
+    u16 id;
+    dns_query_flags_t flags;
+    u16 qdcount, ancount, nscount, arcount;
+} dns_hdr_t;
+
+/* Rule 2's memory: first fragments kept, by (family, src, dst, id). IPv4 uses 4 of 16 bytes. */
+struct frag_key {
+    u32 id;
+    u32 family;
+    u8 src[16];
+    u8 dst[16];
+};
+
+/* CNT_SLOW_LOAD: reads that needed the non-linear fallback in ld() */
+enum { CNT_SEEN, CNT_KEPT, CNT_EMIT_FAIL, CNT_SLOW_LOAD, CNT_MAX };
+
+BPF_PERF_OUTPUT(events);
+BPF_PERCPU_ARRAY(counters, u64, CNT_MAX);
+BPF_TABLE("lru_hash", struct frag_key, u8, frags, 4096);
+BPF_PROG_ARRAY(progs, 1);   /* progs[0] = dns_filter, the dispatchers' tail-call target */
+
+static __always_inline void count(u32 idx)
+{
+    u64 *v = counters.lookup(&idx);
+    if (v)
+        *v += 1;
+}
+
+static __always_inline u16 be16(const u8 *p) { return ((u16)p[0] << 8) | p[1]; }
+
+static __always_inline int is_vlan(u16 et)
+{
+    return et == ETH_P_8021Q_ || et == ETH_P_8021AD_ || et == ETH_P_QINQ1;
+}
+
+/* The packet and which header offsets are relative to (see OFFSETS above). */
+struct pkt {
+    struct __sk_buff *skb;
+    u32 start;   /* BPF_HDR_START_NET or BPF_HDR_START_MAC */
+    u32 sp;      /* skb->protocol, host order (read once: the verifier rejects ctx loads
+                    through a pointer clang has offset) */
+};
+
+/* Read len bytes at off from p->start; 0 on success. */
+static __always_inline int ld(struct pkt *p, u32 off, void *to, u32 len)
+{
+    if (bpf_skb_load_bytes_relative(p->skb, off, to, len, p->start) == 0)
+        return 0;
+    /* Not in the linear area, or past the end. Rare: find the base each time. */
+    count(CNT_SLOW_LOAD);
+    u32 base = 0;
+    if (p->start == BPF_HDR_START_NET) {
+        u8 et[2];
+        if (bpf_skb_load_bytes(p->skb, 12, et, 2) == 0 && be16(et) == p->sp)
+            base = 14;
+    }
+    return bpf_skb_load_bytes(p->skb, base + off, to, len);
+}
+
+static __always_inline int port_in(u16 port)
+{
+    const u16 ports[] = {DNS_PORTS};
+#pragma unroll
+    for (int i = 0; i < sizeof(ports) / sizeof(ports[0]); i++)
+        if (port == ports[i])
+            return 1;
+    return 0;
+}
+
+enum { FRAG_NONE, FRAG_FIRST, FRAG_LATER };
+
+/* Where the transport header is, and what the IP header says about it. */
+struct l4 {
+    u32 off;      /* from p->start */
+    int len;      /* transport bytes declared by the IP header (this fragment's, if one) */
+    u8 proto;
+    u8 frag;      /* FRAG_*; the key is filled when not FRAG_NONE */
+};
+
+/* IPv4 header at off (rule 1). 0 if it is one. */
+static __always_inline int parse_ipv4(struct pkt *p, u32 off, struct l4 *t, struct frag_key *k)
+{
+    u8 ip[20];
+    if (ld(p, off, ip, sizeof(ip)) || (ip[0] >> 4) != 4)
+        return -1;
+    int ihl = (ip[0] & 0xf) * 4;
+    t->len = (int)be16(ip + 2) - ihl;
+    if (ihl < 20 || t->len < 0)
+        return -1;
+    t->off = off + ihl;
+    t->proto = ip[9];
+    u16 fo = be16(ip + 6);
+    if (fo & 0x1fff)
+        t->frag = FRAG_LATER;
+    else if (fo & 0x2000)   /* more fragments */
+        t->frag = FRAG_FIRST;
+    else
+        return 0;
+    k->id = be16(ip + 4);
+    k->family = 4;
+    __builtin_memcpy(k->src, ip + 12, 4);
+    __builtin_memcpy(k->dst, ip + 16, 4);
+    return 0;
+}
+
+static __always_inline int is_ipv6_ext(u8 nh)
+{
+    return nh == 0 || nh == 43 || nh == 44 || nh == 60 || nh == 51 || nh == 135;
+}
+
+/* IPv6 header at off and up to MAX_IPV6_EXT extension headers (rule 1). 0 if it is one. */
+static __always_inline int parse_ipv6(struct pkt *p, u32 off, struct l4 *t, struct frag_key *k)
+{
+    u8 ip[40];
+    if (ld(p, off, ip, sizeof(ip)) || (ip[0] >> 4) != 6)
+        return -1;
+    u8 nh = ip[6];
+    u32 hoff = off + 40;
+#pragma unroll
+    for (int i = 0; i < MAX_IPV6_EXT; i++) {
+        if (!is_ipv6_ext(nh))
+            break;
+        u8 eh[8];
+        if (ld(p, hoff, eh, sizeof(eh)))
+            return -1;
+        if (nh == 44) {
+            u16 fo = be16(eh + 2);
+            if (fo & 0xfff8)
+                t->frag = FRAG_LATER;
+            else if (fo & 1)
+                t->frag = FRAG_FIRST;   /* (offset 0 without M is an atomic fragment: whole) */
+            k->id = ((u32)be16(eh + 4) << 16) | be16(eh + 6);
+            hoff += 8;
+        } else {
+            hoff += nh == 51 ? (eh[1] + 2) * 4 : (eh[1] + 1) * 8;
+        }
+        nh = eh[0];
+        if (t->frag == FRAG_LATER)
+            break;   /* what follows is the middle of a datagram, not a header */
+    }
+    if (t->frag != FRAG_LATER && is_ipv6_ext(nh))
+        return -1;   /* more than MAX_IPV6_EXT extension headers */
+    t->off = hoff;
+    t->len = (int)be16(ip + 4) - (int)(hoff - off - 40);
+    t->proto = nh;
+    if (t->len < 0)
+        return -1;
+    if (t->frag != FRAG_NONE) {
+        k->family = 6;
+        __builtin_memcpy(k->src, ip + 8, 16);
+        __builtin_memcpy(k->dst, ip + 24, 16);
+    }
+    return 0;
+}
+
+/* Rules 3 and 4 on the transport header. Lengths are what the IP header declares for this
+ * packet (the UDP length field is not consulted, as in user space). */
+static __always_inline int keep_transport(struct pkt *p, struct l4 *t)
+{
+    if (t->proto == IPPROTO_UDP_) {
+        u8 ports[4];
+        dns_hdr_t dns;
+        if (t->len < 8 + (int)sizeof(dns) || ld(p, t->off, ports, sizeof(ports)))
+            return 0;
+        if (!port_in(be16(ports)) && !port_in(be16(ports + 2)))
+            return 0;
+        if (ld(p, t->off + 8, &dns, sizeof(dns)))
+            return 0;
+        if (bpf_ntohs(dns.qdcount) > 16)
+            return 0;
+        return !dns.flags.qr || RESPONSES;
+    }
+    if (t->proto == IPPROTO_TCP_) {
+        u8 th[13];   /* ports .. data offset */
+        if (t->len < (int)sizeof(th) || ld(p, t->off, th, sizeof(th)))
+            return 0;
+        if (t->len <= (th[12] >> 4) * 4)
+            return 0;   /* nothing after the data offset: SYN, pure ACK, FIN */
+        if (port_in(be16(th + 2)))
+            return 1;
+        return RESPONSES && port_in(be16(th));
+    }
+    return 0;
+}
+
+/* The whole rule (docs/keep-contract.md). */
+static __always_inline int dns_verdict(struct __sk_buff *skb)
+{
+    if (LOOPBACK_DEDUP && skb->ifindex == LOOPBACK_IFINDEX && skb->pkt_type != PKT_OUTGOING)
+        return 0;   /* rule 5: loopback packets are seen twice; the sender is known on the way out */
+
+    u16 proto = bpf_ntohs(skb->protocol);
+    struct pkt p = {.skb = skb, .start = BPF_HDR_START_NET, .sp = proto};
+    u32 off = 0;
+    if (is_vlan(proto)) {
+        /* Walk the inline tags from the Ethernet header's EtherType. */
+        p.start = BPF_HDR_START_MAC;
+        off = 12;
+#pragma unroll
+        for (int i = 0; i <= MAX_VLAN_TAGS; i++) {
+            u8 et[2];
+            if (ld(&p, off, et, sizeof(et)))
+                return 0;
+            proto = be16(et);
+            off += 2;
+            if (!is_vlan(proto))
+                break;
+            off += 2;   /* TCI */
+        }
+        if (is_vlan(proto))
+            return 0;   /* more than MAX_VLAN_TAGS */
+    }
+
+    struct l4 t = {};
+    struct frag_key k = {};
+    if (proto == ETH_P_IPV4) {
+        if (parse_ipv4(&p, off, &t, &k))
+            return 0;
+    } else if (proto == ETH_P_IPV6_) {
+        if (parse_ipv6(&p, off, &t, &k))
+            return 0;
+    } else {
+        return 0;
+    }
+
+    /* Rule 2: later fragments follow their first; first fragments are judged and remembered. */
+    if (t.frag == FRAG_LATER)
+        return frags.lookup(&k) != 0;
+    if (!keep_transport(&p, &t))
+        return 0;
+    if (t.frag == FRAG_FIRST) {
+        u8 one = 1;
+        frags.update(&k, &one);
+    }
+    return 1;
+}
+
+int dns_filter(struct __sk_buff *skb)
+{
+    count(CNT_SEEN);
+    if (!dns_verdict(skb))
+        return 0;
+    count(CNT_KEPT);
+
+    struct event_meta m = {};
+    m.ktime_ns = bpf_ktime_get_ns();
+    m.ifindex = skb->ifindex;
+    m.pkt_type = skb->pkt_type;
+    m.orig_len = skb->len;
+    m.cap_len = skb->len < MAX_CAPTURE ? skb->len : MAX_CAPTURE;
+    m.netns = skb->cb[0];
+    if (skb->pkt_type == PKT_OUTGOING) {
+        /* Only a locally sent packet runs the filter in its sender's context. */
+        m.flags = META_TASK_VALID;
+#if TASK_META & TASK_PID
+        m.pid_tgid = bpf_get_current_pid_tgid();
+#endif
+#if TASK_META & TASK_UID
+        m.uid_gid = bpf_get_current_uid_gid();
+#endif
+#if TASK_META & TASK_COMM
+        bpf_get_current_comm(m.comm, sizeof(m.comm));
+#endif
+#if TASK_META & TASK_CGROUP
+        m.cgroup_id = bpf_get_current_cgroup_id();
+#endif
+    }
+    /* bcc rewrites this call into a statement, so it cannot sit inside an if (). */
+    int rc = events.perf_submit_skb(skb, m.cap_len, &m, sizeof(m));
+    if (rc < 0)
+        count(CNT_EMIT_FAIL);
+    return 0;
+}

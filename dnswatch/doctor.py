@@ -1,0 +1,183 @@
+"""Can live capture work here? ``run_checks()`` answers item by item; the CLI formats the result."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, List, Optional
+
+# capability numbers (linux/capability.h)
+CAP_NET_RAW = 13
+CAP_SYS_ADMIN = 21
+CAP_PERFMON = 38
+CAP_BPF = 39
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    fix: Optional[str] = None
+
+
+def _cap_eff() -> Optional[int]:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("CapEff:"):
+                    return int(line.split()[1], 16)
+    except OSError:
+        pass
+    return None
+
+
+def check_privileges() -> Check:
+    caps = _cap_eff()
+    if caps is None:
+        return Check("privileges", os.geteuid() == 0, "cannot read CapEff from /proc/self/status",
+                     None if os.geteuid() == 0 else "run as root")
+
+    def has(bit: int) -> bool:
+        return bool(caps >> bit & 1)
+
+    sys_admin = has(CAP_SYS_ADMIN)
+    need = {
+        "CAP_BPF": has(CAP_BPF) or sys_admin,
+        "CAP_NET_RAW": has(CAP_NET_RAW),
+        "CAP_PERFMON": has(CAP_PERFMON) or sys_admin,
+    }
+    missing = [k for k, v in need.items() if not v]
+    who = "root" if os.geteuid() == 0 else f"uid {os.geteuid()}"
+    if not missing:
+        return Check("privileges", True, f"{who}; CAP_BPF, CAP_NET_RAW, CAP_PERFMON effective")
+    return Check("privileges", False, f"{who}; missing {', '.join(missing)}",
+                 "run as root, or grant " + ", ".join(missing) + " (setcap / container securityContext)")
+
+
+def check_bcc() -> Check:
+    from dnswatch.sources.live import LiveCaptureError, import_bcc
+
+    try:
+        bcc = import_bcc()
+    except LiveCaptureError as e:
+        return Check("bcc", False, e.problem, e.fix)
+    version = getattr(bcc, "__version__", "?")
+    return Check("bcc", True, f"bcc {version} ({os.path.dirname(bcc.__file__)})")
+
+
+def check_headers() -> Check:
+    from dnswatch.sources.live import headers_dir
+
+    d = headers_dir()
+    fix = ("apt-get install linux-headers-$(uname -r) (Debian: linux-headers-amd64, then "
+           "ln -sfn /usr/src/linux-headers-<version>-amd64 /lib/modules/$(uname -r)/build)")
+    if d.is_symlink() and not d.exists():
+        return Check("kernel headers", False, f"{d} is a dangling link to {os.readlink(d)}", fix)
+    if not d.exists():
+        return Check("kernel headers", False, f"{d} is missing", fix)
+    target = os.path.realpath(d)
+    note = ""
+    ver = os.uname().release
+    built_for = os.path.basename(target).replace("linux-headers-", "")
+    if built_for != ver:
+        note = f" (headers {built_for} for kernel {ver}: fine, the filter needs only stable uapi headers)"
+    if not (Path(target) / "include").is_dir() and not (Path(target) / "Makefile").exists():
+        return Check("kernel headers", False, f"{d} -> {target} has no headers", fix)
+    return Check("kernel headers", True, f"{d} -> {target}{note}")
+
+
+def check_btf() -> Check:
+    p = Path("/sys/kernel/btf/vmlinux")
+    if p.exists():
+        return Check("BTF", True, f"{p} present")
+    return Check("BTF", False, f"{p} missing (not needed by the filter; needed for future CO-RE features)",
+                 "use a kernel built with CONFIG_DEBUG_INFO_BTF=y")
+
+
+def check_filter() -> Check:
+    """Compile and load the real filter; report which task helpers it got."""
+    from dnswatch.sources.bpf_testrun import TASK_HELPERS
+    from dnswatch.sources.live import LiveCaptureError, load_filter
+
+    try:
+        f = load_filter((53,), False)
+    except LiveCaptureError as e:
+        return Check("eBPF filter", False, e.problem, e.fix)
+    except Exception as e:  # anything unexpected still belongs in the report
+        return Check("eBPF filter", False, f"{e.__class__.__name__}: {e}", None)
+    try:
+        have = [name for bit, (name, _) in TASK_HELPERS.items() if f.task_meta & bit]
+        if f.task_meta == sum(TASK_HELPERS):
+            return Check("eBPF filter", True, "compiles and loads; task helpers: " + ", ".join(have))
+        detail = "compiles and loads; " + (f.fallback or "some task helpers unavailable")
+        detail += "; task helpers: " + (", ".join(have) if have else "none (no pid/comm/uid/cgroup in records)")
+        return Check("eBPF filter", True, detail, "a kernel >= 6.10 lets socket filters read the current task")
+    finally:
+        f.close()
+
+
+def check_tracefs() -> Check:
+    for p in ("/sys/kernel/tracing", "/sys/kernel/debug/tracing"):
+        if os.path.exists(os.path.join(p, "trace")) or os.path.exists(os.path.join(p, "available_events")):
+            return Check("tracefs", True, f"mounted at {p}")
+    return Check("tracefs", False, "not mounted (not needed for capture; bcc tracing tools need it)",
+                 "mount -t tracefs nodev /sys/kernel/tracing")
+
+
+def _mounts() -> List[tuple]:
+    try:
+        with open("/proc/self/mounts") as f:
+            return [tuple(line.split()[:3]) for line in f]
+    except OSError:
+        return []
+
+
+def check_cgroup2() -> Check:
+    for _dev, mnt, fstype in _mounts():
+        if fstype == "cgroup2" and mnt in ("/sys/fs/cgroup", "/sys/fs/cgroup/unified"):
+            return Check("cgroup v2", True, f"mounted at {mnt} (cgroup ids in records resolve there)")
+    return Check("cgroup v2", False, "no cgroup2 mount at /sys/fs/cgroup or /sys/fs/cgroup/unified",
+                 "mount -t cgroup2 none /sys/fs/cgroup (or boot with systemd.unified_cgroup_hierarchy=1)")
+
+
+def check_perf_paranoid() -> Check:
+    p = "/proc/sys/kernel/perf_event_paranoid"
+    try:
+        level = int(Path(p).read_text().strip())
+    except (OSError, ValueError):
+        return Check("perf_event_paranoid", False, f"cannot read {p}", None)
+    caps = _cap_eff() or 0
+    privileged = os.geteuid() == 0 or bool(caps >> CAP_PERFMON & 1) or bool(caps >> CAP_SYS_ADMIN & 1)
+    if privileged or level <= 1:
+        return Check("perf_event_paranoid", True, f"{level}" + (" (CAP_PERFMON overrides it)" if level > 1 else ""))
+    return Check("perf_event_paranoid", False, f"{level}: perf buffers need CAP_PERFMON at this level",
+                 "grant CAP_PERFMON, or sysctl kernel.perf_event_paranoid=1")
+
+
+CHECKS: List[Callable[[], Check]] = [
+    check_privileges,
+    check_bcc,
+    check_headers,
+    check_btf,
+    check_filter,
+    check_tracefs,
+    check_cgroup2,
+    check_perf_paranoid,
+]
+
+
+def run_checks() -> List[Check]:
+    out = []
+    for fn in CHECKS:
+        try:
+            out.append(fn())
+        except Exception as e:  # a broken check must not hide the others
+            out.append(Check(fn.__name__.replace("check_", ""), False, f"check failed: {e}", None))
+    return out
+
+
+def ready(checks: List[Check]) -> bool:
+    """Live capture possible? (privileges, bcc, headers and the filter are what it needs.)"""
+    needed = {"privileges", "bcc", "kernel headers", "eBPF filter"}
+    return all(c.ok for c in checks if c.name in needed)

@@ -1,0 +1,564 @@
+"""Live capture: the eBPF socket filter in ``bpf/dns_filter.c`` keeps DNS packets in the kernel and
+hands each one to user space in a single perf event with what the kernel knew about it.
+
+This is the only module that imports bcc, and only inside functions: everything else in dnswatch
+works without it.
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import fcntl
+import os
+import socket
+import struct
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+from dnswatch.model import LINKTYPE_ETHERNET, LINKTYPE_RAW, Frame, PacketMeta
+from dnswatch.sources import bpf_testrun as _sys
+from dnswatch.sources.bpf_testrun import TASK_ALL, TASK_CGROUP, TASK_COMM, TASK_HELPERS, TASK_PID, TASK_UID
+
+# perf_event_header.size is a u16, so one event (header + meta + packet) must stay below 64 KiB.
+MAX_CAPTURE_LIMIT = 65400
+DEFAULT_MAX_CAPTURE = MAX_CAPTURE_LIMIT
+MAX_PORTS = 16
+
+
+def default_page_cnt() -> int:
+    """Pages per CPU for the perf buffer: 2 MiB (~8k typical DNS events, >200 ms of a 20k qps burst
+    with responses landing on one CPU) on small hosts, scaled down to keep the total near 64 MiB on
+    many-CPU ones, never below 512 KiB."""
+    ncpu = os.cpu_count() or 1
+    pages = 512
+    while pages > 128 and pages * 4096 * ncpu > 64 << 20:
+        pages //= 2
+    return pages
+
+
+# Perf wakeups: 1 = user space hears of every kept packet at once. That is what enrichment needs
+# (it reads /proc/PID while the sender still exists), but each wakeup costs the sending task an
+# irq_work self-IPI: ~7 us per kept packet on a VM (BPF_PROG_TEST_RUN: 6.7 us at 1, 0.24 us at 64).
+# LiveCapture(wakeup_events=64) trades that for delivery at poll()'s timeout under light traffic.
+WAKEUP_EVENTS = 1
+
+# struct event_meta in dns_filter.c
+EVENT_META = struct.Struct("<QQQQIIIIII16s")
+META_TASK_VALID = 1
+_META_SIZE = EVENT_META.size
+
+_FIX_BCC = (
+    "apt-get install python3-bpfcc linux-headers-$(uname -r) (on Debian: linux-headers-amd64, "
+    "and ln -s the installed /usr/src/linux-headers-* as /lib/modules/$(uname -r)/build)"
+)
+_FIX_PRIV = "run as root, or grant CAP_BPF, CAP_NET_RAW and CAP_PERFMON (e.g. setcap or a privileged container)"
+
+_COUNTERS = ("kernel_seen", "kernel_kept", "emit_failures", "kernel_slow_loads")
+
+_ETH_P_ALL = 0x0003
+_SO_ATTACH_BPF = 50
+_SIOCGIFNAME = 0x8910
+_SIOCGIFHWADDR = 0x8927
+_CLONE_NEWNET = 0x40000000
+# ARPHRD types whose frames start with an Ethernet header in AF_PACKET/SOCK_RAW
+_ARPHRD_ETHERLIKE = {1, 6, 772}  # ETHER, IEEE802, LOOPBACK
+
+
+class LiveCaptureError(Exception):
+    """Live capture cannot start. ``str()`` is one line saying what is wrong and how to fix it.
+
+    ``log`` keeps compiler / verifier output for --debug (never shown otherwise).
+    """
+
+    def __init__(self, message: str, fix: Optional[str] = None, log: str = ""):
+        super().__init__(f"{message}. Fix: {fix}" if fix else message)
+        self.problem = message
+        self.fix = fix
+        self.log = log
+
+
+def import_bcc():
+    """Import bcc (Debian's python3-bpfcc), also from outside a venv's reach. Raises LiveCaptureError."""
+    try:
+        import bcc  # noqa: F401
+    except Exception:
+        dist = "/usr/lib/python3/dist-packages"
+        if dist not in sys.path and os.path.isdir(dist):
+            sys.path.append(dist)
+        try:
+            import bcc  # noqa: F811
+        except Exception as e:
+            raise LiveCaptureError(f"cannot import bcc ({e.__class__.__name__}: {e})", _FIX_BCC) from None
+    return bcc
+
+
+def filter_source() -> Path:
+    """Path of dns_filter.c: packaged next to the modules, or at the top of a source checkout."""
+    here = Path(__file__).resolve()
+    for cand in (here.parent.parent / "bpf" / "dns_filter.c", here.parent.parent.parent / "bpf" / "dns_filter.c"):
+        if cand.is_file():
+            return cand
+    raise LiveCaptureError("bpf/dns_filter.c is missing from the installation", "reinstall dnswatch")
+
+
+def headers_dir() -> Path:
+    return Path("/lib/modules") / os.uname().release / "build"
+
+
+@contextlib.contextmanager
+def _capture_stderr(sink: List[str]):
+    """bcc prints clang diagnostics and verifier logs on fd 2: keep them for --debug instead."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            sink.append(tmp.read().decode(errors="replace"))
+
+
+def _check_ports(ports: Sequence[int]) -> Tuple[int, ...]:
+    out = tuple(dict.fromkeys(int(p) for p in ports))
+    if not out or len(out) > MAX_PORTS or not all(0 < p < 65536 for p in out):
+        raise ValueError(f"ports must be 1 to {MAX_PORTS} numbers in 1..65535, got {list(ports)!r}")
+    return out
+
+
+class LoadedFilter:
+    """dns_filter compiled and loaded (not attached). Built by :func:`load_filter`."""
+
+    def __init__(self, bpf, fn, ports, responses, max_capture, loopback_dedup, task_meta, task_missing, fallback, log):
+        self.bpf = bpf
+        self.fn = fn
+        self.prog_fd: int = fn.fd
+        self.ports: Tuple[int, ...] = ports
+        self.responses: bool = responses
+        self.max_capture: int = max_capture
+        self.loopback_dedup: bool = loopback_dedup
+        self.task_meta: int = task_meta  # TASK_* bits compiled in
+        self.task_missing: Dict[str, str] = task_missing  # helper name -> why it does not load
+        self.fallback: Optional[str] = fallback  # set when task metadata had to be compiled out
+        self.log: str = log
+        self.prog_array_fd: int = bpf[b"progs"].map_fd
+        self._closed = False
+
+    def open_events(self, raw_callback: Callable[[int, int, int], None], lost_callback: Callable[[int], None],
+                    page_cnt: Optional[int] = None, wakeup_events: int = WAKEUP_EVENTS) -> None:
+        """raw_callback(cpu, address, size) per event: EVENT_META then cap_len packet bytes.
+
+        The kernel wakes the reader every ``wakeup_events`` events; :meth:`poll` also drains
+        what is left when its timeout expires.
+        """
+        page_cnt = page_cnt or default_page_cnt()
+        try:
+            self.bpf[b"events"].open_perf_buffer(raw_callback, page_cnt=page_cnt, lost_cb=lost_callback,
+                                                 wakeup_events=wakeup_events)
+        except Exception as e:
+            raise LiveCaptureError(
+                f"cannot map the perf buffers ({page_cnt} pages per CPU: {e})",
+                "run as root or grant CAP_IPC_LOCK, or raise sysctl kernel.perf_event_mlock_kb") from None
+
+    def poll(self, timeout_ms: int) -> None:
+        """Wait up to timeout_ms for a wakeup, then read every buffer (also those below the mark)."""
+        self.bpf.perf_buffer_poll(timeout_ms)
+        self.bpf.perf_buffer_consume()
+
+    def consume(self) -> None:
+        self.bpf.perf_buffer_consume()
+
+    def counters(self) -> Dict[str, int]:
+        table = self.bpf[b"counters"]
+        return {name: int(sum(v.value if hasattr(v, "value") else v for v in table.getvalue(table.Key(i))))
+                for i, name in enumerate(_COUNTERS)}
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.bpf.cleanup()
+
+
+def parse_event(address: int, size: int) -> Tuple[tuple, bytes]:
+    """(EVENT_META fields, packet bytes) of one raw perf event."""
+    raw = ctypes.string_at(address, size)
+    meta = EVENT_META.unpack_from(raw)
+    return meta, raw[EVENT_META.size:EVENT_META.size + meta[7]]
+
+
+def load_filter(ports: Sequence[int] = (53,), responses: bool = False, max_capture: int = DEFAULT_MAX_CAPTURE,
+                loopback_dedup: bool = True, task_meta: Optional[int] = None, debug: bool = False) -> LoadedFilter:
+    """Compile and load dns_filter with these settings.
+
+    Task helpers are probed first (a tiny program per helper); those the kernel refuses in socket
+    filters are compiled out. If the filter still fails to load with task metadata, it is retried
+    without, and ``fallback`` says so. Raises LiveCaptureError.
+    """
+    ports = _check_ports(ports)
+    if not 64 <= max_capture <= MAX_CAPTURE_LIMIT:
+        raise ValueError(f"max_capture must be within 64..{MAX_CAPTURE_LIMIT}, got {max_capture}")
+    bcc = import_bcc()
+    src = filter_source()
+    missing: Dict[str, str] = {}
+    if task_meta is None:
+        try:
+            task_meta, missing = _sys.probe_task_helpers()
+        except OSError as e:
+            task_meta, missing = TASK_ALL, {}
+            if getattr(e, "errno", None) in (1, 13):  # EPERM, EACCES
+                raise LiveCaptureError("not permitted to load eBPF programs", _FIX_PRIV) from None
+    fallback = None
+    if task_meta != TASK_ALL and missing:
+        fallback = "kernel refuses " + ", ".join(sorted(missing)) + " in socket filters"
+    logs: List[str] = []
+    last_err: Optional[Exception] = None
+    for mask in ([task_meta, 0] if task_meta else [0]):
+        cflags = [
+            "-DDNS_PORTS=" + ",".join(str(p) for p in ports),
+            f"-DRESPONSES={int(bool(responses))}",
+            f"-DMAX_CAPTURE={int(max_capture)}",
+            f"-DLOOPBACK_DEDUP={int(bool(loopback_dedup))}",
+            f"-DTASK_META={mask}",
+        ]
+        b = None
+        try:
+            with _capture_stderr(logs):
+                b = bcc.BPF(src_file=str(src).encode(), cflags=cflags)
+                fn = b.load_func(b"dns_filter", bcc.BPF.SOCKET_FILTER)
+        except Exception as e:  # bcc raises bare Exceptions
+            last_err = e
+            if b is not None:
+                b.cleanup()
+            if b is None:
+                break  # a compile error does not depend on the task helpers
+            continue
+        if mask != task_meta:
+            fallback = f"task metadata compiled out: the filter does not load with it ({last_err})"
+            missing = {name: "filter did not load with it" for name, _ in TASK_HELPERS.values()}
+        b[b"progs"][ctypes.c_int(0)] = ctypes.c_int(fn.fd)  # the per-netns dispatchers' tail-call target
+        log = "".join(logs)
+        if debug and log.strip():
+            sys.stderr.write(log)
+        return LoadedFilter(b, fn, ports, bool(responses), int(max_capture), bool(loopback_dedup), mask, missing,
+                            fallback, log)
+
+    log = "".join(logs)
+    if debug and log.strip():
+        sys.stderr.write(log)
+    msg = str(last_err)
+    if "super-user" in msg or "Operation not permitted" in msg or os.geteuid() != 0 and "Permission denied" in msg:
+        raise LiveCaptureError("not permitted to load eBPF programs", _FIX_PRIV, log)
+    if "Failed to compile" in msg:
+        hdr = headers_dir()
+        if not hdr.exists():
+            why = "dangling link" if hdr.is_symlink() else "missing"
+            raise LiveCaptureError(f"kernel headers not found ({hdr}: {why})", _FIX_BCC, log)
+        raise LiveCaptureError("the DNS filter does not compile against these kernel headers"
+                               " (--debug shows the compiler output)", _FIX_BCC, log)
+    raise LiveCaptureError(f"the kernel refused the DNS filter ({msg}; --debug shows the verifier log)",
+                           "use a kernel >= 5.8 with BPF enabled, or report a bug with the --debug output", log)
+
+
+# ---------------------------------------------------------------- sockets and namespaces
+
+
+class _SockaddrLL(ctypes.Structure):
+    _fields_ = [("family", ctypes.c_ushort), ("protocol", ctypes.c_ushort), ("ifindex", ctypes.c_int),
+                ("hatype", ctypes.c_ushort), ("pkttype", ctypes.c_ubyte), ("halen", ctypes.c_ubyte),
+                ("addr", ctypes.c_ubyte * 8)]
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _open_tap(prog_fd: int, ifname: Optional[str]) -> socket.socket:
+    """AF_PACKET raw socket seeing every packet (of one interface, or all), filtered by prog_fd.
+
+    Created with protocol 0 (nothing delivered) and bound to ETH_P_ALL only once the filter is
+    attached, so no unfiltered packet is ever queued. The filter returns 0: the queue stays empty.
+    """
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_BPF, prog_fd)
+        sll = _SockaddrLL(family=socket.AF_PACKET, protocol=socket.htons(_ETH_P_ALL),
+                          ifindex=socket.if_nametoindex(ifname) if ifname else 0)
+        if _libc.bind(s.fileno(), ctypes.byref(sll), ctypes.sizeof(sll)) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+    except BaseException:
+        s.close()
+        raise
+    return s
+
+
+def _in_netns(path: str, fn: Callable[[], object]) -> object:
+    """Run fn in a thread that has joined the network namespace at path (other threads stay put)."""
+    result: List[object] = []
+    err: List[BaseException] = []
+
+    def body() -> None:
+        try:
+            with open(path, "rb") as f:
+                if _libc.setns(f.fileno(), _CLONE_NEWNET) != 0:
+                    e = ctypes.get_errno()
+                    raise OSError(e, f"setns({path}): {os.strerror(e)}")
+            result.append(fn())
+        except BaseException as e:  # re-raised in the caller
+            err.append(e)
+
+    t = threading.Thread(target=body, name="dnswatch-netns")
+    t.start()
+    t.join()
+    if err:
+        raise err[0]
+    return result[0]
+
+
+def netns_inode(path: str = "/proc/thread-self/ns/net") -> int:
+    return os.stat(path).st_ino
+
+
+def _ifinfo(sock: socket.socket, ifindex: int) -> Optional[Tuple[str, int]]:
+    """(name, LINKTYPE_*) of ifindex in the socket's network namespace, via ioctls on it."""
+    try:
+        req = struct.pack("16si20x", b"", ifindex)
+        name = fcntl.ioctl(sock.fileno(), _SIOCGIFNAME, req)[:16].split(b"\0", 1)[0]
+        req = struct.pack("16s24x", name)
+        hatype = struct.unpack_from("H", fcntl.ioctl(sock.fileno(), _SIOCGIFHWADDR, req), 16)[0]
+    except OSError:
+        return None
+    return name.decode(errors="replace"), LINKTYPE_ETHERNET if hatype in _ARPHRD_ETHERLIKE else LINKTYPE_RAW
+
+
+class _NetnsTaps:
+    """The sockets of one network namespace and its interface names."""
+
+    def __init__(self, inode: int, path: Optional[str]):
+        self.inode = inode
+        self.path = path
+        self.sockets: List[socket.socket] = []
+        self.dispatcher_fd: Optional[int] = None
+        self.ifaces: Dict[int, Tuple[Optional[str], int]] = {}
+        self._misses: Dict[int, float] = {}
+
+    def iface(self, ifindex: int) -> Tuple[Optional[str], int]:
+        hit = self.ifaces.get(ifindex)
+        if hit is not None:
+            return hit
+        now = time.monotonic()
+        if now - self._misses.get(ifindex, -10.0) < 1.0:
+            return None, LINKTYPE_ETHERNET
+        info = _ifinfo(self.sockets[0], ifindex) if self.sockets else None
+        if info is None:
+            self._misses[ifindex] = now
+            return None, LINKTYPE_ETHERNET
+        self.ifaces[ifindex] = info
+        return info
+
+    def close(self) -> None:
+        for s in self.sockets:
+            s.close()
+        self.sockets = []
+        if self.dispatcher_fd is not None:
+            os.close(self.dispatcher_fd)
+            self.dispatcher_fd = None
+
+
+# ---------------------------------------------------------------- the source
+
+
+class LiveCapture:
+    """Frames of DNS traffic from the kernel.
+
+    ``interfaces``: names to capture on (None: all interfaces). ``netns``: paths of network
+    namespaces to capture in (``/var/run/netns/NAME``, ``/proc/PID/ns/net``); None: only ours. Each
+    namespace gets its own sockets and a dispatcher program tagging its packets with the namespace
+    inode (``PacketMeta.netns``); all share one loaded filter.
+    """
+
+    def __init__(self, interfaces: Optional[List[str]] = None, ports: Sequence[int] = (53,), responses: bool = False,
+                 max_capture: int = DEFAULT_MAX_CAPTURE, debug: bool = False, netns: Optional[Sequence[str]] = None,
+                 page_cnt: Optional[int] = None, wakeup_events: int = WAKEUP_EVENTS):
+        self.interfaces = list(interfaces) if interfaces else None
+        self.ports = _check_ports(ports)
+        self.responses = bool(responses)
+        if not 64 <= max_capture <= MAX_CAPTURE_LIMIT:
+            raise ValueError(f"max_capture must be within 64..{MAX_CAPTURE_LIMIT}, got {max_capture}")
+        self.max_capture = int(max_capture)
+        self.debug = debug
+        self.netns_paths = list(netns) if netns else None
+        self.page_cnt = page_cnt or default_page_cnt()
+        if self.page_cnt & (self.page_cnt - 1):
+            raise ValueError(f"page_cnt must be a power of two, got {page_cnt}")
+        self.wakeup_events = max(1, int(wakeup_events))
+        self.filter: Optional[LoadedFilter] = None
+        self._taps: Dict[int, _NetnsTaps] = {}
+        self._own_inode = netns_inode()
+        self._out: List[Frame] = []
+        self._lost = 0
+        self._ts_offset = 0.0
+        self._task_meta = 0
+
+    # -- lifecycle
+
+    def open(self) -> None:
+        if self.filter is not None:
+            return
+        self.filter = load_filter(self.ports, self.responses, self.max_capture, debug=self.debug)
+        self._task_meta = self.filter.task_meta
+        try:
+            if self.netns_paths is None:
+                taps = _NetnsTaps(self._own_inode, None)
+                self._taps[0] = taps  # cb[0] stays 0 without a dispatcher
+                self._open_sockets(taps, self.filter.prog_fd)
+            else:
+                for path in self.netns_paths:
+                    inode = netns_inode(path)
+                    if inode in self._taps:
+                        continue
+                    taps = _NetnsTaps(inode, path)
+                    self._taps[inode] = taps
+                    taps.dispatcher_fd = _sys.load_dispatcher(self.filter.prog_array_fd, inode)
+                    if inode == self._own_inode:
+                        self._open_sockets(taps, taps.dispatcher_fd)
+                    else:
+                        _in_netns(path, lambda t=taps: self._open_sockets(t, t.dispatcher_fd))
+            self._ts_offset = _realtime_offset()
+            self.filter.open_events(self._on_event, self._on_lost, self.page_cnt, self.wakeup_events)
+        except LiveCaptureError:
+            self.close()
+            raise
+        except PermissionError as e:
+            self.close()
+            raise LiveCaptureError(f"cannot open raw sockets ({e.strerror})", _FIX_PRIV) from None
+        except OSError as e:
+            self.close()
+            raise LiveCaptureError(f"cannot start capturing ({e})",
+                                   "check the interface / namespace names (ip link, ip netns)") from None
+        except BaseException:
+            self.close()
+            raise
+
+    def _open_sockets(self, taps: _NetnsTaps, prog_fd: int) -> None:
+        for ifname in self.interfaces or [None]:
+            taps.sockets.append(_open_tap(prog_fd, ifname))
+        for ifindex, name in socket.if_nameindex():  # in this thread's namespace
+            info = _ifinfo(taps.sockets[0], ifindex)
+            if info is not None:
+                taps.ifaces[ifindex] = info
+
+    def close(self) -> None:
+        for taps in self._taps.values():
+            taps.close()
+        self._taps = {}
+        if self.filter is not None:
+            self.filter.close()
+            self.filter = None
+
+    def __enter__(self) -> "LiveCapture":
+        self.open()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- data
+
+    def poll(self, timeout_ms: int) -> List[Frame]:
+        """Frames that arrived, waiting at most timeout_ms for the first (with wakeup_events > 1, light
+        traffic is returned when the timeout expires). Call from one thread.
+
+        Perf buffers are per CPU and read one after the other, so a batch is sorted by kernel
+        time here; across batches, order is only as good as the poll interval (an event can
+        reach a later batch than a slightly later one from another CPU).
+        """
+        if self.filter is None:
+            raise RuntimeError("LiveCapture.poll() before open()")
+        self._ts_offset = _realtime_offset()
+        self.filter.poll(max(0, int(timeout_ms)))
+        out, self._out = self._out, []
+        if len(out) > 1:
+            out.sort(key=_by_ktime)
+        return out
+
+    def _on_event(self, cpu: int, address: int, size: int) -> None:
+        raw = ctypes.string_at(address, size)
+        kt, pid_tgid, uid_gid, cgroup_id, ifindex, pkt_type, _orig, cap, ns, flags, comm = EVENT_META.unpack_from(raw)
+        taps = self._taps.get(ns) or self._taps.get(0)
+        if taps is not None:
+            ifname, linktype = taps.iface(ifindex)
+            ns = taps.inode
+        else:
+            ifname, linktype = None, LINKTYPE_ETHERNET
+        if flags & META_TASK_VALID:
+            tm = self._task_meta
+            meta = PacketMeta(
+                kt, ifindex, pkt_type, ns, ifname,
+                pid_tgid >> 32 if tm & TASK_PID else None,
+                pid_tgid & 0xFFFFFFFF if tm & TASK_PID else None,
+                comm.split(b"\0", 1)[0].decode(errors="replace") if tm & TASK_COMM else None,
+                uid_gid & 0xFFFFFFFF if tm & TASK_UID else None,
+                cgroup_id if tm & TASK_CGROUP else None,
+            )
+        else:
+            meta = PacketMeta(kt, ifindex, pkt_type, ns, ifname)
+        self._out.append(Frame(kt * 1e-9 + self._ts_offset, linktype, raw[_META_SIZE:_META_SIZE + cap], ifname, meta))
+
+    def _on_lost(self, count: int) -> None:
+        self._lost += count
+
+    # -- reporting
+
+    def stats(self) -> Dict[str, int]:
+        out = {"lost_samples": self._lost}
+        if self.filter is not None:
+            out.update(self.filter.counters())
+        else:
+            out.update(dict.fromkeys(_COUNTERS, 0))
+        return out
+
+    @property
+    def task_metadata(self) -> bool:
+        """Whether frames can carry pid/comm/uid/cgroup (False on kernels refusing the helpers)."""
+        return bool(self._task_meta)
+
+    @property
+    def fallback(self) -> Optional[str]:
+        return self.filter.fallback if self.filter is not None else None
+
+    @property
+    def debug_log(self) -> str:
+        return self.filter.log if self.filter is not None else ""
+
+    def describe(self) -> str:
+        where = ", ".join(self.interfaces) if self.interfaces else "all interfaces"
+        if self.netns_paths:
+            where += f" in {len(self.netns_paths)} network namespace{'s' if len(self.netns_paths) > 1 else ''}"
+        ports = ",".join(str(p) for p in self.ports)
+        what = "queries and responses" if self.responses else "queries only"
+        text = f"{where}, ports {ports}, {what}"
+        if self.filter is not None and self.filter.fallback:
+            text += " (no process info: " + self.filter.fallback + ")"
+        return text
+
+
+def _by_ktime(frame: Frame) -> int:
+    return frame.meta.ktime_ns
+
+
+def _realtime_offset() -> float:
+    """CLOCK_REALTIME - CLOCK_MONOTONIC (bpf_ktime_get_ns is CLOCK_MONOTONIC), best of three reads."""
+    best = None
+    for _ in range(3):
+        m0 = time.monotonic_ns()
+        r = time.time_ns()
+        m1 = time.monotonic_ns()
+        if best is None or m1 - m0 < best[0]:
+            best = (m1 - m0, r - (m0 + m1) // 2)
+    return best[1] * 1e-9
