@@ -65,11 +65,27 @@ _ports = struct.Struct("!HH").unpack_from
 _udp = struct.Struct("!HHH").unpack_from
 _tcp = struct.Struct("!HHIIBB").unpack_from  # sport dport seq ack data-offset flags
 _ipv4 = struct.Struct("!BBHHHBB").unpack_from  # ver/ihl tos total id frag ttl proto
+# The fast path's one look at an Ethernet/IPv4/UDP frame: ethertype, ver/ihl, total length, fragment
+# field, protocol, both addresses, UDP ports and length.
+_eth_ipv4_udp = struct.Struct("!12xHBxH2xHxB2x8sHHH").unpack_from
+_new_segment = tuple.__new__  # Segment(...) goes through a Python-level __new__; this is ~3x cheaper
 _ntoa = socket.inet_ntoa
 _ntop = socket.inet_ntop
 _AF_INET6 = socket.AF_INET6
 
 TCP_FIN, TCP_SYN, TCP_RST = 0x01, 0x02, 0x04
+
+
+def _walk_ipv6_ext(nh: int, data: bytes, pos: int, limit: int) -> Tuple[int, int]:
+    """Skip up to ``limit`` IPv6 extension headers from ``pos``: (next header, its offset)."""
+    for _ in range(limit):
+        if nh in IPV6_EXT_GENERIC and pos + 2 <= len(data):
+            nh, pos = data[pos], pos + (data[pos + 1] + 1) * 8
+        elif nh == IPV6_EXT_AH and pos + 2 <= len(data):
+            nh, pos = data[pos], pos + (data[pos + 1] + 2) * 4
+        else:
+            break
+    return nh, pos
 
 
 class _Fragments:
@@ -109,6 +125,7 @@ class FrameDecoder:
         self._kept_frags: "OrderedDict[tuple, bool]" = OrderedDict()
         self._streams: Dict[tuple, _Stream] = {}
         self._addr_cache: Dict[bytes, str] = {}
+        self._addr_pairs: Dict[bytes, Tuple[str, str]] = {}  # 8 bytes of IPv4 source+destination
         self._since_sweep = 0
         self._now = 0.0
 
@@ -116,12 +133,34 @@ class FrameDecoder:
     def decode(self, frame: Frame) -> List[Segment]:
         self.keep = False
         self._beyond_contract = False  # deeper than the kernel walks: decoded, but never "kept"
-        data = frame.data
-        lt = frame.linktype
-        self._now = frame.ts
+        ts, lt, data, ifname, meta = frame
+        self._now = ts
         self._since_sweep += 1
         if self._since_sweep >= EXPIRE_EVERY:
-            self._sweep(frame.ts)
+            self._sweep(ts)
+        if lt == LINKTYPE_ETHERNET and len(data) >= 42:
+            # Fast path for most of any capture: Ethernet, IPv4 without options, an unfragmented UDP datagram.
+            # Same result as _ipv4() + _transport() below, in one struct unpack and no further calls.
+            etype, vihl, total, frag, proto, addrs, sport, dport, ulen = _eth_ipv4_udp(data, 0)
+            if etype == ETH_P_IP and vihl == 0x45 and proto == IPPROTO_UDP and not frag & 0x3FFF:
+                size = len(data)
+                end = 14 + total if total >= 20 else size  # trims Ethernet padding
+                if end > size:
+                    end = size
+                if end - 34 < 8:
+                    return []
+                if self.track_verdict:
+                    self._verdict(IPPROTO_UDP, data, 34, end, frame)
+                ports = self.ports
+                if sport not in ports and dport not in ports:
+                    return []
+                pair = self._addr_pairs.get(addrs)
+                if pair is None:
+                    if len(self._addr_pairs) > 65536:
+                        self._addr_pairs.clear()
+                    pair = self._addr_pairs[addrs] = (self._addr4(addrs[:4]), self._addr4(addrs[4:]))
+                stop = 34 + ulen if 8 <= ulen <= end - 34 else end
+                return [_new_segment(Segment, (ts, pair[0], sport, pair[1], dport, "udp", data[42:stop], ifname, meta))]
         try:
             if lt == LINKTYPE_ETHERNET:
                 if len(data) < 14:
@@ -294,24 +333,20 @@ class FrameDecoder:
         return segs
 
     def _ipv6_after_fragment(self, frame, src, dst, nh, payload) -> List[Segment]:
-        pos = 0
-        for _ in range(DECODE_MAX_IPV6_EXT_HEADERS + 1):
-            if nh == IPPROTO_UDP or nh == IPPROTO_TCP:
-                return self._transport(frame, src, dst, nh, payload, pos, len(payload), reassembled=True)
-            if nh in IPV6_EXT_GENERIC:
-                nh, pos = payload[pos], pos + (payload[pos + 1] + 1) * 8
-            elif nh == IPV6_EXT_AH:
-                nh, pos = payload[pos], pos + (payload[pos + 1] + 2) * 4
-            else:
-                return []
+        nh, pos = _walk_ipv6_ext(nh, payload, 0, DECODE_MAX_IPV6_EXT_HEADERS)
+        if nh == IPPROTO_UDP or nh == IPPROTO_TCP:
+            return self._transport(frame, src, dst, nh, payload, pos, len(payload), reassembled=True)
         return []
 
     def _fragment_verdict(self, frame, key, src, dst, proto, offset, chunk) -> None:
         """Mirror of the kernel: judge a first fragment by its transport header, remember it if kept."""
         vkey = key[:4]
         if offset == 0:
-            if proto in (IPPROTO_UDP, IPPROTO_TCP) and len(chunk) >= 4:
-                self._verdict(proto, chunk, 0, len(chunk), frame)
+            pos = 0
+            if key[0] == 6:  # extension headers may follow the fragment header: walk to the transport
+                proto, pos = _walk_ipv6_ext(proto, chunk, 0, MAX_IPV6_EXT_HEADERS)
+            if proto in (IPPROTO_UDP, IPPROTO_TCP) and len(chunk) >= pos + 4:
+                self._verdict(proto, chunk, pos, len(chunk), frame)
             if self.keep:
                 self._kept_frags[vkey] = True
                 self._kept_frags.move_to_end(vkey)

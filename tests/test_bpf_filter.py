@@ -467,8 +467,6 @@ def test_user_space_agrees_on_fragment_sequences(kf):
         assert _user_verdicts(frames) == kf.run(frames), name
 
 
-@pytest.mark.xfail(reason="frames.py judges a first IPv6 fragment only if UDP/TCP follows the Fragment header "
-                          "directly; the contract walks on (reported to the lead)", strict=False)
 def test_user_space_agrees_on_ext_headers_after_the_fragment_header(kf):
     sc = S()
     frames = [b(eth(f)) for f in sc.fragment6(
