@@ -350,8 +350,10 @@ int dns_filter(struct __sk_buff *skb)
     m.orig_len = skb->len;
     m.cap_len = skb->len < MAX_CAPTURE ? skb->len : MAX_CAPTURE;
     m.netns = skb->cb[0];
-    if (skb->pkt_type == PKT_OUTGOING) {
-        /* Only a locally sent packet runs the filter in its sender's context. */
+    if (skb->pkt_type == PKT_OUTGOING && skb->ingress_ifindex == 0) {
+        /* Only a locally sent packet runs the filter in its sender's context. A forwarded one
+         * (routed through this namespace: it came in on ingress_ifindex) also leaves as
+         * OUTGOING, but in softirq, where the current task is whoever was interrupted. */
         m.flags = META_TASK_VALID;
 #if TASK_META & TASK_PID
         m.pid_tgid = bpf_get_current_pid_tgid();

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import sys
+from itertools import islice
 from typing import List, Optional, Sequence
 
 import click
@@ -75,7 +76,7 @@ def replay(files: Sequence[str], db_path: Optional[str], ports: Sequence[int], t
     failures = 0
     summaries = []
     try:
-        store = Store(db_path, live_columns=False)
+        store = Store(db_path, live_columns=False, bulk=True)
     except StoreError as exc:
         raise click.ClickException(str(exc))
     try:
@@ -108,22 +109,23 @@ def _replay_one(store: Store, path: str, ports: Sequence[int], timeout: float, p
     reader = PcapReader(path)
     pipeline = Pipeline(store, "pcap", path, ports, timeout, options={"format": reader.format})
     size = file_size(path)
-    feed = pipeline.feed
     status = "complete"
     try:
         if progress and size:
             with click.progressbar(length=size, label=click.format_filename(path), file=sys.stderr) as bar:
                 done = 0
-                for i, frame in enumerate(reader.frames()):
-                    feed(frame)
-                    if i & 0x3FFF == 0:
-                        now = reader.position()
-                        bar.update(now - done)
-                        done = now
+                frames = reader.frames()
+                while True:
+                    before = pipeline.summary.frames
+                    pipeline.feed_all(islice(frames, 0x4000))
+                    if pipeline.summary.frames == before:
+                        break
+                    now = reader.position()
+                    bar.update(now - done)
+                    done = now
                 bar.update(size - done)
         else:
-            for frame in reader.frames():
-                feed(frame)
+            pipeline.feed_all(reader.frames())
     except KeyboardInterrupt:
         status = "interrupted"
         raise
@@ -273,6 +275,11 @@ def schema(as_json: bool, as_sql: bool) -> None:
               help="Interface to watch (repeatable; default: every interface).")
 @port_option
 @click.option("--responses", is_flag=True, help="Also capture responses: rcode, answers, latency.")
+@click.option("--netns", "netns_specs", multiple=True, metavar="NS",
+              help="Capture in this network namespace: /var/run/netns/NAME, /proc/PID/ns/net, a name from "
+                   "`ip netns`, or a pid (repeatable).")
+@click.option("--all-netns", is_flag=True,
+              help="Capture in every network namespace of the host (every pod on a node), picking up new ones.")
 @db_option
 @click.option("--no-db", is_flag=True, help="Do not store anything; only print.")
 @click.option("--json", "as_json", is_flag=True, help="JSON lines on stdout (one per query/response).")
@@ -282,14 +289,17 @@ def schema(as_json: bool, as_sql: bool) -> None:
 @click.option("--comm", "comms", multiple=True, help="Only this command name (repeatable).")
 @click.option("--name", "names", multiple=True, help="Only names containing this (or matching this glob).")
 @click.option("--type", "types", multiple=True, help="Only this query type (repeatable).")
+@click.option("--pod", "pods", multiple=True, help="Only this Kubernetes pod (repeatable).")
+@click.option("--pod-namespace", "pod_namespaces", multiple=True, help="Only this Kubernetes namespace (repeatable).")
+@click.option("--container", "containers", multiple=True, help="Only this container name or id prefix (repeatable).")
 @click.option("--timeout", type=float, default=DEFAULT_TIMEOUT, show_default=True,
               help="Seconds a query waits for its response (with --responses).")
 @click.option("--k8s-log-dir", default="/var/log", show_default=True, metavar="DIR",
               help="Where the kubelet's pods/ and containers/ log folders are (pod and container names).")
 @click.option("--quiet", "-q", is_flag=True, help="Print no per-query lines (still stores them).")
 @click.option("--debug", is_flag=True, help="Show the BPF compiler/verifier output on failure.")
-def watch(interfaces, ports, responses, db_path, no_db, as_json, duration, count, pids, comms, names, types,
-          timeout, k8s_log_dir, quiet, debug) -> None:
+def watch(interfaces, ports, responses, netns_specs, all_netns, db_path, no_db, as_json, duration, count, pids,
+          comms, names, types, pods, pod_namespaces, containers, timeout, k8s_log_dir, quiet, debug) -> None:
     """Watch DNS queries live (needs root and bcc), storing them in the log.
 
     \b
@@ -297,14 +307,26 @@ def watch(interfaces, ports, responses, db_path, no_db, as_json, duration, count
       sudo dnswatch watch
       sudo dnswatch watch -i eth0 --responses
       sudo dnswatch watch --comm curl --json
+      sudo dnswatch watch --all-netns --pod-namespace shop
     """
+    from dnswatch import netns
     from dnswatch.enrich import Enricher
     from dnswatch.sources.live import LiveCapture, LiveCaptureError
-    from dnswatch.watch import RowFilter, row_dict, run_watch
+    from dnswatch.watch import NetnsTracker, RowFilter, row_dict, run_watch
 
     ports = tuple(ports) or (53,)
-    row_filter = RowFilter(pids=pids, comms=comms, names=names, types=types)
-    capture = LiveCapture(interfaces=list(interfaces) or None, ports=ports, responses=responses, debug=debug)
+    if netns_specs and all_netns:
+        raise click.UsageError("--netns and --all-netns do not go together: --all-netns already includes every one")
+    try:
+        netns_paths = [netns.resolve(spec) for spec in netns_specs] or None
+    except netns.NetnsError as exc:
+        raise click.ClickException(str(exc))
+    if all_netns:
+        netns_paths = list(netns.discover().values())
+    row_filter = RowFilter(pids=pids, comms=comms, names=names, types=types, pods=pods,
+                           pod_namespaces=pod_namespaces, containers=containers)
+    capture = LiveCapture(interfaces=list(interfaces) or None, ports=ports, responses=responses, debug=debug,
+                          netns=netns_paths)
     try:
         capture.open()
     except LiveCaptureError as exc:
@@ -334,7 +356,8 @@ def watch(interfaces, ports, responses, db_path, no_db, as_json, duration, count
         out.flush()
 
     pipeline = Pipeline(store, "live", capture.describe(), ports, timeout,
-                        options={"interfaces": list(interfaces), "responses": responses},
+                        options={"interfaces": list(interfaces), "responses": responses, "netns": list(netns_specs),
+                                 "all_netns": all_netns},
                         on_query=lambda row: show("Q", row),
                         on_response=(lambda row: show("R", row)) if responses else None,
                         enrich=Enricher(k8s_log_dir=k8s_log_dir),
@@ -343,7 +366,8 @@ def watch(interfaces, ports, responses, db_path, no_db, as_json, duration, count
     where = f", logging to {store.path}" if store else ""
     click.echo(f"Watching DNS on {capture.describe()}{where}. Ctrl-C to end.", err=True)
     try:
-        summary = run_watch(capture, pipeline, duration=duration, count=count, shown=lambda: shown["n"])
+        summary = run_watch(capture, pipeline, duration=duration, count=count, shown=lambda: shown["n"],
+                            tracker=NetnsTracker(capture) if all_netns else None)
     except StoreError as exc:
         raise click.ClickException(str(exc))
     finally:
@@ -361,18 +385,24 @@ def watch(interfaces, ports, responses, db_path, no_db, as_json, duration, count
 @click.option("--json", "as_json", is_flag=True, help="As JSON.")
 def doctor(as_json: bool) -> None:
     """Can this machine run live capture? Each check says ok, or what to fix."""
-    from dnswatch.doctor import run_checks
+    from dnswatch.doctor import REQUIRED, ready, run_checks
 
     checks = run_checks()
     if as_json:
         click.echo(json.dumps([c.__dict__ for c in checks], indent=2))
     else:
         for c in checks:
-            mark = click.style("ok  ", fg="green") if c.ok else click.style("FAIL", fg="red")
+            if c.ok:
+                mark = click.style("ok  ", fg="green")
+            elif c.name in REQUIRED:
+                mark = click.style("FAIL", fg="red")
+            else:
+                mark = click.style("warn", fg="yellow")  # not needed for live capture
             click.echo(f"{mark} {c.name}: {c.detail}")
             if not c.ok and c.fix:
                 click.echo(f"     fix: {c.fix}")
-    if not all(c.ok for c in checks):
+        click.echo("Live capture: " + ("ready." if ready(checks) else "not possible until the FAIL lines are fixed."))
+    if not ready(checks):
         sys.exit(1)
 
 

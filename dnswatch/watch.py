@@ -10,7 +10,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence
 
-from dnswatch.correlate import I_COMM, I_PID, I_QNAME, I_QTYPE, Row
+from dnswatch import netns
+from dnswatch.correlate import I_COMM, I_CONTAINER, I_CONTAINER_ID, I_PID, I_POD, I_POD_NS, I_QNAME, I_QTYPE, Row
 from dnswatch.pipeline import Pipeline, Summary
 from dnswatch.schema import QUERY_COLUMNS
 
@@ -25,6 +26,9 @@ class RowFilter:
     comms: Sequence[str] = ()
     names: Sequence[str] = ()
     types: Sequence[str] = ()
+    pods: Sequence[str] = ()
+    pod_namespaces: Sequence[str] = ()
+    containers: Sequence[str] = ()  # name or id prefix
     extra: List[Callable[[Row], bool]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -32,15 +36,26 @@ class RowFilter:
         self.comms = frozenset(self.comms)
         self.types = frozenset(t.upper() for t in self.types)
         self.names = [n.lower() for n in self.names]
+        self.pods = frozenset(self.pods)
+        self.pod_namespaces = frozenset(self.pod_namespaces)
+        self.containers = tuple(self.containers)
 
     @property
     def active(self) -> bool:
-        return bool(self.pids or self.comms or self.names or self.types or self.extra)
+        return bool(self.pids or self.comms or self.names or self.types or self.pods or self.pod_namespaces
+                    or self.containers or self.extra)
 
     def __call__(self, row: Row) -> bool:
         if self.pids and row[I_PID] not in self.pids:
             return False
         if self.comms and row[I_COMM] not in self.comms:
+            return False
+        if self.pods and row[I_POD] not in self.pods:
+            return False
+        if self.pod_namespaces and row[I_POD_NS] not in self.pod_namespaces:
+            return False
+        if self.containers and not any(
+                c == row[I_CONTAINER] or (row[I_CONTAINER_ID] or "").startswith(c) for c in self.containers):
             return False
         if self.types and (row[I_QTYPE] or "") not in self.types:
             return False
@@ -55,8 +70,35 @@ def row_dict(row: Row) -> Dict[str, object]:
     return dict(zip(QUERY_COLUMNS, row))
 
 
-class _Stop(Exception):
-    pass
+class NetnsTracker:
+    """``--all-netns``: rescan the host's network namespaces, capture in new ones, release vanished ones
+    (our sockets would otherwise keep a deleted pod's namespace alive). Others keep capturing throughout."""
+
+    def __init__(self, capture, interval: float = 2.0, discover: Callable[[], Dict[int, str]] = netns.discover):
+        self.capture = capture
+        self.interval = interval
+        self.discover = discover
+        self.added = 0
+        self.removed = 0
+        self._next = time.monotonic() + interval
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        if now < self._next:
+            return
+        self._next = now + self.interval
+        found = self.discover()
+        watched = set(self.capture.netns_inodes())
+        for inode, path in found.items():
+            if inode not in watched:
+                try:
+                    if self.capture.add_netns(path) is not None:
+                        self.added += 1
+                except Exception:  # noqa: BLE001 - the process left, taking its namespace: try again next scan
+                    continue
+        for inode in watched - set(found):
+            self.capture.remove_netns(inode)
+            self.removed += 1
 
 
 def run_watch(
@@ -65,6 +107,7 @@ def run_watch(
     duration: Optional[float] = None,
     count: Optional[int] = None,
     shown: Callable[[], int] = lambda: 0,
+    tracker: Optional[NetnsTracker] = None,
 ) -> Summary:
     """Poll ``capture`` (a ``sources.live.LiveCapture``) into ``pipeline``. Returns the final counters."""
     stop = {"why": None}
@@ -82,6 +125,8 @@ def run_watch(
                 pipeline.feed(frame)
             pipeline.extra_dropped = _losses(capture)
             pipeline.tick()
+            if tracker is not None:
+                tracker.tick()
             now = time.monotonic()
             if now - last_record >= 1.0:  # counters stay current in the log, even if we are killed
                 pipeline.record_counters("running")

@@ -419,16 +419,7 @@ class LiveCapture:
                 self._open_sockets(taps, self.filter.prog_fd)
             else:
                 for path in self.netns_paths:
-                    inode = netns_inode(path)
-                    if inode in self._taps:
-                        continue
-                    taps = _NetnsTaps(inode, path)
-                    self._taps[inode] = taps
-                    taps.dispatcher_fd = _sys.load_dispatcher(self.filter.prog_array_fd, inode)
-                    if inode == self._own_inode:
-                        self._open_sockets(taps, taps.dispatcher_fd)
-                    else:
-                        _in_netns(path, lambda t=taps: self._open_sockets(t, t.dispatcher_fd))
+                    self.add_netns(path)
             self._ts_offset = _realtime_offset()
             self.filter.open_events(self._on_event, self._on_lost, self.page_cnt, self.wakeup_events)
         except LiveCaptureError:
@@ -444,6 +435,36 @@ class LiveCapture:
         except BaseException:
             self.close()
             raise
+
+    def add_netns(self, path: str) -> Optional[int]:
+        """Start capturing in the namespace at ``path`` (its own sockets and dispatcher, the shared filter).
+        Returns its inode, or None if it is captured already."""
+        assert self.filter is not None, "open() first"
+        inode = netns_inode(path)
+        if inode in self._taps:
+            return None
+        taps = _NetnsTaps(inode, path)
+        self._taps[inode] = taps
+        try:
+            taps.dispatcher_fd = _sys.load_dispatcher(self.filter.prog_array_fd, inode)
+            if inode == self._own_inode:
+                self._open_sockets(taps, taps.dispatcher_fd)
+            else:
+                _in_netns(path, lambda: self._open_sockets(taps, taps.dispatcher_fd))
+        except BaseException:
+            self._taps.pop(inode, None)
+            taps.close()
+            raise
+        return inode
+
+    def remove_netns(self, inode: int) -> None:
+        """Stop capturing in a namespace (it vanished): our sockets no longer keep it alive."""
+        taps = self._taps.pop(inode, None)
+        if taps is not None:
+            taps.close()
+
+    def netns_inodes(self) -> List[int]:
+        return [t.inode for t in self._taps.values()]
 
     def _open_sockets(self, taps: _NetnsTaps, prog_fd: int) -> None:
         for ifname in self.interfaces or [None]:
@@ -538,8 +559,9 @@ class LiveCapture:
 
     def describe(self) -> str:
         where = ", ".join(self.interfaces) if self.interfaces else "all interfaces"
-        if self.netns_paths:
-            where += f" in {len(self.netns_paths)} network namespace{'s' if len(self.netns_paths) > 1 else ''}"
+        if self.netns_paths is not None:
+            n = len(self._taps) or len(self.netns_paths)
+            where += f" in {n} network namespace{'s' if n != 1 else ''}"
         ports = ",".join(str(p) for p in self.ports)
         what = "queries and responses" if self.responses else "queries only"
         text = f"{where}, ports {ports}, {what}"
