@@ -16,6 +16,7 @@ from dnswatch.pipeline import Pipeline, Summary
 from dnswatch.schema import QUERY_COLUMNS
 
 POLL_MS = 100
+HOUSEKEEPING_INTERVAL = 0.1
 
 
 @dataclass
@@ -119,19 +120,23 @@ def run_watch(
     deadline = time.monotonic() + duration if duration else None
     status = "complete"
     last_record = 0.0
+    next_housekeeping = 0.0
     try:
         while stop["why"] is None:
             for frame in capture.poll(POLL_MS):
                 pipeline.feed(frame)
-            pipeline.extra_dropped = _losses(capture)
-            pipeline.tick()
-            if tracker is not None:
-                tracker.tick()
             now = time.monotonic()
-            if now - last_record >= 1.0:  # counters stay current in the log, even if we are killed
-                pipeline.record_counters("running")
-                last_record = now
-            if deadline is not None and time.monotonic() >= deadline:
+            # kernel counters, timeouts, flushes and rescans: every 100 ms, not after every wakeup
+            if now >= next_housekeeping:
+                next_housekeeping = now + HOUSEKEEPING_INTERVAL
+                pipeline.extra_dropped = _losses(capture)
+                pipeline.tick()
+                if tracker is not None:
+                    tracker.tick()
+                if now - last_record >= 1.0:  # counters stay current in the log, even if we are killed
+                    pipeline.record_counters("running")
+                    last_record = now
+            if deadline is not None and now >= deadline:
                 break
             if count is not None and shown() >= count:
                 break
