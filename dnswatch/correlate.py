@@ -8,6 +8,7 @@ host) is stored once and counted in ``duplicates``.
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Callable, Dict, List, Optional, Tuple
 
 from dnswatch.dns import Message, opcode_text, qclass_text, qtype_text, rcode_text
@@ -20,6 +21,7 @@ Key = Tuple[str, int, str, int, str, int]
 DEFAULT_TIMEOUT = 5.0
 MAX_PENDING = 200_000
 DUPLICATE_WINDOW = 2.0  # seconds during which a second copy of an answered response is a duplicate
+MAX_TEMPLATES = 65536  # query messages whose row templates are kept (as many as dns.parse_message caches)
 
 _N = len(QUERY_COLUMNS)
 # column positions, bound once by name: rows are plain lists in QUERY_COLUMNS order
@@ -87,8 +89,13 @@ class Correlator:
         self.on_response = on_response
         self.enrich = enrich
         self.expect_responses = expect_responses  # False: live capture of queries only, nothing to wait for
-        self.pending: Dict[Key, List[Row]] = {}
+        # oldest first, and an OrderedDict: a dict finds its first entry by skipping the ones popped before it,
+        # which made evicting and expiring the oldest queries quadratic (35 s for 300k unanswered queries)
+        self.pending: Dict[Key, List[Row]] = OrderedDict()
         self.recent: Dict[Key, float] = {}  # answered keys, to recognise a second copy of the response
+        # id(message) -> (message, its query row templates): parse_message hands back the same Message object for
+        # the same bytes, so the columns that depend on the message alone are filled once, not once per packet
+        self._templates: Dict[int, Tuple[Message, List[Row]]] = {}
         self.queries = 0
         self.responses = 0
         self.duplicates = 0
@@ -98,19 +105,22 @@ class Correlator:
     # -- messages ------------------------------------------------------------------------------
     def message(self, seg: Segment, msg: Message, dns_id: int) -> None:
         if msg.qr:
-            self._response(seg, msg, dns_id)
+            self.response(seg, msg, dns_id)
         else:
-            self._query(seg, msg, dns_id)
+            self.query(seg, msg, dns_id)
 
-    def _query(self, seg: Segment, msg: Message, dns_id: int) -> None:
-        key = (seg.src, seg.sport, seg.dst, seg.dport, seg.proto, dns_id)
+    # message() for a caller that already looked at the QR bit (one call less per message in replay's loop)
+    def query(self, seg: Segment, msg: Message, dns_id: int) -> None:
+        ts, src, sport, dst, dport, proto, payload, ifname, meta = seg
+        key = (src, sport, dst, dport, proto, dns_id)
         if not self.expect_responses:
             seen = self.recent.get(key)
             if seen is not None and seg.ts - seen <= DUPLICATE_WINDOW:
                 self.duplicates += 1
                 return
             self.recent[key] = seg.ts
-        waiting = self.pending.get(key)
+        pending = self.pending
+        waiting = pending.get(key)
         if waiting is not None:
             if _same_questions(waiting, msg):
                 self.duplicates += 1
@@ -123,31 +133,22 @@ class Correlator:
                 return
             self._emit_unanswered(key)  # same id and ports, other question: a new query
         self.queries += 1
+        hit = self._templates.get(id(msg))
+        templates = hit[1] if hit is not None and hit[0] is msg else self._query_templates(msg)
         rows = []
-        for q in msg.questions:
-            row = [None] * _N
-            row[I_TS] = seg.ts
+        for template in templates:
+            row = template.copy()
+            row[I_TS] = ts
             row[I_CAP] = self.capture_id
-            row[I_SRC] = seg.src
-            row[I_SPORT] = seg.sport
-            row[I_DST] = seg.dst
-            row[I_DPORT] = seg.dport
-            row[I_PROTO] = seg.proto
+            row[I_SRC] = src
+            row[I_SPORT] = sport
+            row[I_DST] = dst
+            row[I_DPORT] = dport
+            row[I_PROTO] = proto
             row[I_ID] = dns_id
-            row[I_QNAME] = q.qname
-            row[I_QTYPE] = qtype_text(q.qtype)
-            row[I_QTYPE_NUM] = q.qtype
-            row[I_QCLASS] = qclass_text(q.qclass)
-            row[I_OPCODE] = opcode_text(msg.opcode)
-            row[I_QFLAGS] = msg.flags
-            row[I_EDNS_SIZE] = msg.edns_udp_size
-            row[I_EDNS_DO] = msg.edns_do
-            row[I_ECS] = msg.ecs
-            row[I_QSIZE] = len(seg.payload)
-            row[I_DECODER] = msg.decoder
-            row[I_NOTE] = msg.note
-            row[I_IFNAME] = seg.ifname
-            if seg.meta is not None:
+            row[I_QSIZE] = len(payload)
+            row[I_IFNAME] = ifname
+            if meta is not None:
                 _fill_meta(row, seg)
             if self.enrich is not None:
                 self.enrich(row, seg)
@@ -159,37 +160,61 @@ class Correlator:
                 row[I_STATUS] = "query_only"
                 self.emit(row)
             return
-        self.pending[key] = rows
-        if len(self.pending) > self.max_pending:
-            self._emit_unanswered(next(iter(self.pending)))
+        pending[key] = rows
+        if len(pending) > self.max_pending:
+            self._emit_unanswered(next(iter(pending)))
 
-    def _response(self, seg: Segment, msg: Message, dns_id: int) -> None:
+    def _query_templates(self, msg: Message) -> List[Row]:
+        """Rows of a query message (one per question) with the columns that depend on the message alone."""
+        templates = []
+        for q in msg.questions:
+            row: Row = [None] * _N
+            row[I_QNAME] = q.qname
+            row[I_QTYPE] = qtype_text(q.qtype)
+            row[I_QTYPE_NUM] = q.qtype
+            row[I_QCLASS] = qclass_text(q.qclass)
+            row[I_OPCODE] = opcode_text(msg.opcode)
+            row[I_QFLAGS] = msg.flags
+            row[I_EDNS_SIZE] = msg.edns_udp_size
+            row[I_EDNS_DO] = msg.edns_do
+            row[I_ECS] = msg.ecs
+            row[I_DECODER] = msg.decoder
+            row[I_NOTE] = msg.note
+            templates.append(row)
+        if len(self._templates) >= MAX_TEMPLATES:
+            self._templates.clear()
+        self._templates[id(msg)] = (msg, templates)  # holding msg keeps its id from being reused
+        return templates
+
+    def response(self, seg: Segment, msg: Message, dns_id: int) -> None:
         self.responses += 1
-        key = (seg.dst, seg.dport, seg.src, seg.sport, seg.proto, dns_id)
+        ts, src, sport, dst, dport, proto, payload, _ifname, _meta = seg
+        key = (dst, dport, src, sport, proto, dns_id)
         rows = self.pending.pop(key, None)
         if rows is not None and msg.questions and not _same_questions(rows, msg):
             self.pending[key] = rows  # same id and ports, another question: not its answer
             rows = None
         if rows is None:
             seen = self.recent.get(key)
-            if seen is not None and seg.ts - seen <= DUPLICATE_WINDOW:
+            if seen is not None and ts - seen <= DUPLICATE_WINDOW:
                 self.duplicates += 1
                 self.responses -= 1
                 return
             self._response_only(seg, msg, dns_id)
             return
-        self.recent[key] = seg.ts
-        rcode, rcode_num = rcode_text(msg.rcode), msg.rcode
-        size = len(seg.payload)
+        self.recent[key] = ts
+        rcode_num, answers, ancount, flags = msg.rcode, msg.answers, msg.ancount, msg.flags
+        rcode = rcode_text(rcode_num)
+        size = len(payload)
         for row in rows:
             row[I_STATUS] = "answered"
             row[I_RCODE] = rcode
             row[I_RCODE_NUM] = rcode_num
-            row[I_ANSWERS] = msg.answers
-            row[I_ANCOUNT] = msg.ancount
-            row[I_LATENCY] = round((seg.ts - row[I_TS]) * 1000.0, 3)
-            row[I_RTS] = seg.ts
-            row[I_RFLAGS] = msg.flags
+            row[I_ANSWERS] = answers
+            row[I_ANCOUNT] = ancount
+            row[I_LATENCY] = round((ts - row[I_TS]) * 1000.0, 3)
+            row[I_RTS] = ts
+            row[I_RFLAGS] = flags
             row[I_RSIZE] = size
             if msg.decoder == "raw" and row[I_DECODER] != "raw":
                 row[I_DECODER] = "raw"
@@ -264,10 +289,13 @@ class Correlator:
 
 
 def _same_questions(rows: List[Row], msg: Message) -> bool:
-    if len(rows) != len(msg.questions):
+    questions = msg.questions
+    if len(rows) != len(questions):
         return False
-    for row, q in zip(rows, msg.questions):
-        if row[I_QTYPE_NUM] != q.qtype or row[I_QNAME].lower() != q.qname.lower():
+    for row, (qname, qtype, _qclass) in zip(rows, questions):
+        name = row[I_QNAME]
+        # names are compared case-insensitively; an exact match (the usual echo) skips lower()
+        if row[I_QTYPE_NUM] != qtype or (name != qname and name.lower() != qname.lower()):
             return False
     return True
 

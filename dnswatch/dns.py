@@ -114,9 +114,11 @@ _cache: Dict[bytes, Union[Message, Malformed]] = {}
 
 def parse_message(payload: bytes) -> Union[Message, Malformed]:
     """Decode one DNS message (cached on the bytes after the ID, which repeat on a busy node)."""
+    if len(payload) < 12:  # not even a header: its length is the whole story, and short keys would collide
+        return _decode(payload)
     key = payload[2:]
     hit = _cache.get(key)
-    if hit is not None and len(payload) >= 2:
+    if hit is not None:
         return hit
     result = _decode(payload)
     if len(_cache) >= CACHE_SIZE:

@@ -127,23 +127,21 @@ class FrameDecoder:
         self._addr_cache: Dict[bytes, str] = {}
         self._addr_pairs: Dict[bytes, Tuple[str, str]] = {}  # 8 bytes of IPv4 source+destination
         self._since_sweep = 0
-        self._now = 0.0
 
     # -- entry point ---------------------------------------------------------------------------
     def decode(self, frame: Frame) -> List[Segment]:
         self.keep = False
         self._beyond_contract = False  # deeper than the kernel walks: decoded, but never "kept"
         ts, lt, data, ifname, meta = frame
-        self._now = ts
         self._since_sweep += 1
         if self._since_sweep >= EXPIRE_EVERY:
             self._sweep(ts)
-        if lt == LINKTYPE_ETHERNET and len(data) >= 42:
+        size = len(data)
+        if lt == LINKTYPE_ETHERNET and size >= 42:
             # Fast path for most of any capture: Ethernet, IPv4 without options, an unfragmented UDP datagram.
             # Same result as _ipv4() + _transport() below, in one struct unpack and no further calls.
             etype, vihl, total, frag, proto, addrs, sport, dport, ulen = _eth_ipv4_udp(data, 0)
             if etype == ETH_P_IP and vihl == 0x45 and proto == IPPROTO_UDP and not frag & 0x3FFF:
-                size = len(data)
                 end = 14 + total if total >= 20 else size  # trims Ethernet padding
                 if end > size:
                     end = size

@@ -123,8 +123,7 @@ def run_watch(
     next_housekeeping = 0.0
     try:
         while stop["why"] is None:
-            for frame in capture.poll(POLL_MS):
-                pipeline.feed(frame)
+            pipeline.feed_all(capture.poll(POLL_MS))
             now = time.monotonic()
             # kernel counters, timeouts, flushes and rescans: every 100 ms, not after every wakeup
             if now >= next_housekeeping:
@@ -148,8 +147,7 @@ def run_watch(
         signal.signal(signal.SIGTERM, old_term)
         # drain what the kernel already handed over, then close
         try:
-            for frame in capture.poll(0):
-                pipeline.feed(frame)
+            pipeline.feed_all(capture.poll(0))
         except Exception:  # noqa: BLE001 - closing must not lose the rows already decoded
             pass
         pipeline.extra_dropped = _losses(capture)

@@ -131,3 +131,10 @@ def test_random_tcp_segments_never_raise(chunks, seq):
         dec.decode(Frame(1.0, LINKTYPE_RAW, ip + tcp))
         seq = (seq + len(chunk)) & 0xFFFFFFFF
     dec.finish()
+
+
+def test_short_payloads_are_judged_by_their_own_length():
+    # the decode cache keys on the bytes after the ID: 0-, 1- and 2-byte payloads must not share an answer
+    assert parse_message(b"").reason == "empty payload"
+    assert parse_message(b"\x12\x34").reason == "truncated header (2 bytes)"
+    assert parse_message(b"\x12").reason == "truncated header (1 bytes)"
