@@ -167,9 +167,9 @@ def _summary_text(path: str, s: Summary) -> str:
 
 # -- query / search / schema ---------------------------------------------------------------------
 
-def _open(db_path: Optional[str]):
+def _open(db_path: Optional[str], attach=()):
     try:
-        return open_readonly(db_path or default_db_path())
+        return open_readonly(db_path or default_db_path(), attach)
     except StoreError as exc:
         raise click.ClickException(str(exc))
 
@@ -193,15 +193,19 @@ def _run_sql(db, sql: str, params, fmt: str) -> None:
 @db_option
 @click.option("-p", "--param", "params", type=(str, str), multiple=True, metavar="NAME VALUE",
               help="Named parameter for :NAME in the SQL (repeatable).")
+@click.option("--attach", type=(str, click.Path(dir_okay=False)), multiple=True, metavar="ALIAS PATH",
+              help="Attach another log read-only as ALIAS (ALIAS.queries), e.g. another node's (repeatable).")
 @format_options
-def query(sql: str, db_path: Optional[str], params, fmt: str) -> None:
+def query(sql: str, db_path: Optional[str], params, attach, fmt: str) -> None:
     """Run SQL against the log (read-only).
 
     \b
-    Example:
+    Examples:
       dnswatch query "select qname, count(*) n from queries group by 1 order by n desc limit 10"
+      dnswatch query "select 'a' node, * from queries union all select 'b', * from b.queries" \\
+          --db node-a.db --attach b node-b.db
     """
-    _run_sql(_open(db_path), sql, dict(params), fmt)
+    _run_sql(_open(db_path, attach), sql, dict(params), fmt)
 
 
 @cli.command()

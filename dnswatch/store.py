@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import gc
 import json
+from urllib.parse import quote
 import marshal
 import os
 import queue
@@ -538,16 +539,27 @@ class _Checkpointer:
                 self._cond.notify_all()
 
 
-def open_readonly(path: str) -> sqlite_utils.Database:
-    """Open the log for reading only (``query``, ``search``): never takes a write lock, waits on a busy writer."""
+def _readonly_uri(path: str) -> str:
     if path != ":memory:" and not os.path.exists(path):
         raise StoreError(f"{path}: no such database; record one with 'dnswatch replay FILE --db {path}' or 'dnswatch watch'")
+    return f"file:{quote(os.path.abspath(path))}?mode=ro"
+
+
+def open_readonly(path: str, attach: Sequence[Tuple[str, str]] = ()) -> sqlite_utils.Database:
+    """Open the log for reading only (``query``, ``search``): never takes a write lock, waits on a busy writer.
+    ``attach``: (alias, path) of more logs, read-only too (other nodes' logs: ``alias.queries``)."""
     try:
-        conn = sqlite3.connect(f"file:{os.path.abspath(path)}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
+        conn = sqlite3.connect(_readonly_uri(path), uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
     except sqlite3.Error as exc:
         raise _friendly(path, exc)
+    for alias, other in attach:
+        try:
+            conn.execute("ATTACH DATABASE ? AS [%s]" % alias.replace("]", "]]"), (_readonly_uri(other),))
+            conn.execute("SELECT count(*) FROM [%s].sqlite_master" % alias.replace("]", "]]")).fetchone()
+        except sqlite3.Error as exc:
+            raise _friendly(other, exc)
     return _database(conn)
 
 

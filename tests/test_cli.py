@@ -188,3 +188,17 @@ def test_locked_database_gives_clear_error(tmp_path, monkeypatch):
             s.close()
     finally:
         holder.execute("ROLLBACK")
+
+
+def test_query_across_attached_logs(runner, tmp_path):
+    a, b = tmp_path / "node-a.db", tmp_path / "node b.db"
+    replay(a, DIG)
+    replay(b, PCAPS / "udp_port5353.pcap")
+    sql = ("select 'a' node, count(*) n from queries union all select 'b', count(*) from b.queries")
+    result = runner.invoke(cli, ["query", sql, "--db", str(a), "--attach", "b", str(b)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output) == [{"node": "a", "n": 12}, {"node": "b", "n": 8}]
+    write = runner.invoke(cli, ["query", "delete from b.queries", "--db", str(a), "--attach", "b", str(b)])
+    assert write.exit_code == 1  # attached logs are read-only too
+    missing = runner.invoke(cli, ["query", "select 1", "--db", str(a), "--attach", "c", str(tmp_path / "none.db")])
+    assert missing.exit_code == 1 and "no such database" in missing.output
