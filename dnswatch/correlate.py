@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Callable, Dict, List, Optional, Tuple
 
-from dnswatch.dns import Message, opcode_text, qclass_text, qtype_text, rcode_text
+from dnswatch.dns import Message, Question, opcode_text, qclass_text, qtype_text, rcode_text
 from dnswatch.model import Segment
 from dnswatch.schema import Q, QUERY_COLUMNS
 
@@ -168,18 +168,11 @@ class Correlator:
         """Rows of a query message (one per question) with the columns that depend on the message alone."""
         templates = []
         for q in msg.questions:
-            row: Row = [None] * _N
-            row[I_QNAME] = q.qname
-            row[I_QTYPE] = qtype_text(q.qtype)
-            row[I_QTYPE_NUM] = q.qtype
-            row[I_QCLASS] = qclass_text(q.qclass)
-            row[I_OPCODE] = opcode_text(msg.opcode)
+            row = _message_row(q, msg)
             row[I_QFLAGS] = msg.flags
             row[I_EDNS_SIZE] = msg.edns_udp_size
             row[I_EDNS_DO] = msg.edns_do
             row[I_ECS] = msg.ecs
-            row[I_DECODER] = msg.decoder
-            row[I_NOTE] = msg.note
             templates.append(row)
         if len(self._templates) >= MAX_TEMPLATES:
             self._templates.clear()
@@ -226,7 +219,7 @@ class Correlator:
     def _response_only(self, seg: Segment, msg: Message, dns_id: int) -> None:
         self.response_only += 1
         for q in msg.questions or (None,):
-            row = [None] * _N
+            row = _message_row(q, msg)
             row[I_TS] = seg.ts
             row[I_CAP] = self.capture_id
             row[I_SRC] = seg.dst  # the client, as in query rows
@@ -235,12 +228,6 @@ class Correlator:
             row[I_DPORT] = seg.sport
             row[I_PROTO] = seg.proto
             row[I_ID] = dns_id
-            if q is not None:
-                row[I_QNAME] = q.qname
-                row[I_QTYPE] = qtype_text(q.qtype)
-                row[I_QTYPE_NUM] = q.qtype
-                row[I_QCLASS] = qclass_text(q.qclass)
-            row[I_OPCODE] = opcode_text(msg.opcode)
             row[I_STATUS] = "response_only"
             row[I_RCODE] = rcode_text(msg.rcode)
             row[I_RCODE_NUM] = msg.rcode
@@ -249,8 +236,6 @@ class Correlator:
             row[I_RTS] = seg.ts
             row[I_RFLAGS] = msg.flags
             row[I_RSIZE] = len(seg.payload)
-            row[I_DECODER] = msg.decoder
-            row[I_NOTE] = msg.note
             row[I_IFNAME] = seg.ifname
             if seg.meta is not None:
                 row[I_NETNS] = seg.meta.netns
@@ -286,6 +271,20 @@ class Correlator:
         for row in rows:
             row[I_STATUS] = "unanswered"
             self.emit(row)
+
+
+def _message_row(q: Optional[Question], msg: Message) -> Row:
+    """A new row holding what one question of ``msg`` says (no question: a response that had none)."""
+    row: Row = [None] * _N
+    if q is not None:
+        row[I_QNAME] = q.qname
+        row[I_QTYPE] = qtype_text(q.qtype)
+        row[I_QTYPE_NUM] = q.qtype
+        row[I_QCLASS] = qclass_text(q.qclass)
+    row[I_OPCODE] = opcode_text(msg.opcode)
+    row[I_DECODER] = msg.decoder
+    row[I_NOTE] = msg.note
+    return row
 
 
 def _same_questions(rows: List[Row], msg: Message) -> bool:
