@@ -210,3 +210,14 @@ def test_forwarded_queries_carry_no_process(tmp_path):
         assert capture_row(db)["duplicates"] == 10  # queries and responses seen coming in and going out
     finally:
         lab.close()
+
+
+def test_unprivileged_watch_says_what_to_fix(tmp_path):
+    require_privileges()  # root, to drop to nobody
+    tmp_path.chmod(0o777)
+    out = subprocess.run(["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups", "--inh-caps=-all",
+                          sys.executable, "-m", "dnswatch", "watch", "--db", str(tmp_path / "n.db")],
+                         capture_output=True, text=True, timeout=60, cwd=str(Path(__file__).parent.parent))
+    assert out.returncode == 1
+    assert "not permitted to capture" in out.stderr and "CAP_BPF" in out.stderr
+    assert "Traceback" not in out.stderr and "compile" not in out.stderr

@@ -204,6 +204,11 @@ def load_filter(ports: Sequence[int] = (53,), responses: bool = False, max_captu
     if not 64 <= max_capture <= MAX_CAPTURE_LIMIT:
         raise ValueError(f"max_capture must be within 64..{MAX_CAPTURE_LIMIT}, got {max_capture}")
     bcc = import_bcc()
+    from dnswatch.doctor import check_privileges  # one definition of "privileged enough"
+
+    privileges = check_privileges()
+    if not privileges.ok:  # before compiling: unprivileged, bcc's failure would read like a header problem
+        raise LiveCaptureError(f"not permitted to capture ({privileges.detail})", _FIX_PRIV)
     src = filter_source()
     missing: Dict[str, str] = {}
     if task_meta is None:
