@@ -73,6 +73,12 @@ class Lab:
         sh("ip", "-n", ns, "link", "set", "lo", "up")
         return ns
 
+    def delete_netns(self, ns: str) -> None:
+        """Remove a namespace now (a pod deleted mid-test), with its /etc/netns files."""
+        sh("ip", "netns", "del", ns)
+        self.namespaces.remove(ns)
+        shutil.rmtree(Path("/etc/netns") / ns, ignore_errors=True)
+
     def link(self, a: str, b: str, subnet: int) -> Dict[str, str]:
         """veth between namespaces a and b: a gets 198.18.<subnet>.1 / fd00:18:<subnet>::1, b gets .2 / ::2.
         ``a`` may be "" for the host namespace."""
@@ -152,7 +158,7 @@ class Lab:
                     break
                 except OSError:
                     time.sleep(0.05)
-        for ns in self.namespaces:
+        for ns in list(self.namespaces):
             sh("ip", "netns", "del", ns, check=False)
             shutil.rmtree(Path("/etc/netns") / ns, ignore_errors=True)
         shutil.rmtree(self.tmp, ignore_errors=True)

@@ -67,8 +67,7 @@ class Node:
                 "cgroup": cg, "ip": link["b4"], "netns_inode": os.stat(f"/var/run/netns/{ns}").st_ino}
 
     def delete(self, pod: dict) -> None:
-        self.lab.run(None, "ip", "netns", "del", pod["netns"])
-        self.lab.namespaces.remove(pod["netns"])
+        self.lab.delete_netns(pod["netns"])
         for link in (self.logs / "containers").glob(f"{pod['name']}_*"):
             link.unlink()
         for d in sorted(self.logs.glob(f"pods/{pod['namespace']}_{pod['name']}_*/**/*"), reverse=True):
