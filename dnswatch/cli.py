@@ -134,13 +134,12 @@ def _replay_one(store: Store, path: str, ports: Sequence[int], timeout: float, p
         unknown = pipeline.decoder.unknown_linktypes()
         if unknown:
             pipeline.summary.warnings.append(
-                f"{path}: frames with unsupported link types {unknown} were skipped; dnswatch reads Ethernet, "
+                f"{path}: frames with unsupported link types {sorted(unknown)} were skipped; dnswatch reads Ethernet, "
                 "Linux cooked v1/v2, raw IP and BSD loopback"
             )
         summary = pipeline.finish(status)
         reader.close()
-    unknown_frames = sum(v for k, v in summary.skipped.items() if k.startswith("unknown_linktype_"))
-    if summary.frames and unknown_frames == summary.frames:
+    if summary.frames and sum(unknown.values()) == summary.frames:
         raise CaptureFormatError(summary.warnings[-1])
     return summary
 

@@ -213,8 +213,9 @@ class FrameDecoder:
             self.stats["truncated_l3_l4"] += 1
             return []
 
-    def unknown_linktypes(self) -> List[int]:
-        return [int(k.rsplit("_", 1)[1]) for k in self.stats if k.startswith("unknown_linktype_")]
+    def unknown_linktypes(self) -> Dict[int, int]:
+        """Link types this decoder could not read: {link type: frames skipped}."""
+        return {int(k.rsplit("_", 1)[1]): n for k, n in self.stats.items() if k.startswith("unknown_linktype_")}
 
     # -- IP ------------------------------------------------------------------------------------
     def _addr4(self, raw: bytes) -> str:
