@@ -11,7 +11,7 @@ import click
 
 from dnswatch import __version__
 from dnswatch.correlate import DEFAULT_TIMEOUT
-from dnswatch.output import FORMATS, event_line, safe_text, write_rows
+from dnswatch.output import event_line, safe_text, write_rows
 from dnswatch.pipeline import Pipeline, Summary
 from dnswatch.schema import TABLES, describe
 from dnswatch.search import SearchError, SearchFilters, build_search

@@ -187,8 +187,7 @@ def _rdata_text(rr) -> str:
     t = qtype_text(rr.rtype)
     if t in _NAME_TYPES:
         return name_text(rr.rdata.label)
-    text = str(rr.rdata)
-    return text
+    return str(rr.rdata)
 
 
 def _ecs_text(data: bytes) -> Optional[str]:

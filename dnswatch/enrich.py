@@ -91,8 +91,8 @@ class TTLCache(Generic[K, V]):
 def cgroup_root() -> Optional[str]:
     """The cgroup v2 mount point: /sys/fs/cgroup on unified hosts, /sys/fs/cgroup/unified on hybrid ones."""
     for path in CGROUP_MOUNTS:
-        if os.path.exists(os.path.join(path, "cgroup.controllers")) or os.path.exists(
-                os.path.join(path, "cgroup.procs")) and _is_cgroup2(path):
+        # cgroup.controllers exists only at a v2 root; otherwise ask the mount table
+        if os.path.exists(os.path.join(path, "cgroup.controllers")) or _is_cgroup2(path):
             return path
     return None
 
@@ -310,7 +310,8 @@ class Enricher:
                 info = self._describe(path) if path is not None else None
                 if info is not None:
                     self._by_cgroup.put(cgroup_id, info)
-        if (info is None or info[0] is None and info[2] is None) and row[I_NETNS]:
+        no_container = info is None or (info[0] is None and info[2] is None)  # neither container id nor pod
+        if no_container and row[I_NETNS]:
             path = self.netns_owners.cgroup_path(row[I_NETNS])
             info = self._describe(path) if path is not None else None
         if info is not None:

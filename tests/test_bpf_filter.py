@@ -155,7 +155,7 @@ def vlan(l3, tags):
     tpids = [t for t, _ in tags]
     inner = 0x0800 if l3.name == "IP" else 0x86DD
     hdr = b""
-    for i, (tpid, vid) in enumerate(tags):
+    for i, (_tpid, vid) in enumerate(tags):
         nxt = tpids[i + 1] if i + 1 < len(tags) else inner
         hdr += struct.pack("!HH", vid, nxt)
     e = sc.Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02", type=tpids[0])

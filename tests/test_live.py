@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import sqlite3
-import struct
 import subprocess
 import sys
 import time

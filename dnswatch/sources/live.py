@@ -474,7 +474,7 @@ class LiveCapture:
     def _open_sockets(self, taps: _NetnsTaps, prog_fd: int) -> None:
         for ifname in self.interfaces or [None]:
             taps.sockets.append(_open_tap(prog_fd, ifname))
-        for ifindex, name in socket.if_nameindex():  # in this thread's namespace
+        for ifindex, _name in socket.if_nameindex():  # in this thread's namespace
             info = _ifinfo(taps.sockets[0], ifindex)
             if info is not None:
                 taps.ifaces[ifindex] = info
