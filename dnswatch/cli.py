@@ -16,6 +16,7 @@ from dnswatch.pipeline import Pipeline, Summary
 from dnswatch.schema import TABLES, describe
 from dnswatch.search import SearchError, SearchFilters, build_search
 from dnswatch.sources.pcap import CaptureFormatError, PcapReader, file_size
+from dnswatch.stop import StopSignals
 from dnswatch.store import Store, StoreError, default_db_path, open_readonly
 
 
@@ -358,6 +359,7 @@ def watch(interfaces, ports, responses, netns_specs, all_netns, db_path, no_db, 
             out.write(event_line(kind, d) + "\n")
         out.flush()
 
+    stop = StopSignals().__enter__()  # from here on Ctrl-C, SIGTERM and SIGHUP end the capture cleanly
     pipeline = Pipeline(store, "live", capture.describe(), ports, timeout,
                         options={"interfaces": list(interfaces), "responses": responses, "netns": list(netns_specs),
                                  "all_netns": all_netns},
@@ -368,20 +370,26 @@ def watch(interfaces, ports, responses, netns_specs, all_netns, db_path, no_db, 
                         expect_responses=responses)
     where = f", logging to {store.path}" if store else ""
     click.echo(f"Watching DNS on {capture.describe()}{where}. Ctrl-C to end.", err=True)
+    error = None
     try:
         summary = run_watch(capture, pipeline, duration=duration, count=count, shown=lambda: shown["n"],
-                            tracker=NetnsTracker(capture) if all_netns else None)
+                            tracker=NetnsTracker(capture) if all_netns else None, stop=stop)
     except StoreError as exc:
-        raise click.ClickException(str(exc))
-    finally:
-        if store is not None:
+        error, summary = exc, pipeline.counters()
+    if store is not None:
+        try:
             store.close()
+        except StoreError as exc:
+            error = error or exc
+    stop.__exit__(None, None, None)
     click.echo(
         f"{summary.queries:,} queries, {summary.responses:,} responses, {summary.malformed:,} malformed, "
         f"{summary.dropped:,} dropped (kernel buffer losses), {summary.duplicates:,} duplicate copies; "
         f"{summary.rows:,} rows stored in {summary.seconds:.1f}s",
         err=True,
     )
+    if error is not None:
+        raise click.ClickException(str(error))
 
 
 @cli.command()

@@ -40,6 +40,7 @@ class Summary:
     malformed_reasons: Dict[str, int] = field(default_factory=dict)
     skipped: Dict[str, int] = field(default_factory=dict)
     warnings: List[str] = field(default_factory=list)
+    error: Optional[str] = None  # what ended a 'failed' capture
 
     @property
     def rate(self) -> float:
@@ -180,6 +181,8 @@ class Pipeline:
             "notes": {"malformed": s.malformed_reasons, "frames": s.skipped, "warnings": s.warnings,
                       "unanswered": s.unanswered, "response_only": s.response_only},
         }
+        if s.error:
+            update["notes"]["error"] = s.error
         if status is not None:
             update["status"] = status
             if status != "running":

@@ -416,10 +416,11 @@ def _exit_text(status: Optional[int]) -> str:
 
 def _writer_main(path: str, width: int, inbox: Connection, outbox: Connection) -> int:
     """The writer process: apply the parent's messages in order until "close" or the end of the pipe."""
-    # Ctrl-C and a SIGTERM to the process group are the parent's to handle: it then closes us cleanly, or dies
+    # Ctrl-C, SIGHUP and a SIGTERM to the process group are the parent's to handle: it then closes us cleanly, or dies
     # and we commit what it sent before we exit.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a closed terminal hangs up the whole group
     gc.disable()  # never collect (and so never finalise) objects inherited from the parent; we make no cycles
 
     def reply(*message: Any) -> None:

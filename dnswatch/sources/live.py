@@ -479,6 +479,30 @@ class LiveCapture:
             if info is not None:
                 taps.ifaces[ifindex] = info
 
+    def detach(self) -> None:
+        """Stop taking packets, at once: every socket is re-bound to protocol 0, so the kernel delivers it nothing
+        more (the sockets stay open for interface lookups). Safe to call from a signal handler, also while a
+        perf read is running: under a flood faster than we read, that read only ends once nothing new comes."""
+        for taps in list(self._taps.values()):
+            for s in list(taps.sockets):
+                sll = _SockaddrLL(family=socket.AF_PACKET, protocol=0, ifindex=0)
+                _libc.bind(s.fileno(), ctypes.byref(sll), ctypes.sizeof(sll))
+
+    def stop(self) -> List[Frame]:
+        """End of capture: detach first, so nothing new enters the perf buffers, then return every event the
+        kernel had already kept (the caller stores them; :meth:`close` then unloads the filter)."""
+        if self.filter is None:
+            return []
+        self.detach()
+        out = self.poll(0)
+        # a packet the filter was handling on another CPU as its socket closed is written a moment later
+        self.filter.consume()
+        if self._out:
+            out.extend(self._out)
+            self._out = []
+            out.sort(key=_by_ktime)
+        return out
+
     def close(self) -> None:
         for taps in self._taps.values():
             taps.close()
