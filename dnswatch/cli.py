@@ -1,11 +1,11 @@
 """Command line: parses options, calls the library, formats output. No capture or decoding logic here."""
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import sys
-from itertools import islice
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import click
 
@@ -76,73 +76,90 @@ def replay(files: Sequence[str], db_path: Optional[str], ports: Sequence[int], t
         progress = sys.stderr.isatty()
     failures = 0
     summaries = []
-    try:
-        store = Store(db_path, live_columns=False, bulk=True)
-    except StoreError as exc:
-        raise click.ClickException(str(exc))
-    try:
-        for path in files:
-            try:
-                summary = _replay_one(store, path, ports, timeout, progress)
-            except CaptureFormatError as exc:
-                failures += 1
-                click.echo(f"Error: {exc}", err=True)
-                continue
-            summaries.append((path, summary))
-            for warning in summary.warnings:
-                click.echo(f"Warning: {safe_text(warning)}", err=True)
-            if as_json:
-                click.echo(json.dumps({"file": path, **_summary_dict(summary)}))
-            else:
-                click.echo(_summary_text(path, summary))
-    except StoreError as exc:
-        raise click.ClickException(str(exc))
-    finally:
+    with StopSignals() as stop:  # Ctrl-C, SIGTERM, SIGHUP: stop between two chunks, record, summarise
         try:
-            store.close()
-        except StoreError:
-            pass
+            store = Store(db_path, live_columns=False, bulk=True)
+        except StoreError as exc:
+            raise click.ClickException(str(exc))
+        try:
+            for path in files:
+                if stop.requested:
+                    break
+                try:
+                    summary, error = _replay_one(store, path, ports, timeout, progress, stop)
+                except CaptureFormatError as exc:  # not a capture at all: nothing was recorded
+                    failures += 1
+                    click.echo(f"Error: {safe_text(exc)}", err=True)
+                    continue
+                summaries.append((path, summary))
+                for warning in summary.warnings:
+                    click.echo(f"Warning: {safe_text(warning)}", err=True)
+                if as_json:
+                    click.echo(json.dumps({"file": path, **_summary_dict(summary)}))
+                else:
+                    click.echo(_summary_text(path, summary))
+                if isinstance(error, CaptureFormatError):
+                    failures += 1
+                    click.echo(f"Error: {safe_text(error)}", err=True)
+                elif isinstance(error, StoreError):
+                    raise click.ClickException(str(error))
+                elif error is not None:
+                    raise error  # a bug: its traceback, now that the capture says 'failed' and the summary is out
+        finally:
+            try:
+                store.close()
+            except StoreError:
+                pass
+    if stop.requested:
+        raise click.ClickException(
+            f"interrupted by {stop.name}: {len(summaries)} of {len(files)} files replayed, the last one in part; "
+            "what was read is stored (captures.status = 'interrupted')")
     if failures:
         raise click.ClickException(f"{failures} of {len(files)} files could not be read (see above)")
 
 
-def _replay_one(store: Store, path: str, ports: Sequence[int], timeout: float, progress: bool) -> Summary:
+def _replay_one(store: Store, path: str, ports: Sequence[int], timeout: float, progress: bool,
+                stop: StopSignals) -> Tuple[Summary, Optional[BaseException]]:
+    """Replay one file. Every way it ends records a status ('complete', 'interrupted', 'failed') and returns
+    the summary, with the error that ended it, if any. Raises CaptureFormatError only before it started."""
     reader = PcapReader(path)
     pipeline = Pipeline(store, "pcap", path, ports, timeout, options={"format": reader.format})
     size = file_size(path)
-    status = "complete"
+    status, error = "complete", None
     try:
-        if progress and size:
-            with click.progressbar(length=size, label=click.format_filename(path), file=sys.stderr) as bar:
-                done = 0
-                frames = reader.frames()
-                while True:
-                    before = pipeline.summary.frames
-                    pipeline.feed_all(islice(frames, 0x4000))
-                    if pipeline.summary.frames == before:
-                        break
+        with contextlib.ExitStack() as stack:
+            advance = None
+            if progress and size:
+                bar = stack.enter_context(click.progressbar(length=size, label=safe_text(path), file=sys.stderr))
+                done = [0]
+
+                def advance() -> None:
                     now = reader.position()
-                    bar.update(now - done)
-                    done = now
-                bar.update(size - done)
-        else:
-            pipeline.feed_all(reader.frames())
-    except KeyboardInterrupt:
-        status = "interrupted"
-        raise
-    finally:
-        pipeline.summary.warnings.extend(reader.warnings)
-        unknown = pipeline.decoder.unknown_linktypes()
-        if unknown:
-            pipeline.summary.warnings.append(
-                f"{path}: frames with unsupported link types {sorted(unknown)} were skipped; dnswatch reads Ethernet, "
-                "Linux cooked v1/v2, raw IP and BSD loopback"
-            )
+                    bar.update(now - done[0])
+                    done[0] = now
+            if not pipeline.feed_file(reader.frames(), lambda: stop.requested, advance):
+                status = "interrupted"
+    except Exception as exc:  # noqa: BLE001 - recorded as 'failed' with its reason, then the caller reports it
+        status, error = "failed", exc
+        pipeline.summary.error = f"{type(exc).__name__}: {exc}"
+    pipeline.summary.warnings.extend(reader.warnings)
+    unknown = pipeline.decoder.unknown_linktypes()
+    if unknown:
+        pipeline.summary.warnings.append(
+            f"{path}: frames with unsupported link types {sorted(unknown)} were skipped; dnswatch reads Ethernet, "
+            "Linux cooked v1/v2, raw IP and BSD loopback"
+        )
+        if status == "complete" and sum(unknown.values()) == pipeline.summary.frames:
+            status, error = "failed", CaptureFormatError(pipeline.summary.warnings[-1])
+            pipeline.summary.error = str(error)
+    try:
         summary = pipeline.finish(status)
+    except StoreError as exc:  # the log cannot take the status: the summary still says what was read
+        summary, error = pipeline.counters(), error or exc
+        summary.status = status
+    finally:
         reader.close()
-    if summary.frames and sum(unknown.values()) == summary.frames:
-        raise CaptureFormatError(summary.warnings[-1])
-    return summary
+    return summary, error
 
 
 def _summary_dict(s: Summary) -> dict:
@@ -151,6 +168,7 @@ def _summary_dict(s: Summary) -> dict:
         "malformed": s.malformed, "dropped": s.dropped, "duplicates": s.duplicates, "unanswered": s.unanswered,
         "response_only": s.response_only, "rows": s.rows, "seconds": round(s.seconds, 3),
         "frames_per_second": round(s.rate), "malformed_reasons": s.malformed_reasons, "warnings": s.warnings,
+        "status": s.status,
     }
 
 
@@ -162,7 +180,8 @@ def _summary_text(path: str, s: Summary) -> str:
     )
     if s.dropped:
         text += f", {s.dropped:,} dropped at memory bounds"
-    return text + f" in {s.seconds:.2f}s ({s.rate:,.0f} frames/s)"
+    text += f" in {s.seconds:.2f}s ({s.rate:,.0f} frames/s)"
+    return text if s.status == "complete" else f"{text}; {s.status}"
 
 
 # -- query / search / schema ---------------------------------------------------------------------

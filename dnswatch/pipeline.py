@@ -9,7 +9,8 @@ import gc
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, List, Optional
+from itertools import islice
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional
 
 from dnswatch.correlate import DEFAULT_TIMEOUT, Correlator, Row
 from dnswatch.dns import Malformed, parse_message
@@ -18,6 +19,8 @@ from dnswatch.model import Frame, Segment
 from dnswatch.store import Store
 
 EXPIRE_EVERY_FRAMES = 2048
+CHUNK_FRAMES = 2048  # replay: frames between two looks at the clock and the stop flag (a few ms)
+RECORD_EVERY = 1.0  # replay: seconds between two updates of the capture's counters in the log
 
 
 @dataclass
@@ -41,6 +44,7 @@ class Summary:
     skipped: Dict[str, int] = field(default_factory=dict)
     warnings: List[str] = field(default_factory=list)
     error: Optional[str] = None  # what ended a 'failed' capture
+    status: str = "running"  # as in captures.status once finished
 
     @property
     def rate(self) -> float:
@@ -140,6 +144,35 @@ class Pipeline:
             s.dns_messages += messages
             s.first_ts, s.last_ts, self._since_expire = first, last, since
 
+    def feed_file(self, frames: Iterator[Frame], stop: Callable[[], bool] = lambda: False,
+                  progress: Optional[Callable[[], None]] = None) -> bool:
+        """Replay: feed ``frames`` in chunks, so that the counters in ``captures`` stay current while rows are
+        stored (updated every RECORD_EVERY seconds) and ``stop()`` is asked every few milliseconds.
+        ``progress()`` runs after each chunk. Returns False when ``stop()`` ended it early."""
+        next_record = time.monotonic() + RECORD_EVERY
+        chunk = CHUNK_FRAMES
+        while True:
+            before = self.summary.frames
+            started = time.monotonic()
+            self.feed_all(islice(frames, chunk))
+            if self.summary.frames == before:
+                return True
+            if progress is not None:
+                progress()
+            if stop():
+                return False
+            now = time.monotonic()
+            # a slow input (a pipe from tcpdump) gets smaller chunks, so that it is recorded as it comes too
+            if now - started > RECORD_EVERY / 4:
+                chunk = max(1, chunk // 4)
+            elif chunk < CHUNK_FRAMES:
+                chunk *= 2
+            if now >= next_record:
+                if self.store is not None:
+                    self.store.flush(wait=False)  # the rows so far, then the counters that count them
+                self.record_counters("running")
+                next_record = now + RECORD_EVERY
+
     def _malformed(self, seg: Segment, reason: str) -> None:
         self.summary.malformed += 1
         self._malformed_reasons[reason.split(" (")[0]] += 1
@@ -191,6 +224,7 @@ class Pipeline:
 
     def finish(self, status: str = "complete") -> Summary:
         """End of input: pending queries become unanswered, everything is written."""
+        self.summary.status = status
         self.decoder.finish()
         self.correlator.flush()
         self.record_counters(status)

@@ -102,7 +102,11 @@ CAPTURES = Table(
         Column("host", "TEXT", "Host name of the machine that made this row."),
         Column("started", "REAL", "Start, Unix seconds (wall clock when dnswatch started on it)."),
         Column("ended", "REAL", "End, Unix seconds; NULL while running or when the run was killed."),
-        Column("status", "TEXT", "'running', 'complete', 'interrupted' (Ctrl-C, SIGTERM) or 'failed'."),
+        Column("status", "TEXT",
+               "How the run ended: 'complete' (the end of the input, --duration or --count), 'interrupted' (Ctrl-C, "
+               "SIGTERM or SIGHUP: everything read until then is stored and counted), 'failed' (an error ended it: "
+               "notes.error says which), or 'running': still going, or killed outright (SIGKILL, power loss; the "
+               "counters are those of the last second)."),
         Column("first_ts", "REAL", "Time of the first frame in the capture."),
         Column("last_ts", "REAL", "Time of the last frame in the capture."),
         Column("frames", "INTEGER", "Frames read (pcap) or passed up by the kernel filter (live)."),

@@ -162,10 +162,11 @@ class Store:
         if (self._rows or self._malformed) and time.monotonic() - self._last_flush >= BATCH_SECONDS:
             self.flush()
 
-    def flush(self) -> None:
-        """Commit every row added so far (in bulk mode: and wait until the writer process has)."""
+    def flush(self, wait: bool = True) -> None:
+        """Commit every row added so far (in bulk mode: and wait until the writer process has, unless not
+        ``wait``: then they are on their way, ahead of anything sent later)."""
         self._write_batch()
-        if self._writer is not None:
+        if self._writer is not None and wait:
             self._writer.request(("sync",))
 
     def _write_batch(self) -> None:

@@ -109,3 +109,143 @@ def test_ignored_signals_stay_ignored():
             assert stop.name == "SIGINT"
     finally:
         signal.signal(signal.SIGHUP, old)
+
+
+# -- replay ------------------------------------------------------------------------------------------
+
+def _raw_query(i: int) -> bytes:
+    """IPv4/UDP/DNS query number i (distinct source port and id), built by hand: scapy is too slow for thousands."""
+    import socket
+    import struct
+
+    dns = struct.pack("!HHHHHH", i & 0xFFFF, 0x0100, 1, 0, 0, 0) + b"\x01q\x07example\x04test\x00\x00\x01\x00\x01"
+    udp = struct.pack("!HHHH", 1024 + (i >> 16) * 7 + i % 50000, 53, 8 + len(dns), 0) + dns
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, 17, 0, socket.inet_aton("198.18.0.2"),
+                     socket.inet_aton("198.18.0.1"))
+    return ip + udp
+
+
+def _pcap_records(n: int, first: int = 0) -> bytes:
+    import struct
+
+    out = []
+    for i in range(first, first + n):
+        data = _raw_query(i)
+        ts = 1.7e9 + i * 0.001
+        out.append(struct.pack("<IIII", int(ts), int((ts % 1) * 1e6), len(data), len(data)) + data)
+    return b"".join(out)
+
+
+PCAP_HEADER_RAW = __import__("struct").pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 101)  # LINKTYPE_RAW
+
+
+def _slow_replay(tmp_path, per_tick: int = 50, tick: float = 0.05):
+    """`dnswatch replay -` fed ``per_tick`` frames every ``tick`` seconds from a thread; returns (proc, fed)."""
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    db = tmp_path / "slow.db"
+    proc = subprocess.Popen([sys.executable, "-m", "dnswatch", "replay", "-", "--db", str(db), "--no-progress"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    fed = {"n": 0, "log": [], "stop": False}
+
+    def feed():
+        try:
+            proc.stdin.write(PCAP_HEADER_RAW)
+            while not fed["stop"] and fed["n"] < 200_000:
+                proc.stdin.write(_pcap_records(per_tick, fed["n"]))
+                proc.stdin.flush()
+                fed["n"] += per_tick
+                fed["log"].append((time.monotonic(), fed["n"]))
+                time.sleep(tick)
+        except (BrokenPipeError, ValueError):
+            pass
+
+    threading.Thread(target=feed, daemon=True).start()
+    return db, proc, fed
+
+
+def _captures(db):
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+    con.row_factory = sqlite3.Row
+    try:
+        return [dict(r) for r in con.execute("select * from captures")], \
+            con.execute("select count(*) from queries").fetchone()[0]
+    finally:
+        con.close()
+
+
+def test_replay_counters_stay_current(tmp_path):
+    import time
+
+    db, proc, fed = _slow_replay(tmp_path)
+    try:
+        time.sleep(2.5)
+        now = time.monotonic()
+        caps, rows = _captures(db)
+        # every frame fed more than 1.2 s ago is counted (rows follow when their queries time out)
+        old = max(n for t, n in fed["log"] if t < now - 1.2)
+        assert caps[0]["status"] == "running"
+        assert caps[0]["frames"] >= old and caps[0]["queries"] >= old, (caps[0], old)
+    finally:
+        fed["stop"] = True
+        time.sleep(0.2)
+        proc.stdin.close()
+        proc.wait(timeout=30)
+    err = proc.stderr.read()
+    assert proc.returncode == 0, err
+    caps, rows = _captures(db)
+    assert caps[0]["status"] == "complete" and caps[0]["frames"] == fed["n"] and rows == fed["n"]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
+def test_a_signal_to_replay_records_and_summarises(tmp_path, signum):
+    import re
+    import time
+
+    db, proc, fed = _slow_replay(tmp_path)
+    try:
+        time.sleep(1.0)
+        proc.send_signal(signum)
+        proc.wait(timeout=10)
+        out, err = proc.stdout.read(), proc.stderr.read()
+    finally:
+        fed["stop"] = True
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, err
+    name = signal.Signals(signum).name
+    assert f"interrupted by {name}" in err.decode() and b"Traceback" not in err
+    m = re.search(rb"(\d[\d,]*) frames, .* (\d[\d,]*) rows, .*; interrupted", out)
+    assert m, out
+    caps, rows = _captures(db)
+    frames, summary_rows = (int(g.replace(b",", b"")) for g in m.groups())
+    assert (caps[0]["status"], caps[0]["frames"], rows) == ("interrupted", frames, summary_rows)
+    assert caps[0]["ended"] and 0 < frames <= fed["n"]
+
+
+def test_an_exception_in_replay_records_failed(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from conftest import PCAPS
+    from dnswatch import pipeline as pipeline_module
+    from dnswatch.cli import cli
+
+    real, calls = pipeline_module.parse_message, {"n": 0}
+
+    def breaks(payload):
+        calls["n"] += 1
+        if calls["n"] == 10:
+            raise RuntimeError("decoder bug")
+        return real(payload)
+
+    monkeypatch.setattr(pipeline_module, "parse_message", breaks)
+    db = tmp_path / "e.db"
+    result = CliRunner().invoke(cli, ["replay", str(PCAPS / "udp_v4_dig.pcap"), "--db", str(db)])
+    assert isinstance(result.exception, RuntimeError)
+    assert "; failed" in result.output  # the summary came first
+    caps, rows = _captures(db)
+    assert caps[0]["status"] == "failed" and caps[0]["ended"]
+    assert json.loads(caps[0]["notes"])["error"] == "RuntimeError: decoder bug"

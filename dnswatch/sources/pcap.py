@@ -80,7 +80,7 @@ class _Buffer:
             if self.eof:
                 return False
             try:
-                more = self.stream.read(max(CHUNK, n))
+                more = self.stream.read1(max(CHUNK, n))  # what there is: a slow pipe is decoded as it comes
             except (EOFError, OSError, gzip.BadGzipFile) as exc:  # truncated gzip member, I/O error
                 self.eof = True
                 raise _StreamError(str(exc) or type(exc).__name__)
