@@ -188,23 +188,38 @@ def _summary_text(path: str, s: Summary) -> str:
 
 def _open(db_path: Optional[str], attach=()):
     try:
-        return open_readonly(db_path or default_db_path(), attach)
+        db = open_readonly(db_path or default_db_path(), attach)
     except StoreError as exc:
         raise click.ClickException(str(exc))
+    for notice in db.conn.notices:
+        click.echo(f"Note: {safe_text(notice)}", err=True)
+    return db
+
+
+def _sql_error(db, exc: sqlite3.Error) -> str:
+    text = str(exc)
+    refused = getattr(db.conn, "refused", None)
+    if refused and ("not authorized" in text or "authorization denied" in text):
+        return f"query only reads the log, and refuses {refused}"
+    if "too many attached" in text:
+        return "query only reads the log, and refuses ATTACH and VACUUM; --attach ALIAS PATH reads another log"
+    if "readonly" in text:
+        return f"query only reads the log ({text}); replay and watch write it"
+    return f"SQL error: {text}"
 
 
 def _run_sql(db, sql: str, params, fmt: str) -> None:
     try:
         cursor = db.conn.execute(sql, params)
     except sqlite3.Error as exc:
-        raise click.ClickException(f"SQL error: {exc}")
+        raise click.ClickException(_sql_error(db, exc))
     columns = [d[0] for d in cursor.description or ()]
     rows = (dict(zip(columns, r)) for r in cursor)
     out = sys.stdout
     try:
         write_rows(rows, fmt, out, columns)
     except sqlite3.Error as exc:
-        raise click.ClickException(f"SQL error: {exc}")
+        raise click.ClickException(_sql_error(db, exc))
 
 
 @cli.command()
@@ -217,6 +232,10 @@ def _run_sql(db, sql: str, params, fmt: str) -> None:
 @format_options
 def query(sql: str, db_path: Optional[str], params, attach, fmt: str) -> None:
     """Run SQL against the log (read-only).
+
+    Only reading statements run: ATTACH, VACUUM, pragmas that set something and extension loading are refused.
+    In JSON, blobs are {"$base64": true, "encoded": ...} and infinite numbers the strings "Infinity" and
+    "-Infinity" (JSON has no infinity).
 
     \b
     Examples:

@@ -1,13 +1,15 @@
 """Rendering rows for people and pipes: JSON, newline-delimited JSON, CSV, tables, and live event lines.
 
 Nothing that came off the wire reaches a terminal raw: control characters (escape codes, newlines,
-C1 controls, DEL) are shown as ``\\xHH``. JSON output escapes them by construction.
+C1 controls, DEL) are shown as ``\\xHH``. JSON output escapes them by construction. JSON has no infinity:
+an infinite value (``select 1e999``) is written as the string "Infinity" or "-Infinity".
 """
 from __future__ import annotations
 
 import base64
 import csv
 import json
+import math
 import re
 import time
 from typing import IO, Any, Dict, Iterable, List, Optional, Sequence
@@ -29,6 +31,9 @@ def safe_text(value: Any) -> str:
 def _jsonable(value: Any) -> Any:
     if isinstance(value, (bytes, bytearray, memoryview)):
         return {"$base64": True, "encoded": base64.b64encode(bytes(value)).decode("ascii")}
+    if value.__class__ is float and not math.isfinite(value):
+        # JSON has no infinity: the strings JavaScript and Python spell them with; NaN (SQLite stores none) null
+        return None if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
     return value
 
 
@@ -38,12 +43,12 @@ def write_rows(rows: Iterable[Dict[str, Any]], fmt: str, out: IO[str], columns: 
     if fmt == "json":
         out.write("[")
         for row in rows:
-            out.write(("\n " if n == 0 else ",\n ") + json.dumps({k: _jsonable(v) for k, v in row.items()}, ensure_ascii=True))
+            out.write(("\n " if n == 0 else ",\n ") + json.dumps({k: _jsonable(v) for k, v in row.items()}, ensure_ascii=True, allow_nan=False))
             n += 1
         out.write("\n]\n" if n else "]\n")
     elif fmt == "nl":
         for row in rows:
-            out.write(json.dumps({k: _jsonable(v) for k, v in row.items()}, ensure_ascii=True) + "\n")
+            out.write(json.dumps({k: _jsonable(v) for k, v in row.items()}, ensure_ascii=True, allow_nan=False) + "\n")
             n += 1
     elif fmt == "csv":
         writer = None

@@ -541,28 +541,148 @@ class _Checkpointer:
                 self._cond.notify_all()
 
 
-def _readonly_uri(path: str) -> str:
+# -- reading: query, search ---------------------------------------------------------------------------
+#
+# The SQL of ``query`` is the user's, and dnswatch often runs as root: the connection must only ever read. The
+# file is opened read-only (mode=ro), writes are off (query_only), and SQLite's authorizer refuses what would
+# still write or reach outside the logs: ATTACH (VACUUM INTO attaches its copy, and VACUUM itself), pragmas
+# that set something, extension loading, and CREATE/DROP/ALTER even of temporary objects.
+
+# pragmas that only read, alone (PRAGMA x) or with an argument naming what to read (PRAGMA x(y))
+_READ_PRAGMAS = frozenset((
+    "application_id", "auto_vacuum", "collation_list", "compile_options", "data_version", "database_list",
+    "encoding", "foreign_key_check", "foreign_key_list", "foreign_keys", "freelist_count", "function_list",
+    "index_info", "index_list", "index_xinfo", "integrity_check", "journal_mode", "module_list", "page_count",
+    "page_size", "pragma_list", "quick_check", "schema_version", "table_info", "table_list", "table_xinfo",
+    "user_version",
+))
+_PRAGMAS_WITH_ARGUMENT = frozenset((
+    "foreign_key_check", "foreign_key_list", "index_info", "index_list", "index_xinfo", "integrity_check",
+    "quick_check", "table_info", "table_list", "table_xinfo",
+))
+_REFUSED_FUNCTIONS = frozenset(("load_extension", "fts3_tokenizer", "readfile", "writefile", "edit"))
+_DDL = {getattr(sqlite3, name) for name in dir(sqlite3)
+        if name.startswith(("SQLITE_CREATE_", "SQLITE_DROP_")) or name in ("SQLITE_ALTER_TABLE", "SQLITE_REINDEX",
+                                                                          "SQLITE_ANALYZE")}
+
+
+class ReadOnlyConnection(sqlite3.Connection):
+    """A connection for ``query``/``search``. ``refused``: what the authorizer last refused (for the message)."""
+
+    refused: Optional[str] = None
+    notices: List[str]  # how the files were opened, when it is worth saying (read-only media)
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.notices = []
+
+
+def _authorize(conn: ReadOnlyConnection):
+    def check(action: int, arg1: Optional[str], arg2: Optional[str], _db: Optional[str], _trigger: Optional[str]) -> int:
+        why = None
+        if action in (sqlite3.SQLITE_ATTACH, sqlite3.SQLITE_DETACH):
+            why = "ATTACH, DETACH and VACUUM (it writes a copy); --attach ALIAS PATH reads another log"
+        elif action == sqlite3.SQLITE_PRAGMA:
+            name = (arg1 or "").lower()
+            if name not in _READ_PRAGMAS:
+                why = f"PRAGMA {name} (only pragmas that read, like table_info or user_version)"
+            elif arg2 is not None and name not in _PRAGMAS_WITH_ARGUMENT:
+                why = f"setting PRAGMA {name} (PRAGMA {name} alone reads it)"
+        elif action == sqlite3.SQLITE_FUNCTION and (arg2 or "").lower() in _REFUSED_FUNCTIONS:
+            why = f"{arg2}()"
+        elif action in _DDL:
+            why = "CREATE, DROP, ALTER, REINDEX and ANALYZE, of temporary objects too (a WITH clause names a result)"
+        if why is None:
+            return sqlite3.SQLITE_OK
+        conn.refused = why
+        return sqlite3.SQLITE_DENY
+
+    return check
+
+
+def _readonly_uri(path: str, how: str = "") -> str:
     if path != ":memory:" and not os.path.exists(path):
         raise StoreError(f"{path}: no such database; record one with 'dnswatch replay FILE --db {path}' or 'dnswatch watch'")
-    return f"file:{quote(os.path.abspath(path))}?mode=ro"
+    return f"file:{quote(os.path.abspath(path))}?mode=ro{how}"
+
+
+def _readonly_media(path: str) -> Optional[Tuple[str, Optional[str]]]:
+    """When ``path`` cannot be read the usual way because its -shm cannot be created (read-only media, a folder
+    we may not write): (URI parameters, pragma to run before the first read) that read it without one. A log
+    with a non-empty -wal is read through it, with the WAL index in memory (exclusive mode, no locks: nothing
+    can write there); one without is read as immutable. None: the usual way has no excuse to fail."""
+    if path == ":memory:" or os.path.exists(path + "-shm"):
+        return None
+    if os.access(os.path.dirname(os.path.abspath(path)) or ".", os.W_OK):
+        return None
+    try:
+        wal = os.path.getsize(path + "-wal")
+    except OSError:
+        wal = 0
+    if wal:
+        return "&vfs=unix-none", "locking_mode = EXCLUSIVE"
+    return "&immutable=1", None
+
+
+def _open_ro(conn: Optional[ReadOnlyConnection], path: str, alias: Optional[str] = None) -> ReadOnlyConnection:
+    """Open ``path`` read-only as the main database (conn None: a new connection) or ATTACH it as ``alias``."""
+    schema = "main" if alias is None else "[%s]" % alias.replace("]", "]]")
+    attempts: List[Tuple[str, Optional[str]]] = [("", None)]
+    while True:
+        how, pragma = attempts[-1]
+        uri = _readonly_uri(path, how)
+        try:
+            if alias is None:
+                conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_MS / 1000, factory=ReadOnlyConnection)
+                conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+                if pragma:
+                    conn.execute(f"PRAGMA {pragma}")
+            else:
+                if pragma:  # ATTACH opens the file at once: only the default for new schemas is early enough
+                    conn.execute(f"PRAGMA {pragma}")
+                try:
+                    conn.execute(f"ATTACH DATABASE ? AS {schema}", (uri,))
+                    conn.execute(f"SELECT count(*) FROM {schema}.sqlite_master").fetchone()
+                finally:
+                    if pragma:  # the others back to normal (this one keeps the mode it entered WAL with)
+                        conn.execute("PRAGMA locking_mode = NORMAL")
+            conn.execute(f"SELECT count(*) FROM {schema}.sqlite_master").fetchone()
+            if how:
+                conn.notices.append(f"{path}: on read-only media (its -shm cannot be created): read "
+                                    + ("with its -wal, without locks" if "unix-none" in how else "as immutable"))
+            return conn
+        except sqlite3.Error as exc:
+            if alias is None and conn is not None:
+                conn.close()
+                conn = None
+            elif alias is not None:
+                try:
+                    conn.execute(f"DETACH DATABASE {schema}")
+                except sqlite3.Error:
+                    pass
+            fallback = _readonly_media(path) if len(attempts) == 1 else None
+            if fallback is None:
+                raise _friendly(path, exc)
+            attempts.append(fallback)
 
 
 def open_readonly(path: str, attach: Sequence[Tuple[str, str]] = ()) -> sqlite_utils.Database:
-    """Open the log for reading only (``query``, ``search``): never takes a write lock, waits on a busy writer.
-    ``attach``: (alias, path) of more logs, read-only too (other nodes' logs: ``alias.queries``)."""
+    """Open the log for reading only (``query``, ``search``): never takes a write lock, waits on a busy writer,
+    refuses any statement that would write (see above). ``attach``: (alias, path) of more logs, read-only too
+    (other nodes' logs: ``alias.queries``). Logs on read-only media are read too (see _readonly_media)."""
+    conn = _open_ro(None, path)
     try:
-        conn = sqlite3.connect(_readonly_uri(path), uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
-        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
-    except sqlite3.Error as exc:
-        raise _friendly(path, exc)
-    for alias, other in attach:
-        try:
-            conn.execute("ATTACH DATABASE ? AS [%s]" % alias.replace("]", "]]"), (_readonly_uri(other),))
-            conn.execute("SELECT count(*) FROM [%s].sqlite_master" % alias.replace("]", "]]")).fetchone()
-        except sqlite3.Error as exc:
-            raise _friendly(other, exc)
-    return _database(conn)
+        for alias, other in attach:
+            _open_ro(conn, other, alias)
+        db = _database(conn)  # sets its pragmas first
+        conn.execute("PRAGMA query_only = ON")
+        if hasattr(conn, "setlimit"):  # Python 3.11+: no attaching beyond ours, authorizer or not
+            conn.setlimit(sqlite3.SQLITE_LIMIT_ATTACHED, len(attach))
+        conn.set_authorizer(_authorize(conn))
+    except BaseException:
+        conn.close()
+        raise
+    return db
 
 
 def _database(conn: sqlite3.Connection) -> "sqlite_utils.Database":
