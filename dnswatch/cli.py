@@ -81,6 +81,7 @@ def replay(files: Sequence[str], db_path: Optional[str], ports: Sequence[int], t
             store = Store(db_path, live_columns=False, bulk=True)
         except StoreError as exc:
             raise click.ClickException(str(exc))
+        _notices(store)
         try:
             for path in files:
                 if stop.requested:
@@ -116,6 +117,11 @@ def replay(files: Sequence[str], db_path: Optional[str], ports: Sequence[int], t
             "what was read is stored (captures.status = 'interrupted')")
     if failures:
         raise click.ClickException(f"{failures} of {len(files)} files could not be read (see above)")
+
+
+def _notices(store: Store) -> None:
+    for notice in store.notices:
+        click.echo(f"Warning: {safe_text(notice)}", err=True)
 
 
 def _replay_one(store: Store, path: str, ports: Sequence[int], timeout: float, progress: bool,
@@ -380,6 +386,7 @@ def watch(interfaces, ports, responses, netns_specs, all_netns, db_path, no_db, 
         except StoreError as exc:
             capture.close()
             raise click.ClickException(str(exc))
+        _notices(store)
     shown = {"n": 0}
     out = sys.stdout
 

@@ -22,6 +22,7 @@ import queue
 import signal
 import socket
 import sqlite3
+import stat
 import threading
 import time
 import weakref
@@ -75,18 +76,104 @@ def _friendly(path: str, exc: Exception) -> StoreError:
     return StoreError(f"{path}: {text}")
 
 
-def _create_private(path: str) -> None:
-    """Create an empty file readable by its owner only: DNS logs say a lot about the users of a host."""
+# -- the log's files -----------------------------------------------------------------------------------
+#
+# dnswatch usually runs as root and the log says a lot about the users of a host: its files are the writer's
+# own, mode 0600. A name that someone else prepared is refused rather than written through: a symbolic link
+# (its owner chooses where root writes, and a dangling one would be created 0644), a file of another user (it
+# would receive the log, and SQLite, as root, gives the -wal/-shm it creates beside it to the database's
+# owner), a second hard link, anything but a regular file. An existing log, -wal or -shm that others may read
+# is tightened to 0600, with a notice. The -wal/-shm are checked again once SQLite has opened them.
+
+SIDECARS = ("-wal", "-shm")
+
+
+def _owner(uid: int) -> str:
+    try:
+        import pwd
+
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except (ImportError, KeyError):
+        return f"uid {uid}"
+
+
+def _check_private(path: str, notices: List[str], create: bool = False) -> None:
+    """Refuse ``path`` unless it is a regular file of ours with one name (or absent); tighten its mode to the
+    owner's bits. ``create``: make it (empty, 0600) when absent."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        if not create:
+            return
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except FileExistsError:  # created meanwhile, by someone: look at what it is
+            return _check_private(path, notices, create=False)
+        except OSError as exc:
+            raise StoreError(f"{path}: cannot create ({exc.strerror})")
+        try:
+            os.fchmod(fd, 0o600)  # whatever the umask
+        finally:
+            os.close(fd)
+        return
+    fix = "remove it or pass another --db"
+    if stat.S_ISLNK(st.st_mode):
+        try:
+            target = os.readlink(path)
+        except OSError:
+            target = "?"
+        raise StoreError(f"{path}: is a symbolic link (to {target}); the log is never written through a link, "
+                         f"whose owner would choose where it goes: pass the real path as --db, or {fix}")
+    if not stat.S_ISREG(st.st_mode):
+        raise StoreError(f"{path}: is not a regular file; {fix}")
+    # The checks on an O_PATH descriptor, so that what is checked is what is changed. Not a readable one: closing
+    # that would drop the fcntl locks SQLite holds on the file in this process (then a reader, believing itself
+    # first, truncates the -shm under the writer's mapping: SIGBUS). Closing an O_PATH one drops nothing.
+    o_path = getattr(os, "O_PATH", 0)
+    if not o_path or not os.path.isdir("/proc/self/fd"):
+        return _check_by_name(path, st, notices, fix)
+    try:
+        fd = os.open(path, o_path | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise StoreError(f"{path}: cannot open ({exc.strerror}); check the path and its permissions")
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise StoreError(f"{path}: is not a regular file (or was replaced meanwhile); {fix}")
+        _own_and_tighten(path, st, f"/proc/self/fd/{fd}", notices, fix)
+    finally:
+        os.close(fd)
+
+
+def _check_by_name(path: str, st: os.stat_result, notices: List[str], fix: str) -> None:
+    """``_check_private`` without O_PATH (not Linux): the same checks on the lstat of the name."""
+    _own_and_tighten(path, st, path, notices, fix)
+
+
+def _own_and_tighten(path: str, st: os.stat_result, target: str, notices: List[str], fix: str) -> None:
+    if st.st_uid != os.geteuid():
+        raise StoreError(f"{path}: belongs to {_owner(st.st_uid)}, not to {_owner(os.geteuid())}: dnswatch "
+                         f"writes its log only into its own files (the owner could read or change it); {fix}")
+    if st.st_nlink > 1:
+        raise StoreError(f"{path}: has {st.st_nlink} names (hard links): the log would be reachable under "
+                         f"another; {fix}")
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & 0o077:
+        os.chmod(target, mode & 0o700)
+        notices.append(f"{path}: mode was {mode:04o}, which let others read the log; changed to {mode & 0o700:04o}")
+
+
+def prepare_private(path: str) -> List[str]:
+    """Before SQLite opens ``path`` for writing: the log, and the -wal/-shm it may already have, pass
+    ``_check_private`` (the log is created if absent). Returns the notices (modes tightened). Raises StoreError."""
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise StoreError(f"{path}: folder {directory} does not exist")
-    try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
-        os.close(fd)
-    except FileExistsError:
-        pass
-    except OSError as exc:
-        raise StoreError(f"{path}: cannot create ({exc.strerror})")
+    notices: List[str] = []
+    _check_private(path, notices, create=True)
+    for suffix in SIDECARS:
+        _check_private(path + suffix, notices)
+    return notices
 
 
 class Store:
@@ -98,8 +185,9 @@ class Store:
         inserts them while this one goes on (see the module's docstring). ``flush()`` still waits until they
         are committed."""
         self.path = path
-        if path != ":memory:" and not os.path.exists(path):
-            _create_private(path)
+        self.notices: List[str] = []  # what was changed about the files (modes tightened), for the user
+        if path != ":memory:":
+            self.notices = prepare_private(path)
         self._width = len(QUERY_COLUMNS) if live_columns else LIVE_ONLY_FROM
         self._rows: List[Sequence[Any]] = []
         self._malformed: List[Sequence[Any]] = []
@@ -218,7 +306,10 @@ def _open(path: str) -> sqlite3.Connection:
             for table in TABLES:
                 for statement in create_sql(table):
                     conn.execute(statement)
-    except sqlite3.Error:
+        if path != ":memory:":  # the -wal/-shm SQLite opened: ours, 0600 (a name taken meanwhile is refused)
+            for suffix in SIDECARS:
+                _check_private(path + suffix, [])
+    except BaseException:
         conn.close()
         raise
     return conn
@@ -467,6 +558,9 @@ def _writer_main(path: str, width: int, inbox: Connection, outbox: Connection) -
             checkpointer.committed()
     except sqlite3.Error as exc:
         reply("error", str(_friendly(path, exc)))
+        return 1
+    except StoreError as exc:
+        reply("error", str(exc))
         return 1
     except Exception as exc:  # noqa: BLE001 - a bug must still reach the user as an error, not a hang
         reply("error", f"{path}: writer process failed: {type(exc).__name__}: {exc}")
