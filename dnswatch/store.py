@@ -51,6 +51,9 @@ PIPE_BYTES = 1 << 20  # a batch of replay rows is ~0.8 MB marshalled
 WRITER_QUEUE = 1  # batches the writer process holds besides the one it inserts (and one in the pipe)
 CHECKPOINT_EVERY = 4  # batches between checkpoints (~5 MiB of WAL; SQLite's default is 4 MiB)
 MAX_WAL_FRAMES = 4096  # pages (16 MiB at 4 KiB); past this the writer lets the checkpointer catch up
+WAL_LIMIT = 16 << 20  # journal_size_limit: when the WAL starts over, its file is cut back to this
+TRUNCATE_EVERY = 1.0  # seconds between attempts to empty a WAL left longer than WAL_LIMIT (by a reader)
+TRUNCATE_BUSY_MS = 50  # how long such an attempt may hold up the writer, waiting for readers to leave
 
 # CPython's sqlite3 sends None through the adapter protocol (a failing __conform__ lookup per NULL), which
 # doubles the cost of inserting our mostly-NULL rows. A C-level adapter that returns None is 2x faster.
@@ -206,6 +209,16 @@ class Store:
         self.conn = conn
         self.db = _database(conn)
         self._log = _Log(conn, self._width)
+        # Checkpoints in a thread, after every batch (live batches come once a second): never inside a commit
+        # of the capture loop, and a WAL a reader made long is emptied once it goes (see _Checkpointer).
+        self._checkpointer: Optional[_Checkpointer] = None
+        if path != ":memory:":
+            try:
+                conn.execute("PRAGMA wal_autocheckpoint = 0")
+                self._checkpointer = _Checkpointer(path, every=1, catch_up=False)
+            except sqlite3.Error as exc:
+                conn.close()
+                raise _friendly(path, exc)
 
     # -- captures ------------------------------------------------------------------------------
     def start_capture(self, kind: str, source: str, options: Dict[str, Any]) -> int:
@@ -265,9 +278,13 @@ class Store:
                 self._writer.send(("rows", rows, malformed))
         else:
             try:
+                if self._checkpointer is not None:
+                    self._checkpointer.check()
                 self._log.write(rows, malformed)
             except sqlite3.Error as exc:
                 raise _friendly(self.path, exc)
+            if self._checkpointer is not None and (rows or malformed):
+                self._checkpointer.committed()
         self.rows_written += len(rows)
         self._last_flush = time.monotonic()
 
@@ -278,7 +295,14 @@ class Store:
             if self._writer is not None:
                 self._writer.close()
             else:
-                self.conn.close()
+                try:
+                    if self._checkpointer is not None:
+                        self._checkpointer.close()
+                        _truncate_wal(self.conn, self.path, always=True)  # for when a reader stays connected
+                except sqlite3.Error as exc:
+                    raise _friendly(self.path, exc)
+                finally:
+                    self.conn.close()
 
     def __enter__(self) -> "Store":
         return self
@@ -301,6 +325,9 @@ def _open(path: str) -> sqlite3.Connection:
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute(f"PRAGMA journal_size_limit = {WAL_LIMIT}")
+        if path != ":memory:":
+            _truncate_wal(conn, path)  # one that a stalled reader left long after an earlier run
         with conn:
             conn.execute("BEGIN IMMEDIATE")
             for table in TABLES:
@@ -541,6 +568,7 @@ def _writer_main(path: str, width: int, inbox: Connection, outbox: Connection) -
             message = None if blob is None else marshal.loads(blob)
             if message is None or message[0] == "close":  # without "close", the parent is gone: all it sent is in
                 checkpointer.close()
+                _truncate_wal(conn, path, always=True)  # for when a reader stays connected
                 conn.close()  # the last connection: checkpoints what is left and removes the WAL
                 if message is not None:
                     reply("ok", message[1], None)
@@ -567,6 +595,30 @@ def _writer_main(path: str, width: int, inbox: Connection, outbox: Connection) -
         return 1
 
 
+def _wal_bytes(path: str) -> int:
+    try:
+        return os.path.getsize(path + "-wal")
+    except OSError:
+        return 0
+
+
+def _truncate_wal(conn: sqlite3.Connection, path: str, always: bool = False) -> bool:
+    """If the WAL is longer than WAL_LIMIT (or ``always``): checkpoint it whole and empty it (TRUNCATE), unless
+    readers still use it after TRUNCATE_BUSY_MS (then it is tried again later). True when it was emptied."""
+    if not (always and os.path.exists(path + "-wal")) and _wal_bytes(path) <= WAL_LIMIT:
+        return False
+    conn.execute(f"PRAGMA busy_timeout = {TRUNCATE_BUSY_MS}")
+    try:
+        blocked, _frames, _done = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    except sqlite3.OperationalError as exc:  # the writer's lock is taken: another time
+        if "locked" in str(exc) or "busy" in str(exc):
+            return False
+        raise
+    finally:
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    return not blocked
+
+
 class _Checkpointer:
     """Checkpoints the WAL from a thread of the writer process, on a connection of its own.
 
@@ -575,10 +627,16 @@ class _Checkpointer:
     the same checkpoints happen (synchronous=NORMAL), only in parallel with the inserts.
     """
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, every: int = CHECKPOINT_EVERY, catch_up: bool = True):
+        """``every``: commits between checkpoints. ``catch_up``: a write waits for the checkpoint when the WAL is
+        long (a bulk load); live capture never waits (its kernel buffers would overflow meanwhile)."""
+        self.path = path
+        self.every = every
+        self.catch_up = catch_up
         self.conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
                                     check_same_thread=False)
         self.conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        self.conn.execute(f"PRAGMA journal_size_limit = {WAL_LIMIT}")
         self._cond = threading.Condition()
         self._pending = False  # commits since the current or last checkpoint started
         self._busy = False
@@ -591,7 +649,7 @@ class _Checkpointer:
 
     def committed(self) -> None:
         self._commits += 1
-        if self._commits % CHECKPOINT_EVERY == 0:
+        if self._commits % self.every == 0:
             with self._cond:
                 self._pending = True
                 self._cond.notify_all()
@@ -600,7 +658,7 @@ class _Checkpointer:
         """Before a write: raise the checkpointer's error, if any. If checkpoints fell behind and the WAL is long,
         wait for one that covers every commit: the write then starts the WAL over instead of growing it."""
         with self._cond:
-            if self._wal_frames > MAX_WAL_FRAMES:
+            if self.catch_up and self._wal_frames > MAX_WAL_FRAMES:
                 while self._error is None and (self._pending or self._busy):
                     self._cond.wait()
             if self._error is not None:
@@ -616,15 +674,30 @@ class _Checkpointer:
             raise self._error
 
     def _run(self) -> None:
+        # PASSIVE checkpoints after commits never wait for anyone. A reader that keeps an old snapshot (a query
+        # stalled on a full pipe) stops the WAL from starting over: it grows meanwhile, and its file stays that
+        # long. journal_size_limit cuts it back at the next start-over; while it is longer than that, a TRUNCATE
+        # is tried every TRUNCATE_EVERY seconds, commits or not, so it also shrinks when nothing is written.
+        truncate_at = 0.0
         while True:
             with self._cond:
                 while self._running and not self._pending:
-                    self._cond.wait()
+                    if _wal_bytes(self.path) <= WAL_LIMIT:
+                        self._cond.wait()
+                        continue
+                    left = truncate_at - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._cond.wait(left)
                 if not self._running:
                     return
                 self._pending, self._busy = False, True
             try:
-                _blocked, frames, _done = self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                if time.monotonic() >= truncate_at and _wal_bytes(self.path) > WAL_LIMIT:
+                    truncate_at = time.monotonic() + TRUNCATE_EVERY
+                    frames = 0 if _truncate_wal(self.conn, self.path) else self._wal_frames
+                else:
+                    _blocked, frames, _done = self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
             except sqlite3.Error as exc:
                 with self._cond:
                     self._error, self._busy = exc, False
