@@ -109,6 +109,7 @@ def run_watch(
     count: Optional[int] = None,
     shown: Callable[[], int] = lambda: 0,
     tracker: Optional[NetnsTracker] = None,
+    every_second: Optional[Callable[[], None]] = None,
 ) -> Summary:
     """Poll ``capture`` (a ``sources.live.LiveCapture``) into ``pipeline``. Returns the final counters."""
     stop = {"why": None}
@@ -134,6 +135,8 @@ def run_watch(
                     tracker.tick()
                 if now - last_record >= 1.0:  # counters stay current in the log, even if we are killed
                     pipeline.record_counters("running")
+                    if every_second is not None:  # e.g. the metrics' capture health
+                        every_second()
                     last_record = now
             if deadline is not None and now >= deadline:
                 break
