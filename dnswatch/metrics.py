@@ -243,9 +243,10 @@ def _health_metrics(h: Dict[str, object]) -> Iterable:
     losses = h.get("losses")
     if isinstance(losses, dict):
         m = CounterMetricFamily("dnswatch_lost",
-                                "Data lost, by the stage where it was lost: kernel_perf_buffer (perf ring full), "
-                                "kernel_emit (the filter could not emit), memory_bound (fragments or TCP streams "
-                                "given up at a bound), decode (DNS messages that could not be read).",
+                                "Events lost, by the stage where they were lost (each counted once): "
+                                "kernel_perf_buffer (perf ring full), kernel_* (skipped by the filter), decode "
+                                "(frames that could not be read), memory_bounds (fragments or TCP streams given up "
+                                "at a bound).",
                                 labels=["stage"])
         for stage, n in sorted(losses.items()):
             m.add_metric([stage], n)
@@ -262,6 +263,7 @@ def _health_metrics(h: Dict[str, object]) -> Iterable:
         ("kernel_seen", "dnswatch_kernel_packets_seen", "Packets the socket filter looked at."),
         ("kernel_kept", "dnswatch_kernel_packets_kept", "Packets the socket filter passed up."),
         ("duplicates", "dnswatch_duplicates", "Copies of a message seen again on another interface (stored once)."),
+        ("malformed", "dnswatch_malformed_messages", "DNS messages that could not be read (kept in the malformed table)."),
         ("rows_stored", "dnswatch_rows_stored", "Rows written to the log by this process."),
     ):
         if key in h:
@@ -282,16 +284,18 @@ def capture_health(pipeline, capture=None, store=None) -> Dict[str, object]:
     """Counters for ``MetricsSink.set_health`` from the pipeline's summary and the live capture's stats."""
     s = pipeline.counters()
     stats = capture.stats() if capture is not None else {}
-    losses = {
-        "kernel_perf_buffer": int(stats.get("lost_samples", 0)),
-        "kernel_emit": int(stats.get("emit_failures", 0)),
-        "memory_bound": int(pipeline.decoder.dropped()),
-        "decode": int(s.malformed),
-    }
-    extra = getattr(s, "losses", None)  # per-stage loss counters, where the pipeline keeps them
-    if isinstance(extra, dict):
-        losses.update({str(k): int(v) for k, v in extra.items()})
+    # the kernel's and the memory bounds' losses, overlaid with the pipeline's per-stage counts where it keeps
+    # them (Summary.losses: each lost event counted at one stage). A full perf buffer shows in both of the
+    # kernel's counters, so they are not added up.
+    losses = {"kernel_perf_buffer": max(int(stats.get("lost_samples", 0)), int(stats.get("emit_failures", 0))),
+              "memory_bounds": int(pipeline.decoder.dropped())}
+    if capture is None:
+        del losses["kernel_perf_buffer"]
+    staged = getattr(s, "losses", None)
+    if isinstance(staged, dict):
+        losses.update({str(k): int(v) for k, v in staged.items()})
     health: Dict[str, object] = {"losses": losses, "skipped": dict(s.skipped), "frames": s.frames,
+                                 "malformed": s.malformed,
                                  "duplicates": s.duplicates, "rows_stored": s.rows if store is not None else 0,
                                  "pending": len(pipeline.correlator.pending)}
     for key in ("kernel_seen", "kernel_kept"):

@@ -23,7 +23,7 @@ def exported_names():
     sink = MetricsSink()
     sink(row(pod="web", pod_namespace="shop", container="c"))
     sink(row(comm="curl", status="unanswered"))
-    sink.set_health(losses={"decode": 1}, skipped={"fragments": 1}, frames=1, duplicates=0, rows_stored=2,
+    sink.set_health(losses={"decode": 1}, skipped={"fragments": 1}, frames=1, malformed=0, duplicates=0, rows_stored=2,
                     namespaces=2, log_bytes=4096, pending=0, kernel_seen=1, kernel_kept=1, perf_buffer_pages=64)
     names = set()
     for family in text_string_to_metric_families(exposition(sink).decode()):
