@@ -346,7 +346,7 @@ def watch(interfaces, ports, responses, netns_specs, all_netns, db_path, no_db, 
     from dnswatch import netns
     from dnswatch.enrich import Enricher
     from dnswatch.jsonlines import JsonLinesSink
-    from dnswatch.metrics import MetricsError, MetricsServer, MetricsSink, capture_health
+    from dnswatch.metrics import HealthUpdater, MetricsError, MetricsServer, MetricsSink
     from dnswatch.sources.live import LiveCapture, LiveCaptureError
     from dnswatch.watch import NetnsTracker, RowFilter, row_dict, run_watch
 
@@ -402,7 +402,7 @@ def watch(interfaces, ports, responses, netns_specs, all_netns, db_path, no_db, 
     if metrics is not None:
         sinks.append(metrics.sink)
     if as_json and not quiet:
-        sinks.append(JsonLinesSink(out, json_format or "native"))
+        sinks.append(JsonLinesSink(out, json_format or "native", row_filter=row_filter if row_filter.active else None))
     pipeline = Pipeline(store, "live", capture.describe(), ports, timeout,
                         options={"interfaces": list(interfaces), "responses": responses, "netns": list(netns_specs),
                                  "all_netns": all_netns},
@@ -418,8 +418,7 @@ def watch(interfaces, ports, responses, netns_specs, all_netns, db_path, no_db, 
     try:
         summary = run_watch(capture, pipeline, duration=duration, count=count, shown=lambda: shown["n"],
                             tracker=NetnsTracker(capture) if all_netns else None,
-                            every_second=(lambda: metrics.sink.set_health(**capture_health(pipeline, capture, store)))
-                            if metrics else None)
+                            on_tick=HealthUpdater(metrics.sink, pipeline, capture, store) if metrics else None)
     except StoreError as exc:
         raise click.ClickException(str(exc))
     finally:

@@ -311,6 +311,22 @@ def capture_health(pipeline, capture=None, store=None) -> Dict[str, object]:
     return health
 
 
+class HealthUpdater:
+    """``run_watch``'s ``on_tick``: the capture health into the sink once a second (never stops the loop)."""
+
+    def __init__(self, sink: MetricsSink, pipeline, capture=None, store=None, every: float = 1.0):
+        self.sink, self.pipeline, self.capture, self.store = sink, pipeline, capture, store
+        self.every = every
+        self._next = 0.0
+
+    def __call__(self) -> bool:
+        now = time.monotonic()
+        if now >= self._next:
+            self._next = now + self.every
+            self.sink.set_health(**capture_health(self.pipeline, self.capture, self.store))
+        return True
+
+
 def _size(path: str) -> int:
     try:
         return os.path.getsize(path)

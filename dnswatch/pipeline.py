@@ -70,7 +70,7 @@ class Pipeline:
         opts = {"ports": list(self.ports), "timeout": timeout, **(options or {})}
         self.capture_id = store.start_capture(kind, source, opts) if store is not None else None
         self.row_filter = row_filter
-        self.sinks = tuple(sinks)  # more consumers of the stored rows (metrics, JSON lines): the same rows as the log
+        self.sinks = tuple(sinks)  # every emitted row also goes to these (top, timeout lines)
         # Without a filter every row goes to the store: the correlator calls store.add itself (one call less per
         # row in replay) and the rows are counted by how much the store's ``rows_added`` grew.
         emit: Callable[[Row], None] = self._emit

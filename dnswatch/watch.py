@@ -109,9 +109,10 @@ def run_watch(
     count: Optional[int] = None,
     shown: Callable[[], int] = lambda: 0,
     tracker: Optional[NetnsTracker] = None,
-    every_second: Optional[Callable[[], None]] = None,
+    on_tick: Optional[Callable[[], bool]] = None,
 ) -> Summary:
-    """Poll ``capture`` (a ``sources.live.LiveCapture``) into ``pipeline``. Returns the final counters."""
+    """Poll ``capture`` (a ``sources.live.LiveCapture``) into ``pipeline``. Returns the final counters.
+    ``on_tick`` (top's screen) is called with the housekeeping; returning False stops."""
     stop = {"why": None}
 
     def on_term(signum, _frame):
@@ -133,10 +134,10 @@ def run_watch(
                 pipeline.tick()
                 if tracker is not None:
                     tracker.tick()
+                if on_tick is not None and not on_tick():
+                    break
                 if now - last_record >= 1.0:  # counters stay current in the log, even if we are killed
                     pipeline.record_counters("running")
-                    if every_second is not None:  # e.g. the metrics' capture health
-                        every_second()
                     last_record = now
             if deadline is not None and now >= deadline:
                 break
