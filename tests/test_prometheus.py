@@ -18,6 +18,7 @@ import pytest
 
 from conftest import require_tool
 from netlab import Lab, Watch, require_privileges
+from test_jsonlines import ecs_fields, validate_ecs
 from test_pods import SERVER, Node
 
 pytestmark = pytest.mark.privileged
@@ -111,8 +112,8 @@ def test_prometheus_scrapes_per_pod_counts_nxdomain_and_latency(node, tmp_path):
     web = node.pod("web-7d9c5", "shop", "nginx", "systemd")
     api = node.pod("api-5f8b", "billing", "app", "cgroupfs")
     db = tmp_path / "metrics.db"
-    watch = Watch(node.lab, None, db, "--all-netns", "--responses", "--quiet", "--k8s-log-dir", str(node.logs),
-                  "--metrics", "127.0.0.1:0")
+    watch = Watch(node.lab, None, db, "--all-netns", "--responses", "--json-format", "ecs",
+                  "--k8s-log-dir", str(node.logs), "--metrics", "127.0.0.1:0")
     prometheus = None
     try:
         banner = "".join(watch.stderr)
@@ -151,3 +152,17 @@ def test_prometheus_scrapes_per_pod_counts_nxdomain_and_latency(node, tmp_path):
     stored = dict(con.execute("select pod, count(*) from queries where pod_namespace in ('shop', 'billing') "
                               "and status != 'response_only' group by pod"))
     assert stored == expected
+    # and in the ECS lines on stdout, which follow the ECS field definitions
+    fields = ecs_fields()
+    docs = [json.loads(line) for line in watch.stdout if line.startswith("{")]
+    for doc in docs:
+        validate_ecs(doc, fields)
+    ours = [d for d in docs if d.get("orchestrator", {}).get("namespace") in ("shop", "billing")]
+    assert len(ours) == 15
+    nx = [d for d in ours if d["dns"]["response_code"] == "NXDOMAIN"]
+    assert {d["dns"]["question"]["name"] for d in nx} == {"nope.example.test", "missing.example.test"}
+    www = next(d for d in ours if d["dns"]["question"]["name"] == "www.example.test"
+               and d["dns"]["question"]["type"] == "A")
+    assert www["dns"]["resolved_ip"] == ["198.18.0.80"] and www["process"]["name"] == "dig"
+    assert www["orchestrator"]["resource"] == {"type": "pod", "name": "web-7d9c5", "id": web["uid"]}
+    assert www["container"] == {"id": web["cid"], "name": "nginx"} and www["event"]["duration"] > 0
