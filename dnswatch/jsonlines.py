@@ -7,7 +7,8 @@ and ``dnswatch schema --ecs`` the ECS mapping, field by field.
 
 Version 1 of the native schema: every column of the ``queries`` table under its own name (``dnswatch schema``
 says what each means), ``answers`` as an array instead of JSON text, and ``schema_version``, ``event``, ``time``
-and ``host``. A later version may add fields; a field's meaning or type changes only with a new version.
+and ``host``. Fields may be added within a version (ignore the ones you do not know); a field is renamed,
+removed, or changes meaning or type only with a new ``schema_version``.
 """
 from __future__ import annotations
 
@@ -60,8 +61,7 @@ def json_lines_schema() -> Dict[str, Any]:
         "title": f"dnswatch watch --json line, schema version {SCHEMA_VERSION}",
         "type": "object",
         "properties": props,
-        "required": list(props),
-        "additionalProperties": False,
+        "required": list(props),  # every field is on every line (null when unknown)
     }
 
 

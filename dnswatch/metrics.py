@@ -61,7 +61,7 @@ class _Series:
         self.latency_sum = 0.0
         self.latency_count = 0
         self.last = now
-        self.score = 0.0  # decayed rows per rebalance period
+        self.score = 0.0  # rows per rebalance period, smoothed
         self.recent = 0  # rows since the last rebalance
 
 
@@ -157,8 +157,8 @@ class MetricsSink:
             for who in [w for w, s in self.series.items() if now - s.last >= self.idle_after]:
                 del self.series[who]
                 self.evicted["idle"] += 1
-            for s in self.series.values():
-                s.score = s.score / 2 + s.recent
+            for s in self.series.values():  # rows per period, smoothed over the last few periods
+                s.score = (s.score + s.recent) / 2
                 s.recent = 0
             ranked = sorted(self.candidates.items(), key=lambda kv: kv[1], reverse=True)
             self.candidates = {}

@@ -95,6 +95,7 @@ def test_native_lines_follow_their_schema():
     for r in all_rows():
         line = json.loads(json.dumps(native(r, "node-1")))
         check(line, schema, line.get("qname"))
+        assert list(line) == list(schema["properties"])  # every field, in the documented order
         events.add((line["event"], line["status"]))
         if line["status"] == "answered":
             assert isinstance(line["answers"], list)

@@ -280,3 +280,16 @@ def test_scrape_size_is_bounded_even_for_every_qtype_and_rcode():
     size = len(exposition(sink))
     assert size < MAX_SCRAPE_BYTES, size
     print(f"worst-case /metrics for 200 label sets: {size} bytes")
+
+
+def test_a_steady_identity_keeps_its_slot_against_an_equally_busy_one():
+    clock = Clock()
+    sink = MetricsSink(max_label_sets=1, idle_after=1e9, rebalance=10, clock=clock)
+    for _ in range(5):  # several periods of 10 rows each for both
+        for _ in range(10):
+            sink(row(pod="steady", pod_namespace="ns"))
+            sink(row(pod="rival", pod_namespace="ns"))
+        clock.now += 10
+        sink.rebalance()
+    assert [who[1] for who in sink.series] == ["steady"]
+    assert sink.evicted["displaced"] == 0
