@@ -384,6 +384,8 @@ def watch(interfaces, ports, responses, netns_specs, all_netns, db_path, no_db, 
             store = Store(db_path or default_db_path())
         except StoreError as exc:
             capture.close()
+            if metrics is not None:
+                metrics.close()
             raise click.ClickException(str(exc))
     shown = {"n": 0}
     out = sys.stdout
@@ -413,7 +415,7 @@ def watch(interfaces, ports, responses, netns_specs, all_netns, db_path, no_db, 
                         expect_responses=responses, sinks=sinks)
     where = f", logging to {store.path}" if store else ""
     if metrics is not None:
-        where += f", metrics on http://{metrics.host}:{metrics.port}/metrics"
+        where += f", metrics on {metrics.url}"
     click.echo(f"Watching DNS on {capture.describe()}{where}. Ctrl-C to end.", err=True)
     try:
         summary = run_watch(capture, pipeline, duration=duration, count=count, shown=lambda: shown["n"],

@@ -374,6 +374,11 @@ class MetricsServer:
         if self._httpd is not None:
             self.port = self._httpd.server_address[1]  # port 0: the one the system chose
 
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/metrics"
+
     def close(self) -> None:
         if self._httpd is not None:
             self._httpd.shutdown()

@@ -293,3 +293,20 @@ def test_a_steady_identity_keeps_its_slot_against_an_equally_busy_one():
         sink.rebalance()
     assert [who[1] for who in sink.series] == ["steady"]
     assert sink.evicted["displaced"] == 0
+
+
+def test_watch_refuses_a_bad_or_busy_metrics_address(runner):
+    from dnswatch.cli import cli
+
+    out = runner.invoke(cli, ["watch", "--no-db", "--metrics", "localhost"])
+    assert out.exit_code == 1 and "is not HOST:PORT" in out.output
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        out = runner.invoke(cli, ["watch", "--no-db", "--metrics", f"127.0.0.1:{s.getsockname()[1]}"])
+    assert out.exit_code == 1 and "choose another --metrics address or port" in out.output, out.output
+
+
+def test_metrics_url():
+    server = MetricsServer(MetricsSink(), "[::1]:9553")
+    assert server.url == "http://[::1]:9553/metrics"
