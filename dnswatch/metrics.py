@@ -278,6 +278,8 @@ def _health_metrics(h: Dict[str, object]) -> Iterable:
             yield GaugeMetricFamily(name, doc, h[key])
     # TODO(issue 11): lookups and wasted search-path queries (dnswatch_lookups_total,
     # dnswatch_search_path_wasted_queries_total) come from the lookups stage when it lands; hook them here.
+    # TODO(issue 9): prune lag (seconds the oldest row is past retention) once retention lands.
+    # The perf buffer's fill level is not exported: bcc does not expose it (only its size, perf_buffer_pages).
 
 
 def capture_health(pipeline, capture=None, store=None) -> Dict[str, object]:
