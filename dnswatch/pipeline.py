@@ -31,6 +31,8 @@ class Summary:
     malformed: int = 0
     dropped: int = 0
     duplicates: int = 0
+    retries: int = 0  # query attempts after the first (see schema: queries.attempts)
+    repeated_responses: int = 0
     unanswered: int = 0
     response_only: int = 0
     rows: int = 0
@@ -161,6 +163,7 @@ class Pipeline:
         c = self.correlator
         s.queries, s.responses, s.duplicates = c.queries, c.responses, c.duplicates
         s.unanswered, s.response_only = c.unanswered, c.response_only
+        s.retries, s.repeated_responses = c.retries, c.repeated_responses
         if self._rows_from is not None:
             s.rows = self.store.rows_added - self._rows_from
         s.dropped = self.decoder.dropped() + self.extra_dropped
@@ -178,7 +181,8 @@ class Pipeline:
             "malformed": s.malformed, "dropped": s.dropped, "duplicates": s.duplicates,
             "first_ts": s.first_ts, "last_ts": s.last_ts,
             "notes": {"malformed": s.malformed_reasons, "frames": s.skipped, "warnings": s.warnings,
-                      "unanswered": s.unanswered, "response_only": s.response_only},
+                      "unanswered": s.unanswered, "response_only": s.response_only, "retries": s.retries,
+                      "repeated_responses": s.repeated_responses},
         }
         if status is not None:
             update["status"] = status
