@@ -128,11 +128,19 @@ CAPTURES = Table(
         Column("responses", "INTEGER", "DNS responses decoded."),
         Column("malformed", "INTEGER", "DNS messages that could not be read at all (see the malformed table)."),
         Column("dropped", "INTEGER",
-               "Data lost: kernel buffer losses in live capture; fragments or TCP streams given up at a memory bound."),
+               "Events lost, each counted once at the stage where it was lost: the sum of notes.losses."),
         Column("duplicates", "INTEGER",
                "Copies of a message seen again at another capture point within 50 ms (see queries), stored once."),
         Column("options", "TEXT", "Options of the run as JSON (ports, interfaces, timeout...)."),
-        Column("notes", "TEXT", "JSON: counts of frames skipped by reason, warnings about damaged input."),
+        Column("notes", "TEXT",
+               "JSON: counts of frames skipped by reason (frames), malformed messages by reason, warnings about "
+               "damaged input, unanswered / response_only rows, retries (query attempts after the first), "
+               "repeated_responses, and losses by stage: kernel_perf_buffer (live: events the per-CPU perf buffer "
+               "had no room for), kernel_short_payload (live: DNS-port UDP payloads under 12 bytes, which the "
+               "kernel drops and replay stores as malformed), kernel_too_many_questions (live: more than 16 "
+               "questions), decode (captured frames whose DNS message could not be read: truncated headers, TCP "
+               "messages cut off, fragments never completed), memory_bounds (fragments or TCP streams given up "
+               "at a memory bound)."),
         Column("dnswatch_version", "TEXT", "Version of dnswatch that wrote this row."),
     ),
     (),
