@@ -364,12 +364,14 @@ def watch(interfaces, ports, responses, netns_specs, all_netns, db_path, no_db, 
             out.write(event_line(kind, d) + "\n")
         out.flush()
 
+    enricher = Enricher(k8s_log_dir=k8s_log_dir)
+    capture.on_task = enricher.process_names.name  # while the sender exists, not once the reorder window is past
     pipeline = Pipeline(store, "live", capture.describe(), ports, timeout,
                         options={"interfaces": list(interfaces), "responses": responses, "netns": list(netns_specs),
                                  "all_netns": all_netns},
                         on_query=lambda row: show("Q", row),
                         on_response=(lambda row: show("R", row)) if responses else None,
-                        enrich=Enricher(k8s_log_dir=k8s_log_dir),
+                        enrich=enricher,
                         row_filter=row_filter if row_filter.active else None,
                         expect_responses=responses)
     where = f", logging to {store.path}" if store else ""

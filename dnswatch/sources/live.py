@@ -430,6 +430,9 @@ class LiveCapture:
         self.reorder_late = 0  # frames read after a younger one was handed on (0 unless the margin is too short)
         self.reorder_forced = 0  # frames handed on early because the window hit REORDER_MAX_BYTES
         self._lost = 0
+        # called with the sender's pid as each event is read (before the reorder window holds it): what must be
+        # looked up while the sender still exists (enrich.ProcessNames.name: /proc/PID/comm) is looked up then
+        self.on_task: Optional[Callable[[int], object]] = None
         self._ts_offset = 0.0
         self._task_meta = 0
 
@@ -581,6 +584,8 @@ class LiveCapture:
             ifname, linktype = None, LINKTYPE_ETHERNET
         if flags & META_TASK_VALID:
             tm = self._task_meta
+            if self.on_task is not None and tm & TASK_PID and pid_tgid >> 32 != pid_tgid & 0xFFFFFFFF:
+                self.on_task(pid_tgid >> 32)  # sent by a thread: the process's name is read from /proc, now
             meta = PacketMeta(
                 kt, ifindex, pkt_type, ns, ifname,
                 pid_tgid >> 32 if tm & TASK_PID else None,
