@@ -147,10 +147,16 @@ def _replay_one(store: Store, path: str, ports: Sequence[int], timeout: float, p
 def _summary_dict(s: Summary) -> dict:
     return {
         "frames": s.frames, "dns_messages": s.dns_messages, "queries": s.queries, "responses": s.responses,
-        "malformed": s.malformed, "dropped": s.dropped, "duplicates": s.duplicates, "unanswered": s.unanswered,
+        "malformed": s.malformed, "dropped": s.dropped, "losses": s.losses, "duplicates": s.duplicates,
+        "retries": s.retries, "repeated_responses": s.repeated_responses, "unanswered": s.unanswered,
         "response_only": s.response_only, "rows": s.rows, "seconds": round(s.seconds, 3),
         "frames_per_second": round(s.rate), "malformed_reasons": s.malformed_reasons, "warnings": s.warnings,
     }
+
+
+def losses_text(losses: dict) -> str:
+    """'kernel perf buffer 3, decode 0, ...': every stage, so a reader sees where nothing was lost too."""
+    return ", ".join(f"{stage.replace('_', ' ')} {n:,}" for stage, n in losses.items())
 
 
 def _summary_text(path: str, s: Summary) -> str:
@@ -160,7 +166,7 @@ def _summary_text(path: str, s: Summary) -> str:
         f"{s.rows:,} rows, {s.unanswered:,} unanswered, {s.response_only:,} responses without query"
     )
     if s.dropped:
-        text += f", {s.dropped:,} dropped at memory bounds"
+        text += f", {s.dropped:,} lost ({losses_text(s.losses)})"
     return text + f" in {s.seconds:.2f}s ({s.rate:,.0f} frames/s)"
 
 
@@ -400,6 +406,8 @@ def watch(interfaces, ports, responses, netns_specs, all_netns, db_path, no_db, 
         out.write(event_line(kind, row_dict(row)) + "\n")
         out.flush()
 
+    enricher = Enricher(k8s_log_dir=k8s_log_dir)
+    capture.on_task = enricher.process_names.name  # while the sender exists, not once the reorder window is past
     sinks = []  # they get the rows the log stores, after the filters
     if metrics is not None:
         sinks.append(metrics.sink)
@@ -410,7 +418,7 @@ def watch(interfaces, ports, responses, netns_specs, all_netns, db_path, no_db, 
                                  "all_netns": all_netns},
                         on_query=lambda row: show("Q", row),
                         on_response=(lambda row: show("R", row)) if responses else None,
-                        enrich=Enricher(k8s_log_dir=k8s_log_dir),
+                        enrich=enricher,
                         row_filter=row_filter if row_filter.active else None,
                         expect_responses=responses, sinks=sinks)
     where = f", logging to {store.path}" if store else ""
@@ -430,7 +438,8 @@ def watch(interfaces, ports, responses, netns_specs, all_netns, db_path, no_db, 
             metrics.close()
     click.echo(
         f"{summary.queries:,} queries, {summary.responses:,} responses, {summary.malformed:,} malformed, "
-        f"{summary.dropped:,} dropped (kernel buffer losses), {summary.duplicates:,} duplicate copies; "
+        f"{summary.dropped:,} lost ({losses_text(summary.losses)}), {summary.duplicates:,} duplicate copies, "
+        f"{summary.retries:,} retries; "
         f"{summary.rows:,} rows stored in {summary.seconds:.1f}s",
         err=True,
     )
