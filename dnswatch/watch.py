@@ -111,8 +111,10 @@ def run_watch(
     shown: Callable[[], int] = lambda: 0,
     tracker: Optional[NetnsTracker] = None,
     stop: Optional[StopSignals] = None,
+    on_tick: Optional[Callable[[], bool]] = None,
 ) -> Summary:
     """Poll ``capture`` (a ``sources.live.LiveCapture``) into ``pipeline``. Returns the final counters.
+    ``on_tick`` (top's screen) is called with the housekeeping; returning False stops.
 
     Ctrl-C, SIGTERM and SIGHUP end it like ``--duration`` does (``stop``: the caller's, entered around its own
     shutdown too; by default one for this call). Any other way out records status 'failed' before raising."""
@@ -132,10 +134,12 @@ def run_watch(
                 # kernel counters, timeouts, flushes and rescans: every 100 ms, not after every wakeup
                 if now >= next_housekeeping:
                     next_housekeeping = now + HOUSEKEEPING_INTERVAL
-                    pipeline.extra_dropped = _losses(capture)
+                    pipeline.source_losses = _losses(capture)
                     pipeline.tick()
                     if tracker is not None:
                         tracker.tick()
+                    if on_tick is not None and not on_tick():
+                        break
                     if now - last_record >= 1.0:  # counters stay current in the log, even if we are killed
                         pipeline.record_counters("running")
                         last_record = now
@@ -150,9 +154,9 @@ def run_watch(
         except BaseException as exc:
             _record_failure(capture, pipeline, exc)
             raise
-        # detach, then everything the kernel had already kept: it is stored and counted like the rest
+        # detach, then everything the kernel had already kept (and the reorder window holds): stored and counted
         pipeline.feed_all(capture.stop())
-        pipeline.extra_dropped = _losses(capture)
+        pipeline.source_losses = _losses(capture)
         capture.close()
         return pipeline.finish(status)
     finally:
@@ -167,7 +171,7 @@ def _record_failure(capture, pipeline: Pipeline, exc: BaseException) -> None:
     pipeline.summary.error = f"{type(exc).__name__}: {exc}"
     try:
         pipeline.feed_all(capture.stop())
-        pipeline.extra_dropped = _losses(capture)
+        pipeline.source_losses = _losses(capture)
     except Exception:  # noqa: BLE001 - the original error is the one to report
         pass
     try:
@@ -176,6 +180,10 @@ def _record_failure(capture, pipeline: Pipeline, exc: BaseException) -> None:
         pass
 
 
-def _losses(capture) -> int:
+def _losses(capture) -> Dict[str, int]:
+    """The kernel's losses by stage. A full perf buffer is counted by the filter (emit_failures) and again
+    by the buffer's lost records (lost_samples): the same events, so only the first is used."""
     stats = capture.stats()
-    return int(stats.get("lost_samples", 0)) + int(stats.get("emit_failures", 0))
+    return {"kernel_perf_buffer": int(stats.get("emit_failures", 0)),
+            "kernel_short_payload": int(stats.get("kernel_skip_short", 0)),
+            "kernel_too_many_questions": int(stats.get("kernel_skip_qdcount", 0))}
