@@ -11,7 +11,7 @@ import click
 
 from dnswatch import __version__
 from dnswatch.correlate import DEFAULT_TIMEOUT
-from dnswatch.output import event_line, safe_text, write_rows
+from dnswatch.output import event_line, safe_message, safe_text, write_rows
 from dnswatch.pipeline import Pipeline, Summary
 from dnswatch.schema import TABLES, describe
 from dnswatch.search import SearchError, SearchFilters, build_search
@@ -42,7 +42,19 @@ def format_options(f):
     return f
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _EscapingGroup(click.Group):
+    """Every error reaches the terminal escaped: its file names and values are the user's, or whoever named the
+    file (an ESC sequence or a CR in a file name must not recolour or rewrite the screen)."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except click.ClickException as exc:
+            exc.message = safe_message(exc.message)
+            raise
+
+
+@click.group(cls=_EscapingGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="dnswatch")
 def cli() -> None:
     """Who resolved what, when, and what did they get.
@@ -468,7 +480,7 @@ def watch(interfaces, ports, responses, netns_specs, all_netns, db_path, no_db, 
                         enrich=enricher,
                         row_filter=row_filter if row_filter.active else None,
                         expect_responses=responses, sinks=sinks)
-    where = f", logging to {store.path}" if store else ""
+    where = f", logging to {safe_text(store.path)}" if store else ""
     if metrics is not None:
         where += f", metrics on {metrics.url}"
     click.echo(f"Watching DNS on {capture.describe()}{where}. Ctrl-C to end.", err=True)

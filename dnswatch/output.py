@@ -1,7 +1,8 @@
 """Rendering rows for people and pipes: JSON, newline-delimited JSON, CSV, tables, and live event lines.
 
-Nothing that came off the wire reaches a terminal raw: control characters (escape codes, newlines,
-C1 controls, DEL) are shown as ``\\xHH``. JSON output escapes them by construction. JSON has no infinity:
+Nothing that came off the wire (or names a file) reaches a terminal raw: control characters (escape codes,
+newlines, C1 controls, DEL) and Unicode format characters (bidi overrides, zero-width ones, ...) are shown
+as ``\\xHH`` / ``\\uHHHH``, as dig escapes them. JSON output escapes them by construction. JSON has no infinity:
 an infinite value (``select 1e999``) is written as the string "Infinity" or "-Infinity".
 """
 from __future__ import annotations
@@ -12,20 +13,39 @@ import json
 import math
 import re
 import time
+import unicodedata
 from typing import IO, Any, Dict, Iterable, List, Optional, Sequence
 
 from tabulate import tabulate
 
 FORMATS = ("json", "nl", "csv", "table")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_ASCII_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# Not shown raw: controls (C0, DEL, C1), format characters (bidi overrides and isolates, zero-width ones, the
+# BOM, Arabic letter mark, tag characters...), line and paragraph separators, surrogates, private-use and
+# unassigned code points: they reorder, hide or forge what a terminal shows. Letters of every script stay.
+_UNSAFE = frozenset(("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"))
+
+
+def _escape(char: str) -> str:
+    n = ord(char)
+    return "\\x%02x" % n if n < 0x100 else "\\u%04x" % n if n < 0x10000 else "\\U%08x" % n
 
 
 def safe_text(value: Any) -> str:
-    """A value as text that cannot move the cursor, recolour, or forge a line on a terminal."""
+    """A value as text that cannot move the cursor, recolour, reorder or hide text, or forge a line on a
+    terminal: see _UNSAFE; such characters are shown as \\xHH, \\uHHHH or \\UHHHHHHHH."""
     if value is None:
         return ""
     text = value if isinstance(value, str) else str(value)
-    return _CONTROL.sub(lambda m: "\\x%02x" % ord(m.group()) if ord(m.group()) < 256 else "\\u%04x" % ord(m.group()), text)
+    if text.isascii():
+        return _ASCII_CONTROL.sub(lambda m: _escape(m.group()), text)
+    category = unicodedata.category
+    return "".join(_escape(c) if category(c) in _UNSAFE else c for c in text)
+
+
+def safe_message(text: str) -> str:
+    """An error or warning message for the terminal: safe_text on each line (its own line breaks stay)."""
+    return "\n".join(safe_text(line) for line in str(text).split("\n"))
 
 
 def _jsonable(value: Any) -> Any:
