@@ -489,7 +489,7 @@ def watch(interfaces, ports, responses, netns_specs, all_netns, db_path, no_db, 
         summary = run_watch(capture, pipeline, duration=duration, count=count, shown=lambda: shown["n"],
                             tracker=NetnsTracker(capture) if all_netns else None, stop=stop,
                             on_tick=HealthUpdater(metrics.sink, pipeline, capture, store) if metrics else None)
-    except StoreError as exc:
+    except Exception as exc:  # noqa: BLE001 - recorded as 'failed'; the summary first, then the error
         error, summary = exc, pipeline.counters()
     if store is not None:
         try:
@@ -506,8 +506,10 @@ def watch(interfaces, ports, responses, netns_specs, all_netns, db_path, no_db, 
         f"{summary.rows:,} rows stored in {summary.seconds:.1f}s",
         err=True,
     )
-    if error is not None:
+    if isinstance(error, StoreError):
         raise click.ClickException(str(error))
+    if error is not None:
+        raise error  # a bug: its traceback, after the capture was marked 'failed' and summarised
 
 
 @cli.command()

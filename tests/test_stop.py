@@ -249,3 +249,38 @@ def test_an_exception_in_replay_records_failed(tmp_path, monkeypatch):
     caps, rows = _captures(db)
     assert caps[0]["status"] == "failed" and caps[0]["ended"]
     assert json.loads(caps[0]["notes"])["error"] == "RuntimeError: decoder bug"
+
+
+# -- the watch command, on a fake capture (the real one: tests/test_signals.py) ------------------------------
+
+class FakeLive(FakeCapture):
+    def __init__(self, **_options):
+        super().__init__(100, **FakeLive.behaviour)
+        self.on_task = None
+
+    def open(self):
+        pass
+
+    def describe(self):
+        return "fake"
+
+
+@pytest.mark.parametrize("how", ["signal", "error"])
+def test_watch_prints_its_summary_however_it_ends(tmp_path, monkeypatch, how):
+    from click.testing import CliRunner
+
+    from dnswatch.cli import cli
+    from dnswatch.sources import live
+
+    FakeLive.behaviour = {"signal_at": 3, "signum": signal.SIGTERM} if how == "signal" else {"fail_at": 4}
+    monkeypatch.setattr(live, "LiveCapture", FakeLive)
+    db = tmp_path / "w.db"
+    result = CliRunner().invoke(cli, ["watch", "--db", str(db), "--quiet"])
+    assert "55 queries" in result.stderr and "55 rows stored" in result.stderr, result.stderr
+    cap, rows = _capture_row(db)
+    if how == "signal":
+        assert result.exit_code == 0, result.stderr
+        assert (cap["status"], rows) == ("interrupted", 55)
+    else:
+        assert isinstance(result.exception, RuntimeError)
+        assert (cap["status"], rows) == ("failed", 55)
