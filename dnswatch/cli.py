@@ -11,7 +11,7 @@ import click
 
 from dnswatch import __version__
 from dnswatch.correlate import DEFAULT_TIMEOUT
-from dnswatch.output import event_line, safe_message, safe_text, write_rows
+from dnswatch.output import NeverWaitingOutput, event_line, safe_message, safe_text, write_rows
 from dnswatch.pipeline import Pipeline, Summary
 from dnswatch.schema import TABLES, describe
 from dnswatch.search import SearchError, SearchFilters, build_search
@@ -241,9 +241,23 @@ def _run_sql(db, sql: str, params, fmt: str) -> None:
     rows = (dict(zip(columns, r)) for r in cursor)
     out = sys.stdout
     try:
+        fd = out.fileno()
+    except (AttributeError, OSError, ValueError):  # not a file (tests, embedding): written as it comes
+        fd = None
+    if fd is not None:  # a stalled reader of our output must not stall the log's WAL (see NeverWaitingOutput)
+        out.flush()
+        out = NeverWaitingOutput(fd, getattr(sys.stdout, "encoding", None) or "utf-8")
+    try:
         write_rows(rows, fmt, out, columns)
     except sqlite3.Error as exc:
         raise click.ClickException(_sql_error(db, exc))
+    finally:
+        cursor.close()  # the read transaction ends here, before a slow reader gets the spool
+        if fd is not None:
+            try:
+                out.close()
+            except BrokenPipeError:  # the reader went away (| head): nothing more to say
+                pass
 
 
 @cli.command()

@@ -11,6 +11,7 @@ import base64
 import csv
 import json
 import math
+import os
 import re
 import time
 import unicodedata
@@ -147,3 +148,70 @@ def event_line(kind: str, row: Dict[str, Any]) -> str:
                 if data:
                     parts.append("-> " + ", ".join(safe_text(d) for d in data))
     return " ".join(str(p) for p in parts)
+
+
+# -- query output that never holds up the read ---------------------------------------------------------
+
+PIPE_CHUNK = 4096  # PIPE_BUF: a write this small into a pipe that polls writable does not block
+SPOOL_IN_MEMORY = 8 << 20
+
+
+class NeverWaitingOutput:
+    """Text output for ``query``/``search`` on a real file descriptor that never makes the query wait for
+    whoever reads it: once ``fd`` cannot take more at once (a full pipe, a paused terminal), the rest goes into
+    a spool (memory, then a private temporary file) and is written out by :meth:`close`, after the query ended.
+    A query stalled on its output keeps its read snapshot, and a writer's WAL cannot start over meanwhile: it
+    grows by everything written, for as long as the reader of the pipe takes."""
+
+    def __init__(self, fd: int, encoding: str = "utf-8"):
+        self.fd = fd
+        self.encoding = encoding
+        self.spooled = False
+        self._pending = bytearray()
+        self._spool: Optional[IO[bytes]] = None
+
+    def write(self, text: str) -> int:
+        data = text.encode(self.encoding, errors="replace")
+        if self._spool is not None:
+            self._spool.write(data)
+        else:
+            self._pending += data
+            if len(self._pending) >= PIPE_CHUNK:
+                self._push()
+        return len(text)
+
+    def _push(self) -> None:
+        import select
+        import tempfile
+
+        while self._pending:
+            try:
+                ready = select.select([], [self.fd], [], 0)[1]
+                written = os.write(self.fd, self._pending[:PIPE_CHUNK]) if ready else 0
+            except BlockingIOError:
+                written = 0
+            if not written:
+                self._spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)
+                self._spool.write(self._pending)
+                self._pending = bytearray()
+                self.spooled = True
+                return
+            del self._pending[:written]
+
+    def flush(self) -> None:
+        pass  # written at close: the point is not to wait before the query has ended
+
+    def close(self) -> None:
+        """The query has ended: write everything out, waiting for the reader as long as it takes."""
+        chunks = [bytes(self._pending)]
+        self._pending = bytearray()
+        if self._spool is not None:
+            self._spool.seek(0)
+            chunks = iter(lambda: self._spool.read(1 << 20), b"")  # type: ignore[union-attr]
+        for chunk in chunks:
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(self.fd, view):]
+        if self._spool is not None:
+            self._spool.close()
+            self._spool = None

@@ -104,3 +104,36 @@ def test_a_long_wal_left_by_an_earlier_run_is_emptied_at_the_next_start(tmp_path
     assert _wal(db) > 4 * LIMIT
     with Store(str(db)):
         assert _wal(db) <= LIMIT
+
+
+def test_a_query_stalled_on_a_full_pipe_does_not_hold_the_wal(tmp_path):
+    """`query | slow-reader`: the pipe fills, the rest goes to a spool and the query's read transaction ends,
+    so a writer can empty the WAL while the output waits to be read. Then every row arrives."""
+    import json
+    import subprocess
+    import sys
+
+    from conftest import PCAPS, replay
+
+    db = tmp_path / "q.db"
+    replay(db, PCAPS / "dnsperf_small.pcap")
+    total = sqlite3.connect(db).execute("select count(*) from queries").fetchone()[0]
+    writer = sqlite3.connect(db, isolation_level=None)
+    writer.execute("pragma wal_autocheckpoint = 0")
+    proc = subprocess.Popen([sys.executable, "-m", "dnswatch", "query", "select * from queries", "--nl", "--db",
+                             str(db)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        time.sleep(1.5)  # nobody reads: the pipe (64 KiB) is full long before the ~400 KB of rows are out
+        assert proc.poll() is None  # still waiting to write the rest
+        writer.execute("insert into captures (kind) values ('meanwhile')")
+        writer.execute("pragma busy_timeout = 200")
+        blocked, _log, _done = writer.execute("pragma wal_checkpoint(truncate)").fetchone()
+        assert blocked == 0 and _wal(db) == 0  # no reader holds a snapshot any more
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        writer.close()
+    assert proc.returncode == 0, err
+    lines = out.decode().splitlines()
+    assert len(lines) == total > 300 and all(json.loads(line)["id"] for line in lines)
