@@ -19,6 +19,36 @@ from dnswatch.sources.pcap import CaptureFormatError, PcapReader, file_size
 from dnswatch.store import Store, StoreError, default_db_path, open_readonly
 
 
+class _Number(click.ParamType):
+    """An int or float option within bounds. Out of range (or not a number) is one line and exit 1, never a
+    traceback: too large a --pid overflows SQLite's integers, and the kernel filter takes only so much."""
+
+    def __init__(self, kind: type, low, high, fix: str):
+        self.kind, self.low, self.high, self.fix = kind, low, high, fix
+        self.name = "integer" if kind is int else "number"
+        self.name_text = "an integer" if kind is int else "a number"
+
+    def convert(self, value, param, ctx):
+        opt = param.opts[0] if param is not None and param.opts else "value"
+        if isinstance(value, self.kind) and not isinstance(value, bool):
+            number = value
+        else:
+            try:
+                number = self.kind(str(value).strip())
+            except ValueError:
+                raise click.ClickException(f"{opt} {safe_text(str(value))}: not {self.name_text}; {self.fix}")
+        # a NaN fails both comparisons; inf fails the upper bound
+        if not (self.low <= number <= self.high):
+            raise click.ClickException(f"{opt} {safe_text(str(value))}: out of range; {self.fix}")
+        return number
+
+
+PID = _Number(int, 0, 2**31 - 1, "a process id is a whole number from 0 to 2147483647")
+SECONDS = _Number(float, 1e-3, 1e9, "give seconds as a number from 0.001 to 1e9")
+COUNT = _Number(int, 1, 2**62, "give a whole number from 1 to 2**62")
+LIMIT = _Number(int, 0, 2**62, "give a whole number of rows from 0 (no limit) to 2**62")
+
+
 def db_option(f):
     return click.option(
         "--db", "db_path", default=None, metavar="PATH",
@@ -57,7 +87,7 @@ def cli() -> None:
 @click.argument("files", nargs=-1, required=True, metavar="FILE...")
 @db_option
 @port_option
-@click.option("--timeout", type=float, default=DEFAULT_TIMEOUT, show_default=True,
+@click.option("--timeout", type=SECONDS, default=DEFAULT_TIMEOUT, show_default=True,
               help="Seconds (capture time) a query waits for its response before it is unanswered.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
@@ -131,6 +161,9 @@ def _replay_one(store: Store, path: str, ports: Sequence[int], timeout: float, p
         raise
     finally:
         pipeline.summary.warnings.extend(reader.warnings)
+        pipeline.extra_dropped += reader.dropped
+        if reader.damaged and status == "complete":
+            status = "damaged"  # read to the end of what could be read: the warnings say where it stopped
         unknown = pipeline.decoder.unknown_linktypes()
         if unknown:
             pipeline.summary.warnings.append(
@@ -215,14 +248,14 @@ def query(sql: str, db_path: Optional[str], params, attach, fmt: str) -> None:
 @click.option("--status", type=click.Choice(["answered", "unanswered", "response_only", "query_only"]))
 @click.option("--src", help="Client address.")
 @click.option("--answer", help="Rows whose answers contain this value (an address, a CNAME target...).")
-@click.option("--pid", "pids", type=int, multiple=True, help="Sending process id (repeatable).")
+@click.option("--pid", "pids", type=PID, multiple=True, help="Sending process id (repeatable).")
 @click.option("--comm", "comms", multiple=True, help="Sending command name (repeatable).")
 @click.option("--pod", "pods", multiple=True, help="Kubernetes pod name (repeatable; a single glob works too).")
 @click.option("--pod-namespace", "pod_namespaces", multiple=True, help="Kubernetes namespace (repeatable).")
 @click.option("--container", "containers", multiple=True, help="Container name or id prefix (repeatable).")
 @click.option("--since", help="From this time: 10m, 2h, 1d (ago), 2026-11-01, 2026-11-01T14:30, Unix seconds.")
 @click.option("--until", help="Up to this time (same forms as --since).")
-@click.option("--limit", type=int, default=100, show_default=True, help="At most this many rows (0: all).")
+@click.option("--limit", type=LIMIT, default=100, show_default=True, help="At most this many rows (0: all).")
 @click.option("--all-columns", is_flag=True, help="Every column of the queries table.")
 @format_options
 def search(name: Optional[str], db_path: Optional[str], types, rcodes, status, src, answer, pids, comms, pods,
@@ -286,16 +319,16 @@ def schema(as_json: bool, as_sql: bool) -> None:
 @db_option
 @click.option("--no-db", is_flag=True, help="Do not store anything; only print.")
 @click.option("--json", "as_json", is_flag=True, help="JSON lines on stdout (one per query/response).")
-@click.option("--duration", type=float, metavar="SECONDS", help="Stop after this many seconds.")
-@click.option("--count", type=int, metavar="N", help="Stop after N queries shown.")
-@click.option("--pid", "pids", type=int, multiple=True, help="Only this process id (repeatable).")
+@click.option("--duration", type=SECONDS, metavar="SECONDS", help="Stop after this many seconds.")
+@click.option("--count", type=COUNT, metavar="N", help="Stop after N queries shown.")
+@click.option("--pid", "pids", type=PID, multiple=True, help="Only this process id (repeatable).")
 @click.option("--comm", "comms", multiple=True, help="Only this command name (repeatable).")
 @click.option("--name", "names", multiple=True, help="Only names containing this (or matching this glob).")
 @click.option("--type", "types", multiple=True, help="Only this query type (repeatable).")
 @click.option("--pod", "pods", multiple=True, help="Only this Kubernetes pod (repeatable).")
 @click.option("--pod-namespace", "pod_namespaces", multiple=True, help="Only this Kubernetes namespace (repeatable).")
 @click.option("--container", "containers", multiple=True, help="Only this container name or id prefix (repeatable).")
-@click.option("--timeout", type=float, default=DEFAULT_TIMEOUT, show_default=True,
+@click.option("--timeout", type=SECONDS, default=DEFAULT_TIMEOUT, show_default=True,
               help="Seconds a query waits for its response (with --responses).")
 @click.option("--k8s-log-dir", default="/var/log", show_default=True, metavar="DIR",
               help="Where the kubelet's pods/ and containers/ log folders are (pod and container names).")
@@ -314,10 +347,14 @@ def watch(interfaces, ports, responses, netns_specs, all_netns, db_path, no_db, 
     """
     from dnswatch import netns
     from dnswatch.enrich import Enricher
-    from dnswatch.sources.live import LiveCapture, LiveCaptureError
+    from dnswatch.sources.live import MAX_PORTS, LiveCapture, LiveCaptureError
     from dnswatch.watch import NetnsTracker, RowFilter, row_dict, run_watch
 
-    ports = tuple(ports) or (53,)
+    ports = tuple(dict.fromkeys(ports)) or (53,)
+    if len(ports) > MAX_PORTS:  # each port is a compare in the kernel filter, which has room for MAX_PORTS
+        raise click.ClickException(
+            f"{len(ports)} --port options: live capture filters at most {MAX_PORTS} DNS ports; drop some, or capture "
+            "to a file (tcpdump -w) and replay it, which takes any number of --port")
     if netns_specs and all_netns:
         raise click.UsageError("--netns and --all-netns do not go together: --all-netns already includes every one")
     try:

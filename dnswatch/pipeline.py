@@ -18,6 +18,7 @@ from dnswatch.model import Frame, Segment
 from dnswatch.store import Store
 
 EXPIRE_EVERY_FRAMES = 2048
+MALFORMED_MAX_DATA = 4096  # bytes of a malformed message stored in malformed.data (size keeps its length)
 
 
 @dataclass
@@ -81,6 +82,7 @@ class Pipeline:
         self.summary = Summary()
         self.extra_dropped = 0  # losses reported by the source (kernel buffers)
         self._malformed_reasons: Counter = Counter()
+        self.malformed_truncated = 0  # malformed messages stored with only their first MALFORMED_MAX_DATA bytes
         self._started = time.monotonic()
         self._since_expire = 0
 
@@ -144,11 +146,15 @@ class Pipeline:
         self._malformed_reasons[reason.split(" (")[0]] += 1
         if self.store is not None:
             meta = seg.meta
+            payload = seg.payload
+            if len(payload) > MALFORMED_MAX_DATA:
+                payload = payload[:MALFORMED_MAX_DATA]
+                self.malformed_truncated += 1
             self.store.add_malformed((
                 self.capture_id, seg.ts, seg.src, seg.sport, seg.dst, seg.dport, seg.proto, reason,
-                len(seg.payload), seg.payload, meta.pid if meta else None, meta.comm if meta else None,
+                len(seg.payload), payload, meta.pid if meta else None, meta.comm if meta else None,
                 (meta.ifname if meta else None) or seg.ifname,
-            ))
+            ), len(payload))
 
     def tick(self, now: Optional[float] = None) -> None:
         """Periodic work for live capture: time out queries (wall clock), flush and record counters."""
@@ -166,6 +172,8 @@ class Pipeline:
         s.dropped = self.decoder.dropped() + self.extra_dropped
         s.malformed_reasons = dict(self._malformed_reasons)
         s.skipped = dict(self.decoder.stats)
+        if self.malformed_truncated:
+            s.skipped["malformed_data_truncated"] = self.malformed_truncated
         s.seconds = time.monotonic() - self._started
         return s
 
