@@ -71,11 +71,12 @@ def frames_distinct_large_queries(n: int, big: int = 30000, big_size: int = 6000
                        sport=1024 + i % 60000))
 
 
-def frames_tiny_fragments(n: int) -> Iterator[bytes]:
-    """1-byte IPv4 fragments at distinct offsets (8,000 per datagram id), none ever completing."""
+def frames_tiny_fragments(n: int, datagrams: int = 2000) -> Iterator[bytes]:
+    """1-byte IPv4 fragments at distinct offsets, round robin over ``datagrams`` ids (each growing towards
+    8,191 pieces), none ever completing."""
     for i in range(n):
-        ident, k = divmod(i, 8000)
-        yield ipv4(b"\xaa", ident=ident, frag=0x2000 | (k + 1))  # more-fragments set, offset (k+1)*8
+        k, ident = divmod(i, datagrams)
+        yield ipv4(b"\xaa", ident=ident, frag=0x2000 | (k % 8191 + 1))  # more fragments, offset (k+1)*8
 
 
 def write_pcap(out: BinaryIO, frames: Iterator[bytes]) -> int:

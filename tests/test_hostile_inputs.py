@@ -277,13 +277,13 @@ def test_tiny_fragments_are_bounded_per_datagram_and_in_total(monkeypatch):
 
 def test_fragment_bounds_keep_their_own_reasons_in_the_summary(runner, tmp_path):
     path = tmp_path / "frags.pcap.gz"
-    hostile.CLASSES["tiny_ip_fragments"](str(path), 20000)
+    hostile._gz(str(path), hostile.frames_tiny_fragments(200_000, datagrams=1000))
     result = _replay(runner, tmp_path / "d.db", path)
     assert result.exit_code == 0, result.output
     capture, _ = _capture(tmp_path / "d.db")
     skipped = capture["notes"]["frames"]
-    assert skipped["fragment_sets_too_many_pieces"] > 0
-    assert capture["dropped"] >= skipped["fragment_sets_too_many_pieces"]
+    assert skipped["fragment_sets_too_many_pieces"] > 0 and skipped["fragment_sets_evicted_memory"] > 0
+    assert capture["dropped"] == skipped["fragment_sets_too_many_pieces"] + skipped["fragment_sets_evicted_memory"]
 
 
 # -- option values -----------------------------------------------------------------------------------

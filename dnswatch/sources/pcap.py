@@ -305,6 +305,7 @@ class PcapReader:
     # -- classic pcap ---------------------------------------------------------------------------
     def _pcap(self, buf: _Buffer) -> Iterator[Frame]:
         if not buf.ensure(24):
+            self.damaged = True
             raise CaptureFormatError(f"{self.path}: pcap file header is truncated")
         magic = struct.unpack_from("<I", buf.data, 0)[0]
         endian = "<" if magic in (PCAP_MAGIC_US, PCAP_MAGIC_NS) else ">"
