@@ -297,7 +297,7 @@ class PcapReader:
         """A damaged block is skipped, reading goes on (the file still counts as damaged)."""
         self.damaged = True
         self._count("blocks_skipped")
-        self._warn(text)
+        self._warn(text + "; skipped")
 
     def _count(self, reason: str) -> None:
         self.stats[reason] = self.stats.get(reason, 0) + 1
@@ -410,14 +410,15 @@ class PcapReader:
             body = start + 8
             if block_type == BT_EPB:
                 if length < 32:
-                    self._skip(f"{self.path}: packet block at byte {start + buf.consumed} is too short ({length} bytes); skipped")
+                    self._skip(f"{self.path}: packet block at byte {start + buf.consumed} is too short ({length} bytes)")
                     continue
                 if_id, ts_hi, ts_lo, incl, _orig = struct.unpack_from(endian + "IIIII", data, body)
                 if if_id >= len(interfaces) or 28 + incl > length:
-                    if if_id < interfaces_seen:
+                    if len(interfaces) <= if_id < interfaces_seen:
                         self.dropped += 1  # its interface is beyond MAX_INTERFACES
-                        continue
-                    self._skip(f"{self.path}: packet block at byte {start + buf.consumed} names no interface or overruns; skipped")
+                    else:
+                        self._skip(f"{self.path}: packet block at byte {start + buf.consumed} names no interface "
+                                   "or overruns")
                     continue
                 linktype, scale, offset, ifname = interfaces[if_id]
                 self.frames_read += 1
@@ -426,7 +427,7 @@ class PcapReader:
             elif block_type == BT_SPB:
                 if not interfaces or length < 16:
                     self._skip(f"{self.path}: simple packet block at byte {start + buf.consumed} without an interface "
-                               "or too short; skipped")
+                               "or too short")
                     continue
                 orig = struct.unpack_from(endian + "I", data, body)[0]
                 incl = min(orig, length - 16)
@@ -437,25 +438,26 @@ class PcapReader:
                 interfaces_seen += 1
                 if len(interfaces) >= MAX_INTERFACES:
                     self._count("interfaces_beyond_limit")
-                elif length < 20:
+                elif length < 20:  # kept as a placeholder, so the interfaces after it keep their numbers
                     self._skip(f"{self.path}: interface block at byte {start + buf.consumed} is too short; "
-                               "its packets are skipped")
+                               "its packets are skipped too")
                     interfaces.append((UNKNOWN_LINKTYPE, 1e-6, 0, None))
                 else:
                     interfaces.append(self._idb(data, body, start + length - 4, endian))
             elif block_type == BT_PACKET:
                 if length < 32:  # obsolete Packet Block: 20 bytes of fields before the packet
-                    self._skip(f"{self.path}: packet block at byte {start + buf.consumed} is too short ({length} bytes); skipped")
+                    self._skip(f"{self.path}: packet block at byte {start + buf.consumed} is too short ({length} bytes)")
                     continue
                 if_id, _drops, ts_hi, ts_lo, incl, _orig = struct.unpack_from(endian + "HHIIII", data, body)
                 if if_id < len(interfaces) and 28 + incl <= length:
                     linktype, scale, offset, ifname = interfaces[if_id]
                     self.frames_read += 1
-                    yield Frame(((ts_hi << 32) | ts_lo) * scale + offset, linktype, data[body + 20:body + 20 + incl], ifname)
-                elif if_id < interfaces_seen:
+                    yield Frame(((ts_hi << 32) | ts_lo) * scale + offset, linktype, data[body + 20:body + 20 + incl],
+                                ifname)
+                elif len(interfaces) <= if_id < interfaces_seen:
                     self.dropped += 1
                 else:
-                    self._skip(f"{self.path}: packet block at byte {start + buf.consumed} names no interface or overruns; skipped")
+                    self._skip(f"{self.path}: packet block at byte {start + buf.consumed} names no interface or overruns")
             # other blocks (name resolution, statistics, custom, DSB...) carry no frames
 
     def _idb(self, data: bytes, body: int, end: int, endian: str) -> Tuple[int, float, int, Optional[str]]:
