@@ -43,6 +43,7 @@ class _Number(click.ParamType):
         return number
 
 
+PORT = _Number(int, 1, 65535, "a port is a whole number from 1 to 65535")
 PID = _Number(int, 0, 2**31 - 1, "a process id is a whole number from 0 to 2147483647")
 SECONDS = _Number(float, 1e-3, 1e9, "give seconds as a number from 0.001 to 1e9")
 COUNT = _Number(int, 1, 2**62, "give a whole number from 1 to 2**62")
@@ -58,7 +59,7 @@ def db_option(f):
 
 def port_option(f):
     return click.option(
-        "--port", "ports", type=click.IntRange(1, 65535), multiple=True, metavar="PORT",
+        "--port", "ports", type=PORT, multiple=True, metavar="PORT",
         help="DNS port to decode (repeatable; default 53).",
     )(f)
 

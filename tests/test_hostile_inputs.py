@@ -298,6 +298,8 @@ def test_fragment_bounds_keep_their_own_reasons_in_the_summary(runner, tmp_path)
     (["watch", "--duration", "-3"], "--duration -3: out of range"),
     (["watch", "--count", "0"], "--count 0: out of range"),
     (["watch", "--pid", "4294967296"], "--pid 4294967296: out of range"),
+    (["replay", "--port", "65536", "x.pcap"], "--port 65536: out of range"),
+    (["watch", "--port", "0"], "--port 0: out of range"),
     (["watch", *[a for p in range(1000, 1017) for a in ("--port", str(p))]],
      "17 --port options: live capture filters at most 16 DNS ports"),
 ])
