@@ -148,6 +148,20 @@ def test_gzip_bomb_output_is_read_in_bounded_pieces(tmp_path):
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert total == 64 << 20 and peak < 8 << 20
+    # damage at the end: the last chunk is replayed byte by byte, its output bounded by the chunk size
+    damaged = bytearray(bomb)
+    damaged[-6] ^= 0xFF
+    tracemalloc.start()
+    stream = _GzipStream(io.BufferedReader(io.BytesIO(bytes(damaged))))  # type: ignore[arg-type]
+    total = 0
+    with pytest.raises(Exception, match="incorrect data check"):
+        while True:
+            piece = stream.read(1 << 20)
+            assert piece
+            total += len(piece)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert total == 64 << 20 and peak < 40 << 20
 
 
 # -- pcapng ------------------------------------------------------------------------------------------

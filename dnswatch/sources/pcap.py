@@ -39,7 +39,9 @@ IF_TSOFFSET = 14
 
 CHUNK = 1 << 20
 MAX_RECORD = 1 << 24  # a record larger than this is damage, not data
-GZIP_CHUNK = 1 << 16  # compressed bytes fed to zlib at a time
+# Compressed bytes fed to zlib at a time. A damaged chunk is replayed byte by byte without an output bound,
+# so this also bounds that output: 16 KiB inflates to at most ~16.5 MiB (deflate's ratio is 1032:1).
+GZIP_CHUNK = 1 << 14
 MAX_INTERFACES = 4096  # interfaces per pcapng section (dumpcap writes a handful); more are ignored, counted
 MAX_IFNAME = 128  # bytes of an if_name option kept
 MAX_WARNINGS = 20  # warnings kept per file; the rest are counted in one last line
@@ -85,7 +87,7 @@ class _GzipStream:
     def __init__(self, raw: BinaryIO):
         self.raw = raw
         self._d = zlib.decompressobj(31)
-        self._member_bytes = 0  # compressed bytes fed to the current member
+        self._member_bytes = 0  # chunks fed to the current member (0: it has not started)
         self._in = 0  # compressed bytes read from ``raw``
         self._pending = b""  # compressed bytes after the end of a member, not yet fed
         self._out = bytearray()
