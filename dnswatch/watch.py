@@ -109,6 +109,7 @@ def run_watch(
     count: Optional[int] = None,
     shown: Callable[[], int] = lambda: 0,
     tracker: Optional[NetnsTracker] = None,
+    heartbeat: Optional[Callable[[float], None]] = None,
 ) -> Summary:
     """Poll ``capture`` (a ``sources.live.LiveCapture``) into ``pipeline``. Returns the final counters."""
     stop = {"why": None}
@@ -132,6 +133,8 @@ def run_watch(
                 pipeline.tick()
                 if tracker is not None:
                     tracker.tick()
+                if heartbeat is not None:  # after a poll returned: the liveness probe reads this
+                    heartbeat(now)
                 if now - last_record >= 1.0:  # counters stay current in the log, even if we are killed
                     pipeline.record_counters("running")
                     last_record = now
