@@ -40,6 +40,7 @@ RUN set -eu; \
     /opt/dnswatch/venv/bin/pip install -q --no-index --no-cache-dir --no-deps /tmp/wheels/*.whl; \
     /opt/dnswatch/venv/bin/python -c "$check_pins"; \
     ln -s /opt/dnswatch/venv/bin/dnswatch /usr/local/bin/dnswatch; \
+    mkdir -p /var/lib/dnswatch; \
     rm -rf /tmp/wheels; \
     python3 -c 'import bcc'; dnswatch --help >/dev/null
 # used when the node has no headers at /lib/modules/$(uname -r)/build (dnswatch doctor says which)
