@@ -124,10 +124,11 @@ def _has_headers(build: Path) -> bool:
 def headers_choice() -> Tuple[Path, str]:
     """The header tree bcc compiles against, and whose it is: "BCC_KERNEL_SOURCE" (the user's), "node"
     (/lib/modules/$(uname -r)/build), or "image" (DNSWATCH_KERNEL_HEADERS, when the node has none)."""
-    if os.environ.get("BCC_KERNEL_SOURCE"):
-        return Path(os.environ["BCC_KERNEL_SOURCE"]), "BCC_KERNEL_SOURCE"
-    node = node_headers_dir()
+    user = os.environ.get("BCC_KERNEL_SOURCE")
     bundled = os.environ.get(BUNDLED_HEADERS_ENV)
+    if user and user != bundled:  # (equal: set by _use_headers earlier in this process)
+        return Path(user), "BCC_KERNEL_SOURCE"
+    node = node_headers_dir()
     if bundled and not _has_headers(node) and (Path(bundled) / "include/linux/kconfig.h").is_file():
         return Path(bundled), "image"
     return node, "node"
@@ -142,6 +143,8 @@ def _use_headers() -> None:
     path, whose = headers_choice()
     if whose == "image":
         os.environ["BCC_KERNEL_SOURCE"] = str(path)
+    elif whose == "node" and os.environ.get("BCC_KERNEL_SOURCE"):
+        del os.environ["BCC_KERNEL_SOURCE"]  # ours, from before the node's headers appeared
 
 
 @contextlib.contextmanager
