@@ -86,7 +86,7 @@ def test_matches_the_image():
     image = dockerfile()
     assert "command" not in c and image["entrypoint"] == ["dnswatch"]  # args go to the image's entrypoint
     assert c["args"][0] == "watch" and "--all-netns" in c["args"]
-    env = {e["name"]: e["value"] for e in c["env"]}
+    env = {e["name"]: e.get("value") for e in c["env"]}
     mounts = {m["mountPath"] for m in c["volumeMounts"]}
     db = env.get("DNSWATCH_DB", image["env"]["DNSWATCH_DB"])
     assert db.rsplit("/", 1)[0] in mounts  # the log lands on the hostPath volume, not the read-only root
@@ -113,6 +113,9 @@ def test_metrics_and_liveness():
     assert notes["prometheus.io/scrape"] == "true" and notes["prometheus.io/port"] == str(port["containerPort"])
     listen = c["args"][c["args"].index("--metrics") + 1]
     assert listen.endswith(f":{port['containerPort']}")
+    env = {e["name"]: e for e in c["env"]}
+    for var in re.findall(r"\$\((\w+)\)", listen):  # the kubelet expands $(VAR) from the container's env
+        assert var in env
     for probe in ("startupProbe", "livenessProbe"):
         command = c[probe]["exec"]["command"]
         assert command[:2] == ["dnswatch", "health"]

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sqlite3
 import subprocess
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -67,7 +69,11 @@ class Pod:
         spec = ds["spec"]["template"]["spec"]
         (self.spec,) = spec["containers"]
         env = dict(e.split("=", 1) for e in config.get("Env", []))
-        env.update({e["name"]: e["value"] for e in self.spec.get("env", [])})
+        # status.podIP of a hostNetwork pod is the node's address: loopback stands in for it here
+        fields = {"status.podIP": "127.0.0.1", "spec.nodeName": os.uname().nodename}
+        for e in self.spec.get("env", []):
+            env[e["name"]] = e["value"] if "value" in e else fields[e["valueFrom"]["fieldRef"]["fieldPath"]]
+        self.vars = env
         self.env = [f"{k}={v}" for k, v in env.items()]
         self.entrypoint = self.spec.get("command") or config["Entrypoint"]
         self.data = work / "data"   # the hostPath log folder: a test folder, not the host's /var/lib/dnswatch
@@ -110,7 +116,8 @@ class Pod:
     def watch_args(self) -> list:
         """The DaemonSet's arguments; an option this image's CLI lacks yet (issue 12's --metrics, merged
         separately) is left out rather than failing every other check."""
-        args = list(self.spec["args"])
+        # the kubelet expands $(VAR) in args from the container's environment
+        args = [re.sub(r"\$\((\w+)\)", lambda m: self.vars[m.group(1)], a) for a in self.spec["args"]]
         known = self.run("watch", "--help").stdout
         if "--metrics" in args and "--metrics" not in known:
             i = args.index("--metrics")
@@ -186,7 +193,8 @@ def test_daemonset_watch_captures_a_pod_query(pod):
         lab.link(server, client, 1)
         lab.unbound(server, ["198.18.1.1"])
         client_inode = os.stat(f"/run/netns/{client}").st_ino
-        proc = subprocess.Popen(pod.command(*pod.watch_args(), "--duration", "8"),
+        args = pod.watch_args()
+        proc = subprocess.Popen(pod.command(*args, "--duration", "8"),
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         lab.procs.append(proc)
         err: list = []
@@ -207,6 +215,10 @@ def test_daemonset_watch_captures_a_pod_query(pod):
         assert "198.18.0.80" in dig.stdout
         alive = pod.probe("livenessProbe")
         assert alive.returncode == 0, alive.stdout + alive.stderr
+        if "--metrics" in args:  # what Prometheus scrapes, at the port the annotations name
+            listen = args[args.index("--metrics") + 1]
+            with urllib.request.urlopen(f"http://{listen}/metrics", timeout=10) as response:
+                assert response.status == 200 and b"dnswatch" in response.read()
         out, _ = proc.communicate(timeout=60)
         assert proc.returncode == 0, "".join(err)
         dead = pod.probe("livenessProbe")
