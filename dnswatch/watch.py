@@ -112,6 +112,7 @@ def run_watch(
     tracker: Optional[NetnsTracker] = None,
     stop: Optional[StopSignals] = None,
     on_tick: Optional[Callable[[], bool]] = None,
+    heartbeat: Optional[Callable[[float], None]] = None,
 ) -> Summary:
     """Poll ``capture`` (a ``sources.live.LiveCapture``) into ``pipeline``. Returns the final counters.
     ``on_tick`` (top's screen) is called with the housekeeping; returning False stops.
@@ -121,7 +122,8 @@ def run_watch(
     own_stop = stop is None
     if stop is None:
         stop = StopSignals().__enter__()
-    stop.on_stop(capture.detach)  # a perf read under a flood ends only once nothing new comes in
+    if hasattr(capture, "detach"):
+        stop.on_stop(capture.detach)  # a perf read under a flood ends only once nothing new comes in
     deadline = time.monotonic() + duration if duration else None
     status = "complete"
     last_record = 0.0
@@ -140,6 +142,8 @@ def run_watch(
                         tracker.tick()
                     if on_tick is not None and not on_tick():
                         break
+                    if heartbeat is not None:  # after a poll returned: the liveness probe reads this
+                        heartbeat(now)
                     if now - last_record >= 1.0:  # counters stay current in the log, even if we are killed
                         pipeline.record_counters("running")
                         last_record = now
@@ -155,7 +159,7 @@ def run_watch(
             _record_failure(capture, pipeline, exc)
             raise
         # detach, then everything the kernel had already kept (and the reorder window holds): stored and counted
-        pipeline.feed_all(capture.stop())
+        pipeline.feed_all(_last_frames(capture))
         pipeline.source_losses = _losses(capture)
         capture.close()
         return pipeline.finish(status)
@@ -170,7 +174,7 @@ def _record_failure(capture, pipeline: Pipeline, exc: BaseException) -> None:
     error may be the log itself)."""
     pipeline.summary.error = f"{type(exc).__name__}: {exc}"
     try:
-        pipeline.feed_all(capture.stop())
+        pipeline.feed_all(_last_frames(capture))
         pipeline.source_losses = _losses(capture)
     except Exception:  # noqa: BLE001 - the original error is the one to report
         pass
@@ -178,6 +182,17 @@ def _record_failure(capture, pipeline: Pipeline, exc: BaseException) -> None:
         pipeline.finish("failed")
     except Exception:  # noqa: BLE001
         pass
+
+
+def _last_frames(capture) -> List:
+    """What the capture still has once it stops taking packets (``LiveCapture.stop``; a simpler source: its
+    last poll, and its reorder window)."""
+    if hasattr(capture, "stop"):
+        return capture.stop()
+    frames = list(capture.poll(0))
+    if hasattr(capture, "drain"):
+        frames += capture.drain()
+    return frames
 
 
 def _losses(capture) -> Dict[str, int]:
