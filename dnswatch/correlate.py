@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Callable, Dict, List, Optional, Tuple
 
-from dnswatch.dns import Message, Question, cache_stats, opcode_text, qclass_text, qtype_text, rcode_text
+from dnswatch.dns import CACHE_MAX_KEY, Message, Question, cache_stats, opcode_text, qclass_text, qtype_text, rcode_text
 from dnswatch.model import Segment
 from dnswatch.schema import Q, QUERY_COLUMNS
 
@@ -172,7 +172,7 @@ class Correlator:
             self._emit_unanswered(key)  # same id and ports, other question: a new query
         self.queries += 1
         hit = self._templates.get(id(msg))
-        templates = hit[1] if hit is not None and hit[0] is msg else self._query_templates(msg)
+        templates = hit[1] if hit is not None and hit[0] is msg else self._query_templates(msg, len(payload))
         rows = []
         for template in templates:
             row = template.copy()
@@ -202,7 +202,7 @@ class Correlator:
         if len(pending) > self.max_pending:
             self._emit_unanswered(next(iter(pending)))
 
-    def _query_templates(self, msg: Message) -> List[Row]:
+    def _query_templates(self, msg: Message, size: int = 0) -> List[Row]:
         """Rows of a query message (one per question) with the columns that depend on the message alone."""
         templates = []
         for q in msg.questions:
@@ -213,6 +213,8 @@ class Correlator:
             row[I_ECS] = msg.ecs
             row[I_ATTEMPTS] = 1
             templates.append(row)
+        if size > CACHE_MAX_KEY:
+            return templates  # the decode cache does not keep this message: its template would never be hit
         # When the decode cache starts over, its messages are decoded anew (new objects): templates of the old
         # ones can never be hit again, so they go too.
         if len(self._templates) >= MAX_TEMPLATES or self._cache_clears != cache_stats["clears"]:
