@@ -372,9 +372,12 @@ def schema(as_json: bool, as_sql: bool, json_lines: bool, as_ecs: bool) -> None:
               help="Where the kubelet's pods/ and containers/ log folders are (pod and container names).")
 @click.option("--quiet", "-q", is_flag=True, help="Print no per-query lines (still stores them).")
 @click.option("--debug", is_flag=True, help="Show the BPF compiler/verifier output on failure.")
+@click.option("--heartbeat", "heartbeat_path", envvar="DNSWATCH_HEARTBEAT", metavar="FILE",
+              help="Touch FILE every second while capturing, for `dnswatch health` (default: $DNSWATCH_HEARTBEAT).")
 def watch(interfaces, ports, responses, netns_specs, all_netns, db_path, no_db, as_json, json_format,
           metrics_listen, metrics_max_series, metrics_server_label, duration, count, pids,
-          comms, names, types, pods, pod_namespaces, containers, timeout, k8s_log_dir, quiet, debug) -> None:
+          comms, names, types, pods, pod_namespaces, containers, timeout, k8s_log_dir, quiet, debug,
+          heartbeat_path) -> None:
     """Watch DNS queries live (needs root and bcc), storing them in the log.
 
     \b
@@ -464,14 +467,31 @@ def watch(interfaces, ports, responses, netns_specs, all_netns, db_path, no_db, 
     where = f", logging to {store.path}" if store else ""
     if metrics is not None:
         where += f", metrics on {metrics.url}"
+    heartbeat = None
+    if heartbeat_path:
+        from dnswatch.health import Heartbeat
+
+        try:
+            heartbeat = Heartbeat(heartbeat_path)
+        except OSError as exc:
+            capture.close()
+            if store is not None:
+                store.close()
+            if metrics is not None:
+                metrics.close()
+            raise click.ClickException(f"cannot write the heartbeat file {heartbeat_path} ({exc.strerror}): "
+                                       "give --heartbeat a writable path")
     click.echo(f"Watching DNS on {capture.describe()}{where}. Ctrl-C to end.", err=True)
     try:
         summary = run_watch(capture, pipeline, duration=duration, count=count, shown=lambda: shown["n"],
                             tracker=NetnsTracker(capture) if all_netns else None,
-                            on_tick=HealthUpdater(metrics.sink, pipeline, capture, store) if metrics else None)
+                            on_tick=HealthUpdater(metrics.sink, pipeline, capture, store) if metrics else None,
+                            heartbeat=heartbeat.beat if heartbeat else None)
     except StoreError as exc:
         raise click.ClickException(str(exc))
     finally:
+        if heartbeat is not None:
+            heartbeat.close()
         if store is not None:
             store.close()
         if metrics is not None:
@@ -507,6 +527,21 @@ def doctor(as_json: bool) -> None:
                 click.echo(f"     fix: {c.fix}")
         click.echo("Live capture: " + ("ready." if ready(checks) else "not possible until the FAIL lines are fixed."))
     if not ready(checks):
+        sys.exit(1)
+
+
+@cli.command()
+@click.option("--heartbeat", "heartbeat_path", envvar="DNSWATCH_HEARTBEAT", required=True, metavar="FILE",
+              help="The file `watch --heartbeat` touches (default: $DNSWATCH_HEARTBEAT).")
+@click.option("--max-age", type=click.FloatRange(min=1), default=30, show_default=True, metavar="SECONDS",
+              help="Fail when the heartbeat is older than this.")
+def health(heartbeat_path: str, max_age: float) -> None:
+    """Liveness probe: exit 0 while `watch` is capturing, 1 once its heartbeat is stale or gone."""
+    from dnswatch.health import check
+
+    ok, message = check(heartbeat_path, max_age)
+    click.echo(message, err=not ok)
+    if not ok:
         sys.exit(1)
 
 
