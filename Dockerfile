@@ -6,7 +6,7 @@
 ARG BASE=docker.io/library/debian:bookworm-slim
 FROM ${BASE}
 ARG DEBIAN_FRONTEND=noninteractive
-# Python dependencies from Debian (their versions serve pyproject's pins: pip checks them below), bcc, and a
+# Python dependencies from Debian (checked against pyproject's pins below), bcc (python3-bpfcc), and a
 # kernel header tree of Debian's own kernel: a socket filter uses only stable uapi headers, so one tree
 # compiles it for any node kernel. The two header packages are unpacked, not installed (installing them
 # pulls in gcc), and merged into one tree (bcc's BCC_KERNEL_SOURCE takes a single directory).
