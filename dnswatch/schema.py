@@ -9,6 +9,10 @@ class Column(NamedTuple):
     name: str
     type: str
     doc: str
+    # How a queries column is stored in query_log: "" as is; "str" as an id into ``strings`` (short texts
+    # repeated on many rows: addresses, process and pod names, mnemonics); "name" into ``names``; "answers"
+    # into ``answer_sets``. The ``queries`` view turns ids back into the values, so readers see no difference.
+    store: str = ""
 
 
 class Index(NamedTuple):
@@ -22,79 +26,82 @@ class Table(NamedTuple):
     doc: str
     columns: Tuple[Column, ...]
     indexes: Tuple["Index", ...]
+    key: str = ""  # a PRIMARY KEY (...) clause: the table is then WITHOUT ROWID, ordered by that key
 
 
 
 QUERIES = Table(
     "queries",
     "One row per DNS question: the query and, once matched, its response. A response whose query was not "
-    "seen is a row too (status 'response_only').",
+    "seen is a row too (status 'response_only'). A view over the query_log table, which stores repeated texts "
+    "as ids (strings, names, answer_sets).",
     (
         Column("id", "INTEGER PRIMARY KEY", "Row id."),
         Column("ts", "REAL", "When the query was seen, Unix seconds (the response's time for response_only rows)."),
         Column("capture_id", "INTEGER", "The capture this row came from: captures.id."),
-        Column("src", "TEXT", "Client address (the query's source)."),
+        Column("src", "TEXT", "Client address (the query's source).", store="str"),
         Column("sport", "INTEGER", "Client port."),
-        Column("dst", "TEXT", "Server address (the query's destination)."),
+        Column("dst", "TEXT", "Server address (the query's destination).", store="str"),
         Column("dport", "INTEGER", "Server port (53 unless --port said otherwise)."),
-        Column("proto", "TEXT", "Transport: 'udp' or 'tcp'."),
+        Column("proto", "TEXT", "Transport: 'udp' or 'tcp'.", store="str"),
         Column("dns_id", "INTEGER", "DNS message ID (0-65535)."),
         Column("qname", "TEXT COLLATE NOCASE",
                "Queried name in presentation form as sent: case kept, no trailing dot, the root as '.', bytes that are "
-               "not printable ASCII as \\DDD (as tshark and dig show them). Compares case-insensitively."),
-        Column("qtype", "TEXT", "Query type mnemonic: 'A', 'AAAA', 'HTTPS'... or 'TYPE65535' when unknown."),
+               "not printable ASCII as \\DDD (as tshark and dig show them). Compares case-insensitively.", store="name"),
+        Column("qtype", "TEXT", "Query type mnemonic: 'A', 'AAAA', 'HTTPS'... or 'TYPE65535' when unknown.", store="str"),
         Column("qtype_num", "INTEGER", "Query type number (28 for AAAA)."),
-        Column("qclass", "TEXT", "Query class: 'IN', 'CH', ... or 'CLASS<n>'."),
-        Column("opcode", "TEXT", "Opcode: 'QUERY', 'NOTIFY', 'UPDATE', ..."),
+        Column("qclass", "TEXT", "Query class: 'IN', 'CH', ... or 'CLASS<n>'.", store="str"),
+        Column("opcode", "TEXT", "Opcode: 'QUERY', 'NOTIFY', 'UPDATE', ...", store="str"),
         Column("status", "TEXT",
                "'answered' (response matched), 'unanswered' (no response within the timeout or before the capture "
                "ended), 'response_only' (a response whose query was not seen), 'query_only' (live capture without --responses: "
-               "responses were not captured)."),
-        Column("rcode", "TEXT", "Response code mnemonic ('NOERROR', 'NXDOMAIN', 'SERVFAIL', ...); NULL until answered."),
+               "responses were not captured).", store="str"),
+        Column("rcode", "TEXT", "Response code mnemonic ('NOERROR', 'NXDOMAIN', 'SERVFAIL', ...); NULL until answered.", store="str"),
         Column("rcode_num", "INTEGER", "Response code number, with EDNS extended bits (3 for NXDOMAIN)."),
         Column("answers", "TEXT",
-               "Answer section as JSON: a list of {name, type, ttl, data}. Search it with json_each(answers)."),
+               "Answer section as JSON: a list of {name, type, ttl, data}. Search it with json_each(answers).", store="answers"),
         Column("ancount", "INTEGER", "Answer count from the response header."),
         Column("latency_ms", "REAL", "Response time minus query time, in milliseconds."),
         Column("response_ts", "REAL", "When the response was seen, Unix seconds."),
-        Column("query_flags", "TEXT", "Header flags of the query, e.g. 'rd' or 'rd cd'."),
-        Column("response_flags", "TEXT", "Header flags of the response, e.g. 'aa rd ra' ('tc' = truncated)."),
+        Column("query_flags", "TEXT", "Header flags of the query, e.g. 'rd' or 'rd cd'.", store="str"),
+        Column("response_flags", "TEXT", "Header flags of the response, e.g. 'aa rd ra' ('tc' = truncated).", store="str"),
         Column("edns_udp_size", "INTEGER", "EDNS UDP payload size the client advertised; NULL without EDNS."),
         Column("edns_do", "INTEGER", "EDNS DO bit of the query (1 = DNSSEC records wanted); NULL without EDNS."),
         Column("ecs", "TEXT", "EDNS client subnet sent with the query, e.g. '198.18.5.0/24'."),
         Column("query_size", "INTEGER", "Size of the query message in bytes (DNS payload)."),
         Column("response_size", "INTEGER", "Size of the response message in bytes (DNS payload)."),
         Column("decoder", "TEXT",
-               "'dnslib', or 'raw' when dnslib refused the message and the question was read from the wire bytes."),
+               "'dnslib', or 'raw' when dnslib refused the message and the question was read from the wire bytes.", store="str"),
         Column("decode_note", "TEXT", "Why the raw reader was needed, or a header/body mismatch (qdcount...)."),
-        Column("ifname", "TEXT", "Interface the query was captured on (live; pcapng interface name from files)."),
+        Column("ifname", "TEXT", "Interface the query was captured on (live; pcapng interface name from files).", store="str"),
         Column("pid", "INTEGER", "Process id (thread group) that sent the query; live capture only, NULL from pcap "
                "and whenever the kernel could not know it (packets received in softirq)."),
         Column("tid", "INTEGER", "Thread id that sent the query (live)."),
-        Column("comm", "TEXT", "Command name of the sending process, as ps shows it (live, at most 15 characters)."),
+        Column("comm", "TEXT", "Command name of the sending process, as ps shows it (live, at most 15 characters).", store="str"),
         Column("thread_name", "TEXT",
-               "Name of the thread that sent it, as the kernel saw it (dig 9.18 sends from 'isc-net-0000') (live)."),
+               "Name of the thread that sent it, as the kernel saw it (dig 9.18 sends from 'isc-net-0000') (live).", store="str"),
         Column("uid", "INTEGER", "User id of the sending process (live)."),
         Column("cgroup_id", "INTEGER", "cgroup v2 id of the sending process (live)."),
         Column("netns", "INTEGER", "Network namespace inode where the query was captured (live)."),
-        Column("container_id", "TEXT", "Container id, from the sender's cgroup path (live)."),
-        Column("container", "TEXT", "Container name (Kubernetes container name, from the kubelet's logs) (live)."),
-        Column("pod", "TEXT", "Kubernetes pod name (live)."),
-        Column("pod_namespace", "TEXT", "Kubernetes namespace of the pod (live)."),
-        Column("pod_uid", "TEXT", "Kubernetes pod UID (live)."),
+        Column("container_id", "TEXT", "Container id, from the sender's cgroup path (live).", store="str"),
+        Column("container", "TEXT", "Container name (Kubernetes container name, from the kubelet's logs) (live).", store="str"),
+        Column("pod", "TEXT", "Kubernetes pod name (live).", store="str"),
+        Column("pod_namespace", "TEXT", "Kubernetes namespace of the pod (live).", store="str"),
+        Column("pod_uid", "TEXT", "Kubernetes pod UID (live).", store="str"),
     ),
     (
-        Index("queries_ts", "ts"),
-        Index("queries_qname", "qname"),
-        Index("queries_pid", "pid, ts", "pid IS NOT NULL"),
-        Index("queries_comm", "comm, ts", "comm IS NOT NULL"),
-        Index("queries_pod", "pod_namespace, pod, ts", "pod IS NOT NULL"),
+        Index("log_ts", "ts"),
+        Index("log_qname", "qname"),
+        Index("log_pid", "pid, ts", "pid IS NOT NULL"),
+        Index("log_comm", "comm, ts", "comm IS NOT NULL"),
+        Index("log_pod", "pod, ts", "pod IS NOT NULL"),
     ),
 )
 
 CAPTURES = Table(
     "captures",
-    "One row per replay of a file or live capture session, with its counters (updated as it runs).",
+    "One row per replay of a file, live capture session or prune run (kind 'prune'), with its counters "
+    "(updated as it runs).",
     (
         Column("id", "INTEGER PRIMARY KEY", "Capture id (queries.capture_id)."),
         Column("kind", "TEXT", "'pcap' (replay of a file) or 'live'."),
@@ -116,6 +123,10 @@ CAPTURES = Table(
         Column("options", "TEXT", "Options of the run as JSON (ports, interfaces, timeout...)."),
         Column("notes", "TEXT", "JSON: counts of frames skipped by reason, warnings about damaged input."),
         Column("dnswatch_version", "TEXT", "Version of dnswatch that wrote this row."),
+        Column("unstored", "INTEGER",
+               "Rows and malformed messages that could not be stored (disk full); they were still counted and shown."),
+        Column("pruned_rows", "INTEGER", "Rows this run deleted for retention (--retain, --max-size; kind 'prune')."),
+        Column("pruned_before", "REAL", "This run pruned every query row older than this time (Unix seconds)."),
     ),
     (),
 )
@@ -142,7 +153,123 @@ MALFORMED = Table(
     (Index("malformed_capture", "capture_id"),),
 )
 
-TABLES = (QUERIES, CAPTURES, MALFORMED)
+STRINGS = Table(
+    "strings",
+    "Short texts repeated on many rows (addresses, mnemonics, process, container and pod names), each stored "
+    "once; query_log and rollups_hourly hold their ids.",
+    (
+        Column("id", "INTEGER PRIMARY KEY", "Id."),
+        Column("s", "TEXT UNIQUE", "The text."),
+    ),
+    (),
+)
+
+NAMES = Table(
+    "names",
+    "Every query name, stored once (query_log.qname and the rollups hold its id).",
+    (
+        Column("id", "INTEGER PRIMARY KEY", "Id."),
+        Column("name", "TEXT UNIQUE", "The name as in queries.qname (case kept)."),
+        Column("rname", "TEXT",
+               "The name lower-cased with its labels reversed ('com.example.www'): example.com and every name under "
+               "it are one range of the index, which is how `search example.com` finds them without a scan."),
+    ),
+    (Index("names_rname", "rname"),),
+)
+
+ANSWER_SETS = Table(
+    "answer_sets",
+    "Answer sections (queries.answers), each distinct one stored once.",
+    (
+        Column("id", "INTEGER PRIMARY KEY", "Id (query_log.answers)."),
+        Column("hash", "INTEGER", "64-bit hash of answers, the lookup key."),
+        Column("answers", "TEXT", "JSON, as queries.answers shows it."),
+    ),
+    (Index("answer_sets_hash", "hash"),),
+)
+
+ANSWER_ITEMS = Table(
+    "answer_items",
+    "For each answer value, the answer sets that hold it and the names they answered: `search --answer` over "
+    "the raw rows reads this, not every row's JSON.",
+    (
+        Column("data", "TEXT", "An answer's data, as in answers[].data."),
+        Column("set_id", "INTEGER", "answer_sets.id."),
+        Column("qname", "INTEGER", "names.id of a query name answered with that set."),
+    ),
+    (),
+    key="data, set_id, qname",
+)
+
+ROLLUPS = Table(
+    "rollups_hourly",
+    "Hourly counts, filled as rows are written and kept longer than raw rows (--retain-rollups): one row per "
+    "hour, name, type, rcode, process name, pod namespace and pod. qname is a names.id, the others strings.id "
+    "(0: none); the `rollups` view shows the texts.",
+    (
+        Column("hour", "INTEGER", "Start of the hour, Unix seconds."),
+        Column("qname", "INTEGER", "names.id."),
+        Column("qtype", "INTEGER", "strings.id of the type mnemonic."),
+        Column("rcode", "INTEGER", "strings.id of the rcode (0: unanswered)."),
+        Column("comm", "INTEGER", "strings.id of the process name (0: unknown)."),
+        Column("pod_namespace", "INTEGER", "strings.id of the pod's namespace (0: none)."),
+        Column("pod", "INTEGER", "strings.id of the pod (0: none)."),
+        Column("count", "INTEGER", "Rows (questions)."),
+        Column("unanswered", "INTEGER", "Rows with status 'unanswered'."),
+        Column("answered", "INTEGER", "Rows with a latency (the divisor of latency_sum)."),
+        Column("latency_sum", "REAL", "Sum of latency_ms."),
+        Column("latency_max", "REAL", "Largest latency_ms."),
+    ),
+    (),
+    key="hour, qname, qtype, rcode, comm, pod_namespace, pod",
+)
+
+# key_hours.kind: one hourly count per value of each of these columns (aggregate.top reads them)
+KEY_KINDS: Dict[str, int] = {"qname": 1, "comm": 2, "pod": 3, "pod_namespace": 4, "rcode": 5, "qtype": 6, "src": 7}
+
+KEY_HOURS = Table(
+    "key_hours",
+    "Hourly counts per single value of a column (name, process name, pod, ...), filled as rows are written: "
+    "what `top` over long windows reads (aggregate.py).",
+    (
+        Column("kind", "INTEGER", "Which column: " + ", ".join(f"{v} {k}" for k, v in KEY_KINDS.items()) + "."),
+        Column("key", "INTEGER", "names.id for qname, strings.id for the others."),
+        Column("hour", "INTEGER", "Start of the hour, Unix seconds."),
+        Column("n", "INTEGER", "Rows in that hour."),
+    ),
+    (Index("key_hours_top", "kind, hour, n"),),
+    key="kind, key, hour",
+)
+
+PASSIVE_DNS = Table(
+    "passive_dns",
+    "Passive DNS: every (name, type, answer data) seen in a response, with when and how often, and who first "
+    "resolved it. Kept indefinitely (retention does not touch it); `search --answer` reads it for the time the "
+    "raw rows no longer cover.",
+    (
+        Column("name", "TEXT", "Owner name of the answer record."),
+        Column("type", "TEXT", "Record type ('A', 'CNAME', ...)."),
+        Column("data", "TEXT", "Record data, as in answers[].data."),
+        Column("first_seen", "REAL", "First response holding it (query time), Unix seconds."),
+        Column("last_seen", "REAL", "Last response holding it, Unix seconds."),
+        Column("count", "INTEGER", "Rows whose answers held it."),
+        Column("first_qname", "TEXT", "The question that first got it."),
+        Column("first_src", "TEXT", "Client that first got it."),
+        Column("first_pid", "INTEGER", "Process that first got it (live)."),
+        Column("first_comm", "TEXT", "Its command name (live)."),
+        Column("first_pod_namespace", "TEXT", "Its pod's namespace (live)."),
+        Column("first_pod", "TEXT", "Its pod (live)."),
+    ),
+    (Index("passive_dns_data", "data"),),
+    key="name, type, data",
+)
+
+# Documented (dnswatch schema) in this order; ``queries`` is a view over LOG_TABLE.
+TABLES = (QUERIES, CAPTURES, MALFORMED, PASSIVE_DNS, ROLLUPS, KEY_HOURS, NAMES, STRINGS, ANSWER_SETS, ANSWER_ITEMS)
+LOG_TABLE = "query_log"
+# PRAGMA user_version of a log in this layout. Columns added to a table's definition need no new version: opening
+# a log adds what is missing. Bump it only for changes that need code in store.migrate.
+SCHEMA_VERSION = 2
 
 # Column order of the rows the pipeline builds (everything but the row id), and their positions.
 QUERY_COLUMNS: List[str] = [c.name for c in QUERIES.columns if c.name != "id"]
@@ -150,20 +277,69 @@ Q: Dict[str, int] = {name: i for i, name in enumerate(QUERY_COLUMNS)}
 # Columns only live capture fills come last, so rows from files can be inserted without them.
 LIVE_ONLY_FROM = Q["pid"]
 MALFORMED_COLUMNS: List[str] = [c.name for c in MALFORMED.columns if c.name != "id"]
+# positions in a row of the columns stored as ids, by kind
+STORED_AS: Dict[str, List[int]] = {
+    kind: [Q[c.name] for c in QUERIES.columns if c.store == kind] for kind in ("str", "name", "answers")
+}
+
+
+def stored_type(column: Column) -> str:
+    return "INTEGER" if column.store else column.type
+
+
+def column_expr(column: Column, alias: str = "l") -> str:
+    """The SQL that reads ``column`` of the queries view from query_log row ``alias``."""
+    ref = f"{alias}.[{column.name}]"
+    if column.store == "str":
+        return f"(SELECT s FROM strings WHERE id = {ref})"
+    if column.store == "name":
+        return f"(SELECT name FROM names WHERE id = {ref}) COLLATE NOCASE"
+    if column.store == "answers":
+        return f"(SELECT answers FROM answer_sets WHERE id = {ref})"
+    return ref
+
+
+def view_sql() -> List[str]:
+    """The views: ``queries`` (the column contract, over query_log) and ``rollups`` (texts for the ids)."""
+    cols = ",\n    ".join(f"{column_expr(c)} AS [{c.name}]" for c in QUERIES.columns)
+    r = ROLLUPS.columns
+    rollup_cols = ",\n    ".join(
+        "r.hour" if c.name == "hour" else
+        "(SELECT name FROM names WHERE id = r.qname) AS qname" if c.name == "qname" else
+        f"(SELECT s FROM strings WHERE id = r.[{c.name}]) AS [{c.name}]" if c.type == "INTEGER" and c.name in
+        ("qtype", "rcode", "comm", "pod_namespace", "pod") else f"r.[{c.name}]" for c in r)
+    return [
+        f"CREATE VIEW IF NOT EXISTS queries AS SELECT\n    {cols}\nFROM {LOG_TABLE} l",
+        f"CREATE VIEW IF NOT EXISTS rollups AS SELECT\n    {rollup_cols}\nFROM {ROLLUPS.name} r",
+    ]
 
 
 def create_sql(table: Table) -> List[str]:
-    cols = ",\n    ".join(f"[{c.name}] {c.type}" for c in table.columns)
-    statements = [f"CREATE TABLE IF NOT EXISTS [{table.name}] (\n    {cols}\n)"]
+    """CREATE statements of ``table`` (for ``queries``: the query_log table, its indexes and the views)."""
+    name = LOG_TABLE if table is QUERIES else table.name
+    cols = ",\n    ".join(f"[{c.name}] {stored_type(c) if table is QUERIES else c.type}" for c in table.columns)
+    tail = ""
+    if table.key:
+        cols += f",\n    PRIMARY KEY ({table.key})"
+        tail = " WITHOUT ROWID"
+    statements = [f"CREATE TABLE IF NOT EXISTS [{name}] (\n    {cols}\n){tail}"]
     for index in table.indexes:
         where = f" WHERE {index.where}" if index.where else ""
-        statements.append(f"CREATE INDEX IF NOT EXISTS [{index.name}] ON [{table.name}] ({index.columns}){where}")
+        statements.append(f"CREATE INDEX IF NOT EXISTS [{index.name}] ON [{name}] ({index.columns}){where}")
+    if table is QUERIES:
+        statements += view_sql()
     return statements
 
 
 def describe() -> List[dict]:
     """Schema as data (for ``dnswatch schema --json``)."""
     return [
-        {"table": t.name, "doc": t.doc, "columns": [{"name": c.name, "type": c.type, "doc": c.doc} for c in t.columns]}
+        {"table": t.name, "kind": "view" if t is QUERIES else "table", "doc": t.doc,
+         "columns": [{"name": c.name, "type": c.type, "doc": c.doc} for c in t.columns]}
         for t in TABLES
     ]
+
+
+def reverse_name(name: str) -> str:
+    """names.rname: lower-cased, labels reversed ('WWW.Example.com' -> 'com.example.www'; the root is '')."""
+    return ".".join(reversed(name.lower().rstrip(".").split(".")))

@@ -25,9 +25,7 @@ import sqlite3
 import threading
 import time
 import weakref
-from itertools import chain
 from multiprocessing.connection import Connection
-from operator import itemgetter
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
 if TYPE_CHECKING:
@@ -39,13 +37,13 @@ except ImportError:  # not on Windows, which has no fork either: no writer proce
     fcntl = None  # type: ignore[assignment]
 
 from dnswatch import __version__
-from dnswatch.schema import LIVE_ONLY_FROM, MALFORMED_COLUMNS, QUERY_COLUMNS, TABLES, create_sql
+from dnswatch.layout import LogWriter as _Log, prepare
+from dnswatch.schema import LIVE_ONLY_FROM, QUERY_COLUMNS
 
 DEFAULT_DB = "dnswatch.db"
 BATCH_ROWS = 5000
 BATCH_SECONDS = 1.0
 BUSY_TIMEOUT_MS = 30_000
-ROWS_PER_INSERT = 64  # rows bound to one INSERT statement (see _Log)
 PIPE_BYTES = 1 << 20  # a batch of replay rows is ~0.8 MB marshalled
 WRITER_QUEUE = 1  # batches the writer process holds besides the one it inserts (and one in the pipe)
 CHECKPOINT_EVERY = 4  # batches between checkpoints (~5 MiB of WAL; SQLite's default is 4 MiB)
@@ -198,82 +196,20 @@ class Store:
         self.close()
 
 
-_START_CAPTURE = (
-    "INSERT INTO captures (kind, source, host, started, status, frames, dns_messages, queries, responses, "
-    "malformed, dropped, duplicates, options, dnswatch_version) VALUES (?, ?, ?, ?, 'running', 0, 0, 0, 0, "
-    "0, 0, 0, ?, ?)"
-)
-
-
 def _open(path: str) -> sqlite3.Connection:
-    """Open ``path`` for writing and create what is missing of the schema."""
+    """Open ``path`` for writing; create what is missing of the schema, migrating an older log in place."""
     conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False)
     try:
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        if not conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
+            conn.execute("PRAGMA auto_vacuum = INCREMENTAL")  # before the first table: pruning can give pages back
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = NORMAL")
-        with conn:
-            conn.execute("BEGIN IMMEDIATE")
-            for table in TABLES:
-                for statement in create_sql(table):
-                    conn.execute(statement)
+        prepare(conn)
     except sqlite3.Error:
         conn.close()
         raise
     return conn
-
-
-class _Log:
-    """The writes of a Store on one connection: the Store's own, or the writer process's."""
-
-    def __init__(self, conn: sqlite3.Connection, width: int):
-        self.conn = conn
-        columns = QUERY_COLUMNS[:width]
-        values = f"({', '.join('?' for _ in columns)})"
-        self._insert_query = f"INSERT INTO queries ({', '.join(columns)}) VALUES {values}"
-        # Several rows per INSERT: each execution of the statement opens a cursor on the table and on every index,
-        # which costs more than binding a row. Bounded by SQLite's limit on parameters (999 before 3.32).
-        if hasattr(conn, "getlimit"):  # Python 3.11+
-            limit = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
-        else:
-            limit = 32766 if sqlite3.sqlite_version_info >= (3, 32, 0) else 999
-        self._per_insert = max(1, min(ROWS_PER_INSERT, limit // width))
-        self._insert_many = (
-            f"INSERT INTO queries ({', '.join(columns)}) VALUES {', '.join([values] * self._per_insert)}"
-        )
-        self._insert_malformed = (
-            f"INSERT INTO malformed ({', '.join(MALFORMED_COLUMNS)}) VALUES ({', '.join('?' for _ in MALFORMED_COLUMNS)})"
-        )
-        # rows are lists of every QUERY_COLUMNS value; binding the first ``width`` as tuples is the cheapest way
-        self._columns = None if width == len(QUERY_COLUMNS) else itemgetter(*range(width))
-
-    def start_capture(self, params: Sequence[Any]) -> int:
-        with self.conn:
-            cur = self.conn.execute(_START_CAPTURE, params)
-        return int(cur.lastrowid)
-
-    def update(self, sql: str, params: Sequence[Any]) -> None:
-        with self.conn:
-            self.conn.execute("BEGIN IMMEDIATE")
-            self.conn.execute(sql, params)
-
-    def write(self, rows: List[Sequence[Any]], malformed: List[Sequence[Any]]) -> None:
-        if not rows and not malformed:
-            return
-        with self.conn:
-            self.conn.execute("BEGIN IMMEDIATE")
-            if rows:
-                columns = self._columns
-                values = rows if columns is None else [columns(r) for r in rows]
-                k = self._per_insert
-                whole = len(values) // k * k
-                if whole:
-                    self.conn.executemany(self._insert_many, [tuple(chain.from_iterable(values[i:i + k]))
-                                                              for i in range(0, whole, k)])
-                if whole < len(values):
-                    self.conn.executemany(self._insert_query, values[whole:])
-            if malformed:
-                self.conn.executemany(self._insert_malformed, malformed)
 
 
 # -- the writer process of a bulk load ------------------------------------------------------------

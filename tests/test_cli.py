@@ -112,7 +112,7 @@ def test_query_formats(runner, db):
 
 
 def test_query_is_read_only(runner, db):
-    result = runner.invoke(cli, ["query", "delete from queries", "--db", str(db)])
+    result = runner.invoke(cli, ["query", "delete from query_log", "--db", str(db)])
     assert result.exit_code == 1
     assert "readonly" in result.output or "read-only" in result.output
 
@@ -164,7 +164,8 @@ def test_schema_lists_every_column(runner):
         for column in table.columns:
             assert column.name in result.output
     as_json = json.loads(runner.invoke(cli, ["schema", "--json"]).output)
-    assert {t["table"] for t in as_json} == {"queries", "captures", "malformed"}
+    assert {t["table"] for t in as_json} == {t.name for t in TABLES}
+    assert {"queries", "captures", "malformed", "passive_dns", "rollups_hourly"} <= {t["table"] for t in as_json}
 
 
 def test_contract_columns_exist(db):
@@ -198,7 +199,7 @@ def test_query_across_attached_logs(runner, tmp_path):
     result = runner.invoke(cli, ["query", sql, "--db", str(a), "--attach", "b", str(b)])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output) == [{"node": "a", "n": 12}, {"node": "b", "n": 8}]
-    write = runner.invoke(cli, ["query", "delete from b.queries", "--db", str(a), "--attach", "b", str(b)])
+    write = runner.invoke(cli, ["query", "delete from b.query_log", "--db", str(a), "--attach", "b", str(b)])
     assert write.exit_code == 1  # attached logs are read-only too
     missing = runner.invoke(cli, ["query", "select 1", "--db", str(a), "--attach", "c", str(tmp_path / "none.db")])
     assert missing.exit_code == 1 and "no such database" in missing.output
