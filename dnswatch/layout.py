@@ -13,7 +13,7 @@ import sqlite3
 import time
 from hashlib import blake2b
 from itertools import chain
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from dnswatch.schema import (
     ANSWER_ITEMS, KEY_HOURS, KEY_KINDS, LOG_TABLE, MALFORMED_COLUMNS, PASSIVE_DNS, Q, QUERIES, QUERY_COLUMNS,
@@ -34,6 +34,14 @@ _I_QNAME, _I_QTYPE, _I_RCODE, _I_SRC = Q["qname"], Q["qtype"], Q["rcode"], Q["sr
 _I_ANSWERS = Q["answers"]
 _I_PID, _I_COMM, _I_NS, _I_POD = Q["pid"], Q["comm"], Q["pod_namespace"], Q["pod"]
 _KEY_POS = [(KEY_KINDS[k], Q[k]) for k in KEY_KINDS]
+
+
+class Retention(NamedTuple):
+    """What to keep: raw rows for ``retain`` seconds and within ``max_bytes`` of file, rollups for
+    ``retain_rollups`` seconds (None: no bound)."""
+    retain: Optional[float] = None
+    max_bytes: Optional[int] = None
+    retain_rollups: Optional[float] = None
 
 
 def _hash(text: str) -> int:

@@ -91,7 +91,7 @@ QUERIES = Table(
     ),
     (
         Index("log_ts", "ts"),
-        Index("log_qname", "qname"),
+        Index("log_qname", "qname, ts"),
         Index("log_pid", "pid, ts", "pid IS NOT NULL"),
         Index("log_comm", "comm, ts", "comm IS NOT NULL"),
         Index("log_pod", "pod, ts", "pod IS NOT NULL"),

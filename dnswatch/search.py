@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import List, Optional, Sequence, Tuple
 
+from dnswatch.schema import LOG_TABLE, QUERIES, column_expr, reverse_name
+
 _RELATIVE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|d|w)\s*(?:ago)?\s*$", re.I)
 _UNITS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -54,75 +56,154 @@ class SearchFilters:
     until: Optional[str] = None
     limit: int = 100
     columns: List[str] = field(default_factory=list)
+    contains: bool = False  # name is a substring (a scan of the distinct names), not a domain
 
 
 DEFAULT_COLUMNS = ["ts_utc", "src", "sport", "dst", "proto", "dns_id", "qname", "qtype", "status", "rcode", "latency_ms",
                    "answers", "pid", "comm", "pod_namespace", "pod", "container"]
+_COLUMNS = {c.name: c for c in QUERIES.columns}
 
 
-def _name_condition(name: str) -> Tuple[str, List[object]]:
-    """A glob (``*.example.com``) matches as a glob; plain text matches the name, its subdomains, or as a
-    substring. Case-insensitive either way."""
-    if any(ch in name for ch in "*?["):
-        return "lower(qname) GLOB ?", [name.lower()]
-    escaped = name.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return "qname LIKE ? ESCAPE '\\'", [f"%{escaped}%"]
+def _strings_in(column: str, values: Sequence[object]) -> Tuple[str, List[object]]:
+    """``column`` (a strings id in query_log) is one of ``values``: a lookup in strings, then the log's index."""
+    marks = ", ".join("?" for _ in values)
+    return f"l.{column} IN (SELECT id FROM strings WHERE s IN ({marks}))", [str(v) for v in values]
+
+
+def _range(prefix: str) -> Tuple[str, str]:
+    """Bounds of the index range of texts starting with ``prefix`` (which ends with '.'; '/' follows '.')."""
+    return prefix, prefix[:-1] + "/"
+
+
+def name_condition(name: str, contains: bool = False) -> Tuple[str, List[object]]:
+    """Names matching ``name``, as a condition on query_log ``l``; case-insensitive.
+
+    Plain text: that domain and every name under it, one range of the names_rname index. A glob (* ? [) matches
+    the whole name; the complete labels after its last wildcard bound an index range too ('*.example.com' reads
+    only names under example.com). ``contains``: a substring anywhere, which reads every distinct name."""
+    pattern = name.lower().rstrip(".") or "."
+    if contains:
+        escaped = pattern.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        return "l.qname IN (SELECT id FROM names WHERE name LIKE ? ESCAPE '\\')", [f"%{escaped}%"]
+    if any(ch in pattern for ch in "*?["):
+        last = max(pattern.rfind(ch) for ch in "*?[]")
+        suffix = pattern[last + 1:]
+        dot = suffix.find(".")
+        cond, params = "lower(name) GLOB ?", [pattern]
+        if dot >= 0 and suffix[dot + 1:]:
+            low, high = _range(reverse_name(suffix[dot + 1:]) + ".")
+            cond, params = "rname >= ? AND rname < ? AND " + cond, [low, high, pattern]
+        return f"l.qname IN (SELECT id FROM names WHERE {cond})", params
+    if pattern == ".":
+        return "l.qname IN (SELECT id FROM names WHERE rname = '')", []
+    r = reverse_name(pattern)
+    low, high = _range(r + ".")
+    return ("l.qname IN (SELECT id FROM names WHERE rname = ? OR (rname >= ? AND rname < ?))", [r, low, high])
 
 
 def _in(column: str, values: Sequence[object], upper: bool = False) -> Tuple[str, List[object]]:
     vals = [str(v).upper() if upper else v for v in values]
-    return f"{column} IN ({', '.join('?' for _ in vals)})", list(vals)
+    if _COLUMNS[column].store == "str":
+        return _strings_in(column, vals)
+    return f"l.{column} IN ({', '.join('?' for _ in vals)})", list(vals)
+
+
+def _output(columns: Sequence[str]) -> str:
+    return ", ".join(
+        "strftime('%Y-%m-%dT%H:%M:%fZ', l.ts, 'unixepoch') AS ts_utc" if c == "ts_utc"
+        else f"{column_expr(_COLUMNS[c])} AS [{c}]" for c in columns
+    )
 
 
 def build_search(f: SearchFilters, now: Optional[float] = None) -> Tuple[str, List[object]]:
+    """One query over query_log (columns as the queries view shows them), newest first. The most selective
+    filter with an index of its own drives it (name, pid, process, pod), else the time index."""
     where: List[str] = []
     params: List[object] = []
+    index = "log_ts"
 
     def add(cond: Tuple[str, List[object]]) -> None:
         where.append(cond[0])
         params.extend(cond[1])
 
     if f.name:
-        add(_name_condition(f.name))
+        add(name_condition(f.name, f.contains))
+        index = "log_qname"
     if f.types:
         add(_in("qtype", f.types, upper=True))
     if f.rcodes:
         add(_in("rcode", f.rcodes, upper=True))
     if f.src:
-        add(("src = ?", [f.src]))
+        add(("l.src = (SELECT id FROM strings WHERE s = ?)", [f.src]))
     if f.pids:
         add(_in("pid", f.pids))
+        where.append("l.pid IS NOT NULL")
+        index = "log_pid" if index == "log_ts" else index
     if f.comms:
         add(_in("comm", f.comms))
+        where.append("l.comm IS NOT NULL")
+        index = "log_comm" if index == "log_ts" else index
     if f.pods:
         if len(f.pods) == 1 and any(ch in f.pods[0] for ch in "*?["):
-            add(("pod GLOB ?", [f.pods[0]]))
+            add(("l.pod IN (SELECT id FROM strings WHERE s GLOB ?)", [f.pods[0]]))
         else:
             add(_in("pod", f.pods))
+        where.append("l.pod IS NOT NULL")
+        index = "log_pod" if index == "log_ts" else index
     if f.pod_namespaces:
         add(_in("pod_namespace", f.pod_namespaces))
     if f.containers:
-        add(("(" + " OR ".join("container = ? OR container_id LIKE ?" for _ in f.containers) + ")",
+        add(("(" + " OR ".join("l.container = (SELECT id FROM strings WHERE s = ?) OR l.container_id IN "
+                               "(SELECT id FROM strings WHERE s LIKE ?)" for _ in f.containers) + ")",
              [v for c in f.containers for v in (c, c + "%")]))
     if f.answer:
-        add(("EXISTS (SELECT 1 FROM json_each(queries.answers) WHERE json_extract(json_each.value, '$.data') = ?)",
-             [f.answer]))
+        add(("l.answers IN (SELECT set_id FROM answer_items WHERE data = ?) AND "
+             "l.qname IN (SELECT qname FROM answer_items WHERE data = ?)", [f.answer, f.answer]))
+        index = "log_qname" if index == "log_ts" else index
     if f.status:
-        add(("status = ?", [f.status]))
+        add(("l.status = (SELECT id FROM strings WHERE s = ?)", [f.status]))
     if f.since:
-        add(("ts >= ?", [parse_time(f.since, now)]))
+        add(("l.ts >= ?", [parse_time(f.since, now)]))
     if f.until:
-        add(("ts <= ?", [parse_time(f.until, now)]))
+        add(("l.ts <= ?", [parse_time(f.until, now)]))
     if f.limit < 0:
         raise SearchError("--limit must be 0 (no limit) or more")
-    columns = f.columns or DEFAULT_COLUMNS
-    select = ", ".join(
-        "strftime('%Y-%m-%dT%H:%M:%fZ', ts, 'unixepoch') AS ts_utc" if c == "ts_utc" else f"[{c}]" for c in columns
-    )
-    sql = f"SELECT {select} FROM queries"
+    sql = f"SELECT {_output(f.columns or DEFAULT_COLUMNS)} FROM {LOG_TABLE} l INDEXED BY {index}"
     if where:
         sql += " WHERE " + " AND ".join(where)
-    sql += " ORDER BY ts DESC, id DESC"
+    sql += " ORDER BY l.ts DESC, l.id DESC"
+    if f.limit:
+        sql += f" LIMIT {int(f.limit)}"
+    return sql, params
+
+
+def build_passive(f: SearchFilters, oldest_raw: Optional[float], now: Optional[float] = None
+                  ) -> Optional[Tuple[str, List[object]]]:
+    """``--answer`` for the time raw rows no longer cover (pruned): passive DNS entries first seen before the
+    oldest raw row, as rows with status 'passive_dns' (ts = first seen; pid, comm, pod: who first resolved it)."""
+    if not f.answer:
+        return None
+    since = parse_time(f.since, now) if f.since else None
+    until = parse_time(f.until, now) if f.until else None
+    cond = ["data = ?"]
+    params: List[object] = [f.answer]
+    if oldest_raw is not None:
+        cond.append("first_seen < ?")
+        params.append(oldest_raw)
+    if since is not None:
+        cond.append("last_seen >= ?")
+        params.append(since)
+    if until is not None:
+        cond.append("first_seen <= ?")
+        params.append(until)
+    values = {
+        "ts_utc": "strftime('%Y-%m-%dT%H:%M:%fZ', first_seen, 'unixepoch')", "ts": "first_seen",
+        "qname": "first_qname", "qtype": "type", "status": "'passive_dns'", "src": "first_src",
+        "answers": "json_array(json_object('name', name, 'type', type, 'data', data))",
+        "pid": "first_pid", "comm": "first_comm", "pod_namespace": "first_pod_namespace", "pod": "first_pod",
+    }
+    select = ", ".join(f"{values.get(c, 'NULL')} AS [{c}]" for c in (f.columns or DEFAULT_COLUMNS))
+    sql = f"SELECT {select} FROM passive_dns WHERE {' AND '.join(cond)} ORDER BY last_seen DESC"
     if f.limit:
         sql += f" LIMIT {int(f.limit)}"
     return sql, params

@@ -26,7 +26,7 @@ import threading
 import time
 import weakref
 from multiprocessing.connection import Connection
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 if TYPE_CHECKING:
     import sqlite_utils
@@ -37,7 +37,7 @@ except ImportError:  # not on Windows, which has no fork either: no writer proce
     fcntl = None  # type: ignore[assignment]
 
 from dnswatch import __version__
-from dnswatch.layout import LogWriter as _Log, prepare
+from dnswatch.layout import LogWriter as _Log, Retention, prepare
 from dnswatch.schema import LIVE_ONLY_FROM, QUERY_COLUMNS
 
 DEFAULT_DB = "dnswatch.db"
@@ -47,6 +47,8 @@ BUSY_TIMEOUT_MS = 30_000
 PIPE_BYTES = 1 << 20  # a batch of replay rows is ~0.8 MB marshalled
 WRITER_QUEUE = 1  # batches the writer process holds besides the one it inserts (and one in the pipe)
 CHECKPOINT_EVERY = 4  # batches between checkpoints (~5 MiB of WAL; SQLite's default is 4 MiB)
+PRUNE_EVERY = 1.0  # seconds between retention steps of a live capture
+PRUNE_SECONDS = 0.05  # longest retention step: the capture loop goes on after it
 MAX_WAL_FRAMES = 4096  # pages (16 MiB at 4 KiB); past this the writer lets the checkpointer catch up
 
 # CPython's sqlite3 sends None through the adapter protocol (a failing __conform__ lookup per NULL), which
@@ -90,12 +92,23 @@ def _create_private(path: str) -> None:
 class Store:
     """Writes one capture's rows. Use as a context manager, or call ``close()``."""
 
-    def __init__(self, path: str, live_columns: bool = True, bulk: bool = False):
+    def __init__(self, path: str, live_columns: bool = True, bulk: bool = False,
+                 retention: Optional[Retention] = None, on_warning: Optional[Callable[[str], None]] = None):
         """``live_columns=False``: rows carry no process/pod data (pcap replay), so those NULLs are not bound.
         ``bulk=True``: rows come in fast and nothing reads them back meanwhile (replay): a writer process
         inserts them while this one goes on (see the module's docstring). ``flush()`` still waits until they
-        are committed."""
+        are committed.
+        ``retention``: prune the oldest rows as rows are written (watch --retain/--max-size/--retain-rollups).
+        ``on_warning``: told once when the disk is full (rows are then counted in ``unstored``, not stored) and once
+        when storing resumes."""
         self.path = path
+        self.retention = retention
+        self.on_warning = on_warning or (lambda text: None)
+        self.unstored = 0  # rows and malformed messages lost to a full disk
+        self.disk_full = False
+        self.pruned = 0
+        self._capture_id: Optional[int] = None
+        self._next_prune = 0.0
         if path != ":memory:" and not os.path.exists(path):
             _create_private(path)
         self._width = len(QUERY_COLUMNS) if live_columns else LIVE_ONLY_FROM
@@ -121,14 +134,18 @@ class Store:
     def start_capture(self, kind: str, source: str, options: Dict[str, Any]) -> int:
         params = (kind, source, socket.gethostname(), time.time(), json.dumps(options, sort_keys=True), __version__)
         if self._writer is not None:
-            return int(self._writer.request(("start", params)))
+            self._capture_id = int(self._writer.request(("start", params)))
+            return self._capture_id
         try:
-            return self._log.start_capture(params)
+            self._capture_id = self._log.start_capture(params)
         except sqlite3.Error as exc:
             raise _friendly(self.path, exc)
+        return self._capture_id
 
     def update_capture(self, capture_id: int, counters: Dict[str, Any]) -> None:
         """Write counters (and status/ended when given) to the capture's row, in a transaction of its own."""
+        if self.unstored:
+            counters = {**counters, "unstored": self.unstored}
         cols = ", ".join(f"[{k}] = ?" for k in counters)
         values = [json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else v for v in counters.values()]
         sql = f"UPDATE captures SET {cols} WHERE id = ?"
@@ -138,7 +155,9 @@ class Store:
         try:
             self._log.update(sql, (*values, capture_id))
         except sqlite3.Error as exc:
-            raise _friendly(self.path, exc)
+            if not _is_full(exc):
+                raise _friendly(self.path, exc)
+            self._full()  # the counters are written again at the next update
 
     # -- rows ----------------------------------------------------------------------------------
     @property
@@ -157,8 +176,29 @@ class Store:
 
     def maybe_flush(self) -> None:
         """Flush when the batch is old enough (for live capture, where rows trickle in)."""
-        if (self._rows or self._malformed) and time.monotonic() - self._last_flush >= BATCH_SECONDS:
+        now = time.monotonic()
+        if (self._rows or self._malformed) and now - self._last_flush >= BATCH_SECONDS:
             self.flush()
+        if self.retention is not None and now >= self._next_prune and self._writer is None:
+            self._next_prune = now + PRUNE_EVERY
+            self.prune()
+
+    def prune(self, seconds: float = PRUNE_SECONDS) -> int:
+        """One retention step: at most ``seconds`` of small transactions. Returns the rows deleted."""
+        r = self.retention
+        now = time.time()
+        try:
+            deleted, _newest = self._log.prune(
+                before=now - r.retain if r.retain else None, max_bytes=r.max_bytes,
+                rollups_before=now - r.retain_rollups if r.retain_rollups else None,
+                capture_id=self._capture_id, seconds=seconds)
+        except sqlite3.Error as exc:
+            if _is_full(exc):  # deleting needs a little WAL space too: try again later
+                self._full()
+                return 0
+            raise _friendly(self.path, exc)
+        self.pruned += deleted
+        return deleted
 
     def flush(self) -> None:
         """Commit every row added so far (in bulk mode: and wait until the writer process has)."""
@@ -176,9 +216,22 @@ class Store:
             try:
                 self._log.write(rows, malformed)
             except sqlite3.Error as exc:
-                raise _friendly(self.path, exc)
+                if not _is_full(exc):
+                    raise _friendly(self.path, exc)
+                self.unstored += len(rows) + len(malformed)  # rolled back: the log is as before this batch
+                self._full()
+            else:
+                if self.disk_full and (rows or malformed):
+                    self.disk_full = False
+                    self.on_warning(f"{self.path}: space again, storing resumed ({self.unstored:,} rows could not "
+                                    "be stored meanwhile)")
         self.rows_written += len(rows)
         self._last_flush = time.monotonic()
+
+    def _full(self) -> None:
+        if not self.disk_full:
+            self.disk_full = True
+            self.on_warning(f"{self.path}: disk full; rows are counted and shown but not stored until space returns")
 
     def close(self) -> None:
         try:
@@ -194,6 +247,10 @@ class Store:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _is_full(exc: sqlite3.Error) -> bool:
+    return getattr(exc, "sqlite_errorcode", None) == 13 or "full" in str(exc)  # SQLITE_FULL
 
 
 def _open(path: str) -> sqlite3.Connection:

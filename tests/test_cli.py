@@ -134,7 +134,12 @@ def test_search_filters(runner, db):
         assert result.exit_code == 0, result.output
         return json.loads(result.output)
 
-    assert {r["qname"] for r in search("MAIL.example")} == {"mail.example.test"}  # case-insensitive substring
+    assert {r["qname"] for r in search("MAIL.example", "--contains")} == {"mail.example.test"}  # substring
+    assert {r["qname"] for r in search("MAIL.example.TEST")} == {"mail.example.test"}  # a domain, any case
+    under = {r["qname"].lower() for r in search("example.test")}  # the domain and every name under it
+    assert "example.test" in under and "mail.example.test" in under and all(
+        n == "example.test" or n.endswith(".example.test") for n in under)
+    assert search("xample.test") == []  # a domain, not a substring
     assert all(r["qtype"] == "AAAA" for r in search("example.test", "--type", "aaaa"))
     nx = search("--rcode", "NXDOMAIN")
     assert nx and all(r["rcode"] == "NXDOMAIN" for r in nx)
@@ -150,7 +155,7 @@ def test_search_bad_time(runner, db):
 
 
 def test_search_output_escapes_control_bytes(runner, db):
-    result = runner.invoke(cli, ["search", "red", "--db", str(db), "--table"])
+    result = runner.invoke(cli, ["search", "red", "--contains", "--db", str(db), "--table"])
     assert result.exit_code == 0, result.output
     assert "\x1b" not in result.output and "\\027[31mred" in result.output
 
