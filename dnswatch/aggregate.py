@@ -34,23 +34,36 @@ def _resolve(conn: sqlite3.Connection, key: str, ids: Sequence[int]) -> Dict[int
 
 def raw_counts(conn: sqlite3.Connection, key: str, since: float, until: float,
                filters: Optional[Mapping[str, Sequence[object]]] = None) -> Dict[int, int]:
-    """id of ``key`` -> rows with since <= ts < until, from the raw rows through the ts index. ``filters``:
+    """id of ``key`` -> rows with since <= ts < until, from the raw rows (a range of query_log, which is in time order). ``filters``:
     column -> allowed values (texts for text columns), e.g. {"pod_namespace": ["shop"]}."""
-    where, params = ["l.ts >= ?", "l.ts < ?", f"l.[{key}] IS NOT NULL"], [since, until]
+    where, params = ["l.ts >= ?", "l.ts < ?"], [since, until]
+    shape = _STORE[key] == "shape"
+    if not shape:
+        where.append(f"l.[{key}] IS NOT NULL")
     for column, values in (filters or {}).items():
         if column not in _STORE:
             raise ValueError(f"unknown column {column!r}")
         marks = ", ".join("?" * len(values))
         if _STORE[column] == "str":
             where.append(f"l.[{column}] IN (SELECT id FROM strings WHERE s IN ({marks}))")
+        elif _STORE[column] == "shape":
+            where.append(f"l.shape IN (SELECT id FROM shapes WHERE [{column}] IN ({marks}))")
         elif _STORE[column] == "name":
             where.append(f"l.[{column}] IN (SELECT id FROM names WHERE name IN ({marks}))")
         else:
             where.append(f"l.[{column}] IN ({marks})")
         params.extend(values)
-    sql = (f"SELECT l.[{key}], count(*) FROM {LOG_TABLE} l INDEXED BY log_ts WHERE {' AND '.join(where)} "
+    sql = (f"SELECT l.[{'shape' if shape else key}], count(*) FROM {LOG_TABLE} l WHERE {' AND '.join(where)} "
            "GROUP BY 1")
-    return dict(conn.execute(sql, params).fetchall())
+    counts = dict(conn.execute(sql, params).fetchall())
+    if not shape:
+        return counts
+    out: Dict[int, int] = {}  # shape ids -> the strings ids key_hours uses for the text
+    for sid, text_id in conn.execute(f"SELECT shapes.id, strings.id FROM shapes JOIN strings ON strings.s = "
+                                     f"shapes.[{key}]").fetchall():
+        if sid in counts:
+            out[text_id] = out.get(text_id, 0) + counts[sid]
+    return out
 
 
 def top(conn: sqlite3.Connection, key: str = "qname", since: Optional[float] = None, until: Optional[float] = None,

@@ -13,15 +13,19 @@ import sqlite3
 import time
 from hashlib import blake2b
 from itertools import chain
+from operator import itemgetter
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from dnswatch.schema import (
-    ANSWER_ITEMS, KEY_HOURS, KEY_KINDS, LOG_TABLE, MALFORMED_COLUMNS, PASSIVE_DNS, Q, QUERIES, QUERY_COLUMNS,
-    ROLLUPS, SCHEMA_VERSION, STORED_AS, TABLES, create_sql, reverse_name, stored_type, view_sql,
+    ANSWER_ITEMS, KEY_HOURS, KEY_KINDS, LOG_COLUMNS, LOG_TABLE, MALFORMED_COLUMNS, PASSIVE_DNS, Q, QUERIES,
+    QUERY_COLUMNS, ROLLUPS, SCHEMA_VERSION, SHAPE_COLUMNS, STORED_AS, TABLES, create_sql, physical, reverse_name,
+    stored_type, view_sql,
 )
 
 ROWS_PER_INSERT = 64  # rows bound to one INSERT statement
 CACHE_ENTRIES = 500_000  # texts -> ids remembered per lookup table (cleared when full)
+AGG_ROWS = 200_000  # rows whose sums are kept in memory at most before they are written
+AGG_SECONDS = 10.0  # ... and seconds
 PRUNE_CHUNK = 2000  # rows deleted per transaction: a few ms, so a live capture never waits long
 
 START_CAPTURE = (
@@ -48,6 +52,13 @@ def _hash(text: str) -> int:
     return int.from_bytes(blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "big", signed=True)
 
 
+def _resolver(r: Sequence[Any], live: bool) -> tuple:
+    """passive_dns.first_*: who got an answer first."""
+    if live:
+        return (r[_I_QNAME], r[_I_SRC], r[_I_PID], r[_I_COMM], r[_I_NS], r[_I_POD])
+    return (r[_I_QNAME], r[_I_SRC], None, None, None, None)
+
+
 def _items(answers: str) -> List[Tuple[str, str, str]]:
     try:
         return [(str(a.get("name")), str(a.get("type")), str(a.get("data"))) for a in json.loads(answers)]
@@ -56,31 +67,51 @@ def _items(answers: str) -> List[Tuple[str, str, str]]:
 
 
 class LogWriter:
-    """The writes of a Store on one connection (the Store's own, or the writer process's)."""
+    """The writes of a Store on one connection (the Store's own, or the writer process's).
+
+    Rows are inserted in the caller's transaction at once; their contributions to the rollups, key_hours and
+    passive DNS are summed in memory and written every AGG_ROWS rows or AGG_SECONDS (and by ``flush``), in the
+    transaction of a batch: many rows of one name in one hour become one upsert instead of hundreds. meta's
+    'aggregated_id' says which rows are in; a writer killed before writing its sums leaves rows above it, which
+    the next writer adds when it opens the log (``recover``)."""
 
     def __init__(self, conn: sqlite3.Connection, width: int):
         self.conn = conn
         self.width = width
-        columns = QUERY_COLUMNS[:width]
-        values = f"({', '.join('?' for _ in columns)})"
-        self._insert_query = f"INSERT INTO {LOG_TABLE} ({', '.join(columns)}) VALUES {values}"
-        self._insert_with_id = f"INSERT INTO {LOG_TABLE} (id, {', '.join(columns)}) VALUES (?, {values[1:]}"
+        self.live = width > _I_POD
+        self._row_pos = [Q[c.name] for c in LOG_COLUMNS if c.name not in ("id", "shape") and Q[c.name] < width]
+        cols = ["id"] + [QUERY_COLUMNS[i] for i in self._row_pos] + ["shape"]
+        self._ncols = len(cols)
+        values = f"({', '.join('?' for _ in cols)})"
+        self._insert_one = f"INSERT INTO {LOG_TABLE} ({', '.join(cols)}) VALUES {values}"
         # Several rows per INSERT: each execution opens a cursor on the table and every index, which costs more
         # than binding a row. Bounded by SQLite's limit on parameters (999 before 3.32).
         if hasattr(conn, "getlimit"):  # Python 3.11+
             limit = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
         else:
             limit = 32766 if sqlite3.sqlite_version_info >= (3, 32, 0) else 999
-        self._per_insert = max(1, min(ROWS_PER_INSERT, limit // width))
-        self._insert_many = f"INSERT INTO {LOG_TABLE} ({', '.join(columns)}) VALUES {', '.join([values] * self._per_insert)}"
+        self._per_insert = max(1, min(ROWS_PER_INSERT, limit // len(cols)))
+        self._insert_many = f"INSERT INTO {LOG_TABLE} ({', '.join(cols)}) VALUES {', '.join([values] * self._per_insert)}"
         self._insert_malformed = (
             f"INSERT INTO malformed ({', '.join(MALFORMED_COLUMNS)}) VALUES ({', '.join('?' for _ in MALFORMED_COLUMNS)})"
         )
-        self._str_pos = [i for i in STORED_AS["str"] if i < width]
+        where = {QUERY_COLUMNS[p]: j + 1 for j, p in enumerate(self._row_pos)}  # position in an encoded row
+        self._j_str = [where[QUERY_COLUMNS[p]] for p in STORED_AS["str"] if p < width]
+        self._j_name, self._j_answers = where["qname"], where["answers"]
+        self._j_ms = [where[QUERY_COLUMNS[p]] for p in STORED_AS["ms"]]
+        self._j_after = [where[QUERY_COLUMNS[p]] for p in STORED_AS["after_ts"]]
+        self._j = where
+        self._get = itemgetter(*self._row_pos)
+        self._get_shape = itemgetter(*STORED_AS["shape"])
+        self._shape_insert = (f"INSERT INTO shapes (hash, {', '.join(c.name for c in SHAPE_COLUMNS)}) VALUES "
+                              f"(?, {', '.join('?' for _ in SHAPE_COLUMNS)})")
+        self._shape_select = f"SELECT id, {', '.join(c.name for c in SHAPE_COLUMNS)} FROM shapes WHERE hash = ?"
         self._strings: Dict[str, int] = {}
         self._names: Dict[str, int] = {}
+        self._shapes: Dict[tuple, int] = {}
         self._sets: Dict[str, Tuple[int, List[Tuple[str, str, str]]]] = {}
         self._pairs: set = set()  # (answer set, name) pairs already in answer_items
+        self._reset_sums()
         rk = ROLLUPS.key
         self._upsert_rollup = (
             f"INSERT INTO {ROLLUPS.name} ({rk}, count, unanswered, answered, latency_sum, latency_max) "
@@ -102,6 +133,15 @@ class LogWriter:
                         for c in first)
             + ", first_seen = min(first_seen, excluded.first_seen)"
         )
+
+    def _reset_sums(self) -> None:
+        self._roll: Dict[tuple, list] = {}
+        self._keys: Dict[tuple, int] = {}
+        self._pdns: Dict[int, list] = {}  # answer set id -> [count, first ts, last ts, first resolver, items]
+        self._new_pairs: List[tuple] = []
+        self._pending = 0  # rows whose sums are not written yet
+        self._pending_min_ts: Optional[float] = None
+        self._sums_since = time.monotonic()
 
     # -- captures ------------------------------------------------------------------------------
     def start_capture(self, params: Sequence[Any]) -> int:
@@ -134,6 +174,21 @@ class LogWriter:
         self._names[name] = nid
         return nid
 
+    def _shape(self, values: tuple) -> int:
+        conn = self.conn
+        h = _hash(repr(values))
+        sid = None
+        for found in conn.execute(self._shape_select, (h,)):
+            if tuple(found[1:]) == values:
+                sid = found[0]
+                break
+        if sid is None:
+            sid = conn.execute(self._shape_insert, (h, *values)).lastrowid
+        if len(self._shapes) >= CACHE_ENTRIES // 4:
+            self._shapes.clear()
+        self._shapes[values] = sid
+        return sid
+
     def _answer_set(self, answers: str) -> Tuple[int, List[Tuple[str, str, str]]]:
         conn = self.conn
         h = _hash(answers)
@@ -150,69 +205,124 @@ class LogWriter:
         return entry
 
     def forget(self) -> None:
-        """After a rolled-back transaction: ids handed out in it no longer exist."""
+        """After a rolled-back transaction: ids handed out in it no longer exist, nor do the sums of its rows."""
         self._strings.clear()
         self._names.clear()
+        self._shapes.clear()
         self._sets.clear()
         self._pairs.clear()
+        self._reset_sums()
+
+    def _meta(self, key: str, default: int = 0) -> int:
+        found = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return default if found is None or found[0] is None else found[0]
+
+    def _set_meta(self, key: str, value: Any) -> None:
+        self.conn.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET "
+                          "value = excluded.value", (key, value))
 
     # -- rows ----------------------------------------------------------------------------------
-    def write(self, rows: List[Sequence[Any]], malformed: List[Sequence[Any]], with_ids: bool = False) -> None:
-        if not rows and not malformed:
-            return
+    def write(self, rows: List[Sequence[Any]], malformed: List[Sequence[Any]], force: bool = False) -> None:
+        """Insert ``rows`` (and malformed messages) in one transaction; write the sums when due or ``force``."""
         conn = self.conn
         try:
             with conn:
                 conn.execute("BEGIN IMMEDIATE")
                 if rows:
-                    self._write_rows(rows, with_ids)
+                    first = self._meta("next_id", 1)
+                    self._insert(self._encode(rows, first))
+                    self._set_meta("next_id", first + len(rows))
+                    if self._pending_min_ts is not None:
+                        self._set_meta("pending_min_ts", self._pending_min_ts)
                 if malformed:
                     conn.executemany(self._insert_malformed, malformed)
+                if self._pending and (force or self._pending >= AGG_ROWS
+                                      or time.monotonic() - self._sums_since >= AGG_SECONDS):
+                    self._write_sums()
         except BaseException:
             self.forget()
             raise
 
-    def _write_rows(self, rows: List[Sequence[Any]], with_ids: bool) -> None:
-        width = self.width
+    def flush(self) -> None:
+        """Write the sums of every row inserted so far."""
+        if self._pending:
+            self.write([], [], force=True)
+
+    def _insert(self, out: List[tuple]) -> None:
+        conn = self.conn
+        k = self._per_insert
+        whole = len(out) // k * k
+        if whole:
+            conn.executemany(self._insert_many, [tuple(chain.from_iterable(out[i:i + k]))
+                                                 for i in range(0, whole, k)])
+        if whole < len(out):
+            conn.executemany(self._insert_one, out[whole:])
+
+    def _encode(self, rows: List[Sequence[Any]], first_id: Optional[int], ids: Optional[List[int]] = None
+                ) -> List[tuple]:
+        """Rows as query_log tuples (id first), ids ``first_id``... (or ``ids``); their sums added to the
+        pending ones."""
         strings, string = self._strings, self._string
         names, name_id = self._names, self._name
         sets, answer_set = self._sets, self._answer_set
-        pairs = self._pairs
-        str_pos = self._str_pos
-        rollups: Dict[tuple, list] = {}
-        keys: Dict[tuple, int] = {}
-        pdns: Dict[int, list] = {}  # answer set id -> [count, first ts, last ts, first row, items]
-        new_pairs = []
+        shapes, shape = self._shapes, self._shape
+        get, get_shape = self._get, self._get_shape
+        j_str, j_name, j_answers, j_ms, j_after = self._j_str, self._j_name, self._j_answers, self._j_ms, self._j_after
+        pairs, new_pairs = self._pairs, self._new_pairs
+        rollups, keys, pdns = self._roll, self._keys, self._pdns
+        live = self.live
+        key_pos = [(kind, self._j[QUERY_COLUMNS[pos]]) for kind, pos in _KEY_POS
+                   if QUERY_COLUMNS[pos] in self._j]
+        key_text = [(kind, pos) for kind, pos in _KEY_POS if QUERY_COLUMNS[pos] not in self._j]  # shape columns
+        j_comm, j_ns, j_pod = (self._j.get("comm"), self._j.get("pod_namespace"), self._j.get("pod"))
         out = []
-        live = width > _I_POD
-        for r in rows:
-            v = list(r[:width]) if with_ids is False else list(r[1:width + 1])
-            for i in str_pos:
-                x = v[i]
+        min_ts = self._pending_min_ts
+        for n, r in enumerate(rows):
+            v = [first_id + n if ids is None else ids[n], *get(r), None]
+            for j in j_str:
+                x = v[j]
                 if x is not None:
-                    v[i] = strings.get(x) or string(x)
-            qn = v[_I_QNAME]
+                    v[j] = strings.get(x) or string(x)
+            qn = v[j_name]
             if qn is not None:
-                qn = v[_I_QNAME] = names.get(qn) or name_id(qn)
-            ans = v[_I_ANSWERS]
+                qn = v[j_name] = names.get(qn) or name_id(qn)
+            ans = v[j_answers]
             aset = None
             if ans is not None:
                 aset = sets.get(ans) or answer_set(ans)
-                v[_I_ANSWERS] = aset[0]
+                v[j_answers] = aset[0]
+            ts = v[1]
+            for j in j_ms:
+                x = v[j]
+                if x is not None:
+                    d = round(x * 1000)
+                    if d / 1000 == x:
+                        v[j] = d
+            for j in j_after:
+                x = v[j]
+                if x is not None:
+                    d = round((x - ts) * 1e6)
+                    if ts + d / 1e6 == x:
+                        v[j] = d
+            sv = get_shape(r)
+            v[-1] = shapes.get(sv) or shape(sv)
             out.append(v)
-            # aggregates, with the texts turned into ids
-            ts = v[_I_TS]
+            # the sums, with texts as ids
+            if min_ts is None or ts < min_ts:
+                min_ts = ts
             hour = int(ts // 3600) * 3600
-            status = r[_I_STATUS + with_ids]
-            lat = v[_I_LAT]
+            status = r[_I_STATUS]
+            lat = r[_I_LAT]
+            qtype, rcode = r[_I_QTYPE], r[_I_RCODE]
+            qtype = strings.get(qtype) or string(qtype) if qtype is not None else 0
+            rcode = strings.get(rcode) or string(rcode) if rcode is not None else 0
             if live:
-                key = (hour, qn or 0, v[_I_QTYPE] or 0, v[_I_RCODE] or 0, v[_I_COMM] or 0, v[_I_NS] or 0,
-                       v[_I_POD] or 0)
+                key = (hour, qn or 0, qtype, rcode, v[j_comm] or 0, v[j_ns] or 0, v[j_pod] or 0)
             else:
-                key = (hour, qn or 0, v[_I_QTYPE] or 0, v[_I_RCODE] or 0, 0, 0, 0)
+                key = (hour, qn or 0, qtype, rcode, 0, 0, 0)
             agg = rollups.get(key)
             if agg is None:
-                rollups[key] = [1, status == "unanswered", lat is not None, lat or 0.0, lat]
+                rollups[key] = [1, int(status == "unanswered"), int(lat is not None), lat or 0.0, lat]
             else:
                 agg[0] += 1
                 if status == "unanswered":
@@ -222,63 +332,85 @@ class LogWriter:
                     agg[3] += lat
                     if agg[4] is None or lat > agg[4]:
                         agg[4] = lat
-            for kind, pos in _KEY_POS:
-                if pos < width:
-                    k = v[pos]
-                    if k is not None:
-                        kk = (kind, k, hour)
-                        keys[kk] = keys.get(kk, 0) + 1
+            for kind, j in key_pos:
+                k = v[j]
+                if k is not None:
+                    kk = (kind, k, hour)
+                    keys[kk] = keys.get(kk, 0) + 1
+            for kind, pos in key_text:
+                k = qtype if pos == _I_QTYPE else rcode if pos == _I_RCODE else None
+                if k:
+                    kk = (kind, k, hour)
+                    keys[kk] = keys.get(kk, 0) + 1
             if aset is not None and aset[1]:
                 sid = aset[0]
                 p = pdns.get(sid)
                 if p is None:
-                    pdns[sid] = [1, ts, ts, r, aset[1]]
+                    pdns[sid] = [1, ts, ts, _resolver(r, live), aset[1]]
                 else:
                     p[0] += 1
                     if ts < p[1]:
-                        p[1], p[3] = ts, r
+                        p[1], p[3] = ts, _resolver(r, live)
                     elif ts > p[2]:
                         p[2] = ts
                 if qn is not None and (sid, qn) not in pairs:
                     pairs.add((sid, qn))
                     new_pairs.extend((d, sid, qn) for _n, _t, d in aset[1])
+        self._pending += len(rows)
+        self._pending_min_ts = min_ts
+        return out
+
+    def _write_sums(self) -> None:
         conn = self.conn
-        if with_ids:
-            conn.executemany(self._insert_with_id, [(r[0], *v) for r, v in zip(rows, out)])
-        else:
-            k = self._per_insert
-            whole = len(out) // k * k
-            if whole:
-                conn.executemany(self._insert_many, [tuple(chain.from_iterable(out[i:i + k]))
-                                                     for i in range(0, whole, k)])
-            if whole < len(out):
-                conn.executemany(self._insert_query, out[whole:])
-        conn.executemany(self._upsert_rollup, [(*key, *agg) for key, agg in rollups.items()])
-        conn.executemany(self._upsert_key, [(*key, n) for key, n in keys.items()])
-        if new_pairs:
+        conn.executemany(self._upsert_rollup, [(*key, *agg) for key, agg in self._roll.items()])
+        conn.executemany(self._upsert_key, [(*key, n) for key, n in self._keys.items()])
+        if self._new_pairs:
             conn.executemany(f"INSERT OR IGNORE INTO {ANSWER_ITEMS.name} (data, set_id, qname) VALUES (?, ?, ?)",
-                             new_pairs)
-        if len(pairs) > CACHE_ENTRIES:
-            pairs.clear()
-        if pdns:
-            merged: Dict[tuple, list] = {}
-            off = 1 if with_ids else 0
-            for count, first, last, r, items in pdns.values():
-                for item in items:
-                    m = merged.get(item)
-                    if m is None:
-                        merged[item] = [count, first, last, r]
-                    else:
-                        m[0] += count
-                        if first < m[1]:
-                            m[1], m[3] = first, r
-                        if last > m[2]:
-                            m[2] = last
-            conn.executemany(self._upsert_pdns, [
-                (*item, first, last, count, r[_I_QNAME + off], r[_I_SRC + off],
-                 *((r[_I_PID + off], r[_I_COMM + off], r[_I_NS + off], r[_I_POD + off]) if live
-                   else (None, None, None, None)))
-                for item, (count, first, last, r) in merged.items()])
+                             self._new_pairs)
+        if len(self._pairs) > CACHE_ENTRIES:
+            self._pairs.clear()
+        merged: Dict[tuple, list] = {}
+        for count, first, last, who, items in self._pdns.values():
+            for item in items:
+                m = merged.get(item)
+                if m is None:
+                    merged[item] = [count, first, last, who]
+                else:
+                    m[0] += count
+                    if first < m[1]:
+                        m[1], m[3] = first, who
+                    if last > m[2]:
+                        m[2] = last
+        conn.executemany(self._upsert_pdns, [(*item, first, last, count, *who)
+                                             for item, (count, first, last, who) in merged.items()])
+        self._set_meta("aggregated_id", self._meta("next_id", 1))
+        self._set_meta("pending_min_ts", None)
+        self._reset_sums()
+
+    def recover(self) -> int:
+        """Add to the sums the rows a killed writer inserted but did not sum (see the class). Returns how many."""
+        done = self._meta("aggregated_id", 1)
+        if self._meta("next_id", 1) <= done:
+            return 0
+        since = self.conn.execute("SELECT value FROM meta WHERE key = 'pending_min_ts'").fetchone()
+        cols = ", ".join(f"[{c}]" for c in QUERY_COLUMNS)
+        sql = f"SELECT id, {cols} FROM queries WHERE id >= ?"
+        params: List[Any] = [done]
+        if since is not None and since[0] is not None:
+            sql += " AND ts >= ?"
+            params.append(since[0])
+        found = self.conn.execute(sql, params).fetchall()
+        full = self if self.width == len(QUERY_COLUMNS) else LogWriter(self.conn, len(QUERY_COLUMNS))
+        try:
+            with self.conn:
+                self.conn.execute("BEGIN IMMEDIATE")
+                for i in range(0, len(found), 5000):
+                    full._encode([r[1:] for r in found[i:i + 5000]], 0)
+                full._write_sums()
+        except BaseException:
+            full.forget()
+            raise
+        return len(found)
 
     # -- retention -----------------------------------------------------------------------------
     def prune(self, before: Optional[float] = None, max_bytes: Optional[int] = None,
@@ -295,19 +427,27 @@ class LogWriter:
             over = max_bytes is not None and _used_bytes(conn) > max_bytes
             with conn:
                 conn.execute("BEGIN IMMEDIATE")
+                # the oldest rows are the first of the table (ordered by ts, id): one range to delete
                 if over:
-                    sql, params = (f"SELECT id, ts FROM {LOG_TABLE} INDEXED BY log_ts ORDER BY ts LIMIT ?",
-                                   (PRUNE_CHUNK,))
+                    sql, params = (f"SELECT ts, id FROM {LOG_TABLE} ORDER BY ts, id LIMIT 1 OFFSET ?",
+                                   (PRUNE_CHUNK - 1,))
                 elif before is not None:
-                    sql, params = (f"SELECT id, ts FROM {LOG_TABLE} INDEXED BY log_ts WHERE ts < ? ORDER BY ts "
-                                   "LIMIT ?", (before, PRUNE_CHUNK))
+                    sql, params = (f"SELECT ts, id FROM {LOG_TABLE} WHERE ts < ? ORDER BY ts, id LIMIT 1 OFFSET ?",
+                                   (before, PRUNE_CHUNK - 1))
                 else:
                     break
-                victims = conn.execute(sql, params).fetchall()
-                if not victims:
+                edge = conn.execute(sql, params).fetchone()
+                if edge is None:  # fewer than a chunk left to delete: up to the last one
+                    edge = conn.execute(
+                        f"SELECT ts, id FROM {LOG_TABLE}" + ("" if over else " WHERE ts < ?")
+                        + " ORDER BY ts DESC, id DESC LIMIT 1", () if over else (before,)).fetchone()
+                    if edge is None:
+                        break
+                n = conn.execute(f"DELETE FROM {LOG_TABLE} WHERE (ts, id) <= (?, ?)", edge).rowcount
+                if not n:
                     break
-                conn.executemany(f"DELETE FROM {LOG_TABLE} WHERE id = ?", [(i,) for i, _ in victims])
-                last = victims[-1][1]
+                victims = range(n)
+                last = edge[0]
                 conn.execute("DELETE FROM malformed WHERE ts <= ?", (last,))
                 if capture_id is not None:
                     conn.execute("UPDATE captures SET pruned_rows = coalesce(pruned_rows, 0) + ?, "
@@ -349,13 +489,10 @@ def prepare(conn: sqlite3.Connection) -> None:
     in place: round-1 logs (a plain ``queries`` table) are rewritten into the current layout, and columns added
     to schema.py since a log was written are added to it. Records SCHEMA_VERSION in PRAGMA user_version."""
     objects = dict(conn.execute("SELECT name, type FROM sqlite_master"))
-    if not objects:
-        conn.execute("PRAGMA auto_vacuum = INCREMENTAL")  # before the first table: pruning can give pages back
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     old_table = objects.get("queries") == "table"
     if version == SCHEMA_VERSION and not old_table and LOG_TABLE in objects:
-        if all(set(c.name for c in t.columns) <= set(_columns(conn, LOG_TABLE if t is QUERIES else t.name))
-               for t in TABLES):
+        if all({c.name for c in physical(t)[1]} <= set(_columns(conn, physical(t)[0])) for t in TABLES):
             with conn:  # the common case: nothing to do; still fail now (not at the first flush) if another writer
                 conn.execute("BEGIN IMMEDIATE")  # holds the log
             return
@@ -369,12 +506,12 @@ def prepare(conn: sqlite3.Connection) -> None:
         conn.execute("DROP VIEW IF EXISTS queries")
         conn.execute("DROP VIEW IF EXISTS rollups")
         for table in TABLES[1:] + (QUERIES,):
-            name = LOG_TABLE if table is QUERIES else table.name
+            name, columns = physical(table)
             for statement in create_sql(table):
                 if not statement.startswith("CREATE VIEW"):
                     conn.execute(statement)
             have = set(_columns(conn, name))
-            for c in table.columns:
+            for c in columns:
                 if c.name not in have:  # a column added since this log was written
                     conn.execute(f"ALTER TABLE [{name}] ADD COLUMN [{c.name}] "
                                  f"{stored_type(c) if table is QUERIES else c.type}")
@@ -392,11 +529,16 @@ def _copy_round1(conn: sqlite3.Connection) -> None:
     select = ", ".join(f"[{c}]" if c in have else "NULL" for c in QUERY_COLUMNS)
     writer = LogWriter(conn, len(QUERY_COLUMNS))
     cur = conn.execute(f"SELECT id, {select} FROM queries_v1 ORDER BY id")
+    last = 0
     while True:
         batch = cur.fetchmany(5000)
         if not batch:
             break
-        writer._write_rows([list(r) for r in batch], with_ids=True)
+        writer._insert(writer._encode([r[1:] for r in batch], None, ids=[r[0] for r in batch]))
+        last = batch[-1][0]
+    writer._write_sums()  # sets aggregated_id from next_id: set that first
+    writer._set_meta("next_id", last + 1)
+    writer._set_meta("aggregated_id", last + 1)
     conn.execute("DROP TABLE queries_v1")
 
 

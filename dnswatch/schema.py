@@ -9,9 +9,16 @@ class Column(NamedTuple):
     name: str
     type: str
     doc: str
-    # How a queries column is stored in query_log: "" as is; "str" as an id into ``strings`` (short texts
-    # repeated on many rows: addresses, process and pod names, mnemonics); "name" into ``names``; "answers"
-    # into ``answer_sets``. The ``queries`` view turns ids back into the values, so readers see no difference.
+    # How a queries column is stored (the ``queries`` view turns it back, so readers see no difference):
+    #   ""         as is, in query_log
+    #   "str"      an id into ``strings`` (texts repeated on many rows: client address, process and pod names)
+    #   "shape"    in ``shapes``: the combination of these low-cardinality columns (server, type, rcode, flags...)
+    #              is stored once and each row holds its id
+    #   "name"     an id into ``names``;  "answers": an id into ``answer_sets``
+    #   "ms"       milliseconds with 3 decimals as integer microseconds;  "after_ts": a time just after ts, as
+    #              integer microseconds after it (both only when that gives back the same float, else as is)
+    # A new column: add a Column line (store "" or "str" for per-row values, "shape" for a handful of values);
+    # opening an existing log adds it (store/layout.prepare).
     store: str = ""
 
 
@@ -41,39 +48,39 @@ QUERIES = Table(
         Column("capture_id", "INTEGER", "The capture this row came from: captures.id."),
         Column("src", "TEXT", "Client address (the query's source).", store="str"),
         Column("sport", "INTEGER", "Client port."),
-        Column("dst", "TEXT", "Server address (the query's destination).", store="str"),
-        Column("dport", "INTEGER", "Server port (53 unless --port said otherwise)."),
-        Column("proto", "TEXT", "Transport: 'udp' or 'tcp'.", store="str"),
+        Column("dst", "TEXT", "Server address (the query's destination).", store="shape"),
+        Column("dport", "INTEGER", "Server port (53 unless --port said otherwise).", store="shape"),
+        Column("proto", "TEXT", "Transport: 'udp' or 'tcp'.", store="shape"),
         Column("dns_id", "INTEGER", "DNS message ID (0-65535)."),
         Column("qname", "TEXT COLLATE NOCASE",
                "Queried name in presentation form as sent: case kept, no trailing dot, the root as '.', bytes that are "
                "not printable ASCII as \\DDD (as tshark and dig show them). Compares case-insensitively.", store="name"),
-        Column("qtype", "TEXT", "Query type mnemonic: 'A', 'AAAA', 'HTTPS'... or 'TYPE65535' when unknown.", store="str"),
-        Column("qtype_num", "INTEGER", "Query type number (28 for AAAA)."),
-        Column("qclass", "TEXT", "Query class: 'IN', 'CH', ... or 'CLASS<n>'.", store="str"),
-        Column("opcode", "TEXT", "Opcode: 'QUERY', 'NOTIFY', 'UPDATE', ...", store="str"),
+        Column("qtype", "TEXT", "Query type mnemonic: 'A', 'AAAA', 'HTTPS'... or 'TYPE65535' when unknown.", store="shape"),
+        Column("qtype_num", "INTEGER", "Query type number (28 for AAAA).", store="shape"),
+        Column("qclass", "TEXT", "Query class: 'IN', 'CH', ... or 'CLASS<n>'.", store="shape"),
+        Column("opcode", "TEXT", "Opcode: 'QUERY', 'NOTIFY', 'UPDATE', ...", store="shape"),
         Column("status", "TEXT",
                "'answered' (response matched), 'unanswered' (no response within the timeout or before the capture "
                "ended), 'response_only' (a response whose query was not seen), 'query_only' (live capture without --responses: "
-               "responses were not captured).", store="str"),
-        Column("rcode", "TEXT", "Response code mnemonic ('NOERROR', 'NXDOMAIN', 'SERVFAIL', ...); NULL until answered.", store="str"),
-        Column("rcode_num", "INTEGER", "Response code number, with EDNS extended bits (3 for NXDOMAIN)."),
+               "responses were not captured).", store="shape"),
+        Column("rcode", "TEXT", "Response code mnemonic ('NOERROR', 'NXDOMAIN', 'SERVFAIL', ...); NULL until answered.", store="shape"),
+        Column("rcode_num", "INTEGER", "Response code number, with EDNS extended bits (3 for NXDOMAIN).", store="shape"),
         Column("answers", "TEXT",
                "Answer section as JSON: a list of {name, type, ttl, data}. Search it with json_each(answers).", store="answers"),
         Column("ancount", "INTEGER", "Answer count from the response header."),
-        Column("latency_ms", "REAL", "Response time minus query time, in milliseconds."),
-        Column("response_ts", "REAL", "When the response was seen, Unix seconds."),
-        Column("query_flags", "TEXT", "Header flags of the query, e.g. 'rd' or 'rd cd'.", store="str"),
-        Column("response_flags", "TEXT", "Header flags of the response, e.g. 'aa rd ra' ('tc' = truncated).", store="str"),
-        Column("edns_udp_size", "INTEGER", "EDNS UDP payload size the client advertised; NULL without EDNS."),
-        Column("edns_do", "INTEGER", "EDNS DO bit of the query (1 = DNSSEC records wanted); NULL without EDNS."),
+        Column("latency_ms", "REAL", "Response time minus query time, in milliseconds.", store="ms"),
+        Column("response_ts", "REAL", "When the response was seen, Unix seconds.", store="after_ts"),
+        Column("query_flags", "TEXT", "Header flags of the query, e.g. 'rd' or 'rd cd'.", store="shape"),
+        Column("response_flags", "TEXT", "Header flags of the response, e.g. 'aa rd ra' ('tc' = truncated).", store="shape"),
+        Column("edns_udp_size", "INTEGER", "EDNS UDP payload size the client advertised; NULL without EDNS.", store="shape"),
+        Column("edns_do", "INTEGER", "EDNS DO bit of the query (1 = DNSSEC records wanted); NULL without EDNS.", store="shape"),
         Column("ecs", "TEXT", "EDNS client subnet sent with the query, e.g. '198.18.5.0/24'."),
         Column("query_size", "INTEGER", "Size of the query message in bytes (DNS payload)."),
         Column("response_size", "INTEGER", "Size of the response message in bytes (DNS payload)."),
         Column("decoder", "TEXT",
-               "'dnslib', or 'raw' when dnslib refused the message and the question was read from the wire bytes.", store="str"),
+               "'dnslib', or 'raw' when dnslib refused the message and the question was read from the wire bytes.", store="shape"),
         Column("decode_note", "TEXT", "Why the raw reader was needed, or a header/body mismatch (qdcount...)."),
-        Column("ifname", "TEXT", "Interface the query was captured on (live; pcapng interface name from files).", store="str"),
+        Column("ifname", "TEXT", "Interface the query was captured on (live; pcapng interface name from files).", store="shape"),
         Column("pid", "INTEGER", "Process id (thread group) that sent the query; live capture only, NULL from pcap "
                "and whenever the kernel could not know it (packets received in softirq)."),
         Column("tid", "INTEGER", "Thread id that sent the query (live)."),
@@ -90,11 +97,12 @@ QUERIES = Table(
         Column("pod_uid", "TEXT", "Kubernetes pod UID (live).", store="str"),
     ),
     (
-        Index("log_ts", "ts"),
-        Index("log_qname", "qname, ts"),
-        Index("log_pid", "pid, ts", "pid IS NOT NULL"),
-        Index("log_comm", "comm, ts", "comm IS NOT NULL"),
-        Index("log_pod", "pod, ts", "pod IS NOT NULL"),
+        # query_log is ordered by (ts, id) (WITHOUT ROWID), so every index also ends with ts: one name, process
+        # or pod is read newest first straight from its index, and a time window is a range of the table itself
+        Index("log_qname", "qname"),
+        Index("log_pid", "pid", "pid IS NOT NULL"),
+        Index("log_comm", "comm", "comm IS NOT NULL"),
+        Index("log_pod", "pod", "pod IS NOT NULL"),
     ),
 )
 
@@ -151,6 +159,31 @@ MALFORMED = Table(
         Column("ifname", "TEXT", "Interface (live)."),
     ),
     (Index("malformed_capture", "capture_id"),),
+)
+
+SHAPE_COLUMNS: Tuple[Column, ...] = tuple(c for c in QUERIES.columns if c.store == "shape")
+
+SHAPES = Table(
+    "shapes",
+    "The combinations of the queries columns that take a handful of values (server, port, transport, type, class, "
+    "opcode, status, rcode, flags, EDNS, decoder, interface), each stored once; query_log.shape is its id.",
+    (
+        Column("id", "INTEGER PRIMARY KEY", "Id (query_log.shape)."),
+        Column("hash", "INTEGER", "64-bit hash of the values, the lookup key."),
+    ) + tuple(Column(c.name, c.type.split()[0], f"As queries.{c.name}.") for c in SHAPE_COLUMNS),
+    (Index("shapes_hash", "hash"),),
+)
+
+META = Table(
+    "meta",
+    "Bookkeeping of the writer: 'next_id' (the next query_log id), 'aggregated_id' (rows below it are in the "
+    "rollups, key_hours and passive_dns; a writer that was killed leaves the rest, which the next one adds).",
+    (
+        Column("key", "TEXT", "Name."),
+        Column("value", "INTEGER", "Value."),
+    ),
+    (),
+    key="key",
 )
 
 STRINGS = Table(
@@ -265,7 +298,8 @@ PASSIVE_DNS = Table(
 )
 
 # Documented (dnswatch schema) in this order; ``queries`` is a view over LOG_TABLE.
-TABLES = (QUERIES, CAPTURES, MALFORMED, PASSIVE_DNS, ROLLUPS, KEY_HOURS, NAMES, STRINGS, ANSWER_SETS, ANSWER_ITEMS)
+TABLES = (QUERIES, CAPTURES, MALFORMED, PASSIVE_DNS, ROLLUPS, KEY_HOURS, NAMES, STRINGS, SHAPES, ANSWER_SETS,
+          ANSWER_ITEMS, META)
 LOG_TABLE = "query_log"
 # PRAGMA user_version of a log in this layout. Columns added to a table's definition need no new version: opening
 # a log adds what is missing. Bump it only for changes that need code in store.migrate.
@@ -277,14 +311,24 @@ Q: Dict[str, int] = {name: i for i, name in enumerate(QUERY_COLUMNS)}
 # Columns only live capture fills come last, so rows from files can be inserted without them.
 LIVE_ONLY_FROM = Q["pid"]
 MALFORMED_COLUMNS: List[str] = [c.name for c in MALFORMED.columns if c.name != "id"]
-# positions in a row of the columns stored as ids, by kind
+# positions in a row of the columns by how they are stored
 STORED_AS: Dict[str, List[int]] = {
-    kind: [Q[c.name] for c in QUERIES.columns if c.store == kind] for kind in ("str", "name", "answers")
+    kind: [Q[c.name] for c in QUERIES.columns if c.store == kind]
+    for kind in ("str", "name", "answers", "shape", "ms", "after_ts")
 }
+# query_log's columns: every queries column not in shapes, then the shape id
+LOG_COLUMNS: List[Column] = [c for c in QUERIES.columns if c.store != "shape"] + [
+    Column("shape", "INTEGER", "shapes.id")]
 
 
 def stored_type(column: Column) -> str:
-    return "INTEGER" if column.store else column.type
+    if column.name == "id":
+        return "INTEGER NOT NULL"
+    if column.name == "ts":
+        return "REAL NOT NULL"
+    if column.store in ("ms", "after_ts"):
+        return ""  # no affinity: an integer and a float stay what they are (the view tells them apart)
+    return "INTEGER" if column.store else column.type.split()[0]
 
 
 def column_expr(column: Column, alias: str = "l") -> str:
@@ -292,35 +336,47 @@ def column_expr(column: Column, alias: str = "l") -> str:
     ref = f"{alias}.[{column.name}]"
     if column.store == "str":
         return f"(SELECT s FROM strings WHERE id = {ref})"
+    if column.store == "shape":
+        return f"(SELECT [{column.name}] FROM shapes WHERE id = {alias}.shape)"
     if column.store == "name":
         return f"(SELECT name FROM names WHERE id = {ref}) COLLATE NOCASE"
     if column.store == "answers":
         return f"(SELECT answers FROM answer_sets WHERE id = {ref})"
+    if column.store == "ms":
+        return f"CASE WHEN typeof({ref}) = 'integer' THEN {ref} / 1000.0 ELSE {ref} END"
+    if column.store == "after_ts":
+        return f"CASE WHEN typeof({ref}) = 'integer' THEN {alias}.ts + {ref} / 1000000.0 ELSE {ref} END"
     return ref
 
 
 def view_sql() -> List[str]:
     """The views: ``queries`` (the column contract, over query_log) and ``rollups`` (texts for the ids)."""
     cols = ",\n    ".join(f"{column_expr(c)} AS [{c.name}]" for c in QUERIES.columns)
-    r = ROLLUPS.columns
     rollup_cols = ",\n    ".join(
-        "r.hour" if c.name == "hour" else
         "(SELECT name FROM names WHERE id = r.qname) AS qname" if c.name == "qname" else
-        f"(SELECT s FROM strings WHERE id = r.[{c.name}]) AS [{c.name}]" if c.type == "INTEGER" and c.name in
-        ("qtype", "rcode", "comm", "pod_namespace", "pod") else f"r.[{c.name}]" for c in r)
+        f"(SELECT s FROM strings WHERE id = r.[{c.name}]) AS [{c.name}]"
+        if c.name in ("qtype", "rcode", "comm", "pod_namespace", "pod") else f"r.[{c.name}]" for c in ROLLUPS.columns)
     return [
         f"CREATE VIEW IF NOT EXISTS queries AS SELECT\n    {cols}\nFROM {LOG_TABLE} l",
         f"CREATE VIEW IF NOT EXISTS rollups AS SELECT\n    {rollup_cols}\nFROM {ROLLUPS.name} r",
     ]
 
 
+def physical(table: Table) -> Tuple[str, List[Column]]:
+    """The stored table behind ``table`` and its columns (for queries: query_log)."""
+    if table is QUERIES:
+        return LOG_TABLE, LOG_COLUMNS
+    return table.name, list(table.columns)
+
+
 def create_sql(table: Table) -> List[str]:
     """CREATE statements of ``table`` (for ``queries``: the query_log table, its indexes and the views)."""
-    name = LOG_TABLE if table is QUERIES else table.name
-    cols = ",\n    ".join(f"[{c.name}] {stored_type(c) if table is QUERIES else c.type}" for c in table.columns)
+    name, columns = physical(table)
+    cols = ",\n    ".join(f"[{c.name}] {stored_type(c) if table is QUERIES else c.type}".rstrip() for c in columns)
+    key = "ts, id" if table is QUERIES else table.key
     tail = ""
-    if table.key:
-        cols += f",\n    PRIMARY KEY ({table.key})"
+    if key:
+        cols += f",\n    PRIMARY KEY ({key})"
         tail = " WITHOUT ROWID"
     statements = [f"CREATE TABLE IF NOT EXISTS [{name}] (\n    {cols}\n){tail}"]
     for index in table.indexes:

@@ -105,6 +105,8 @@ def _in(column: str, values: Sequence[object], upper: bool = False) -> Tuple[str
     vals = [str(v).upper() if upper else v for v in values]
     if _COLUMNS[column].store == "str":
         return _strings_in(column, vals)
+    if _COLUMNS[column].store == "shape":
+        return f"l.shape IN (SELECT id FROM shapes WHERE [{column}] IN ({', '.join('?' for _ in vals)}))", vals
     return f"l.{column} IN ({', '.join('?' for _ in vals)})", list(vals)
 
 
@@ -117,10 +119,11 @@ def _output(columns: Sequence[str]) -> str:
 
 def build_search(f: SearchFilters, now: Optional[float] = None) -> Tuple[str, List[object]]:
     """One query over query_log (columns as the queries view shows them), newest first. The most selective
-    filter with an index of its own drives it (name, pid, process, pod), else the time index."""
+    filter with an index of its own drives it (name, pid, process, pod; each index is in time order within one
+    value), else the table itself, which is in time order."""
     where: List[str] = []
     params: List[object] = []
-    index = "log_ts"
+    index = ""  # none: the table's own order (ts, id)
 
     def add(cond: Tuple[str, List[object]]) -> None:
         where.append(cond[0])
@@ -138,18 +141,18 @@ def build_search(f: SearchFilters, now: Optional[float] = None) -> Tuple[str, Li
     if f.pids:
         add(_in("pid", f.pids))
         where.append("l.pid IS NOT NULL")
-        index = "log_pid" if index == "log_ts" else index
+        index = index or "log_pid"
     if f.comms:
         add(_in("comm", f.comms))
         where.append("l.comm IS NOT NULL")
-        index = "log_comm" if index == "log_ts" else index
+        index = index or "log_comm"
     if f.pods:
         if len(f.pods) == 1 and any(ch in f.pods[0] for ch in "*?["):
             add(("l.pod IN (SELECT id FROM strings WHERE s GLOB ?)", [f.pods[0]]))
         else:
             add(_in("pod", f.pods))
         where.append("l.pod IS NOT NULL")
-        index = "log_pod" if index == "log_ts" else index
+        index = index or "log_pod"
     if f.pod_namespaces:
         add(_in("pod_namespace", f.pod_namespaces))
     if f.containers:
@@ -159,16 +162,16 @@ def build_search(f: SearchFilters, now: Optional[float] = None) -> Tuple[str, Li
     if f.answer:
         add(("l.answers IN (SELECT set_id FROM answer_items WHERE data = ?) AND "
              "l.qname IN (SELECT qname FROM answer_items WHERE data = ?)", [f.answer, f.answer]))
-        index = "log_qname" if index == "log_ts" else index
+        index = index or "log_qname"
     if f.status:
-        add(("l.status = (SELECT id FROM strings WHERE s = ?)", [f.status]))
+        add(_in("status", [f.status]))
     if f.since:
         add(("l.ts >= ?", [parse_time(f.since, now)]))
     if f.until:
         add(("l.ts <= ?", [parse_time(f.until, now)]))
     if f.limit < 0:
         raise SearchError("--limit must be 0 (no limit) or more")
-    sql = f"SELECT {_output(f.columns or DEFAULT_COLUMNS)} FROM {LOG_TABLE} l INDEXED BY {index}"
+    sql = f"SELECT {_output(f.columns or DEFAULT_COLUMNS)} FROM {LOG_TABLE} l" + (f" INDEXED BY {index}" if index else "")
     if where:
         sql += " WHERE " + " AND ".join(where)
     sql += " ORDER BY l.ts DESC, l.id DESC"

@@ -129,6 +129,10 @@ class Store:
         self.conn = conn
         self.db = _database(conn)
         self._log = _Log(conn, self._width)
+        try:
+            self._log.recover()
+        except sqlite3.Error as exc:
+            raise _friendly(path, exc)
 
     # -- captures ------------------------------------------------------------------------------
     def start_capture(self, kind: str, source: str, options: Dict[str, Any]) -> int:
@@ -178,7 +182,7 @@ class Store:
         """Flush when the batch is old enough (for live capture, where rows trickle in)."""
         now = time.monotonic()
         if (self._rows or self._malformed) and now - self._last_flush >= BATCH_SECONDS:
-            self.flush()
+            self._write_batch()  # the rollups' sums follow within layout.AGG_SECONDS
         if self.retention is not None and now >= self._next_prune and self._writer is None:
             self._next_prune = now + PRUNE_EVERY
             self.prune()
@@ -201,12 +205,12 @@ class Store:
         return deleted
 
     def flush(self) -> None:
-        """Commit every row added so far (in bulk mode: and wait until the writer process has)."""
-        self._write_batch()
+        """Commit every row added so far and its sums (in bulk mode: and wait until the writer process has)."""
+        self._write_batch(force=True)
         if self._writer is not None:
             self._writer.request(("sync",))
 
-    def _write_batch(self) -> None:
+    def _write_batch(self, force: bool = False) -> None:
         rows, self._rows = self._rows, []
         malformed, self._malformed = self._malformed, []
         if self._writer is not None:
@@ -214,7 +218,7 @@ class Store:
                 self._writer.send(("rows", rows, malformed))
         else:
             try:
-                self._log.write(rows, malformed)
+                self._log.write(rows, malformed, force)
             except sqlite3.Error as exc:
                 if not _is_full(exc):
                     raise _friendly(self.path, exc)
@@ -434,12 +438,14 @@ def _writer_main(path: str, width: int, inbox: Connection, outbox: Connection) -
         conn.execute("PRAGMA wal_autocheckpoint = 0")  # the checkpointer thread does it
         checkpointer = _Checkpointer(path)
         log = _Log(conn, width)
+        log.recover()
         reply("ok", 0, None)
         threading.Thread(target=pump, name="dnswatch-writer-pump", daemon=True).start()
         while True:
             blob = inbox_queue.get()
             message = None if blob is None else marshal.loads(blob)
             if message is None or message[0] == "close":  # without "close", the parent is gone: all it sent is in
+                log.flush()
                 checkpointer.close()
                 conn.close()  # the last connection: checkpoints what is left and removes the WAL
                 if message is not None:
@@ -454,6 +460,7 @@ def _writer_main(path: str, width: int, inbox: Connection, outbox: Connection) -
             elif kind == "start":
                 reply("ok", message[2], log.start_capture(message[1]))
             elif kind == "sync":
+                log.flush()
                 reply("ok", message[1], None)
             checkpointer.committed()
     except sqlite3.Error as exc:
