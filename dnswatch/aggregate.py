@@ -15,7 +15,7 @@ import sqlite3
 import time
 from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
-from dnswatch.schema import KEY_HOURS, KEY_KINDS, LOG_TABLE, QUERIES
+from dnswatch.schema import COMBOS, KEY_HOURS, KEY_KINDS, LOG_TABLE, QUERIES
 
 KEYS = tuple(KEY_KINDS)  # what top() can rank: qname comm pod pod_namespace rcode qtype src
 _STORE = {c.name: c.store for c in QUERIES.columns}
@@ -37,7 +37,8 @@ def raw_counts(conn: sqlite3.Connection, key: str, since: float, until: float,
     """id of ``key`` -> rows with since <= ts < until, from the raw rows (a range of query_log, which is in time order). ``filters``:
     column -> allowed values (texts for text columns), e.g. {"pod_namespace": ["shop"]}."""
     where, params = ["l.ts >= ?", "l.ts < ?"], [since, until]
-    shape = _STORE[key] == "shape"
+    combo = COMBOS.get(_STORE[key])
+    shape = combo is not None
     if not shape:
         where.append(f"l.[{key}] IS NOT NULL")
     for column, values in (filters or {}).items():
@@ -46,21 +47,23 @@ def raw_counts(conn: sqlite3.Connection, key: str, since: float, until: float,
         marks = ", ".join("?" * len(values))
         if _STORE[column] == "str":
             where.append(f"l.[{column}] IN (SELECT id FROM strings WHERE s IN ({marks}))")
-        elif _STORE[column] == "shape":
-            where.append(f"l.shape IN (SELECT id FROM shapes WHERE [{column}] IN ({marks}))")
+        elif _STORE[column] in COMBOS:
+            where.append(f"l.{_STORE[column]} IN (SELECT id FROM {COMBOS[_STORE[column]].name} WHERE [{column}] IN "
+                         f"({marks}))")
         elif _STORE[column] == "name":
             where.append(f"l.[{column}] IN (SELECT id FROM names WHERE name IN ({marks}))")
         else:
             where.append(f"l.[{column}] IN ({marks})")
         params.extend(values)
-    sql = (f"SELECT l.[{'shape' if shape else key}], count(*) FROM {LOG_TABLE} l WHERE {' AND '.join(where)} "
+    sql = (f"SELECT l.[{_STORE[key] if shape else key}], count(*) FROM {LOG_TABLE} l WHERE {' AND '.join(where)} "
            "GROUP BY 1")
     counts = dict(conn.execute(sql, params).fetchall())
     if not shape:
         return counts
-    out: Dict[int, int] = {}  # shape ids -> the strings ids key_hours uses for the text
-    for sid, text_id in conn.execute(f"SELECT shapes.id, strings.id FROM shapes JOIN strings ON strings.s = "
-                                     f"shapes.[{key}]").fetchall():
+    out: Dict[int, int] = {}  # shape/sender ids -> the strings ids key_hours uses for the text
+    table = combo.name
+    for sid, text_id in conn.execute(f"SELECT {table}.id, strings.id FROM {table} JOIN strings ON strings.s = "
+                                     f"{table}.[{key}]").fetchall():
         if sid in counts:
             out[text_id] = out.get(text_id, 0) + counts[sid]
     return out

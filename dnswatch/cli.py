@@ -15,7 +15,7 @@ from dnswatch.output import event_line, safe_text, write_rows
 from dnswatch.pipeline import Pipeline, Summary
 from dnswatch.schema import TABLES, describe
 from dnswatch.schema import LOG_TABLE
-from dnswatch.search import DEFAULT_COLUMNS, SearchError, SearchFilters, build_passive, build_search
+from dnswatch.search import DEFAULT_COLUMNS, SearchError, SearchFilters, build_passive, run_search
 from dnswatch.sources.pcap import CaptureFormatError, PcapReader, file_size
 from dnswatch.store import Store, StoreError, default_db_path, open_readonly
 
@@ -250,8 +250,8 @@ def search(name: Optional[str], db_path: Optional[str], types, rcodes, status, s
     db = _open(db_path)
     _require_current(db.conn, db_path)
     try:
-        sql, params = build_search(filters)
-        rows = [dict(zip([d[0] for d in cur.description], r)) for cur in [db.conn.execute(sql, params)] for r in cur]
+        columns, found = run_search(db.conn, filters)
+        rows = [dict(zip(columns, r)) for r in found]
         passive = build_passive(filters, db.conn.execute(f"SELECT min(ts) FROM {LOG_TABLE}").fetchone()[0])
         if passive is not None and (not limit or len(rows) < limit):
             cur = db.conn.execute(*passive)

@@ -18,7 +18,7 @@ from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from dnswatch.schema import (
     ANSWER_ITEMS, KEY_HOURS, KEY_KINDS, LOG_COLUMNS, LOG_TABLE, MALFORMED_COLUMNS, PASSIVE_DNS, Q, QUERIES,
-    QUERY_COLUMNS, ROLLUPS, SCHEMA_VERSION, SHAPE_COLUMNS, STORED_AS, TABLES, create_sql, physical, reverse_name,
+    QUERY_COLUMNS, ROLLUPS, SCHEMA_VERSION, COMBOS, STORED_AS, TABLES, create_sql, physical, reverse_name,
     stored_type, view_sql,
 )
 
@@ -37,7 +37,6 @@ _I_TS, _I_STATUS, _I_LAT = Q["ts"], Q["status"], Q["latency_ms"]
 _I_QNAME, _I_QTYPE, _I_RCODE, _I_SRC = Q["qname"], Q["qtype"], Q["rcode"], Q["src"]
 _I_ANSWERS = Q["answers"]
 _I_PID, _I_COMM, _I_NS, _I_POD = Q["pid"], Q["comm"], Q["pod_namespace"], Q["pod"]
-_KEY_POS = [(KEY_KINDS[k], Q[k]) for k in KEY_KINDS]
 
 
 class Retention(NamedTuple):
@@ -79,8 +78,18 @@ class LogWriter:
         self.conn = conn
         self.width = width
         self.live = width > _I_POD
-        self._row_pos = [Q[c.name] for c in LOG_COLUMNS if c.name not in ("id", "shape") and Q[c.name] < width]
-        cols = ["id"] + [QUERY_COLUMNS[i] for i in self._row_pos] + ["shape"]
+        self._row_pos = [Q[c.name] for c in LOG_COLUMNS if c.name != "id" and c.name in Q and Q[c.name] < width]
+        # combination tables (shapes, senders) whose columns this writer's rows carry
+        self._combos = []
+        for kind, table in COMBOS.items():
+            positions = [Q[c.name] for c in table.columns[2:]]
+            if positions[0] < width:
+                names = [c.name for c in table.columns[2:]]
+                self._combos.append((kind, table.name, itemgetter(*positions), {},
+                                     f"SELECT id, {', '.join(names)} FROM {table.name} WHERE hash = ?",
+                                     f"INSERT INTO {table.name} (hash, {', '.join(names)}) VALUES "
+                                     f"(?, {', '.join('?' for _ in names)})"))
+        cols = ["id"] + [QUERY_COLUMNS[i] for i in self._row_pos] + [c[0] for c in self._combos]
         self._ncols = len(cols)
         values = f"({', '.join('?' for _ in cols)})"
         self._insert_one = f"INSERT INTO {LOG_TABLE} ({', '.join(cols)}) VALUES {values}"
@@ -102,13 +111,8 @@ class LogWriter:
         self._j_after = [where[QUERY_COLUMNS[p]] for p in STORED_AS["after_ts"]]
         self._j = where
         self._get = itemgetter(*self._row_pos)
-        self._get_shape = itemgetter(*STORED_AS["shape"])
-        self._shape_insert = (f"INSERT INTO shapes (hash, {', '.join(c.name for c in SHAPE_COLUMNS)}) VALUES "
-                              f"(?, {', '.join('?' for _ in SHAPE_COLUMNS)})")
-        self._shape_select = f"SELECT id, {', '.join(c.name for c in SHAPE_COLUMNS)} FROM shapes WHERE hash = ?"
         self._strings: Dict[str, int] = {}
         self._names: Dict[str, int] = {}
-        self._shapes: Dict[tuple, int] = {}
         self._sets: Dict[str, Tuple[int, List[Tuple[str, str, str]]]] = {}
         self._pairs: set = set()  # (answer set, name) pairs already in answer_items
         self._reset_sums()
@@ -174,20 +178,22 @@ class LogWriter:
         self._names[name] = nid
         return nid
 
-    def _shape(self, values: tuple) -> int:
+    def _combo(self, combo: tuple, values: tuple) -> int:
+        """The id of ``values`` in a combination table (shapes, senders), added if new."""
+        _kind, _table, _get, cache, select, insert = combo
         conn = self.conn
         h = _hash(repr(values))
-        sid = None
-        for found in conn.execute(self._shape_select, (h,)):
+        cid = None
+        for found in conn.execute(select, (h,)):
             if tuple(found[1:]) == values:
-                sid = found[0]
+                cid = found[0]
                 break
-        if sid is None:
-            sid = conn.execute(self._shape_insert, (h, *values)).lastrowid
-        if len(self._shapes) >= CACHE_ENTRIES // 4:
-            self._shapes.clear()
-        self._shapes[values] = sid
-        return sid
+        if cid is None:
+            cid = conn.execute(insert, (h, *values)).lastrowid
+        if len(cache) >= CACHE_ENTRIES // 4:
+            cache.clear()
+        cache[values] = cid
+        return cid
 
     def _answer_set(self, answers: str) -> Tuple[int, List[Tuple[str, str, str]]]:
         conn = self.conn
@@ -208,7 +214,8 @@ class LogWriter:
         """After a rolled-back transaction: ids handed out in it no longer exist, nor do the sums of its rows."""
         self._strings.clear()
         self._names.clear()
-        self._shapes.clear()
+        for combo in self._combos:
+            combo[3].clear()
         self._sets.clear()
         self._pairs.clear()
         self._reset_sums()
@@ -265,20 +272,25 @@ class LogWriter:
         strings, string = self._strings, self._string
         names, name_id = self._names, self._name
         sets, answer_set = self._sets, self._answer_set
-        shapes, shape = self._shapes, self._shape
-        get, get_shape = self._get, self._get_shape
+        combos, combo_id = self._combos, self._combo
+        get = self._get
         j_str, j_name, j_answers, j_ms, j_after = self._j_str, self._j_name, self._j_answers, self._j_ms, self._j_after
         pairs, new_pairs = self._pairs, self._new_pairs
         rollups, keys, pdns = self._roll, self._keys, self._pdns
         live = self.live
-        key_pos = [(kind, self._j[QUERY_COLUMNS[pos]]) for kind, pos in _KEY_POS
-                   if QUERY_COLUMNS[pos] in self._j]
-        key_text = [(kind, pos) for kind, pos in _KEY_POS if QUERY_COLUMNS[pos] not in self._j]  # shape columns
-        j_comm, j_ns, j_pod = (self._j.get("comm"), self._j.get("pod_namespace"), self._j.get("pod"))
+        k_name, k_src, k_qtype, k_rcode = (KEY_KINDS[k] for k in ("qname", "src", "qtype", "rcode"))
+        k_comm, k_ns, k_pod = (KEY_KINDS[k] for k in ("comm", "pod_namespace", "pod"))
+        j_src = self._j["src"]
         out = []
         min_ts = self._pending_min_ts
         for n, r in enumerate(rows):
-            v = [first_id + n if ids is None else ids[n], *get(r), None]
+            v = [first_id + n if ids is None else ids[n], *get(r)]
+            for combo in combos:
+                cv = combo[2](r)
+                if cv.count(None) == len(cv):
+                    v.append(None)
+                else:
+                    v.append(combo[3].get(cv) or combo_id(combo, cv))
             for j in j_str:
                 x = v[j]
                 if x is not None:
@@ -304,8 +316,6 @@ class LogWriter:
                     d = round((x - ts) * 1e6)
                     if ts + d / 1e6 == x:
                         v[j] = d
-            sv = get_shape(r)
-            v[-1] = shapes.get(sv) or shape(sv)
             out.append(v)
             # the sums, with texts as ids
             if min_ts is None or ts < min_ts:
@@ -316,10 +326,13 @@ class LogWriter:
             qtype, rcode = r[_I_QTYPE], r[_I_RCODE]
             qtype = strings.get(qtype) or string(qtype) if qtype is not None else 0
             rcode = strings.get(rcode) or string(rcode) if rcode is not None else 0
+            comm = ns = pod = 0
             if live:
-                key = (hour, qn or 0, qtype, rcode, v[j_comm] or 0, v[j_ns] or 0, v[j_pod] or 0)
-            else:
-                key = (hour, qn or 0, qtype, rcode, 0, 0, 0)
+                comm, ns, pod = r[_I_COMM], r[_I_NS], r[_I_POD]
+                comm = strings.get(comm) or string(comm) if comm is not None else 0
+                ns = strings.get(ns) or string(ns) if ns is not None else 0
+                pod = strings.get(pod) or string(pod) if pod is not None else 0
+            key = (hour, qn or 0, qtype, rcode, comm, ns, pod)
             agg = rollups.get(key)
             if agg is None:
                 rollups[key] = [1, int(status == "unanswered"), int(lat is not None), lat or 0.0, lat]
@@ -332,15 +345,9 @@ class LogWriter:
                     agg[3] += lat
                     if agg[4] is None or lat > agg[4]:
                         agg[4] = lat
-            for kind, j in key_pos:
-                k = v[j]
-                if k is not None:
-                    kk = (kind, k, hour)
-                    keys[kk] = keys.get(kk, 0) + 1
-            for kind, pos in key_text:
-                k = qtype if pos == _I_QTYPE else rcode if pos == _I_RCODE else None
-                if k:
-                    kk = (kind, k, hour)
+            for kk in ((k_name, qn, hour), (k_src, v[j_src], hour), (k_qtype, qtype, hour), (k_rcode, rcode, hour),
+                       (k_comm, comm, hour), (k_ns, ns, hour), (k_pod, pod, hour)):
+                if kk[1]:
                     keys[kk] = keys.get(kk, 0) + 1
             if aset is not None and aset[1]:
                 sid = aset[0]

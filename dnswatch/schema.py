@@ -14,10 +14,12 @@ class Column(NamedTuple):
     #   "str"      an id into ``strings`` (texts repeated on many rows: client address, process and pod names)
     #   "shape"    in ``shapes``: the combination of these low-cardinality columns (server, type, rcode, flags...)
     #              is stored once and each row holds its id
+    #   "sender"   in ``senders``, the same way: process, thread, user, cgroup, container and pod (live capture)
     #   "name"     an id into ``names``;  "answers": an id into ``answer_sets``
     #   "ms"       milliseconds with 3 decimals as integer microseconds;  "after_ts": a time just after ts, as
     #              integer microseconds after it (both only when that gives back the same float, else as is)
-    # A new column: add a Column line (store "" or "str" for per-row values, "shape" for a handful of values);
+    # A new column: add a Column line (store "" or "str" for per-row values, "shape" for a handful of values,
+    # "sender" for what identifies the sending process);
     # opening an existing log adds it (store/layout.prepare).
     store: str = ""
 
@@ -82,27 +84,25 @@ QUERIES = Table(
         Column("decode_note", "TEXT", "Why the raw reader was needed, or a header/body mismatch (qdcount...)."),
         Column("ifname", "TEXT", "Interface the query was captured on (live; pcapng interface name from files).", store="shape"),
         Column("pid", "INTEGER", "Process id (thread group) that sent the query; live capture only, NULL from pcap "
-               "and whenever the kernel could not know it (packets received in softirq)."),
-        Column("tid", "INTEGER", "Thread id that sent the query (live)."),
-        Column("comm", "TEXT", "Command name of the sending process, as ps shows it (live, at most 15 characters).", store="str"),
+               "and whenever the kernel could not know it (packets received in softirq).", store="sender"),
+        Column("tid", "INTEGER", "Thread id that sent the query (live).", store="sender"),
+        Column("comm", "TEXT", "Command name of the sending process, as ps shows it (live, at most 15 characters).", store="sender"),
         Column("thread_name", "TEXT",
-               "Name of the thread that sent it, as the kernel saw it (dig 9.18 sends from 'isc-net-0000') (live).", store="str"),
-        Column("uid", "INTEGER", "User id of the sending process (live)."),
-        Column("cgroup_id", "INTEGER", "cgroup v2 id of the sending process (live)."),
-        Column("netns", "INTEGER", "Network namespace inode where the query was captured (live)."),
-        Column("container_id", "TEXT", "Container id, from the sender's cgroup path (live).", store="str"),
-        Column("container", "TEXT", "Container name (Kubernetes container name, from the kubelet's logs) (live).", store="str"),
-        Column("pod", "TEXT", "Kubernetes pod name (live).", store="str"),
-        Column("pod_namespace", "TEXT", "Kubernetes namespace of the pod (live).", store="str"),
-        Column("pod_uid", "TEXT", "Kubernetes pod UID (live).", store="str"),
+               "Name of the thread that sent it, as the kernel saw it (dig 9.18 sends from 'isc-net-0000') (live).", store="sender"),
+        Column("uid", "INTEGER", "User id of the sending process (live).", store="sender"),
+        Column("cgroup_id", "INTEGER", "cgroup v2 id of the sending process (live).", store="sender"),
+        Column("netns", "INTEGER", "Network namespace inode where the query was captured (live).", store="sender"),
+        Column("container_id", "TEXT", "Container id, from the sender's cgroup path (live).", store="sender"),
+        Column("container", "TEXT", "Container name (Kubernetes container name, from the kubelet's logs) (live).", store="sender"),
+        Column("pod", "TEXT", "Kubernetes pod name (live).", store="sender"),
+        Column("pod_namespace", "TEXT", "Kubernetes namespace of the pod (live).", store="sender"),
+        Column("pod_uid", "TEXT", "Kubernetes pod UID (live).", store="sender"),
     ),
     (
-        # query_log is ordered by (ts, id) (WITHOUT ROWID), so every index also ends with ts: one name, process
-        # or pod is read newest first straight from its index, and a time window is a range of the table itself
+        # query_log is ordered by (ts, id) (WITHOUT ROWID), so every index also ends with ts: one name or one
+        # sender is read newest first straight from its index, and a time window is a range of the table itself
         Index("log_qname", "qname"),
-        Index("log_pid", "pid", "pid IS NOT NULL"),
-        Index("log_comm", "comm", "comm IS NOT NULL"),
-        Index("log_pod", "pod", "pod IS NOT NULL"),
+        Index("log_sender", "sender", "sender IS NOT NULL"),
     ),
 )
 
@@ -162,17 +162,29 @@ MALFORMED = Table(
 )
 
 SHAPE_COLUMNS: Tuple[Column, ...] = tuple(c for c in QUERIES.columns if c.store == "shape")
+SENDER_COLUMNS: Tuple[Column, ...] = tuple(c for c in QUERIES.columns if c.store == "sender")
 
-SHAPES = Table(
-    "shapes",
+
+def _combo_table(name: str, columns: Tuple[Column, ...], doc: str) -> Table:
+    return Table(
+        name, doc,
+        (Column("id", "INTEGER PRIMARY KEY", f"Id (query_log.{name[:-1]})."),
+         Column("hash", "INTEGER", "64-bit hash of the values, the lookup key."))
+        + tuple(Column(c.name, c.type.split()[0], f"As queries.{c.name}.") for c in columns),
+        (Index(f"{name}_hash", "hash"),),
+    )
+
+
+SHAPES = _combo_table(
+    "shapes", SHAPE_COLUMNS,
     "The combinations of the queries columns that take a handful of values (server, port, transport, type, class, "
-    "opcode, status, rcode, flags, EDNS, decoder, interface), each stored once; query_log.shape is its id.",
-    (
-        Column("id", "INTEGER PRIMARY KEY", "Id (query_log.shape)."),
-        Column("hash", "INTEGER", "64-bit hash of the values, the lookup key."),
-    ) + tuple(Column(c.name, c.type.split()[0], f"As queries.{c.name}.") for c in SHAPE_COLUMNS),
-    (Index("shapes_hash", "hash"),),
-)
+    "opcode, status, rcode, flags, EDNS, decoder, interface), each stored once; query_log.shape is its id.")
+SENDERS = _combo_table(
+    "senders", SENDER_COLUMNS,
+    "Who sent queries (live capture): each combination of process, thread, user, cgroup, namespace, container and "
+    "pod stored once; query_log.sender is its id (NULL for rows from files). Search by pid, process name or pod "
+    "finds the senders here, then their rows through one index.")
+COMBOS = {"shape": SHAPES, "sender": SENDERS}  # Column.store -> the table holding those columns
 
 META = Table(
     "meta",
@@ -298,8 +310,8 @@ PASSIVE_DNS = Table(
 )
 
 # Documented (dnswatch schema) in this order; ``queries`` is a view over LOG_TABLE.
-TABLES = (QUERIES, CAPTURES, MALFORMED, PASSIVE_DNS, ROLLUPS, KEY_HOURS, NAMES, STRINGS, SHAPES, ANSWER_SETS,
-          ANSWER_ITEMS, META)
+TABLES = (QUERIES, CAPTURES, MALFORMED, PASSIVE_DNS, ROLLUPS, KEY_HOURS, NAMES, STRINGS, SHAPES, SENDERS,
+          ANSWER_SETS, ANSWER_ITEMS, META)
 LOG_TABLE = "query_log"
 # PRAGMA user_version of a log in this layout. Columns added to a table's definition need no new version: opening
 # a log adds what is missing. Bump it only for changes that need code in store.migrate.
@@ -314,11 +326,11 @@ MALFORMED_COLUMNS: List[str] = [c.name for c in MALFORMED.columns if c.name != "
 # positions in a row of the columns by how they are stored
 STORED_AS: Dict[str, List[int]] = {
     kind: [Q[c.name] for c in QUERIES.columns if c.store == kind]
-    for kind in ("str", "name", "answers", "shape", "ms", "after_ts")
+    for kind in ("str", "name", "answers", "shape", "sender", "ms", "after_ts")
 }
-# query_log's columns: every queries column not in shapes, then the shape id
-LOG_COLUMNS: List[Column] = [c for c in QUERIES.columns if c.store != "shape"] + [
-    Column("shape", "INTEGER", "shapes.id")]
+# query_log's columns: every queries column not in a combination table, then the combinations' ids
+LOG_COLUMNS: List[Column] = [c for c in QUERIES.columns if c.store not in COMBOS] + [
+    Column(kind, "INTEGER", f"{table.name}.id") for kind, table in COMBOS.items()]
 
 
 def stored_type(column: Column) -> str:
@@ -336,8 +348,8 @@ def column_expr(column: Column, alias: str = "l") -> str:
     ref = f"{alias}.[{column.name}]"
     if column.store == "str":
         return f"(SELECT s FROM strings WHERE id = {ref})"
-    if column.store == "shape":
-        return f"(SELECT [{column.name}] FROM shapes WHERE id = {alias}.shape)"
+    if column.store in COMBOS:
+        return f"(SELECT [{column.name}] FROM {COMBOS[column.store].name} WHERE id = {alias}.{column.store})"
     if column.store == "name":
         return f"(SELECT name FROM names WHERE id = {ref}) COLLATE NOCASE"
     if column.store == "answers":

@@ -1,13 +1,14 @@
 """Common questions without SQL: ``dnswatch search`` filters turned into one parameterised query."""
 from __future__ import annotations
 
+import heapq
 import re
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import List, Optional, Sequence, Tuple
 
-from dnswatch.schema import LOG_TABLE, QUERIES, column_expr, reverse_name
+from dnswatch.schema import COMBOS, LOG_TABLE, QUERIES, column_expr, reverse_name
 
 _RELATIVE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|d|w)\s*(?:ago)?\s*$", re.I)
 _UNITS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -103,10 +104,12 @@ def name_condition(name: str, contains: bool = False) -> Tuple[str, List[object]
 
 def _in(column: str, values: Sequence[object], upper: bool = False) -> Tuple[str, List[object]]:
     vals = [str(v).upper() if upper else v for v in values]
-    if _COLUMNS[column].store == "str":
+    store = _COLUMNS[column].store
+    if store == "str":
         return _strings_in(column, vals)
-    if _COLUMNS[column].store == "shape":
-        return f"l.shape IN (SELECT id FROM shapes WHERE [{column}] IN ({', '.join('?' for _ in vals)}))", vals
+    if store in COMBOS:
+        return (f"l.{store} IN (SELECT id FROM {COMBOS[store].name} WHERE [{column}] IN "
+                f"({', '.join('?' for _ in vals)}))", vals)
     return f"l.{column} IN ({', '.join('?' for _ in vals)})", list(vals)
 
 
@@ -117,21 +120,38 @@ def _output(columns: Sequence[str]) -> str:
     )
 
 
-def build_search(f: SearchFilters, now: Optional[float] = None) -> Tuple[str, List[object]]:
-    """One query over query_log (columns as the queries view shows them), newest first. The most selective
-    filter with an index of its own drives it (name, pid, process, pod; each index is in time order within one
-    value), else the table itself, which is in time order."""
-    where: List[str] = []
-    params: List[object] = []
-    index = ""  # none: the table's own order (ts, id)
+class Plan:
+    """A search as SQL: ``where`` (conditions on query_log ``l``) with ``params``; ``driver``: the indexed column
+    (qname or sender) whose allowed ids ``driver_sql`` lists, so each id can be read newest first from its index."""
+
+    def __init__(self) -> None:
+        self.where: List[str] = []
+        self.params: List[object] = []
+        self.driver: Optional[str] = None
+        self.driver_sql = ""
+        self.driver_params: List[object] = []
+        self.sender: List[str] = []  # conditions on senders (pid, comm, pod...)
+        self.sender_params: List[object] = []
+
+
+def plan_search(f: SearchFilters, now: Optional[float] = None) -> Plan:
+    p = Plan()
 
     def add(cond: Tuple[str, List[object]]) -> None:
-        where.append(cond[0])
-        params.extend(cond[1])
+        p.where.append(cond[0])
+        p.params.extend(cond[1])
+
+    def sender(column: str, values: Sequence[object], glob: bool = False) -> None:
+        if glob:
+            p.sender.append(f"[{column}] GLOB ?")
+            p.sender_params.append(values[0])
+        else:
+            p.sender.append(f"[{column}] IN ({', '.join('?' for _ in values)})")
+            p.sender_params.extend(values)
 
     if f.name:
-        add(name_condition(f.name, f.contains))
-        index = "log_qname"
+        cond, params = name_condition(f.name, f.contains)
+        p.driver, p.driver_sql, p.driver_params = "qname", cond[len("l.qname IN ("):-1], params
     if f.types:
         add(_in("qtype", f.types, upper=True))
     if f.rcodes:
@@ -139,30 +159,27 @@ def build_search(f: SearchFilters, now: Optional[float] = None) -> Tuple[str, Li
     if f.src:
         add(("l.src = (SELECT id FROM strings WHERE s = ?)", [f.src]))
     if f.pids:
-        add(_in("pid", f.pids))
-        where.append("l.pid IS NOT NULL")
-        index = index or "log_pid"
+        sender("pid", list(f.pids))
     if f.comms:
-        add(_in("comm", f.comms))
-        where.append("l.comm IS NOT NULL")
-        index = index or "log_comm"
+        sender("comm", list(f.comms))
     if f.pods:
-        if len(f.pods) == 1 and any(ch in f.pods[0] for ch in "*?["):
-            add(("l.pod IN (SELECT id FROM strings WHERE s GLOB ?)", [f.pods[0]]))
-        else:
-            add(_in("pod", f.pods))
-        where.append("l.pod IS NOT NULL")
-        index = index or "log_pod"
+        sender("pod", f.pods, glob=len(f.pods) == 1 and any(ch in f.pods[0] for ch in "*?["))
     if f.pod_namespaces:
-        add(_in("pod_namespace", f.pod_namespaces))
+        sender("pod_namespace", list(f.pod_namespaces))
     if f.containers:
-        add(("(" + " OR ".join("l.container = (SELECT id FROM strings WHERE s = ?) OR l.container_id IN "
-                               "(SELECT id FROM strings WHERE s LIKE ?)" for _ in f.containers) + ")",
-             [v for c in f.containers for v in (c, c + "%")]))
+        p.sender.append("(" + " OR ".join("container = ? OR container_id LIKE ?" for _ in f.containers) + ")")
+        p.sender_params.extend(v for c in f.containers for v in (c, c + "%"))
+    if p.sender:
+        sql = f"SELECT id FROM senders WHERE {' AND '.join(p.sender)}"
+        if p.driver is None:
+            p.driver, p.driver_sql, p.driver_params = "sender", sql, list(p.sender_params)
+        else:
+            add((f"l.sender IN ({sql})", list(p.sender_params)))
     if f.answer:
-        add(("l.answers IN (SELECT set_id FROM answer_items WHERE data = ?) AND "
-             "l.qname IN (SELECT qname FROM answer_items WHERE data = ?)", [f.answer, f.answer]))
-        index = index or "log_qname"
+        add(("l.answers IN (SELECT set_id FROM answer_items WHERE data = ?)", [f.answer]))
+        if p.driver is None:
+            p.driver, p.driver_sql = "qname", "SELECT DISTINCT qname FROM answer_items WHERE data = ?"
+            p.driver_params = [f.answer]
     if f.status:
         add(_in("status", [f.status]))
     if f.since:
@@ -171,13 +188,54 @@ def build_search(f: SearchFilters, now: Optional[float] = None) -> Tuple[str, Li
         add(("l.ts <= ?", [parse_time(f.until, now)]))
     if f.limit < 0:
         raise SearchError("--limit must be 0 (no limit) or more")
-    sql = f"SELECT {_output(f.columns or DEFAULT_COLUMNS)} FROM {LOG_TABLE} l" + (f" INDEXED BY {index}" if index else "")
+    return p
+
+
+_INDEX = {"qname": "log_qname", "sender": "log_sender"}
+MERGE_MAX = 512  # driver ids read one by one at most; more (a search for 'com') go through one query
+
+
+def build_search(f: SearchFilters, now: Optional[float] = None) -> Tuple[str, List[object]]:
+    """The search as one query over query_log (columns as the queries view shows them), newest first."""
+    p = plan_search(f, now)
+    where, params = list(p.where), list(p.params)
+    if p.driver:
+        where.insert(0, f"l.{p.driver} IN ({p.driver_sql})")
+        params[:0] = p.driver_params
+    sql = f"SELECT {_output(f.columns or DEFAULT_COLUMNS)} FROM {LOG_TABLE} l"
+    if p.driver:
+        sql += f" INDEXED BY {_INDEX[p.driver]}"
     if where:
         sql += " WHERE " + " AND ".join(where)
     sql += " ORDER BY l.ts DESC, l.id DESC"
     if f.limit:
         sql += f" LIMIT {int(f.limit)}"
     return sql, params
+
+
+def run_search(conn, f: SearchFilters, now: Optional[float] = None) -> Tuple[List[str], List[tuple]]:
+    """Run a search: (column names, rows), newest first.
+
+    With a name or sender filter and a limit, each matching name or sender is read newest first from its index
+    (a few rows each) and the lists merged, so a domain with hundreds of names under it, or a pod with many
+    processes, costs a few index ranges rather than reading and sorting every matching row."""
+    columns = list(f.columns or DEFAULT_COLUMNS)
+    p = plan_search(f, now)
+    ids = None
+    if p.driver and f.limit:
+        ids = [r[0] for r in conn.execute(p.driver_sql + f" LIMIT {MERGE_MAX + 1}", p.driver_params)]
+    if ids is None or len(ids) > MERGE_MAX:
+        sql, params = build_search(f, now)
+        return columns, conn.execute(sql, params).fetchall()
+    rest = "".join(f" AND {w}" for w in p.where)
+    probe = (f"SELECT l.ts, l.id FROM {LOG_TABLE} l INDEXED BY {_INDEX[p.driver]} WHERE l.{p.driver} = ?{rest} "
+             f"ORDER BY l.ts DESC, l.id DESC LIMIT {int(f.limit)}")
+    keys: List[Tuple[float, int]] = []
+    for i in ids:
+        keys.extend(conn.execute(probe, [i, *p.params]).fetchall())
+    keys = heapq.nlargest(int(f.limit), keys)
+    fetch = f"SELECT {_output(columns)} FROM {LOG_TABLE} l WHERE l.ts = ? AND l.id = ?"
+    return columns, [conn.execute(fetch, k).fetchone() for k in keys]
 
 
 def build_passive(f: SearchFilters, oldest_raw: Optional[float], now: Optional[float] = None
