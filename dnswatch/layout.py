@@ -115,6 +115,8 @@ class LogWriter:
         self._names: Dict[str, int] = {}
         self._sets: Dict[str, Tuple[int, List[Tuple[str, str, str]]]] = {}
         self._pairs: set = set()  # (answer set, name) pairs already in answer_items
+        self._shape_dims: Dict[int, tuple] = {}
+        self._sender_dims: Dict[int, tuple] = {}
         self._reset_sums()
         rk = ROLLUPS.key
         self._upsert_rollup = (
@@ -139,8 +141,8 @@ class LogWriter:
         )
 
     def _reset_sums(self) -> None:
-        self._roll: Dict[tuple, list] = {}
-        self._keys: Dict[tuple, int] = {}
+        self._roll: Dict[tuple, list] = {}  # (hour, name, shape, sender) -> [count, unanswered, answered, sum, max]
+        self._clients: Dict[tuple, int] = {}  # (hour, src) -> count
         self._pdns: Dict[int, list] = {}  # answer set id -> [count, first ts, last ts, first resolver, items]
         self._new_pairs: List[tuple] = []
         self._pending = 0  # rows whose sums are not written yet
@@ -218,6 +220,8 @@ class LogWriter:
             combo[3].clear()
         self._sets.clear()
         self._pairs.clear()
+        self._shape_dims.clear()
+        self._sender_dims.clear()
         self._reset_sums()
 
     def _meta(self, key: str, default: int = 0) -> int:
@@ -276,11 +280,12 @@ class LogWriter:
         get = self._get
         j_str, j_name, j_answers, j_ms, j_after = self._j_str, self._j_name, self._j_answers, self._j_ms, self._j_after
         pairs, new_pairs = self._pairs, self._new_pairs
-        rollups, keys, pdns = self._roll, self._keys, self._pdns
+        rollups, pdns = self._roll, self._pdns
         live = self.live
-        k_name, k_src, k_qtype, k_rcode = (KEY_KINDS[k] for k in ("qname", "src", "qtype", "rcode"))
-        k_comm, k_ns, k_pod = (KEY_KINDS[k] for k in ("comm", "pod_namespace", "pod"))
         j_src = self._j["src"]
+        j_shape = 1 + len(self._row_pos)
+        j_sender = j_shape + 1
+        clients = self._clients
         out = []
         min_ts = self._pending_min_ts
         for n, r in enumerate(rows):
@@ -323,16 +328,8 @@ class LogWriter:
             hour = int(ts // 3600) * 3600
             status = r[_I_STATUS]
             lat = r[_I_LAT]
-            qtype, rcode = r[_I_QTYPE], r[_I_RCODE]
-            qtype = strings.get(qtype) or string(qtype) if qtype is not None else 0
-            rcode = strings.get(rcode) or string(rcode) if rcode is not None else 0
-            comm = ns = pod = 0
-            if live:
-                comm, ns, pod = r[_I_COMM], r[_I_NS], r[_I_POD]
-                comm = strings.get(comm) or string(comm) if comm is not None else 0
-                ns = strings.get(ns) or string(ns) if ns is not None else 0
-                pod = strings.get(pod) or string(pod) if pod is not None else 0
-            key = (hour, qn or 0, qtype, rcode, comm, ns, pod)
+            # keyed by shape and sender ids here; _write_sums turns them into type, rcode, process and pod
+            key = (hour, qn, v[j_shape], v[j_sender] if live else None)
             agg = rollups.get(key)
             if agg is None:
                 rollups[key] = [1, int(status == "unanswered"), int(lat is not None), lat or 0.0, lat]
@@ -345,10 +342,10 @@ class LogWriter:
                     agg[3] += lat
                     if agg[4] is None or lat > agg[4]:
                         agg[4] = lat
-            for kk in ((k_name, qn, hour), (k_src, v[j_src], hour), (k_qtype, qtype, hour), (k_rcode, rcode, hour),
-                       (k_comm, comm, hour), (k_ns, ns, hour), (k_pod, pod, hour)):
-                if kk[1]:
-                    keys[kk] = keys.get(kk, 0) + 1
+            src = v[j_src]
+            if src is not None:
+                kk = (hour, src)
+                clients[kk] = clients.get(kk, 0) + 1
             if aset is not None and aset[1]:
                 sid = aset[0]
                 p = pdns.get(sid)
@@ -367,10 +364,45 @@ class LogWriter:
         self._pending_min_ts = min_ts
         return out
 
+    def _dims(self, table: str, columns: str, cid: Optional[int], cache: Dict[int, tuple]) -> tuple:
+        """strings ids of ``columns`` of combination ``cid`` (0 for none), as the rollups key them."""
+        if cid is None:
+            return (0,) * (columns.count(",") + 1)
+        found = cache.get(cid)
+        if found is None:
+            values = self.conn.execute(f"SELECT {columns} FROM {table} WHERE id = ?", (cid,)).fetchone()
+            found = cache[cid] = tuple(0 if x is None else self._strings.get(x) or self._string(x) for x in values)
+        return found
+
     def _write_sums(self) -> None:
         conn = self.conn
-        conn.executemany(self._upsert_rollup, [(*key, *agg) for key, agg in self._roll.items()])
-        conn.executemany(self._upsert_key, [(*key, n) for key, n in self._keys.items()])
+        rollups: Dict[tuple, list] = {}
+        keys: Dict[tuple, int] = {}
+        shapes, senders = self._shape_dims, self._sender_dims
+        kinds = [KEY_KINDS[k] for k in ("qname", "qtype", "rcode", "comm", "pod_namespace", "pod")]
+        for (hour, qn, shape, sender), agg in self._roll.items():
+            qtype, rcode = self._dims("shapes", "qtype, rcode", shape, shapes)
+            comm, ns, pod = self._dims("senders", "comm, pod_namespace, pod", sender, senders)
+            key = (hour, qn or 0, qtype, rcode, comm, ns, pod)
+            have = rollups.get(key)
+            if have is None:
+                rollups[key] = list(agg)
+            else:
+                have[0] += agg[0]
+                have[1] += agg[1]
+                have[2] += agg[2]
+                have[3] += agg[3]
+                if agg[4] is not None and (have[4] is None or agg[4] > have[4]):
+                    have[4] = agg[4]
+            for kind, k in zip(kinds, (qn, qtype, rcode, comm, ns, pod)):
+                if k:
+                    kk = (kind, k, hour)
+                    keys[kk] = keys.get(kk, 0) + agg[0]
+        k_src = KEY_KINDS["src"]
+        for (hour, src), n in self._clients.items():
+            keys[(k_src, src, hour)] = n
+        conn.executemany(self._upsert_rollup, [(*key, *agg) for key, agg in rollups.items()])
+        conn.executemany(self._upsert_key, [(*key, n) for key, n in keys.items()])
         if self._new_pairs:
             conn.executemany(f"INSERT OR IGNORE INTO {ANSWER_ITEMS.name} (data, set_id, qname) VALUES (?, ?, ?)",
                              self._new_pairs)

@@ -47,6 +47,7 @@ BUSY_TIMEOUT_MS = 30_000
 PIPE_BYTES = 1 << 20  # a batch of replay rows is ~0.8 MB marshalled
 WRITER_QUEUE = 1  # batches the writer process holds besides the one it inserts (and one in the pipe)
 CHECKPOINT_EVERY = 4  # batches between checkpoints (~5 MiB of WAL; SQLite's default is 4 MiB)
+CACHE_KIB = 64 * 1024  # SQLite page cache of a writer
 PRUNE_EVERY = 1.0  # seconds between retention steps of a live capture
 PRUNE_SECONDS = 0.05  # longest retention step: the capture loop goes on after it
 MAX_WAL_FRAMES = 4096  # pages (16 MiB at 4 KiB); past this the writer lets the checkpointer catch up
@@ -266,6 +267,8 @@ def _open(path: str) -> sqlite3.Connection:
             conn.execute("PRAGMA auto_vacuum = INCREMENTAL")  # before the first table: pruning can give pages back
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = NORMAL")
+        # the indexes (name, sender) and rollups take inserts all over their pages: keep those pages in memory
+        conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
         prepare(conn)
     except sqlite3.Error:
         conn.close()
