@@ -117,6 +117,7 @@ class LogWriter:
         self._pairs: set = set()  # (answer set, name) pairs already in answer_items
         self._shape_dims: Dict[int, tuple] = {}
         self._sender_dims: Dict[int, tuple] = {}
+        self._lost_sums = False
         self._reset_sums()
         rk = ROLLUPS.key
         self._upsert_rollup = (
@@ -236,6 +237,9 @@ class LogWriter:
     def write(self, rows: List[Sequence[Any]], malformed: List[Sequence[Any]], force: bool = False) -> None:
         """Insert ``rows`` (and malformed messages) in one transaction; write the sums when due or ``force``."""
         conn = self.conn
+        if self._lost_sums:  # a failed transaction took the pending sums with it: rebuild them from the log
+            self.recover()
+            self._lost_sums = False
         try:
             with conn:
                 conn.execute("BEGIN IMMEDIATE")
@@ -247,16 +251,20 @@ class LogWriter:
                         self._set_meta("pending_min_ts", self._pending_min_ts)
                 if malformed:
                     conn.executemany(self._insert_malformed, malformed)
-                if self._pending and (force or self._pending >= AGG_ROWS
-                                      or time.monotonic() - self._sums_since >= AGG_SECONDS):
+                if self._pending and (force or self.sums_due()):
                     self._write_sums()
         except BaseException:
             self.forget()
+            self._lost_sums = True
             raise
+
+    def sums_due(self) -> bool:
+        return bool(self._pending) and (self._pending >= AGG_ROWS
+                                        or time.monotonic() - self._sums_since >= AGG_SECONDS)
 
     def flush(self) -> None:
         """Write the sums of every row inserted so far."""
-        if self._pending:
+        if self._pending or self._lost_sums:
             self.write([], [], force=True)
 
     def _insert(self, out: List[tuple]) -> None:

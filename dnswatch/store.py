@@ -184,6 +184,13 @@ class Store:
         now = time.monotonic()
         if (self._rows or self._malformed) and now - self._last_flush >= BATCH_SECONDS:
             self._write_batch()  # the rollups' sums follow within layout.AGG_SECONDS
+        elif self._writer is None and self._log.sums_due():  # rows stopped coming: still write their sums
+            try:
+                self._log.flush()
+            except sqlite3.Error as exc:
+                if not _is_full(exc):
+                    raise _friendly(self.path, exc)
+                self._full()
         if self.retention is not None and now >= self._next_prune and self._writer is None:
             self._next_prune = now + PRUNE_EVERY
             self.prune()
