@@ -512,7 +512,7 @@ class LogWriter:
                 conn.executemany(f"DELETE FROM {KEY_HOURS.name} WHERE kind = ? AND hour < ?",
                                  [(k, hour) for k in KEY_KINDS.values()])
         if max_bytes is not None and _file_bytes(conn) > max_bytes:
-            conn.execute("PRAGMA incremental_vacuum(2000)")  # no-op unless auto_vacuum = INCREMENTAL
+            conn.executescript("PRAGMA incremental_vacuum(2000);")  # sqlite3_exec: every step (no-op unless INCREMENTAL)
         return deleted, newest
 
 

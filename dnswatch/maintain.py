@@ -55,7 +55,7 @@ def prune(path: str, retention: Retention) -> Tuple[int, Optional[float]]:
         with conn:
             conn.execute("UPDATE captures SET status = 'complete', ended = ?, pruned_rows = ? WHERE id = ?",
                          (time.time(), deleted, capture))
-        conn.execute("PRAGMA incremental_vacuum")  # at rest: give every free page back (auto_vacuum logs only)
+        conn.executescript("PRAGMA incremental_vacuum;")  # at rest: give every free page back (auto_vacuum logs)
         return deleted, newest
     except sqlite3.Error as exc:
         raise _friendly(path, exc)

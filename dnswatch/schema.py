@@ -42,8 +42,8 @@ class Table(NamedTuple):
 QUERIES = Table(
     "queries",
     "One row per DNS question: the query and, once matched, its response. A response whose query was not "
-    "seen is a row too (status 'response_only'). A view over the query_log table, which stores repeated texts "
-    "as ids (strings, names, answer_sets).",
+    "seen is a row too (status 'response_only'). A view over the query_log table, which stores repeated values "
+    "once and refers to them by id (names, strings, shapes, senders, answer_sets).",
     (
         Column("id", "INTEGER PRIMARY KEY", "Row id."),
         Column("ts", "REAL", "When the query was seen, Unix seconds (the response's time for response_only rows)."),

@@ -393,3 +393,20 @@ def test_sums_survive_a_failed_transaction(tmp_path, monkeypatch):
     store.close()
     assert count(db, "select count(*) from queries") == 110
     assert count(db, "select sum(count) from rollups_hourly") == 110
+
+
+def test_prune_max_size_at_rest_gives_pages_back(tmp_path, runner):
+    db = str(tmp_path / "m.db")
+    replay(Path(db), PCAPS / "dnsperf_small.pcap")
+    with Store(db) as store:
+        store.start_capture("live", "test", {})
+        for k in range(30_000):
+            store.add(live_row(time.time() - 30_000 + k, f"h{k % 300}.example.com", k))
+    assert os.path.getsize(db) > 2_000_000
+    result = runner.invoke(cli, ["prune", "--max-size", "1MB", "--db", db])
+    assert result.exit_code == 0, result.output
+    assert os.path.getsize(db) <= 1_000_000 and not os.path.exists(db + "-wal")
+    conn = sqlite3.connect(db)
+    assert conn.execute("pragma integrity_check").fetchone()[0] == "ok"
+    newest = conn.execute("select max(ts) from queries").fetchone()[0]
+    assert newest == conn.execute("select max(ts) from query_log").fetchone()[0] > time.time() - 10  # newest kept
