@@ -23,8 +23,8 @@ from dnswatch.schema import (
 )
 
 ROWS_PER_INSERT = 64  # rows bound to one INSERT statement
-CACHE_ENTRIES = 500_000  # texts -> ids remembered per lookup table (cleared when full)
-AGG_ROWS = 200_000  # rows whose sums are kept in memory at most before they are written
+CACHE_ENTRIES = 100_000  # texts -> ids remembered per lookup table (cleared when full): ~15 MB at most
+AGG_ROWS = 50_000  # rows whose sums are kept in memory at most before they are written (~10 MB)
 AGG_SECONDS = 10.0  # ... and seconds
 PRUNE_CHUNK = 2000  # rows deleted per transaction: a few ms, so a live capture never waits long
 
