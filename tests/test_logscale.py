@@ -410,3 +410,26 @@ def test_prune_max_size_at_rest_gives_pages_back(tmp_path, runner):
     assert conn.execute("pragma integrity_check").fetchone()[0] == "ok"
     newest = conn.execute("select max(ts) from queries").fetchone()[0]
     assert newest == conn.execute("select max(ts) from query_log").fetchone()[0] > time.time() - 10  # newest kept
+
+
+def test_migration_adds_columns_missing_from_a_current_log(tmp_path):
+    from dnswatch.schema import TABLES, create_sql
+
+    db = str(tmp_path / "cols.db")
+    conn = sqlite3.connect(db)
+    for table in TABLES[1:] + TABLES[:1]:
+        for statement in create_sql(table):
+            statement = statement.replace("    [ecs] TEXT,\n", "").replace("    [unstored] INTEGER,\n", "")
+            if "CREATE VIEW" in statement:
+                statement = statement.replace("    l.[ecs] AS [ecs],\n", "")
+            conn.execute(statement)
+    conn.execute("pragma user_version = 1")
+    conn.commit()
+    assert "ecs" not in [r[1] for r in conn.execute("pragma table_info(query_log)")]
+    conn.close()
+    replay(Path(db), PCAPS / "dnsperf_small.pcap")  # would fail at its first insert without the migration
+    conn = sqlite3.connect(db)
+    assert "ecs" in [r[1] for r in conn.execute("pragma table_info(queries)")]
+    assert "unstored" in [r[1] for r in conn.execute("pragma table_info(captures)")]
+    assert conn.execute("pragma user_version").fetchone()[0] == SCHEMA_VERSION
+    assert conn.execute("select count(*) from queries").fetchone()[0] == 360
