@@ -33,9 +33,8 @@ START_CAPTURE = (
     "malformed, dropped, duplicates, options, dnswatch_version) VALUES (?, ?, ?, ?, 'running', 0, 0, 0, 0, "
     "0, 0, 0, ?, ?)"
 )
-_I_TS, _I_STATUS, _I_LAT = Q["ts"], Q["status"], Q["latency_ms"]
-_I_QNAME, _I_QTYPE, _I_RCODE, _I_SRC = Q["qname"], Q["qtype"], Q["rcode"], Q["src"]
-_I_ANSWERS = Q["answers"]
+_I_STATUS, _I_LAT = Q["status"], Q["latency_ms"]
+_I_QNAME, _I_SRC = Q["qname"], Q["src"]
 _I_PID, _I_COMM, _I_NS, _I_POD = Q["pid"], Q["comm"], Q["pod_namespace"], Q["pod"]
 
 
