@@ -316,6 +316,8 @@ class LogWriter:
                 aset = sets.get(ans) or answer_set(ans)
                 v[j_answers] = aset[0]
             ts = v[1]
+            if ts is None:  # the pipeline always sets it; a row without a time goes first in a log ordered by time
+                ts = v[1] = 0.0
             for j in j_ms:
                 x = v[j]
                 if x is not None:
