@@ -438,6 +438,10 @@ def export(out: str, db_path: Optional[str], since: Optional[str]) -> None:
 @db_option
 def migrate(db_path: Optional[str]) -> None:
     """Bring a log written by an older dnswatch to the current layout, in place (watch and replay do it too)."""
+    import os
+
+    if not os.path.exists(db_path or default_db_path()):
+        raise click.ClickException(f"{safe_text(db_path or default_db_path())}: no such database")
     try:
         Store(db_path or default_db_path()).close()
     except StoreError as exc:
