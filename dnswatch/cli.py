@@ -14,7 +14,8 @@ from dnswatch.correlate import DEFAULT_TIMEOUT
 from dnswatch.output import NeverWaitingOutput, event_line, safe_message, safe_text, write_rows
 from dnswatch.pipeline import Pipeline, Summary
 from dnswatch.schema import TABLES, describe
-from dnswatch.search import SearchError, SearchFilters, build_search
+from dnswatch.schema import LOG_TABLE
+from dnswatch.search import DEFAULT_COLUMNS, SearchError, SearchFilters, build_passive, run_search
 from dnswatch.sources.pcap import CaptureFormatError, PcapReader, file_size
 from dnswatch.stop import StopSignals
 from dnswatch.store import Store, StoreError, default_db_path, open_readonly
@@ -335,29 +336,52 @@ def query(sql: str, db_path: Optional[str], params, attach, fmt: str) -> None:
 @click.option("--since", help="From this time: 10m, 2h, 1d (ago), 2026-11-01, 2026-11-01T14:30, Unix seconds.")
 @click.option("--until", help="Up to this time (same forms as --since).")
 @click.option("--limit", type=LIMIT, default=100, show_default=True, help="At most this many rows (0: all).")
+@click.option("--contains", is_flag=True,
+              help="NAME is a substring anywhere in the name (slower: reads every distinct name, not an index range).")
 @click.option("--all-columns", is_flag=True, help="Every column of the queries table.")
 @format_options
 def search(name: Optional[str], db_path: Optional[str], types, rcodes, status, src, answer, pids, comms, pods,
-           pod_namespaces, containers, since, until, limit: int, all_columns: bool, fmt: str) -> None:
+           pod_namespaces, containers, since, until, limit: int, contains: bool, all_columns: bool, fmt: str) -> None:
     """Find queries by name and other fields, newest first.
 
-    NAME matches as a case-insensitive substring (example.com matches www.example.com), or as a glob
-    when it has * ? or [ (*.example.com).
+    NAME is a domain: example.com matches example.com and every name under it (www.example.com,
+    a.b.example.com), case-insensitively, from an index. With * ? or [ it is a glob over the whole name
+    (*.example.com, api-?.example.com). --contains matches a substring anywhere, which must scan every
+    distinct name. --answer also reports, from passive DNS, names seen before the oldest row kept.
 
     \b
     Example:
       dnswatch search example.com --type AAAA --since 2026-11-01
+      dnswatch search --answer 198.51.100.7 --since 180d
     """
     filters = SearchFilters(name=name, types=types, rcodes=rcodes, src=src, pids=pids, comms=comms, pods=pods,
                             pod_namespaces=pod_namespaces, containers=containers, answer=answer, status=status,
-                            since=since, until=until, limit=limit,
+                            since=since, until=until, limit=limit, contains=contains,
                             columns=["id", "ts_utc"] + [c.name for c in TABLES[0].columns if c.name != "id"]
                             if all_columns else [])
+    db = _open(db_path)
+    _require_current(db.conn, db_path)
     try:
-        sql, params = build_search(filters)
+        columns, found = run_search(db.conn, filters)
+        rows = [dict(zip(columns, r)) for r in found]
+        passive = build_passive(filters, db.conn.execute(f"SELECT min(ts) FROM {LOG_TABLE}").fetchone()[0])
+        if passive is not None and (not limit or len(rows) < limit):
+            cur = db.conn.execute(*passive)
+            rows += [dict(zip([d[0] for d in cur.description], r)) for r in cur][:limit - len(rows) if limit else None]
     except SearchError as exc:
         raise click.ClickException(str(exc))
-    _run_sql(_open(db_path), sql, params, fmt)
+    except sqlite3.Error as exc:
+        raise click.ClickException(f"SQL error: {exc}")
+    write_rows(iter(rows), fmt, sys.stdout, filters.columns or DEFAULT_COLUMNS)
+
+
+def _require_current(conn, db_path: Optional[str]) -> None:
+    from dnswatch.layout import needs_migration
+
+    if needs_migration(conn):
+        path = db_path or default_db_path()
+        raise click.ClickException(f"{path} was written by an older dnswatch; migrate it in place once with "
+                                   f"'dnswatch migrate --db {path}' (or start watch/replay on it)")
 
 
 @cli.command()
@@ -401,6 +425,101 @@ def schema(as_json: bool, as_sql: bool, json_lines: bool, as_ecs: bool) -> None:
         click.echo()
 
 
+# -- the log over time ---------------------------------------------------------------------------
+
+def retention_options(f):
+    f = click.option("--retain-rollups", metavar="DURATION",
+                     help="Keep hourly rollups this long (default with --retain/--max-size: 400d).")(f)
+    f = click.option("--max-size", metavar="SIZE",
+                     help="Keep the log file within this size (20GB, 500MB): the oldest rows go first.")(f)
+    f = click.option("--retain", metavar="DURATION", help="Keep query rows this long (7d, 12h); older ones are pruned.")(f)
+    return f
+
+
+def _retention(retain: Optional[str], max_size: Optional[str], retain_rollups: Optional[str]):
+    from dnswatch.layout import Retention
+    from dnswatch.maintain import parse_duration, parse_size
+
+    if not (retain or max_size or retain_rollups):
+        return None
+    try:
+        return Retention(parse_duration(retain) if retain else None, parse_size(max_size) if max_size else None,
+                         parse_duration(retain_rollups or "400d"))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc))
+
+
+@cli.command()
+@db_option
+@retention_options
+def prune(db_path: Optional[str], retain, max_size, retain_rollups) -> None:
+    """Delete the oldest rows of a log (at rest, or while watch writes): the same rules as watch --retain.
+
+    Deletes in small transactions and records what it deleted in captures (kind 'prune'). Rollups and
+    passive DNS stay (rollups: --retain-rollups).
+
+    \b
+    Example:
+      dnswatch prune --retain 7d --max-size 20GB --db /var/lib/dnswatch/dnswatch.db
+    """
+    from dnswatch.maintain import prune as prune_log
+
+    retention = _retention(retain, max_size, retain_rollups)
+    if retention is None:
+        raise click.UsageError("say what to keep: --retain, --max-size and/or --retain-rollups")
+    path = db_path or default_db_path()
+    try:
+        deleted, newest = prune_log(path, retention)
+    except StoreError as exc:
+        raise click.ClickException(str(exc))
+    upto = f", up to {_utc(newest)}" if newest else ""
+    click.echo(f"{safe_text(path)}: {deleted:,} rows pruned{upto}")
+
+
+def _utc(ts: float) -> str:
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@cli.command()
+@click.argument("out", metavar="OUT.db")
+@db_option
+@click.option("--since", help="Only query rows from this time (10m, 2h, 7d, ISO time, Unix seconds).")
+def export(out: str, db_path: Optional[str], since: Optional[str]) -> None:
+    """Copy the log to OUT.db (mode 0600), consistent even while watch writes.
+
+    The copy holds every row committed when it started, in one file (no -wal beside it).
+
+    \b
+    Example:
+      dnswatch export /tmp/node-a.db --since 1d --db /var/lib/dnswatch/dnswatch.db
+    """
+    from dnswatch.maintain import export as export_log
+    from dnswatch.search import parse_time
+
+    try:
+        rows = export_log(db_path or default_db_path(), out, parse_time(since) if since else None)
+    except (StoreError, SearchError) as exc:
+        raise click.ClickException(str(exc))
+    click.echo(f"{safe_text(out)}: {rows:,} rows", err=True)
+
+
+@cli.command()
+@db_option
+def migrate(db_path: Optional[str]) -> None:
+    """Bring a log written by an older dnswatch to the current layout, in place (watch and replay do it too)."""
+    import os
+
+    if not os.path.exists(db_path or default_db_path()):
+        raise click.ClickException(f"{safe_text(db_path or default_db_path())}: no such database")
+    try:
+        Store(db_path or default_db_path()).close()
+    except StoreError as exc:
+        raise click.ClickException(str(exc))
+    click.echo(f"{safe_text(db_path or default_db_path())}: up to date", err=True)
+
+
 # -- live ----------------------------------------------------------------------------------------
 
 @cli.command()
@@ -415,6 +534,7 @@ def schema(as_json: bool, as_sql: bool, json_lines: bool, as_ecs: bool) -> None:
               help="Capture in every network namespace of the host (every pod on a node), picking up new ones.")
 @db_option
 @click.option("--no-db", is_flag=True, help="Do not store anything; only print.")
+@retention_options
 @click.option("--json", "as_json", is_flag=True,
               help="JSON lines on stdout, one per query or timeout (schema: dnswatch schema --json-lines).")
 @click.option("--json-format", type=click.Choice(["native", "ecs"]), default=None,
@@ -445,8 +565,8 @@ def schema(as_json: bool, as_sql: bool, json_lines: bool, as_ecs: bool) -> None:
 @click.option("--debug", is_flag=True, help="Show the BPF compiler/verifier output on failure.")
 @click.option("--heartbeat", "heartbeat_path", envvar="DNSWATCH_HEARTBEAT", metavar="FILE",
               help="Touch FILE every second while capturing, for `dnswatch health` (default: $DNSWATCH_HEARTBEAT).")
-def watch(interfaces, ports, responses, netns_specs, all_netns, db_path, no_db, as_json, json_format,
-          metrics_listen, metrics_max_series, metrics_server_label, duration, count, pids,
+def watch(interfaces, ports, responses, netns_specs, all_netns, db_path, no_db, retain, max_size, retain_rollups,
+          as_json, json_format, metrics_listen, metrics_max_series, metrics_server_label, duration, count, pids,
           comms, names, types, pods, pod_namespaces, containers, timeout, k8s_log_dir, quiet, debug,
           heartbeat_path) -> None:
     """Watch DNS queries live (needs root and bcc), storing them in the log.
@@ -471,6 +591,7 @@ def watch(interfaces, ports, responses, netns_specs, all_netns, db_path, no_db, 
         raise click.ClickException(
             f"{len(ports)} --port options: live capture filters at most {MAX_PORTS} DNS ports; drop some, or capture "
             "to a file (tcpdump -w) and replay it, which takes any number of --port")
+    retention = _retention(retain, max_size, retain_rollups)
     if netns_specs and all_netns:
         raise click.UsageError("--netns and --all-netns do not go together: --all-netns already includes every one")
     try:
@@ -501,7 +622,8 @@ def watch(interfaces, ports, responses, netns_specs, all_netns, db_path, no_db, 
     store = None
     if not no_db:
         try:
-            store = Store(db_path or default_db_path())
+            store = Store(db_path or default_db_path(), retention=retention,
+                          on_warning=lambda text: click.echo(f"Warning: {safe_text(text)}", err=True))
         except StoreError as exc:
             capture.close()
             if metrics is not None:
@@ -577,7 +699,9 @@ def watch(interfaces, ports, responses, netns_specs, all_netns, db_path, no_db, 
         f"{summary.queries:,} queries, {summary.responses:,} responses, {summary.malformed:,} malformed, "
         f"{summary.dropped:,} lost ({losses_text(summary.losses)}), {summary.duplicates:,} duplicate copies, "
         f"{summary.retries:,} retries; "
-        f"{summary.rows:,} rows stored in {summary.seconds:.1f}s",
+        f"{summary.rows:,} rows stored in {summary.seconds:.1f}s"
+        + (f" ({store.unstored:,} could not be stored: disk full)" if store is not None and store.unstored else "")
+        + (f"; {store.pruned:,} old rows pruned" if store is not None and store.pruned else ""),
         err=True,
     )
     if isinstance(error, StoreError):

@@ -265,6 +265,8 @@ def _health_metrics(h: Dict[str, object]) -> Iterable:
         ("duplicates", "dnswatch_duplicates", "Copies of a message seen again on another interface (stored once)."),
         ("malformed", "dnswatch_malformed_messages", "DNS messages that could not be read (kept in the malformed table)."),
         ("rows_stored", "dnswatch_rows_stored", "Rows written to the log by this process."),
+        ("rows_pruned", "dnswatch_rows_pruned", "Old rows this process deleted for retention (--retain, --max-size)."),
+        ("rows_unstored", "dnswatch_rows_unstored", "Rows this process could not store (disk full)."),
     ):
         if key in h:
             yield CounterMetricFamily(name, doc, h[key])
@@ -278,7 +280,6 @@ def _health_metrics(h: Dict[str, object]) -> Iterable:
             yield GaugeMetricFamily(name, doc, h[key])
     # TODO(issue 11): lookups and wasted search-path queries (dnswatch_lookups_total,
     # dnswatch_search_path_wasted_queries_total) come from the lookups stage when it lands; hook them here.
-    # TODO(issue 9): prune lag (seconds the oldest row is past retention) once retention lands.
     # The perf buffer's fill level is not exported: bcc does not expose it (only its size, perf_buffer_pages).
 
 
@@ -310,6 +311,8 @@ def capture_health(pipeline, capture=None, store=None) -> Dict[str, object]:
             health["perf_buffer_pages"] = pages
     if store is not None:
         health["log_bytes"] = sum(_size(str(store.path) + suffix) for suffix in ("", "-wal"))
+        health["rows_pruned"] = int(getattr(store, "pruned", 0))
+        health["rows_unstored"] = int(getattr(store, "unstored", 0))
     return health
 
 

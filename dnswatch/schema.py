@@ -9,6 +9,19 @@ class Column(NamedTuple):
     name: str
     type: str
     doc: str
+    # How a queries column is stored (the ``queries`` view turns it back, so readers see no difference):
+    #   ""         as is, in query_log
+    #   "str"      an id into ``strings`` (texts repeated on many rows: client address, process and pod names)
+    #   "shape"    in ``shapes``: the combination of these low-cardinality columns (server, type, rcode, flags...)
+    #              is stored once and each row holds its id
+    #   "sender"   in ``senders``, the same way: process, thread, user, cgroup, container and pod (live capture)
+    #   "name"     an id into ``names``;  "answers": an id into ``answer_sets``
+    #   "ms"       milliseconds with 3 decimals as integer microseconds;  "after_ts": a time just after ts, as
+    #              integer microseconds after it (both only when that gives back the same float, else as is)
+    # A new column: add a Column line (store "" or "str" for per-row values, "shape" for a handful of values,
+    # "sender" for what identifies the sending process);
+    # opening an existing log adds it (store/layout.prepare).
+    store: str = ""
 
 
 class Index(NamedTuple):
@@ -22,6 +35,7 @@ class Table(NamedTuple):
     doc: str
     columns: Tuple[Column, ...]
     indexes: Tuple["Index", ...]
+    key: str = ""  # a PRIMARY KEY (...) clause: the table is then WITHOUT ROWID, ordered by that key
 
 
 
@@ -37,81 +51,83 @@ QUERIES = Table(
     "each is a row. Copies: the same bytes seen again within 50 ms at another capture point (another interface, "
     "namespace or direction; in files, where that is not recorded, any second sighting within 50 ms) are one "
     "packet, stored once and counted in captures.duplicates. A second response to a question already answered "
-    "(the server answered a retry too) is counted in captures.notes.repeated_responses, not stored as a row.",
+    "(the server answered a retry too) is counted in captures.notes.repeated_responses, not stored as a row.\n"
+    "Stored as a view over the query_log table, which keeps repeated values once and refers to them by id "
+    "(names, strings, shapes, senders, answer_sets).",
     (
         Column("id", "INTEGER PRIMARY KEY", "Row id."),
         Column("ts", "REAL", "When the query was seen, Unix seconds (the response's time for response_only rows)."),
         Column("capture_id", "INTEGER", "The capture this row came from: captures.id."),
-        Column("src", "TEXT", "Client address (the query's source)."),
+        Column("src", "TEXT", "Client address (the query's source).", store="str"),
         Column("sport", "INTEGER", "Client port."),
-        Column("dst", "TEXT", "Server address (the query's destination)."),
-        Column("dport", "INTEGER", "Server port (53 unless --port said otherwise)."),
-        Column("proto", "TEXT", "Transport: 'udp' or 'tcp'."),
+        Column("dst", "TEXT", "Server address (the query's destination).", store="shape"),
+        Column("dport", "INTEGER", "Server port (53 unless --port said otherwise).", store="shape"),
+        Column("proto", "TEXT", "Transport: 'udp' or 'tcp'.", store="shape"),
         Column("dns_id", "INTEGER", "DNS message ID (0-65535)."),
         Column("qname", "TEXT COLLATE NOCASE",
                "Queried name in presentation form as sent: case kept, no trailing dot, the root as '.', bytes that are "
-               "not printable ASCII as \\DDD (as tshark and dig show them). Compares case-insensitively."),
-        Column("qtype", "TEXT", "Query type mnemonic: 'A', 'AAAA', 'HTTPS'... or 'TYPE65535' when unknown."),
-        Column("qtype_num", "INTEGER", "Query type number (28 for AAAA)."),
-        Column("qclass", "TEXT", "Query class: 'IN', 'CH', ... or 'CLASS<n>'."),
-        Column("opcode", "TEXT", "Opcode: 'QUERY', 'NOTIFY', 'UPDATE', ..."),
+               "not printable ASCII as \\DDD (as tshark and dig show them). Compares case-insensitively.", store="name"),
+        Column("qtype", "TEXT", "Query type mnemonic: 'A', 'AAAA', 'HTTPS'... or 'TYPE65535' when unknown.", store="shape"),
+        Column("qtype_num", "INTEGER", "Query type number (28 for AAAA).", store="shape"),
+        Column("qclass", "TEXT", "Query class: 'IN', 'CH', ... or 'CLASS<n>'.", store="shape"),
+        Column("opcode", "TEXT", "Opcode: 'QUERY', 'NOTIFY', 'UPDATE', ...", store="shape"),
         Column("status", "TEXT",
                "'answered' (response matched), 'unanswered' (no response within the timeout or before the capture "
                "ended), 'response_only' (a response whose query was not seen), 'query_only' (live capture without --responses: "
-               "responses were not captured)."),
-        Column("rcode", "TEXT", "Response code mnemonic ('NOERROR', 'NXDOMAIN', 'SERVFAIL', ...); NULL until answered."),
-        Column("rcode_num", "INTEGER", "Response code number, with EDNS extended bits (3 for NXDOMAIN)."),
+               "responses were not captured).", store="shape"),
+        Column("rcode", "TEXT", "Response code mnemonic ('NOERROR', 'NXDOMAIN', 'SERVFAIL', ...); NULL until answered.", store="shape"),
+        Column("rcode_num", "INTEGER", "Response code number, with EDNS extended bits (3 for NXDOMAIN).", store="shape"),
         Column("answers", "TEXT",
-               "Answer section as JSON: a list of {name, type, ttl, data}. Search it with json_each(answers)."),
+               "Answer section as JSON: a list of {name, type, ttl, data}. Search it with json_each(answers).", store="answers"),
         Column("ancount", "INTEGER", "Answer count from the response header."),
         Column("latency_ms", "REAL",
                "Response time minus the time of the latest attempt sent before it, in milliseconds (what tshark "
-               "reports as dns.time: a response to a retransmitted query is timed from the retransmission)."),
-        Column("response_ts", "REAL", "When the response was seen, Unix seconds."),
+               "reports as dns.time: a response to a retransmitted query is timed from the retransmission).", store="ms"),
+        Column("response_ts", "REAL", "When the response was seen, Unix seconds.", store="after_ts"),
         Column("attempts", "INTEGER",
                "How many times the client sent this query: 1, plus one per retransmission (same addresses, ports, "
                "transport, id and question, sent again before any response); 0 for response_only rows."),
         Column("first_attempt_latency_ms", "REAL",
                "Response time minus the first attempt's time (ts), in milliseconds: how long the client waited in "
-               "all. Equals latency_ms when attempts = 1; NULL until answered."),
-        Column("query_flags", "TEXT", "Header flags of the query, e.g. 'rd' or 'rd cd'."),
-        Column("response_flags", "TEXT", "Header flags of the response, e.g. 'aa rd ra' ('tc' = truncated)."),
-        Column("edns_udp_size", "INTEGER", "EDNS UDP payload size the client advertised; NULL without EDNS."),
-        Column("edns_do", "INTEGER", "EDNS DO bit of the query (1 = DNSSEC records wanted); NULL without EDNS."),
+               "all. Equals latency_ms when attempts = 1; NULL until answered.", store="ms"),
+        Column("query_flags", "TEXT", "Header flags of the query, e.g. 'rd' or 'rd cd'.", store="shape"),
+        Column("response_flags", "TEXT", "Header flags of the response, e.g. 'aa rd ra' ('tc' = truncated).", store="shape"),
+        Column("edns_udp_size", "INTEGER", "EDNS UDP payload size the client advertised; NULL without EDNS.", store="shape"),
+        Column("edns_do", "INTEGER", "EDNS DO bit of the query (1 = DNSSEC records wanted); NULL without EDNS.", store="shape"),
         Column("ecs", "TEXT", "EDNS client subnet sent with the query, e.g. '198.18.5.0/24'."),
         Column("query_size", "INTEGER", "Size of the query message in bytes (DNS payload)."),
         Column("response_size", "INTEGER", "Size of the response message in bytes (DNS payload)."),
         Column("decoder", "TEXT",
-               "'dnslib', or 'raw' when dnslib refused the message and the question was read from the wire bytes."),
+               "'dnslib', or 'raw' when dnslib refused the message and the question was read from the wire bytes.", store="shape"),
         Column("decode_note", "TEXT", "Why the raw reader was needed, or a header/body mismatch (qdcount...)."),
-        Column("ifname", "TEXT", "Interface the query was captured on (live; pcapng interface name from files)."),
+        Column("ifname", "TEXT", "Interface the query was captured on (live; pcapng interface name from files).", store="shape"),
         Column("pid", "INTEGER", "Process id (thread group) that sent the query; live capture only, NULL from pcap "
-               "and whenever the kernel could not know it (packets received in softirq)."),
-        Column("tid", "INTEGER", "Thread id that sent the query (live)."),
-        Column("comm", "TEXT", "Command name of the sending process, as ps shows it (live, at most 15 characters)."),
+               "and whenever the kernel could not know it (packets received in softirq).", store="sender"),
+        Column("tid", "INTEGER", "Thread id that sent the query (live).", store="sender"),
+        Column("comm", "TEXT", "Command name of the sending process, as ps shows it (live, at most 15 characters).", store="sender"),
         Column("thread_name", "TEXT",
-               "Name of the thread that sent it, as the kernel saw it (dig 9.18 sends from 'isc-net-0000') (live)."),
-        Column("uid", "INTEGER", "User id of the sending process (live)."),
-        Column("cgroup_id", "INTEGER", "cgroup v2 id of the sending process (live)."),
-        Column("netns", "INTEGER", "Network namespace inode where the query was captured (live)."),
-        Column("container_id", "TEXT", "Container id, from the sender's cgroup path (live)."),
-        Column("container", "TEXT", "Container name (Kubernetes container name, from the kubelet's logs) (live)."),
-        Column("pod", "TEXT", "Kubernetes pod name (live)."),
-        Column("pod_namespace", "TEXT", "Kubernetes namespace of the pod (live)."),
-        Column("pod_uid", "TEXT", "Kubernetes pod UID (live)."),
+               "Name of the thread that sent it, as the kernel saw it (dig 9.18 sends from 'isc-net-0000') (live).", store="sender"),
+        Column("uid", "INTEGER", "User id of the sending process (live).", store="sender"),
+        Column("cgroup_id", "INTEGER", "cgroup v2 id of the sending process (live).", store="sender"),
+        Column("netns", "INTEGER", "Network namespace inode where the query was captured (live).", store="sender"),
+        Column("container_id", "TEXT", "Container id, from the sender's cgroup path (live).", store="sender"),
+        Column("container", "TEXT", "Container name (Kubernetes container name, from the kubelet's logs) (live).", store="sender"),
+        Column("pod", "TEXT", "Kubernetes pod name (live).", store="sender"),
+        Column("pod_namespace", "TEXT", "Kubernetes namespace of the pod (live).", store="sender"),
+        Column("pod_uid", "TEXT", "Kubernetes pod UID (live).", store="sender"),
     ),
     (
-        Index("queries_ts", "ts"),
-        Index("queries_qname", "qname"),
-        Index("queries_pid", "pid, ts", "pid IS NOT NULL"),
-        Index("queries_comm", "comm, ts", "comm IS NOT NULL"),
-        Index("queries_pod", "pod_namespace, pod, ts", "pod IS NOT NULL"),
+        # query_log is ordered by (ts, id) (WITHOUT ROWID), so every index also ends with ts: one name or one
+        # sender is read newest first straight from its index, and a time window is a range of the table itself
+        Index("log_qname", "qname"),
+        Index("log_sender", "sender", "sender IS NOT NULL"),
     ),
 )
 
 CAPTURES = Table(
     "captures",
-    "One row per replay of a file or live capture session, with its counters (updated as it runs).",
+    "One row per replay of a file, live capture session or prune run (kind 'prune'), with its counters "
+    "(updated as it runs).",
     (
         Column("id", "INTEGER PRIMARY KEY", "Capture id (queries.capture_id)."),
         Column("kind", "TEXT", "'pcap' (replay of a file) or 'live'."),
@@ -147,6 +163,10 @@ CAPTURES = Table(
                "messages cut off, fragments never completed), memory_bounds (fragments or TCP streams given up "
                "at a memory bound)."),
         Column("dnswatch_version", "TEXT", "Version of dnswatch that wrote this row."),
+        Column("unstored", "INTEGER",
+               "Rows and malformed messages that could not be stored (disk full); they were still counted and shown."),
+        Column("pruned_rows", "INTEGER", "Rows this run deleted for retention (--retain, --max-size; kind 'prune')."),
+        Column("pruned_before", "REAL", "This run pruned every query row older than this time (Unix seconds)."),
     ),
     (),
 )
@@ -174,7 +194,161 @@ MALFORMED = Table(
     (Index("malformed_capture", "capture_id"),),
 )
 
-TABLES = (QUERIES, CAPTURES, MALFORMED)
+SHAPE_COLUMNS: Tuple[Column, ...] = tuple(c for c in QUERIES.columns if c.store == "shape")
+SENDER_COLUMNS: Tuple[Column, ...] = tuple(c for c in QUERIES.columns if c.store == "sender")
+
+
+def _combo_table(name: str, columns: Tuple[Column, ...], doc: str) -> Table:
+    return Table(
+        name, doc,
+        (Column("id", "INTEGER PRIMARY KEY", f"Id (query_log.{name[:-1]})."),
+         Column("hash", "INTEGER", "64-bit hash of the values, the lookup key."))
+        + tuple(Column(c.name, c.type.split()[0], f"As queries.{c.name}.") for c in columns),
+        (Index(f"{name}_hash", "hash"),),
+    )
+
+
+SHAPES = _combo_table(
+    "shapes", SHAPE_COLUMNS,
+    "The combinations of the queries columns that take a handful of values (server, port, transport, type, class, "
+    "opcode, status, rcode, flags, EDNS, decoder, interface), each stored once; query_log.shape is its id.")
+SENDERS = _combo_table(
+    "senders", SENDER_COLUMNS,
+    "Who sent queries (live capture): each combination of process, thread, user, cgroup, namespace, container and "
+    "pod stored once; query_log.sender is its id (NULL for rows from files). Search by pid, process name or pod "
+    "finds the senders here, then their rows through one index.")
+COMBOS = {"shape": SHAPES, "sender": SENDERS}  # Column.store -> the table holding those columns
+
+META = Table(
+    "meta",
+    "Bookkeeping of the writer: 'next_id' (the next query_log id), 'aggregated_id' (rows below it are in the "
+    "rollups, key_hours and passive_dns; a writer that was killed leaves the rest, which the next one adds).",
+    (
+        Column("key", "TEXT", "Name."),
+        Column("value", "INTEGER", "Value."),
+    ),
+    (),
+    key="key",
+)
+
+STRINGS = Table(
+    "strings",
+    "Short texts repeated on many rows (addresses, mnemonics, process, container and pod names), each stored "
+    "once; query_log and rollups_hourly hold their ids.",
+    (
+        Column("id", "INTEGER PRIMARY KEY", "Id."),
+        Column("s", "TEXT UNIQUE", "The text."),
+    ),
+    (),
+)
+
+NAMES = Table(
+    "names",
+    "Every query name, stored once (query_log.qname and the rollups hold its id).",
+    (
+        Column("id", "INTEGER PRIMARY KEY", "Id."),
+        Column("name", "TEXT UNIQUE", "The name as in queries.qname (case kept)."),
+        Column("rname", "TEXT",
+               "The name lower-cased with its labels reversed ('com.example.www'): example.com and every name under "
+               "it are one range of the index, which is how `search example.com` finds them without a scan."),
+    ),
+    (Index("names_rname", "rname"),),
+)
+
+ANSWER_SETS = Table(
+    "answer_sets",
+    "Answer sections (queries.answers), each distinct one stored once.",
+    (
+        Column("id", "INTEGER PRIMARY KEY", "Id (query_log.answers)."),
+        Column("hash", "INTEGER", "64-bit hash of answers, the lookup key."),
+        Column("answers", "TEXT", "JSON, as queries.answers shows it."),
+    ),
+    (Index("answer_sets_hash", "hash"),),
+)
+
+ANSWER_ITEMS = Table(
+    "answer_items",
+    "For each answer value, the answer sets that hold it and the names they answered: `search --answer` over "
+    "the raw rows reads this, not every row's JSON.",
+    (
+        Column("data", "TEXT", "An answer's data, as in answers[].data."),
+        Column("set_id", "INTEGER", "answer_sets.id."),
+        Column("qname", "INTEGER", "names.id of a query name answered with that set."),
+    ),
+    (),
+    key="data, set_id, qname",
+)
+
+ROLLUPS = Table(
+    "rollups_hourly",
+    "Hourly counts, filled as rows are written and kept longer than raw rows (--retain-rollups): one row per "
+    "hour, name, type, rcode, process name, pod namespace and pod. qname is a names.id, the others strings.id "
+    "(0: none); the `rollups` view shows the texts.",
+    (
+        Column("hour", "INTEGER", "Start of the hour, Unix seconds."),
+        Column("qname", "INTEGER", "names.id."),
+        Column("qtype", "INTEGER", "strings.id of the type mnemonic."),
+        Column("rcode", "INTEGER", "strings.id of the rcode (0: unanswered)."),
+        Column("comm", "INTEGER", "strings.id of the process name (0: unknown)."),
+        Column("pod_namespace", "INTEGER", "strings.id of the pod's namespace (0: none)."),
+        Column("pod", "INTEGER", "strings.id of the pod (0: none)."),
+        Column("count", "INTEGER", "Rows (questions)."),
+        Column("unanswered", "INTEGER", "Rows with status 'unanswered'."),
+        Column("answered", "INTEGER", "Rows with a latency (the divisor of latency_sum)."),
+        Column("latency_sum", "REAL", "Sum of latency_ms."),
+        Column("latency_max", "REAL", "Largest latency_ms."),
+    ),
+    (),
+    key="hour, qname, qtype, rcode, comm, pod_namespace, pod",
+)
+
+# key_hours.kind: one hourly count per value of each of these columns (aggregate.top reads them)
+KEY_KINDS: Dict[str, int] = {"qname": 1, "comm": 2, "pod": 3, "pod_namespace": 4, "rcode": 5, "qtype": 6, "src": 7}
+
+KEY_HOURS = Table(
+    "key_hours",
+    "Hourly counts per single value of a column (name, process name, pod, ...), filled as rows are written: "
+    "what `top` over long windows reads (aggregate.py).",
+    (
+        Column("kind", "INTEGER", "Which column: " + ", ".join(f"{v} {k}" for k, v in KEY_KINDS.items()) + "."),
+        Column("key", "INTEGER", "names.id for qname, strings.id for the others."),
+        Column("hour", "INTEGER", "Start of the hour, Unix seconds."),
+        Column("n", "INTEGER", "Rows in that hour."),
+    ),
+    (Index("key_hours_top", "kind, hour, n"),),
+    key="kind, key, hour",
+)
+
+PASSIVE_DNS = Table(
+    "passive_dns",
+    "Passive DNS: every (name, type, answer data) seen in a response, with when and how often, and who first "
+    "resolved it. Kept indefinitely (retention does not touch it); `search --answer` reads it for the time the "
+    "raw rows no longer cover.",
+    (
+        Column("name", "TEXT", "Owner name of the answer record."),
+        Column("type", "TEXT", "Record type ('A', 'CNAME', ...)."),
+        Column("data", "TEXT", "Record data, as in answers[].data."),
+        Column("first_seen", "REAL", "First response holding it (query time), Unix seconds."),
+        Column("last_seen", "REAL", "Last response holding it, Unix seconds."),
+        Column("count", "INTEGER", "Rows whose answers held it."),
+        Column("first_qname", "TEXT", "The question that first got it."),
+        Column("first_src", "TEXT", "Client that first got it."),
+        Column("first_pid", "INTEGER", "Process that first got it (live)."),
+        Column("first_comm", "TEXT", "Its command name (live)."),
+        Column("first_pod_namespace", "TEXT", "Its pod's namespace (live)."),
+        Column("first_pod", "TEXT", "Its pod (live)."),
+    ),
+    (Index("passive_dns_data", "data"),),
+    key="name, type, data",
+)
+
+# Documented (dnswatch schema) in this order; ``queries`` is a view over LOG_TABLE.
+TABLES = (QUERIES, CAPTURES, MALFORMED, PASSIVE_DNS, ROLLUPS, KEY_HOURS, NAMES, STRINGS, SHAPES, SENDERS,
+          ANSWER_SETS, ANSWER_ITEMS, META)
+LOG_TABLE = "query_log"
+# PRAGMA user_version of a log in this layout. Columns added to a table's definition need no new version: opening
+# a log adds what is missing. Bump it only for changes that need code in store.migrate.
+SCHEMA_VERSION = 2
 
 # Column order of the rows the pipeline builds (everything but the row id), and their positions.
 QUERY_COLUMNS: List[str] = [c.name for c in QUERIES.columns if c.name != "id"]
@@ -182,20 +356,91 @@ Q: Dict[str, int] = {name: i for i, name in enumerate(QUERY_COLUMNS)}
 # Columns only live capture fills come last, so rows from files can be inserted without them.
 LIVE_ONLY_FROM = Q["pid"]
 MALFORMED_COLUMNS: List[str] = [c.name for c in MALFORMED.columns if c.name != "id"]
+# positions in a row of the columns by how they are stored
+STORED_AS: Dict[str, List[int]] = {
+    kind: [Q[c.name] for c in QUERIES.columns if c.store == kind]
+    for kind in ("str", "name", "answers", "shape", "sender", "ms", "after_ts")
+}
+# query_log's columns: every queries column not in a combination table, then the combinations' ids
+LOG_COLUMNS: List[Column] = [c for c in QUERIES.columns if c.store not in COMBOS] + [
+    Column(kind, "INTEGER", f"{table.name}.id") for kind, table in COMBOS.items()]
+
+
+def stored_type(column: Column) -> str:
+    if column.name == "id":
+        return "INTEGER NOT NULL"
+    if column.name == "ts":
+        return "REAL NOT NULL"
+    if column.store in ("ms", "after_ts"):
+        return ""  # no affinity: an integer and a float stay what they are (the view tells them apart)
+    return "INTEGER" if column.store else column.type.split()[0]
+
+
+def column_expr(column: Column, alias: str = "l") -> str:
+    """The SQL that reads ``column`` of the queries view from query_log row ``alias``."""
+    ref = f"{alias}.[{column.name}]"
+    if column.store == "str":
+        return f"(SELECT s FROM strings WHERE id = {ref})"
+    if column.store in COMBOS:
+        return f"(SELECT [{column.name}] FROM {COMBOS[column.store].name} WHERE id = {alias}.{column.store})"
+    if column.store == "name":
+        return f"(SELECT name FROM names WHERE id = {ref}) COLLATE NOCASE"
+    if column.store == "answers":
+        return f"(SELECT answers FROM answer_sets WHERE id = {ref})"
+    if column.store == "ms":
+        return f"CASE WHEN typeof({ref}) = 'integer' THEN {ref} / 1000.0 ELSE {ref} END"
+    if column.store == "after_ts":
+        return f"CASE WHEN typeof({ref}) = 'integer' THEN {alias}.ts + {ref} / 1000000.0 ELSE {ref} END"
+    return ref
+
+
+def view_sql() -> List[str]:
+    """The views: ``queries`` (the column contract, over query_log) and ``rollups`` (texts for the ids)."""
+    cols = ",\n    ".join(f"{column_expr(c)} AS [{c.name}]" for c in QUERIES.columns)
+    rollup_cols = ",\n    ".join(
+        "(SELECT name FROM names WHERE id = r.qname) AS qname" if c.name == "qname" else
+        f"(SELECT s FROM strings WHERE id = r.[{c.name}]) AS [{c.name}]"
+        if c.name in ("qtype", "rcode", "comm", "pod_namespace", "pod") else f"r.[{c.name}]" for c in ROLLUPS.columns)
+    return [
+        f"CREATE VIEW IF NOT EXISTS queries AS SELECT\n    {cols}\nFROM {LOG_TABLE} l",
+        f"CREATE VIEW IF NOT EXISTS rollups AS SELECT\n    {rollup_cols}\nFROM {ROLLUPS.name} r",
+    ]
+
+
+def physical(table: Table) -> Tuple[str, List[Column]]:
+    """The stored table behind ``table`` and its columns (for queries: query_log)."""
+    if table is QUERIES:
+        return LOG_TABLE, LOG_COLUMNS
+    return table.name, list(table.columns)
 
 
 def create_sql(table: Table) -> List[str]:
-    cols = ",\n    ".join(f"[{c.name}] {c.type}" for c in table.columns)
-    statements = [f"CREATE TABLE IF NOT EXISTS [{table.name}] (\n    {cols}\n)"]
+    """CREATE statements of ``table`` (for ``queries``: the query_log table, its indexes and the views)."""
+    name, columns = physical(table)
+    cols = ",\n    ".join(f"[{c.name}] {stored_type(c) if table is QUERIES else c.type}".rstrip() for c in columns)
+    key = "ts, id" if table is QUERIES else table.key
+    tail = ""
+    if key:
+        cols += f",\n    PRIMARY KEY ({key})"
+        tail = " WITHOUT ROWID"
+    statements = [f"CREATE TABLE IF NOT EXISTS [{name}] (\n    {cols}\n){tail}"]
     for index in table.indexes:
         where = f" WHERE {index.where}" if index.where else ""
-        statements.append(f"CREATE INDEX IF NOT EXISTS [{index.name}] ON [{table.name}] ({index.columns}){where}")
+        statements.append(f"CREATE INDEX IF NOT EXISTS [{index.name}] ON [{name}] ({index.columns}){where}")
+    if table is QUERIES:
+        statements += view_sql()
     return statements
 
 
 def describe() -> List[dict]:
     """Schema as data (for ``dnswatch schema --json``)."""
     return [
-        {"table": t.name, "doc": t.doc, "columns": [{"name": c.name, "type": c.type, "doc": c.doc} for c in t.columns]}
+        {"table": t.name, "kind": "view" if t is QUERIES else "table", "doc": t.doc,
+         "columns": [{"name": c.name, "type": c.type, "doc": c.doc} for c in t.columns]}
         for t in TABLES
     ]
+
+
+def reverse_name(name: str) -> str:
+    """names.rname: lower-cased, labels reversed ('WWW.Example.com' -> 'com.example.www'; the root is '')."""
+    return ".".join(reversed(name.lower().rstrip(".").split(".")))

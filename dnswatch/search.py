@@ -1,11 +1,14 @@
 """Common questions without SQL: ``dnswatch search`` filters turned into one parameterised query."""
 from __future__ import annotations
 
+import heapq
 import re
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import List, Optional, Sequence, Tuple
+
+from dnswatch.schema import COMBOS, LOG_TABLE, QUERIES, column_expr, reverse_name
 
 _RELATIVE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|d|w)\s*(?:ago)?\s*$", re.I)
 _UNITS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -54,75 +57,214 @@ class SearchFilters:
     until: Optional[str] = None
     limit: int = 100
     columns: List[str] = field(default_factory=list)
+    contains: bool = False  # name is a substring (a scan of the distinct names), not a domain
 
 
 DEFAULT_COLUMNS = ["ts_utc", "src", "sport", "dst", "proto", "dns_id", "qname", "qtype", "status", "rcode", "latency_ms",
                    "answers", "pid", "comm", "pod_namespace", "pod", "container"]
+_COLUMNS = {c.name: c for c in QUERIES.columns}
 
 
-def _name_condition(name: str) -> Tuple[str, List[object]]:
-    """A glob (``*.example.com``) matches as a glob; plain text matches the name, its subdomains, or as a
-    substring. Case-insensitive either way."""
-    if any(ch in name for ch in "*?["):
-        return "lower(qname) GLOB ?", [name.lower()]
-    escaped = name.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return "qname LIKE ? ESCAPE '\\'", [f"%{escaped}%"]
+def _strings_in(column: str, values: Sequence[object]) -> Tuple[str, List[object]]:
+    """``column`` (a strings id in query_log) is one of ``values``: a lookup in strings, then the log's index."""
+    marks = ", ".join("?" for _ in values)
+    return f"l.{column} IN (SELECT id FROM strings WHERE s IN ({marks}))", [str(v) for v in values]
+
+
+def _range(prefix: str) -> Tuple[str, str]:
+    """Bounds of the index range of texts starting with ``prefix`` (which ends with '.'; '/' follows '.')."""
+    return prefix, prefix[:-1] + "/"
+
+
+def name_condition(name: str, contains: bool = False) -> Tuple[str, List[object]]:
+    """Names matching ``name``, as a condition on query_log ``l``; case-insensitive.
+
+    Plain text: that domain and every name under it, one range of the names_rname index. A glob (* ? [) matches
+    the whole name; the complete labels after its last wildcard bound an index range too ('*.example.com' reads
+    only names under example.com). ``contains``: a substring anywhere, which reads every distinct name."""
+    pattern = name.lower().rstrip(".") or "."
+    if contains:
+        escaped = pattern.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        return "l.qname IN (SELECT id FROM names WHERE name LIKE ? ESCAPE '\\')", [f"%{escaped}%"]
+    if any(ch in pattern for ch in "*?["):
+        last = max(pattern.rfind(ch) for ch in "*?[]")
+        suffix = pattern[last + 1:]
+        dot = suffix.find(".")
+        cond, params = "lower(name) GLOB ?", [pattern]
+        if dot >= 0 and suffix[dot + 1:]:
+            low, high = _range(reverse_name(suffix[dot + 1:]) + ".")
+            cond, params = "rname >= ? AND rname < ? AND " + cond, [low, high, pattern]
+        return f"l.qname IN (SELECT id FROM names WHERE {cond})", params
+    if pattern == ".":
+        return "l.qname IN (SELECT id FROM names WHERE rname = '')", []
+    r = reverse_name(pattern)
+    low, high = _range(r + ".")
+    return ("l.qname IN (SELECT id FROM names WHERE rname = ? OR (rname >= ? AND rname < ?))", [r, low, high])
 
 
 def _in(column: str, values: Sequence[object], upper: bool = False) -> Tuple[str, List[object]]:
     vals = [str(v).upper() if upper else v for v in values]
-    return f"{column} IN ({', '.join('?' for _ in vals)})", list(vals)
+    store = _COLUMNS[column].store
+    if store == "str":
+        return _strings_in(column, vals)
+    if store in COMBOS:
+        return (f"l.{store} IN (SELECT id FROM {COMBOS[store].name} WHERE [{column}] IN "
+                f"({', '.join('?' for _ in vals)}))", vals)
+    return f"l.{column} IN ({', '.join('?' for _ in vals)})", list(vals)
 
 
-def build_search(f: SearchFilters, now: Optional[float] = None) -> Tuple[str, List[object]]:
-    where: List[str] = []
-    params: List[object] = []
+def _output(columns: Sequence[str]) -> str:
+    return ", ".join(
+        "strftime('%Y-%m-%dT%H:%M:%fZ', l.ts, 'unixepoch') AS ts_utc" if c == "ts_utc"
+        else f"{column_expr(_COLUMNS[c])} AS [{c}]" for c in columns
+    )
+
+
+class Plan:
+    """A search as SQL: ``where`` (conditions on query_log ``l``) with ``params``; ``driver``: the indexed column
+    (qname or sender) whose allowed ids ``driver_sql`` lists, so each id can be read newest first from its index."""
+
+    def __init__(self) -> None:
+        self.where: List[str] = []
+        self.params: List[object] = []
+        self.driver: Optional[str] = None
+        self.driver_sql = ""
+        self.driver_params: List[object] = []
+        self.sender: List[str] = []  # conditions on senders (pid, comm, pod...)
+        self.sender_params: List[object] = []
+
+
+def plan_search(f: SearchFilters, now: Optional[float] = None) -> Plan:
+    p = Plan()
 
     def add(cond: Tuple[str, List[object]]) -> None:
-        where.append(cond[0])
-        params.extend(cond[1])
+        p.where.append(cond[0])
+        p.params.extend(cond[1])
+
+    def sender(column: str, values: Sequence[object], glob: bool = False) -> None:
+        if glob:
+            p.sender.append(f"[{column}] GLOB ?")
+            p.sender_params.append(values[0])
+        else:
+            p.sender.append(f"[{column}] IN ({', '.join('?' for _ in values)})")
+            p.sender_params.extend(values)
 
     if f.name:
-        add(_name_condition(f.name))
+        cond, params = name_condition(f.name, f.contains)
+        p.driver, p.driver_sql, p.driver_params = "qname", cond[len("l.qname IN ("):-1], params
     if f.types:
         add(_in("qtype", f.types, upper=True))
     if f.rcodes:
         add(_in("rcode", f.rcodes, upper=True))
     if f.src:
-        add(("src = ?", [f.src]))
+        add(("l.src = (SELECT id FROM strings WHERE s = ?)", [f.src]))
     if f.pids:
-        add(_in("pid", f.pids))
+        sender("pid", list(f.pids))
     if f.comms:
-        add(_in("comm", f.comms))
+        sender("comm", list(f.comms))
     if f.pods:
-        if len(f.pods) == 1 and any(ch in f.pods[0] for ch in "*?["):
-            add(("pod GLOB ?", [f.pods[0]]))
-        else:
-            add(_in("pod", f.pods))
+        sender("pod", f.pods, glob=len(f.pods) == 1 and any(ch in f.pods[0] for ch in "*?["))
     if f.pod_namespaces:
-        add(_in("pod_namespace", f.pod_namespaces))
+        sender("pod_namespace", list(f.pod_namespaces))
     if f.containers:
-        add(("(" + " OR ".join("container = ? OR container_id LIKE ?" for _ in f.containers) + ")",
-             [v for c in f.containers for v in (c, c + "%")]))
+        p.sender.append("(" + " OR ".join("container = ? OR container_id LIKE ?" for _ in f.containers) + ")")
+        p.sender_params.extend(v for c in f.containers for v in (c, c + "%"))
+    if p.sender:
+        sql = f"SELECT id FROM senders WHERE {' AND '.join(p.sender)}"
+        if p.driver is None:
+            p.driver, p.driver_sql, p.driver_params = "sender", sql, list(p.sender_params)
+        else:
+            add((f"l.sender IN ({sql})", list(p.sender_params)))
     if f.answer:
-        add(("EXISTS (SELECT 1 FROM json_each(queries.answers) WHERE json_extract(json_each.value, '$.data') = ?)",
-             [f.answer]))
+        add(("l.answers IN (SELECT set_id FROM answer_items WHERE data = ?)", [f.answer]))
+        if p.driver is None:
+            p.driver, p.driver_sql = "qname", "SELECT DISTINCT qname FROM answer_items WHERE data = ?"
+            p.driver_params = [f.answer]
     if f.status:
-        add(("status = ?", [f.status]))
+        add(_in("status", [f.status]))
     if f.since:
-        add(("ts >= ?", [parse_time(f.since, now)]))
+        add(("l.ts >= ?", [parse_time(f.since, now)]))
     if f.until:
-        add(("ts <= ?", [parse_time(f.until, now)]))
+        add(("l.ts <= ?", [parse_time(f.until, now)]))
     if f.limit < 0:
         raise SearchError("--limit must be 0 (no limit) or more")
-    columns = f.columns or DEFAULT_COLUMNS
-    select = ", ".join(
-        "strftime('%Y-%m-%dT%H:%M:%fZ', ts, 'unixepoch') AS ts_utc" if c == "ts_utc" else f"[{c}]" for c in columns
-    )
-    sql = f"SELECT {select} FROM queries"
+    return p
+
+
+_INDEX = {"qname": "log_qname", "sender": "log_sender"}
+MERGE_MAX = 512  # driver ids read one by one at most; more (a search for 'com') go through one query
+
+
+def build_search(f: SearchFilters, now: Optional[float] = None) -> Tuple[str, List[object]]:
+    """The search as one query over query_log (columns as the queries view shows them), newest first."""
+    p = plan_search(f, now)
+    where, params = list(p.where), list(p.params)
+    if p.driver:
+        where.insert(0, f"l.{p.driver} IN ({p.driver_sql})")
+        params[:0] = p.driver_params
+    sql = f"SELECT {_output(f.columns or DEFAULT_COLUMNS)} FROM {LOG_TABLE} l"
+    if p.driver:
+        sql += f" INDEXED BY {_INDEX[p.driver]}"
     if where:
         sql += " WHERE " + " AND ".join(where)
-    sql += " ORDER BY ts DESC, id DESC"
+    sql += " ORDER BY l.ts DESC, l.id DESC"
+    if f.limit:
+        sql += f" LIMIT {int(f.limit)}"
+    return sql, params
+
+
+def run_search(conn, f: SearchFilters, now: Optional[float] = None) -> Tuple[List[str], List[tuple]]:
+    """Run a search: (column names, rows), newest first.
+
+    With a name or sender filter and a limit, each matching name or sender is read newest first from its index
+    (a few rows each) and the lists merged, so a domain with hundreds of names under it, or a pod with many
+    processes, costs a few index ranges rather than reading and sorting every matching row."""
+    columns = list(f.columns or DEFAULT_COLUMNS)
+    p = plan_search(f, now)
+    ids = None
+    if p.driver and f.limit:
+        ids = [r[0] for r in conn.execute(p.driver_sql + f" LIMIT {MERGE_MAX + 1}", p.driver_params)]
+    if ids is None or len(ids) > MERGE_MAX:
+        sql, params = build_search(f, now)
+        return columns, conn.execute(sql, params).fetchall()
+    rest = "".join(f" AND {w}" for w in p.where)
+    probe = (f"SELECT l.ts, l.id FROM {LOG_TABLE} l INDEXED BY {_INDEX[p.driver]} WHERE l.{p.driver} = ?{rest} "
+             f"ORDER BY l.ts DESC, l.id DESC LIMIT {int(f.limit)}")
+    keys: List[Tuple[float, int]] = []
+    for i in ids:
+        keys.extend(conn.execute(probe, [i, *p.params]).fetchall())
+    keys = heapq.nlargest(int(f.limit), keys)
+    fetch = f"SELECT {_output(columns)} FROM {LOG_TABLE} l WHERE l.ts = ? AND l.id = ?"
+    return columns, [conn.execute(fetch, k).fetchone() for k in keys]
+
+
+def build_passive(f: SearchFilters, oldest_raw: Optional[float], now: Optional[float] = None
+                  ) -> Optional[Tuple[str, List[object]]]:
+    """``--answer`` for the time raw rows no longer cover (pruned): passive DNS entries first seen before the
+    oldest raw row, as rows with status 'passive_dns' (ts = first seen; pid, comm, pod: who first resolved it)."""
+    if not f.answer:
+        return None
+    since = parse_time(f.since, now) if f.since else None
+    until = parse_time(f.until, now) if f.until else None
+    cond = ["data = ?"]
+    params: List[object] = [f.answer]
+    if oldest_raw is not None:
+        cond.append("first_seen < ?")
+        params.append(oldest_raw)
+    if since is not None:
+        cond.append("last_seen >= ?")
+        params.append(since)
+    if until is not None:
+        cond.append("first_seen <= ?")
+        params.append(until)
+    values = {
+        "ts_utc": "strftime('%Y-%m-%dT%H:%M:%fZ', first_seen, 'unixepoch')", "ts": "first_seen",
+        "qname": "first_qname", "qtype": "type", "status": "'passive_dns'", "src": "first_src",
+        "answers": "json_array(json_object('name', name, 'type', type, 'data', data))",
+        "pid": "first_pid", "comm": "first_comm", "pod_namespace": "first_pod_namespace", "pod": "first_pod",
+    }
+    select = ", ".join(f"{values.get(c, 'NULL')} AS [{c}]" for c in (f.columns or DEFAULT_COLUMNS))
+    sql = f"SELECT {select} FROM passive_dns WHERE {' AND '.join(cond)} ORDER BY last_seen DESC"
     if f.limit:
         sql += f" LIMIT {int(f.limit)}"
     return sql, params

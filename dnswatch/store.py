@@ -26,10 +26,8 @@ import stat
 import threading
 import time
 import weakref
-from itertools import chain
 from multiprocessing.connection import Connection
-from operator import itemgetter
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 if TYPE_CHECKING:
     import sqlite_utils
@@ -40,7 +38,8 @@ except ImportError:  # not on Windows, which has no fork either: no writer proce
     fcntl = None  # type: ignore[assignment]
 
 from dnswatch import __version__
-from dnswatch.schema import LIVE_ONLY_FROM, MALFORMED_COLUMNS, QUERY_COLUMNS, TABLES, Q, create_sql
+from dnswatch.layout import LogWriter as _Log, Retention, prepare
+from dnswatch.schema import LIVE_ONLY_FROM, QUERY_COLUMNS, Q
 
 DEFAULT_DB = "dnswatch.db"
 BATCH_ROWS = 5000
@@ -51,10 +50,12 @@ LARGE_ANSWERS = 1024  # answers JSON longer than this counts towards BATCH_BYTES
 _I_ANSWERS = Q["answers"]
 BATCH_SECONDS = 1.0
 BUSY_TIMEOUT_MS = 30_000
-ROWS_PER_INSERT = 64  # rows bound to one INSERT statement (see _Log)
 PIPE_BYTES = 1 << 20  # a batch of replay rows is ~0.8 MB marshalled
 WRITER_QUEUE = 1  # batches the writer process holds besides the one it inserts (and one in the pipe)
 CHECKPOINT_EVERY = 4  # batches between checkpoints (~5 MiB of WAL; SQLite's default is 4 MiB)
+CACHE_KIB = 64 * 1024  # SQLite page cache of a writer
+PRUNE_EVERY = 1.0  # seconds between retention steps of a live capture
+PRUNE_SECONDS = 0.05  # longest retention step: the capture loop goes on after it
 MAX_WAL_FRAMES = 4096  # pages (16 MiB at 4 KiB); past this the writer lets the checkpointer catch up
 WAL_LIMIT = 16 << 20  # journal_size_limit: when the WAL starts over, its file is cut back to this
 TRUNCATE_EVERY = 1.0  # seconds between attempts to empty a WAL left longer than WAL_LIMIT (by a reader)
@@ -187,15 +188,26 @@ def prepare_private(path: str) -> List[str]:
 class Store:
     """Writes one capture's rows. Use as a context manager, or call ``close()``."""
 
-    def __init__(self, path: str, live_columns: bool = True, bulk: bool = False):
+    def __init__(self, path: str, live_columns: bool = True, bulk: bool = False,
+                 retention: Optional[Retention] = None, on_warning: Optional[Callable[[str], None]] = None):
         """``live_columns=False``: rows carry no process/pod data (pcap replay), so those NULLs are not bound.
         ``bulk=True``: rows come in fast and nothing reads them back meanwhile (replay): a writer process
         inserts them while this one goes on (see the module's docstring). ``flush()`` still waits until they
-        are committed."""
+        are committed.
+        ``retention``: prune the oldest rows as rows are written (watch --retain/--max-size/--retain-rollups).
+        ``on_warning``: told once when the disk is full (rows are then counted in ``unstored``, not stored) and once
+        when storing resumes."""
         self.path = path
         self.notices: List[str] = []  # what was changed about the files (modes tightened), for the user
         if path != ":memory:":
             self.notices = prepare_private(path)
+        self.retention = retention
+        self.on_warning = on_warning or (lambda text: None)
+        self.unstored = 0  # rows and malformed messages lost to a full disk
+        self.disk_full = False
+        self.pruned = 0
+        self._capture_id: Optional[int] = None
+        self._next_prune = 0.0
         self._width = len(QUERY_COLUMNS) if live_columns else LIVE_ONLY_FROM
         self._rows: List[Sequence[Any]] = []
         self._malformed: List[Sequence[Any]] = []
@@ -226,19 +238,27 @@ class Store:
             except sqlite3.Error as exc:
                 conn.close()
                 raise _friendly(path, exc)
+        try:
+            self._log.recover()
+        except sqlite3.Error as exc:
+            raise _friendly(path, exc)
 
     # -- captures ------------------------------------------------------------------------------
     def start_capture(self, kind: str, source: str, options: Dict[str, Any]) -> int:
         params = (kind, source, socket.gethostname(), time.time(), json.dumps(options, sort_keys=True), __version__)
         if self._writer is not None:
-            return int(self._writer.request(("start", params)))
+            self._capture_id = int(self._writer.request(("start", params)))
+            return self._capture_id
         try:
-            return self._log.start_capture(params)
+            self._capture_id = self._log.start_capture(params)
         except sqlite3.Error as exc:
             raise _friendly(self.path, exc)
+        return self._capture_id
 
     def update_capture(self, capture_id: int, counters: Dict[str, Any]) -> None:
         """Write counters (and status/ended when given) to the capture's row, in a transaction of its own."""
+        if self.unstored:
+            counters = {**counters, "unstored": self.unstored}
         cols = ", ".join(f"[{k}] = ?" for k in counters)
         values = [json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else v for v in counters.values()]
         sql = f"UPDATE captures SET {cols} WHERE id = ?"
@@ -248,7 +268,9 @@ class Store:
         try:
             self._log.update(sql, (*values, capture_id))
         except sqlite3.Error as exc:
-            raise _friendly(self.path, exc)
+            if not _is_full(exc):
+                raise _friendly(self.path, exc)
+            self._full()  # the counters are written again at the next update
 
     # -- rows ----------------------------------------------------------------------------------
     @property
@@ -279,17 +301,45 @@ class Store:
 
     def maybe_flush(self) -> None:
         """Flush when the batch is old enough (for live capture, where rows trickle in)."""
-        if (self._rows or self._malformed) and time.monotonic() - self._last_flush >= BATCH_SECONDS:
-            self.flush()
+        now = time.monotonic()
+        if (self._rows or self._malformed) and now - self._last_flush >= BATCH_SECONDS:
+            self._write_batch()  # the rollups' sums follow within layout.AGG_SECONDS
+        elif self._writer is None and self._log.sums_due():  # rows stopped coming: still write their sums
+            try:
+                self._log.flush()
+            except sqlite3.Error as exc:
+                if not _is_full(exc):
+                    raise _friendly(self.path, exc)
+                self._full()
+        if self.retention is not None and now >= self._next_prune and self._writer is None:
+            self._next_prune = now + PRUNE_EVERY
+            self.prune()
+
+    def prune(self, seconds: float = PRUNE_SECONDS) -> int:
+        """One retention step: at most ``seconds`` of small transactions. Returns the rows deleted."""
+        r = self.retention
+        now = time.time()
+        try:
+            deleted, _newest = self._log.prune(
+                before=now - r.retain if r.retain else None, max_bytes=r.max_bytes,
+                rollups_before=now - r.retain_rollups if r.retain_rollups else None,
+                capture_id=self._capture_id, seconds=seconds)
+        except sqlite3.Error as exc:
+            if _is_full(exc):  # deleting needs a little WAL space too: try again later
+                self._full()
+                return 0
+            raise _friendly(self.path, exc)
+        self.pruned += deleted
+        return deleted
 
     def flush(self, wait: bool = True) -> None:
-        """Commit every row added so far (in bulk mode: and wait until the writer process has, unless not
-        ``wait``: then they are on their way, ahead of anything sent later)."""
-        self._write_batch()
+        """Commit every row added so far and its sums (in bulk mode: and wait until the writer process has, unless
+        not ``wait``: then they are on their way, ahead of anything sent later)."""
+        self._write_batch(force=True)
         if self._writer is not None and wait:
             self._writer.request(("sync",))
 
-    def _write_batch(self) -> None:
+    def _write_batch(self, force: bool = False) -> None:
         rows, self._rows = self._rows, []
         malformed, self._malformed = self._malformed, []
         self._batch_bytes = 0
@@ -300,13 +350,26 @@ class Store:
             try:
                 if self._checkpointer is not None:
                     self._checkpointer.check()
-                self._log.write(rows, malformed)
+                self._log.write(rows, malformed, force)
             except sqlite3.Error as exc:
-                raise _friendly(self.path, exc)
-            if self._checkpointer is not None and (rows or malformed):
-                self._checkpointer.committed()
+                if not _is_full(exc):
+                    raise _friendly(self.path, exc)
+                self.unstored += len(rows) + len(malformed)  # rolled back: the log is as before this batch
+                self._full()
+            else:
+                if self._checkpointer is not None and (rows or malformed):
+                    self._checkpointer.committed()
+                if self.disk_full and (rows or malformed):
+                    self.disk_full = False
+                    self.on_warning(f"{self.path}: space again, storing resumed ({self.unstored:,} rows could not "
+                                    "be stored meanwhile)")
         self.rows_written += len(rows)
         self._last_flush = time.monotonic()
+
+    def _full(self) -> None:
+        if not self.disk_full:
+            self.disk_full = True
+            self.on_warning(f"{self.path}: disk full; rows are counted and shown but not stored until space returns")
 
     def close(self) -> None:
         try:
@@ -331,28 +394,25 @@ class Store:
         self.close()
 
 
-_START_CAPTURE = (
-    "INSERT INTO captures (kind, source, host, started, status, frames, dns_messages, queries, responses, "
-    "malformed, dropped, duplicates, options, dnswatch_version) VALUES (?, ?, ?, ?, 'running', 0, 0, 0, 0, "
-    "0, 0, 0, ?, ?)"
-)
+def _is_full(exc: sqlite3.Error) -> bool:
+    return getattr(exc, "sqlite_errorcode", None) == 13 or "full" in str(exc)  # SQLITE_FULL
 
 
 def _open(path: str) -> sqlite3.Connection:
-    """Open ``path`` for writing and create what is missing of the schema."""
+    """Open ``path`` for writing; create what is missing of the schema, migrating an older log in place."""
     conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False)
     try:
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        if not conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
+            conn.execute("PRAGMA auto_vacuum = INCREMENTAL")  # before the first table: pruning can give pages back
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = NORMAL")
         conn.execute(f"PRAGMA journal_size_limit = {WAL_LIMIT}")
         if path != ":memory:":
             _truncate_wal(conn, path)  # one that a stalled reader left long after an earlier run
-        with conn:
-            conn.execute("BEGIN IMMEDIATE")
-            for table in TABLES:
-                for statement in create_sql(table):
-                    conn.execute(statement)
+        # the indexes (name, sender) and rollups take inserts all over their pages: keep those pages in memory
+        conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
+        prepare(conn)
         if path != ":memory:":  # the -wal/-shm SQLite opened: ours, 0600 (a name taken meanwhile is refused)
             for suffix in SIDECARS:
                 _check_private(path + suffix, [])
@@ -360,59 +420,6 @@ def _open(path: str) -> sqlite3.Connection:
         conn.close()
         raise
     return conn
-
-
-class _Log:
-    """The writes of a Store on one connection: the Store's own, or the writer process's."""
-
-    def __init__(self, conn: sqlite3.Connection, width: int):
-        self.conn = conn
-        columns = QUERY_COLUMNS[:width]
-        values = f"({', '.join('?' for _ in columns)})"
-        self._insert_query = f"INSERT INTO queries ({', '.join(columns)}) VALUES {values}"
-        # Several rows per INSERT: each execution of the statement opens a cursor on the table and on every index,
-        # which costs more than binding a row. Bounded by SQLite's limit on parameters (999 before 3.32).
-        if hasattr(conn, "getlimit"):  # Python 3.11+
-            limit = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
-        else:
-            limit = 32766 if sqlite3.sqlite_version_info >= (3, 32, 0) else 999
-        self._per_insert = max(1, min(ROWS_PER_INSERT, limit // width))
-        self._insert_many = (
-            f"INSERT INTO queries ({', '.join(columns)}) VALUES {', '.join([values] * self._per_insert)}"
-        )
-        self._insert_malformed = (
-            f"INSERT INTO malformed ({', '.join(MALFORMED_COLUMNS)}) VALUES ({', '.join('?' for _ in MALFORMED_COLUMNS)})"
-        )
-        # rows are lists of every QUERY_COLUMNS value; binding the first ``width`` as tuples is the cheapest way
-        self._columns = None if width == len(QUERY_COLUMNS) else itemgetter(*range(width))
-
-    def start_capture(self, params: Sequence[Any]) -> int:
-        with self.conn:
-            cur = self.conn.execute(_START_CAPTURE, params)
-        return int(cur.lastrowid)
-
-    def update(self, sql: str, params: Sequence[Any]) -> None:
-        with self.conn:
-            self.conn.execute("BEGIN IMMEDIATE")
-            self.conn.execute(sql, params)
-
-    def write(self, rows: List[Sequence[Any]], malformed: List[Sequence[Any]]) -> None:
-        if not rows and not malformed:
-            return
-        with self.conn:
-            self.conn.execute("BEGIN IMMEDIATE")
-            if rows:
-                columns = self._columns
-                values = rows if columns is None else [columns(r) for r in rows]
-                k = self._per_insert
-                whole = len(values) // k * k
-                if whole:
-                    self.conn.executemany(self._insert_many, [tuple(chain.from_iterable(values[i:i + k]))
-                                                              for i in range(0, whole, k)])
-                if whole < len(values):
-                    self.conn.executemany(self._insert_query, values[whole:])
-            if malformed:
-                self.conn.executemany(self._insert_malformed, malformed)
 
 
 # -- the writer process of a bulk load ------------------------------------------------------------
@@ -581,12 +588,14 @@ def _writer_main(path: str, width: int, inbox: Connection, outbox: Connection) -
         conn.execute("PRAGMA wal_autocheckpoint = 0")  # the checkpointer thread does it
         checkpointer = _Checkpointer(path)
         log = _Log(conn, width)
+        log.recover()
         reply("ok", 0, None)
         threading.Thread(target=pump, name="dnswatch-writer-pump", daemon=True).start()
         while True:
             blob = inbox_queue.get()
             message = None if blob is None else marshal.loads(blob)
             if message is None or message[0] == "close":  # without "close", the parent is gone: all it sent is in
+                log.flush()
                 checkpointer.close()
                 _truncate_wal(conn, path, always=True)  # for when a reader stays connected
                 conn.close()  # the last connection: checkpoints what is left and removes the WAL
@@ -602,6 +611,7 @@ def _writer_main(path: str, width: int, inbox: Connection, outbox: Connection) -
             elif kind == "start":
                 reply("ok", message[2], log.start_capture(message[1]))
             elif kind == "sync":
+                log.flush()
                 reply("ok", message[1], None)
             checkpointer.committed()
     except sqlite3.Error as exc:
@@ -720,8 +730,13 @@ class _Checkpointer:
                     _blocked, frames, _done = self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
             except sqlite3.Error as exc:
                 with self._cond:
-                    self._error, self._busy = exc, False
+                    self._busy = False
                     self._cond.notify_all()
+                    if _is_full(exc):  # a full disk is the writer's to report; checkpoints resume with space
+                        self._pending = True
+                        self._cond.wait(TRUNCATE_EVERY)
+                        continue
+                    self._error = exc
                 return
             with self._cond:
                 self._wal_frames, self._busy = frames, False

@@ -112,7 +112,7 @@ def test_query_formats(runner, db):
 
 
 def test_query_is_read_only(runner, db):
-    result = runner.invoke(cli, ["query", "delete from queries", "--db", str(db)])
+    result = runner.invoke(cli, ["query", "delete from query_log", "--db", str(db)])
     assert result.exit_code == 1
     assert "readonly" in result.output or "read-only" in result.output
 
@@ -134,7 +134,12 @@ def test_search_filters(runner, db):
         assert result.exit_code == 0, result.output
         return json.loads(result.output)
 
-    assert {r["qname"] for r in search("MAIL.example")} == {"mail.example.test"}  # case-insensitive substring
+    assert {r["qname"] for r in search("MAIL.example", "--contains")} == {"mail.example.test"}  # substring
+    assert {r["qname"] for r in search("MAIL.example.TEST")} == {"mail.example.test"}  # a domain, any case
+    under = {r["qname"].lower() for r in search("example.test")}  # the domain and every name under it
+    assert "example.test" in under and "mail.example.test" in under and all(
+        n == "example.test" or n.endswith(".example.test") for n in under)
+    assert search("xample.test") == []  # a domain, not a substring
     assert all(r["qtype"] == "AAAA" for r in search("example.test", "--type", "aaaa"))
     nx = search("--rcode", "NXDOMAIN")
     assert nx and all(r["rcode"] == "NXDOMAIN" for r in nx)
@@ -150,7 +155,7 @@ def test_search_bad_time(runner, db):
 
 
 def test_search_output_escapes_control_bytes(runner, db):
-    result = runner.invoke(cli, ["search", "red", "--db", str(db), "--table"])
+    result = runner.invoke(cli, ["search", "red", "--contains", "--db", str(db), "--table"])
     assert result.exit_code == 0, result.output
     assert "\x1b" not in result.output and "\\027[31mred" in result.output
 
@@ -164,7 +169,8 @@ def test_schema_lists_every_column(runner):
         for column in table.columns:
             assert column.name in result.output
     as_json = json.loads(runner.invoke(cli, ["schema", "--json"]).output)
-    assert {t["table"] for t in as_json} == {"queries", "captures", "malformed"}
+    assert {t["table"] for t in as_json} == {t.name for t in TABLES}
+    assert {"queries", "captures", "malformed", "passive_dns", "rollups_hourly"} <= {t["table"] for t in as_json}
 
 
 def test_contract_columns_exist(db):
@@ -198,7 +204,7 @@ def test_query_across_attached_logs(runner, tmp_path):
     result = runner.invoke(cli, ["query", sql, "--db", str(a), "--attach", "b", str(b)])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output) == [{"node": "a", "n": 12}, {"node": "b", "n": 8}]
-    write = runner.invoke(cli, ["query", "delete from b.queries", "--db", str(a), "--attach", "b", str(b)])
+    write = runner.invoke(cli, ["query", "delete from b.query_log", "--db", str(a), "--attach", "b", str(b)])
     assert write.exit_code == 1  # attached logs are read-only too
     missing = runner.invoke(cli, ["query", "select 1", "--db", str(a), "--attach", "c", str(tmp_path / "none.db")])
     assert missing.exit_code == 1 and "no such database" in missing.output
