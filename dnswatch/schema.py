@@ -140,7 +140,8 @@ CAPTURES = Table(
                "kernel drops and replay stores as malformed), kernel_too_many_questions (live: more than 16 "
                "questions), decode (captured frames whose DNS message could not be read: truncated headers, TCP "
                "messages cut off, fragments never completed), memory_bounds (fragments or TCP streams given up "
-               "at a memory bound)."),
+               "at a memory bound); lost_responses: how many of a stage's losses were responses, where the stage "
+               "knows (kernel_perf_buffer)."),
         Column("dnswatch_version", "TEXT", "Version of dnswatch that wrote this row."),
     ),
     (),
