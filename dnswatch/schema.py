@@ -65,15 +65,17 @@ QUERIES = Table(
                "Answer section as JSON: a list of {name, type, ttl, data}. Search it with json_each(answers)."),
         Column("ancount", "INTEGER", "Answer count from the response header."),
         Column("latency_ms", "REAL",
-               "Response time minus the time of the latest attempt sent before it, in milliseconds (what tshark "
-               "reports as dns.time: a response to a retransmitted query is timed from the retransmission)."),
+               "Response time minus the time of the latest attempt sent before it, in milliseconds: the server's "
+               "answer to the attempt it answered (a client retries because the earlier answer did not come; "
+               "identical attempts cannot be told apart on the wire, so the latest one is taken)."),
         Column("response_ts", "REAL", "When the response was seen, Unix seconds."),
         Column("attempts", "INTEGER",
                "How many times the client sent this query: 1, plus one per retransmission (same addresses, ports, "
                "transport, id and question, sent again before any response); 0 for response_only rows."),
         Column("first_attempt_latency_ms", "REAL",
                "Response time minus the first attempt's time (ts), in milliseconds: how long the client waited in "
-               "all. Equals latency_ms when attempts = 1; NULL until answered."),
+               "all. Equals latency_ms when attempts = 1; NULL until answered. tshark 4.0 reports this one as "
+               "dns.time: it links the response to the first request and flags later attempts dns.retransmission."),
         Column("query_flags", "TEXT", "Header flags of the query, e.g. 'rd' or 'rd cd'."),
         Column("response_flags", "TEXT", "Header flags of the response, e.g. 'aa rd ra' ('tc' = truncated)."),
         Column("edns_udp_size", "INTEGER", "EDNS UDP payload size the client advertised; NULL without EDNS."),
