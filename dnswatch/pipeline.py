@@ -18,6 +18,7 @@ from dnswatch.model import Frame, Segment
 from dnswatch.store import Store
 
 EXPIRE_EVERY_FRAMES = 2048
+MALFORMED_MAX_DATA = 4096  # bytes of a malformed message stored in malformed.data (size keeps its length)
 # FrameDecoder.stats reasons that mean a DNS message could not be read from what was captured (the
 # user-space decode stage of the losses); the memory-bound ones are FrameDecoder.dropped()
 DECODE_LOSSES = ("truncated_l2", "truncated_l3_l4", "bad_ipv4_header", "bad_ipv6_header", "tcp_incomplete_messages",
@@ -72,6 +73,7 @@ class Pipeline:
         enrich: Optional[Callable[[Row, Segment], None]] = None,
         row_filter: Optional[Callable[[Row], bool]] = None,
         expect_responses: bool = True,
+        sinks: Iterable[Callable[[Row], None]] = (),
     ):
         self.store = store
         self.ports = tuple(sorted(set(ports)))
@@ -79,11 +81,12 @@ class Pipeline:
         opts = {"ports": list(self.ports), "timeout": timeout, **(options or {})}
         self.capture_id = store.start_capture(kind, source, opts) if store is not None else None
         self.row_filter = row_filter
+        self.sinks = tuple(sinks)  # every emitted row also goes to these (top, timeout lines)
         # Without a filter every row goes to the store: the correlator calls store.add itself (one call less per
         # row in replay) and the rows are counted by how much the store's ``rows_added`` grew.
         emit: Callable[[Row], None] = self._emit
         self._rows_from: Optional[int] = None
-        if store is not None and row_filter is None:
+        if store is not None and row_filter is None and not self.sinks:
             emit, self._rows_from = store.add, store.rows_added
         self.correlator = Correlator(emit, self.capture_id, timeout, on_query=on_query,
                                      on_response=on_response, enrich=enrich,
@@ -92,6 +95,7 @@ class Pipeline:
         self.source_losses: Dict[str, int] = {}  # losses the source counted, by stage (live: the kernel's)
         self.source_lost_responses: Dict[str, int] = {}  # the part of those that were responses, where known
         self._malformed_reasons: Counter = Counter()
+        self.malformed_truncated = 0  # malformed messages stored with only their first MALFORMED_MAX_DATA bytes
         self._started = time.monotonic()
         self._since_expire = 0
 
@@ -101,6 +105,8 @@ class Pipeline:
         self.summary.rows += 1
         if self.store is not None:
             self.store.add(row)
+        for sink in self.sinks:
+            sink(row)
 
     def feed(self, frame: Frame) -> None:
         self.feed_all((frame,))
@@ -155,11 +161,15 @@ class Pipeline:
         self._malformed_reasons[reason.split(" (")[0]] += 1
         if self.store is not None:
             meta = seg.meta
+            payload = seg.payload
+            if len(payload) > MALFORMED_MAX_DATA:
+                payload = payload[:MALFORMED_MAX_DATA]
+                self.malformed_truncated += 1
             self.store.add_malformed((
                 self.capture_id, seg.ts, seg.src, seg.sport, seg.dst, seg.dport, seg.proto, reason,
-                len(seg.payload), seg.payload, meta.pid if meta else None, meta.comm if meta else None,
+                len(seg.payload), payload, meta.pid if meta else None, meta.comm if meta else None,
                 (meta.ifname if meta else None) or seg.ifname,
-            ))
+            ), len(payload))
 
     def tick(self, now: Optional[float] = None) -> None:
         """Periodic work for live capture: time out queries (wall clock), flush and record counters."""
@@ -178,12 +188,14 @@ class Pipeline:
         stats = self.decoder.stats
         losses = dict(self.source_losses)
         losses["decode"] = sum(stats.get(k, 0) for k in DECODE_LOSSES)
-        losses["memory_bounds"] = self.decoder.dropped()
+        losses["memory_bounds"] = self.decoder.dropped() + self.source_losses.get("memory_bounds", 0)
         s.losses = losses
         s.lost_responses = dict(self.source_lost_responses)
         s.dropped = sum(losses.values())  # each lost event is counted at one stage only
         s.malformed_reasons = dict(self._malformed_reasons)
         s.skipped = dict(self.decoder.stats)
+        if self.malformed_truncated:
+            s.skipped["malformed_data_truncated"] = self.malformed_truncated
         s.seconds = time.monotonic() - self._started
         return s
 

@@ -109,8 +109,11 @@ def run_watch(
     count: Optional[int] = None,
     shown: Callable[[], int] = lambda: 0,
     tracker: Optional[NetnsTracker] = None,
+    on_tick: Optional[Callable[[], bool]] = None,
+    heartbeat: Optional[Callable[[float], None]] = None,
 ) -> Summary:
-    """Poll ``capture`` (a ``sources.live.LiveCapture``) into ``pipeline``. Returns the final counters."""
+    """Poll ``capture`` (a ``sources.live.LiveCapture``) into ``pipeline``. Returns the final counters.
+    ``on_tick`` (top's screen) is called with the housekeeping; returning False stops."""
     stop = {"why": None}
 
     def on_term(signum, _frame):
@@ -132,6 +135,10 @@ def run_watch(
                 pipeline.tick()
                 if tracker is not None:
                     tracker.tick()
+                if on_tick is not None and not on_tick():
+                    break
+                if heartbeat is not None:  # after a poll returned: the liveness probe reads this
+                    heartbeat(now)
                 if now - last_record >= 1.0:  # counters stay current in the log, even if we are killed
                     pipeline.record_counters("running")
                     last_record = now
