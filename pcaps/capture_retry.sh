@@ -8,7 +8,7 @@
 #      bytes from the same socket 1 s later (same ports and id) -> one row, attempts 2.
 #   2. dig +tries=2 +time=1: resends the same id from a NEW source port -> not the same transaction
 #      (tshark does not call it a retransmission either): an unanswered row and an answered one.
-#   3. kdig +retry=1 +time=1.
+#   3. kdig +retry=1 +time=1: also from a new port.
 # Needs: ip, nft, tcpdump, unbound, dig, kdig, python3.   Usage: sudo pcaps/capture_retry.sh
 set -euo pipefail
 [ "$(id -u)" = 0 ] || { echo "capture_retry.sh: must run as root" >&2; exit 1; }
