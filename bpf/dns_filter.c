@@ -117,7 +117,8 @@ struct frag_key {
  * CNT_SKIP_*: DNS-port packets the rule drops, by reason (replay stores the first as malformed, so live
  * must say how many it never saw): a UDP payload shorter than a DNS header, more questions than the bound.
  * Order = _COUNTERS in dnswatch/sources/live.py. */
-enum { CNT_SEEN, CNT_KEPT, CNT_EMIT_FAIL, CNT_SLOW_LOAD, CNT_SKIP_SHORT, CNT_SKIP_QDCOUNT, CNT_MAX };
+enum { CNT_SEEN, CNT_KEPT, CNT_EMIT_FAIL, CNT_SLOW_LOAD, CNT_SKIP_SHORT, CNT_SKIP_QDCOUNT, CNT_EMIT_FAIL_RESP,
+       CNT_MAX };   /* CNT_EMIT_FAIL_RESP: the part of CNT_EMIT_FAIL that were responses */
 
 BPF_PERF_OUTPUT(events);
 BPF_PERCPU_ARRAY(counters, u64, CNT_MAX);
@@ -180,6 +181,7 @@ struct l4 {
     int len;      /* transport bytes declared by the IP header (this fragment's, if one) */
     u8 proto;
     u8 frag;      /* FRAG_*; the key is filled when not FRAG_NONE */
+    u8 resp;      /* set by keep_transport: a response (server to client), for the loss counters */
 };
 
 /* IPv4 header at off (rule 1). 0 if it is one. */
@@ -279,6 +281,7 @@ static __always_inline int keep_transport(struct pkt *p, struct l4 *t)
             count(CNT_SKIP_QDCOUNT);
             return 0;
         }
+        t->resp = dns.flags.qr;
         return !dns.flags.qr || RESPONSES;
     }
     if (t->proto == IPPROTO_TCP_) {
@@ -287,6 +290,7 @@ static __always_inline int keep_transport(struct pkt *p, struct l4 *t)
             return 0;
         if (t->len <= (th[12] >> 4) * 4)
             return 0;   /* nothing after the data offset: SYN, pure ACK, FIN */
+        t->resp = !port_in(be16(th + 2));
         if (port_in(be16(th + 2)))
             return 1;
         return RESPONSES && port_in(be16(th));
@@ -294,7 +298,7 @@ static __always_inline int keep_transport(struct pkt *p, struct l4 *t)
     return 0;
 }
 
-/* The whole rule (docs/keep-contract.md). */
+/* The whole rule (docs/keep-contract.md): 0 drop, 1 keep a query, 2 keep a response. */
 static __always_inline int dns_verdict(struct __sk_buff *skb)
 {
     if (LOOPBACK_DEDUP && skb->ifindex == LOOPBACK_IFINDEX && skb->pkt_type != PKT_OUTGOING)
@@ -335,21 +339,23 @@ static __always_inline int dns_verdict(struct __sk_buff *skb)
     }
 
     /* Rule 2: later fragments follow their first; first fragments are judged and remembered. */
-    if (t.frag == FRAG_LATER)
-        return frags.lookup(&k) != 0;
+    if (t.frag == FRAG_LATER) {
+        u8 *kind = frags.lookup(&k);
+        return kind ? *kind : 0;
+    }
     if (!keep_transport(&p, &t))
         return 0;
-    if (t.frag == FRAG_FIRST) {
-        u8 one = 1;
-        frags.update(&k, &one);
-    }
-    return 1;
+    u8 kind = 1 + t.resp;
+    if (t.frag == FRAG_FIRST)
+        frags.update(&k, &kind);
+    return kind;
 }
 
 int dns_filter(struct __sk_buff *skb)
 {
     count(CNT_SEEN);
-    if (!dns_verdict(skb))
+    int kind = dns_verdict(skb);
+    if (!kind)
         return 0;
     count(CNT_KEPT);
 
@@ -380,7 +386,10 @@ int dns_filter(struct __sk_buff *skb)
     }
     /* bcc rewrites this call into a statement, so it cannot sit inside an if (). */
     int rc = events.perf_submit_skb(skb, m.cap_len, &m, sizeof(m));
-    if (rc < 0)
+    if (rc < 0) {
         count(CNT_EMIT_FAIL);
+        if (kind == 2)
+            count(CNT_EMIT_FAIL_RESP);
+    }
     return 0;
 }

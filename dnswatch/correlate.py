@@ -11,8 +11,10 @@ Three kinds of "the same message again" (the rule is documented for users in sch
   so dnsperf reusing an id and name a millisecond later is a new query there. Files do not record it
   (plain pcap), so there time alone decides.
 - a retry: the same question under the same addresses, ports and id while the first still waits, not a
-  copy: one more attempt of the same row (``attempts``), timed like tshark's dns.time (the response from
-  the latest attempt before it; the first attempt's wait is kept in first_attempt_latency_ms).
+  copy: one more attempt of the same row (``attempts``); latency_ms is timed from the latest attempt before
+  the response, first_attempt_latency_ms from the first (what tshark 4.0 calls dns.time: it links the
+  response to the first request and flags later ones dns.retransmission). A retry from a new port (dig
+  does that) is another transaction, for tshark too.
 - a repeated response: a response to a question already answered (the server answered a retry too),
   same bytes, within REPEAT_WINDOW: counted in ``repeated_responses``, not a row.
 Once a question is answered, a query with the same id and question is a new query.

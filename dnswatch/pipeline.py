@@ -50,6 +50,7 @@ class Summary:
     last_ts: Optional[float] = None
     seconds: float = 0.0
     losses: Dict[str, int] = field(default_factory=dict)  # LOSS_STAGES -> events lost there; dropped is the sum
+    lost_responses: Dict[str, int] = field(default_factory=dict)  # of which responses (stages that know)
     malformed_reasons: Dict[str, int] = field(default_factory=dict)
     skipped: Dict[str, int] = field(default_factory=dict)
     warnings: List[str] = field(default_factory=list)
@@ -97,6 +98,7 @@ class Pipeline:
                                      expect_responses=expect_responses)
         self.summary = Summary()
         self.source_losses: Dict[str, int] = {}  # losses the source counted, by stage (live: the kernel's)
+        self.source_lost_responses: Dict[str, int] = {}  # the part of those that were responses, where known
         self._malformed_reasons: Counter = Counter()
         self.malformed_truncated = 0  # malformed messages stored with only their first MALFORMED_MAX_DATA bytes
         self._started = time.monotonic()
@@ -222,6 +224,7 @@ class Pipeline:
         losses["decode"] = sum(stats.get(k, 0) for k in DECODE_LOSSES)
         losses["memory_bounds"] = self.decoder.dropped() + self.source_losses.get("memory_bounds", 0)
         s.losses = losses
+        s.lost_responses = dict(self.source_lost_responses)
         s.dropped = sum(losses.values())  # each lost event is counted at one stage only
         s.malformed_reasons = dict(self._malformed_reasons)
         s.skipped = dict(self.decoder.stats)
@@ -239,6 +242,7 @@ class Pipeline:
             "malformed": s.malformed, "dropped": s.dropped, "duplicates": s.duplicates,
             "first_ts": s.first_ts, "last_ts": s.last_ts,
             "notes": {"malformed": s.malformed_reasons, "frames": s.skipped, "warnings": s.warnings, "losses": s.losses,
+                      "lost_responses": s.lost_responses,
                       "unanswered": s.unanswered, "response_only": s.response_only, "retries": s.retries,
                       "repeated_responses": s.repeated_responses},
         }

@@ -81,15 +81,17 @@ QUERIES = Table(
                "Answer section as JSON: a list of {name, type, ttl, data}. Search it with json_each(answers).", store="answers"),
         Column("ancount", "INTEGER", "Answer count from the response header."),
         Column("latency_ms", "REAL",
-               "Response time minus the time of the latest attempt sent before it, in milliseconds (what tshark "
-               "reports as dns.time: a response to a retransmitted query is timed from the retransmission).", store="ms"),
+               "Response time minus the time of the latest attempt sent before it, in milliseconds: the server's "
+               "answer to the attempt it answered (a client retries because the earlier answer did not come; "
+               "identical attempts cannot be told apart on the wire, so the latest one is taken).", store="ms"),
         Column("response_ts", "REAL", "When the response was seen, Unix seconds.", store="after_ts"),
         Column("attempts", "INTEGER",
                "How many times the client sent this query: 1, plus one per retransmission (same addresses, ports, "
                "transport, id and question, sent again before any response); 0 for response_only rows."),
         Column("first_attempt_latency_ms", "REAL",
                "Response time minus the first attempt's time (ts), in milliseconds: how long the client waited in "
-               "all. Equals latency_ms when attempts = 1; NULL until answered.", store="ms"),
+               "all. Equals latency_ms when attempts = 1; NULL until answered. tshark 4.0 reports this one as "
+               "dns.time: it links the response to the first request and flags later attempts dns.retransmission.", store="ms"),
         Column("query_flags", "TEXT", "Header flags of the query, e.g. 'rd' or 'rd cd'.", store="shape"),
         Column("response_flags", "TEXT", "Header flags of the response, e.g. 'aa rd ra' ('tc' = truncated).", store="shape"),
         Column("edns_udp_size", "INTEGER", "EDNS UDP payload size the client advertised; NULL without EDNS.", store="shape"),
@@ -161,7 +163,8 @@ CAPTURES = Table(
                "kernel drops and replay stores as malformed), kernel_too_many_questions (live: more than 16 "
                "questions), decode (captured frames whose DNS message could not be read: truncated headers, TCP "
                "messages cut off, fragments never completed), memory_bounds (fragments or TCP streams given up "
-               "at a memory bound)."),
+               "at a memory bound); lost_responses: how many of a stage's losses were responses, where the stage "
+               "knows (kernel_perf_buffer)."),
         Column("dnswatch_version", "TEXT", "Version of dnswatch that wrote this row."),
         Column("unstored", "INTEGER",
                "Rows and malformed messages that could not be stored (disk full); they were still counted and shown."),

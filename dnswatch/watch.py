@@ -8,7 +8,7 @@ from __future__ import annotations
 import fnmatch
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from dnswatch import netns
 from dnswatch.correlate import I_COMM, I_CONTAINER, I_CONTAINER_ID, I_PID, I_POD, I_POD_NS, I_QNAME, I_QTYPE, Row
@@ -136,7 +136,7 @@ def run_watch(
                 # kernel counters, timeouts, flushes and rescans: every 100 ms, not after every wakeup
                 if now >= next_housekeeping:
                     next_housekeeping = now + HOUSEKEEPING_INTERVAL
-                    pipeline.source_losses = _losses(capture)
+                    pipeline.source_losses, pipeline.source_lost_responses = _losses(capture)
                     pipeline.tick()
                     if tracker is not None:
                         tracker.tick()
@@ -160,7 +160,7 @@ def run_watch(
             raise
         # detach, then everything the kernel had already kept (and the reorder window holds): stored and counted
         pipeline.feed_all(_last_frames(capture))
-        pipeline.source_losses = _losses(capture)
+        pipeline.source_losses, pipeline.source_lost_responses = _losses(capture)
         capture.close()
         return pipeline.finish(status)
     finally:
@@ -175,7 +175,7 @@ def _record_failure(capture, pipeline: Pipeline, exc: BaseException) -> None:
     pipeline.summary.error = f"{type(exc).__name__}: {exc}"
     try:
         pipeline.feed_all(_last_frames(capture))
-        pipeline.source_losses = _losses(capture)
+        pipeline.source_losses, pipeline.source_lost_responses = _losses(capture)
     except Exception:  # noqa: BLE001 - the original error is the one to report
         pass
     try:
@@ -195,10 +195,12 @@ def _last_frames(capture) -> List:
     return frames
 
 
-def _losses(capture) -> Dict[str, int]:
-    """The kernel's losses by stage. A full perf buffer is counted by the filter (emit_failures) and again
-    by the buffer's lost records (lost_samples): the same events, so only the first is used."""
+def _losses(capture) -> Tuple[Dict[str, int], Dict[str, int]]:
+    """The kernel's losses by stage, and how many of them were responses. A full perf buffer is counted by the
+    filter (emit_failures) and again by the buffer's lost records (lost_samples): the same events, so only the
+    first is used."""
     stats = capture.stats()
-    return {"kernel_perf_buffer": int(stats.get("emit_failures", 0)),
-            "kernel_short_payload": int(stats.get("kernel_skip_short", 0)),
-            "kernel_too_many_questions": int(stats.get("kernel_skip_qdcount", 0))}
+    return ({"kernel_perf_buffer": int(stats.get("emit_failures", 0)),
+             "kernel_short_payload": int(stats.get("kernel_skip_short", 0)),
+             "kernel_too_many_questions": int(stats.get("kernel_skip_qdcount", 0))},
+            {"kernel_perf_buffer": int(stats.get("emit_failures_responses", 0))})

@@ -78,7 +78,7 @@ def test_perf_buffer_losses_are_counted_once(lab):
             if cap.stats()["emit_failures"] + pipeline.correlator.queries >= n:
                 break
         pipeline.feed_all(cap.drain())
-        pipeline.source_losses = _losses(cap)
+        pipeline.source_losses, pipeline.source_lost_responses = _losses(cap)
         stats = cap.stats()
     finally:
         cap.close()
@@ -86,7 +86,7 @@ def test_perf_buffer_losses_are_counted_once(lab):
     assert stats["emit_failures"] > 0, "the burst did not overflow one page: the test proves nothing"
     assert s.queries + stats["emit_failures"] == n
     assert s.dropped == stats["emit_failures"] == s.losses["kernel_perf_buffer"]
-    assert stats["kernel_kept"] == n
+    assert stats["kernel_kept"] == n and s.lost_responses == {"kernel_perf_buffer": 0}  # all were queries
 
 
 def test_short_payloads_live_are_counted(lab, tmp_path):

@@ -71,7 +71,7 @@ _FIX_PRIV = "run as root, or grant CAP_BPF, CAP_NET_RAW and CAP_PERFMON (e.g. se
 # the kernel's counters, in dns_filter.c's CNT_* order. emit_failures: events the perf buffer had no room for
 # (the loss); skip_*: DNS-port packets the keep rule drops, by reason.
 _COUNTERS = ("kernel_seen", "kernel_kept", "emit_failures", "kernel_slow_loads", "kernel_skip_short",
-             "kernel_skip_qdcount")
+             "kernel_skip_qdcount", "emit_failures_responses")
 
 _ETH_P_ALL = 0x0003
 _SO_ATTACH_BPF = 50
