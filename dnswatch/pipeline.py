@@ -188,7 +188,19 @@ class Pipeline:
 
     def finish(self, status: str = "complete") -> Summary:
         """End of input: pending queries become unanswered, everything is written."""
-        self.decoder.finish()
+        for seg in self.decoder.finish():  # TCP messages that only the end of the input completed
+            s = self.summary
+            s.dns_messages += 1
+            payload = seg[6]
+            msg = parse_message(payload)
+            if msg.__class__ is Malformed:
+                self._malformed(seg, msg.reason)
+            elif msg.qr:
+                self.correlator.response(seg, msg, (payload[0] << 8) | payload[1])
+            elif msg.questions:
+                self.correlator.query(seg, msg, (payload[0] << 8) | payload[1])
+            else:
+                self._malformed(seg, "query without a question")
         self.correlator.flush()
         self.record_counters(status)
         if self.store is not None:
