@@ -436,7 +436,7 @@ class FrameDecoder:
             self._tcp_data(st, seq, payload, frame)
             self._tcp_messages(st, key, frame.ts, frame.meta, frame.ifname, out)
         if flags & (TCP_FIN | TCP_RST):
-            self._close_stream(key, st, out)
+            self._close_stream(key, st, out, (seq + len(payload)) & 0xFFFFFFFF if flags & TCP_FIN else None)
         if self._extra:  # messages of other streams whose gap a bound resolved meanwhile
             out.extend(self._extra)
             self._extra.clear()
@@ -454,15 +454,20 @@ class FrameDecoder:
         st = streams[key] = _Stream(next_seq, ts)
         return st
 
-    def _close_stream(self, key, st: _Stream, out: List[Segment]) -> None:
+    def _close_stream(self, key, st: _Stream, out: List[Segment], fin_seq: Optional[int] = None) -> None:
         """FIN, RST, a new SYN, idle or end of input: what is still out of order lies behind a gap; read
-        it, then forget the stream."""
+        it, then forget the stream. A FIN beyond the data seen shows a gap at the end."""
         while True:
             self._tcp_messages(st, key, st.last_ts, st.buf_meta, st.ifname, out, final=not st.ooo)
             if not st.ooo:
                 break
             self._skip_gap(st)
-        if st.buf:
+        missing = (fin_seq - st.next_seq) & 0xFFFFFFFF if fin_seq is not None else 0
+        if 0 < missing < 0x80000000:
+            self.stats["tcp_gaps"] += 1
+            self.stats["tcp_gap_bytes"] += missing
+            self.stats["tcp_resync_skipped_bytes"] += len(st.buf)
+        elif st.buf:
             self.stats["tcp_incomplete_messages"] += 1
         self._forget_ooo(st)
         if self._streams.get(key) is st:

@@ -53,7 +53,13 @@ QUERIES = Table(
         Column("rcode", "TEXT", "Response code mnemonic ('NOERROR', 'NXDOMAIN', 'SERVFAIL', ...); NULL until answered."),
         Column("rcode_num", "INTEGER", "Response code number, with EDNS extended bits (3 for NXDOMAIN)."),
         Column("answers", "TEXT",
-               "Answer section as JSON: a list of {name, type, ttl, data}. Search it with json_each(answers)."),
+               "Answer section as JSON: a list of {name, type, ttl, data}. Search it with json_each(answers). 'name' "
+               "is written as qname is; 'data' is the rdata in presentation form as dig prints it: addresses as "
+               "text; domain names inside rdata (CNAME, PTR, NS, DNAME, MX, SRV, SOA, NAPTR, SVCB/HTTPS targets...) "
+               "exactly as qname is written (same \\DDD escapes, no trailing dot, the root as '.'), e.g. "
+               "'10 mail.example.test' for MX; TXT and SPF as quoted strings separated by one space, with \\\" "
+               "\\\\ and decimal \\DDD escapes ('\"v=spf1 -all\" \"a\\\"b\"'); types with no text form "
+               "in the RFC 3597 form '\\# <length> <HEX>'. At most 2048 records of a message are read."),
         Column("ancount", "INTEGER", "Answer count from the response header."),
         Column("latency_ms", "REAL", "Response time minus query time, in milliseconds."),
         Column("response_ts", "REAL", "When the response was seen, Unix seconds."),
@@ -66,7 +72,9 @@ QUERIES = Table(
         Column("response_size", "INTEGER", "Size of the response message in bytes (DNS payload)."),
         Column("decoder", "TEXT",
                "'dnslib', or 'raw' when dnslib refused the message and the question was read from the wire bytes."),
-        Column("decode_note", "TEXT", "Why the raw reader was needed, or a header/body mismatch (qdcount...)."),
+        Column("decode_note", "TEXT",
+               "Why the raw reader was needed, or a header/body mismatch (qdcount...). A message with more than 16 "
+               "questions gives rows for the first 16 only and says here how many were not recorded."),
         Column("ifname", "TEXT", "Interface the query was captured on (live; pcapng interface name from files)."),
         Column("pid", "INTEGER", "Process id (thread group) that sent the query; live capture only, NULL from pcap "
                "and whenever the kernel could not know it (packets received in softirq)."),
@@ -111,10 +119,19 @@ CAPTURES = Table(
         Column("responses", "INTEGER", "DNS responses decoded."),
         Column("malformed", "INTEGER", "DNS messages that could not be read at all (see the malformed table)."),
         Column("dropped", "INTEGER",
-               "Data lost: kernel buffer losses in live capture; fragments or TCP streams given up at a memory bound."),
+               "Data lost: kernel buffer losses in live capture; fragments, TCP streams or TCP out-of-order data "
+               "given up at a memory bound. A gap in a TCP stream (a segment never captured) is not counted here but "
+               "in notes (tcp_gaps)."),
         Column("duplicates", "INTEGER", "Copies of a message seen on a second interface, stored once."),
         Column("options", "TEXT", "Options of the run as JSON (ports, interfaces, timeout...)."),
-        Column("notes", "TEXT", "JSON: counts of frames skipped by reason, warnings about damaged input."),
+        Column("notes", "TEXT",
+               "JSON: counts of frames skipped by reason, warnings about damaged input. TCP: tcp_gaps (holes in a "
+               "stream: segments never captured; reading resumes at the next message, a length prefix followed by a "
+               "sane DNS header), tcp_gap_bytes (bytes missing in them), tcp_resync_skipped_bytes (bytes passed over "
+               "to get back in step: the message a gap cut, or a stream whose start was not captured), "
+               "tcp_out_of_order_bound (holes declared a gap early because the out-of-order buffer was full: 64 "
+               "segments or 128 KB per stream, 32 MB over all streams; also in dropped), tcp_retransmissions, "
+               "tcp_incomplete_messages."),
         Column("dnswatch_version", "TEXT", "Version of dnswatch that wrote this row."),
     ),
     (),
