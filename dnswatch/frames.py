@@ -386,7 +386,12 @@ class FrameDecoder:
                 self.keep = False
                 return
             doff = (data[pos + 12] >> 4) * 4
-            self.keep = end - pos > doff and (self.responses or dport in ports)
+            if end - pos <= doff:
+                self.keep = False
+            elif dport in ports:
+                self.keep = not _tcp_too_many_questions(data, pos + doff, end)
+            else:
+                self.keep = self.responses
 
     def _transport(self, frame, src, dst, proto, data, pos, end, reassembled=False) -> List[Segment]:
         if end - pos < 8:
@@ -642,6 +647,16 @@ class FrameDecoder:
         s = self.stats
         return (s.get("fragment_sets_evicted", 0) + s.get("fragment_sets_oversized", 0) + s.get("tcp_streams_evicted", 0)
                 + s.get("tcp_out_of_order_bound", 0) + s.get("tcp_buffer_overflows", 0))
+
+
+def _tcp_too_many_questions(data: bytes, p: int, end: int) -> bool:
+    """The keep contract's question bound for TCP (bpf/dns_filter.c tcp_too_many_questions): a segment to
+    a DNS port starting like a query that claims more than MAX_QDCOUNT questions."""
+    if end - p < 14:
+        return False
+    qd = (data[p + 6] << 8) | data[p + 7]
+    return (not data[p + 4] & 0x80 and qd > MAX_QDCOUNT and not (data[p + 8] | data[p + 9] | data[p + 10] | data[p + 11])
+            and ((data[p] << 8) | data[p + 1]) >= 12 + 5 * qd)
 
 
 def _plausible_header(buf, i: int, qr: int) -> bool:
