@@ -58,6 +58,7 @@ MAX_STREAM_BUFFER = 65535 + 2
 MAX_OUT_OF_ORDER = 64  # segments waiting behind a hole, per stream
 MAX_OUT_OF_ORDER_BYTES = 2 * MAX_STREAM_BUFFER  # their bytes, per stream
 MAX_OUT_OF_ORDER_TOTAL = 32 << 20  # their bytes, all streams together
+GAP_TIMEOUT = 1.0  # seconds a hole may stay open before it is a gap (reordering takes far less)
 EXPIRE_EVERY = 4096  # frames between sweeps of old fragments and idle streams
 VERDICT_FRAGMENTS = 4096  # the kernel's LRU of kept first fragments
 
@@ -102,7 +103,8 @@ class _Fragments:
 
 
 class _Stream:
-    __slots__ = ("next_seq", "buf", "buf_ts", "buf_meta", "ooo", "ooo_bytes", "last_ts", "ifname", "resync", "marks")
+    __slots__ = ("next_seq", "buf", "buf_ts", "buf_meta", "ooo", "ooo_bytes", "ooo_since", "last_ts", "ifname", "resync",
+                 "marks")
 
     def __init__(self, next_seq: int, ts: float):
         self.next_seq = next_seq
@@ -111,10 +113,11 @@ class _Stream:
         self.buf_meta = None
         self.ooo: Dict[int, tuple] = {}  # seq -> (payload, ts, meta, ifname) of segments ahead of next_seq
         self.ooo_bytes = 0
+        self.ooo_since = ts  # when the oldest of them arrived
         self.last_ts = ts
         self.ifname: Optional[str] = None
         self.resync = False  # looking for the next plausible message (after a gap, or no SYN seen)
-        self.marks: List[tuple] = []  # while resyncing: (offset in buf, ts, meta, ifname) of each chunk
+        self.marks: List[tuple] = []  # (offset in buf, ts, meta, ifname) of each chunk: a message's time is its first byte's
 
 
 class FrameDecoder:
@@ -143,6 +146,9 @@ class FrameDecoder:
         self._since_sweep += 1
         if self._since_sweep >= EXPIRE_EVERY:
             self._sweep(ts)
+            if self._extra:  # messages that the sweep completed (streams gone quiet after a gap)
+                extra, self._extra = self._extra, []
+                return extra + self.decode(frame)
         size = len(data)
         if lt == LINKTYPE_ETHERNET and size >= 42:
             # Fast path for most of any capture: Ethernet, IPv4 without options, an unfragmented UDP datagram.
@@ -439,7 +445,7 @@ class FrameDecoder:
         st.last_ts = frame.ts
         if payload:
             self._tcp_data(st, seq, payload, frame)
-            self._tcp_messages(st, key, frame.ts, frame.meta, frame.ifname, out)
+            self._tcp_messages(st, key, out)
         if flags & (TCP_FIN | TCP_RST):
             self._close_stream(key, st, out, (seq + len(payload)) & 0xFFFFFFFF if flags & TCP_FIN else None)
         if self._extra:  # messages of other streams whose gap a bound resolved meanwhile
@@ -463,7 +469,7 @@ class FrameDecoder:
         """FIN, RST, a new SYN, idle or end of input: what is still out of order lies behind a gap; read
         it, then forget the stream. A FIN beyond the data seen shows a gap at the end."""
         while True:
-            self._tcp_messages(st, key, st.last_ts, st.buf_meta, st.ifname, out, final=not st.ooo)
+            self._tcp_messages(st, key, out, final=not st.ooo)
             if not st.ooo:
                 break
             self._skip_gap(st)
@@ -496,12 +502,19 @@ class FrameDecoder:
             if seq in st.ooo:  # a retransmission of a segment already waiting
                 self.stats["tcp_retransmissions"] += 1
                 return
+            if st.ooo and frame.ts - st.ooo_since > GAP_TIMEOUT:
+                # the hole has been open longer than any reordering takes: what filled it was not captured
+                self._skip_gap(st)
+                self._tcp_data(st, seq, payload, frame)
+                return
             if len(st.ooo) >= MAX_OUT_OF_ORDER or st.ooo_bytes + len(payload) > MAX_OUT_OF_ORDER_BYTES:
                 # waited long enough for the hole to be filled: it is a gap (the bound is what decided)
                 self.stats["tcp_out_of_order_bound"] += 1
                 self._skip_gap(st)
                 self._tcp_data(st, seq, payload, frame)
                 return
+            if not st.ooo:
+                st.ooo_since = frame.ts
             st.ooo[seq] = (payload, frame.ts, frame.meta, frame.ifname)
             st.ooo_bytes += len(payload)
             self._ooo_total += len(payload)
@@ -541,6 +554,8 @@ class FrameDecoder:
         st.next_seq = first
         st.resync = True
         self._drain(st)
+        if st.ooo:  # another hole further on: its clock starts with the oldest segment behind it
+            st.ooo_since = min(v[1] for v in st.ooo.values())
 
     def _shed_ooo(self, keep: _Stream) -> None:
         """Out-of-order data of all streams together is over its bound: the stream holding the most resolves
@@ -552,22 +567,33 @@ class FrameDecoder:
             self.stats["tcp_out_of_order_bound"] += 1
             self._skip_gap(st)
             if st is not keep:  # (keep's messages are read by the caller)
-                self._tcp_messages(st, key, st.last_ts, st.buf_meta, st.ifname, self._extra)
+                self._tcp_messages(st, key, self._extra)
 
     def _append(self, st: _Stream, payload: bytes, ts: float, meta, ifname) -> None:
         if not st.buf:
             st.buf_ts = ts
             st.buf_meta = meta
             st.ifname = ifname
-        if st.resync:  # where each chunk starts: the message found may begin in any of them
-            st.marks.append((len(st.buf), ts, meta, ifname))
+        st.marks.append((len(st.buf), ts, meta, ifname))
         st.buf += payload
         st.next_seq = (st.next_seq + len(payload)) & 0xFFFFFFFF
-        if len(st.buf) > MAX_STREAM_BUFFER and not st.resync:
+        if len(st.buf) > (2 * MAX_STREAM_BUFFER if st.resync else MAX_STREAM_BUFFER):
             self.stats["tcp_buffer_overflows"] += 1
             st.buf.clear()
+            st.marks.clear()
 
-    def _tcp_messages(self, st: _Stream, key, ts: float, meta, ifname, out: List[Segment], final: bool = False) -> None:
+    def _consume(self, st: _Stream, n: int) -> None:
+        """Drop the first ``n`` bytes of the buffer; what follows takes the time of the chunk it begins in."""
+        del st.buf[:n]
+        marks = st.marks
+        j = 0
+        while j + 1 < len(marks) and marks[j + 1][0] <= n:
+            j += 1
+        if marks and marks[j][0] <= n:
+            _off, st.buf_ts, st.buf_meta, st.ifname = marks[j]
+        st.marks = [(max(0, off - n), ts, meta, ifname) for off, ts, meta, ifname in marks[j:]] if st.buf else []
+
+    def _tcp_messages(self, st: _Stream, key, out: List[Segment], final: bool = False) -> None:
         buf = st.buf
         src, sport, dst, dport = key
         while True:
@@ -579,11 +605,7 @@ class FrameDecoder:
             if len(buf) < 2 + mlen:
                 return
             out.append(Segment(st.buf_ts, src, sport, dst, dport, "tcp", bytes(buf[2:2 + mlen]), st.ifname, st.buf_meta))
-            del buf[:2 + mlen]
-            # the next message (if any) started in the segment at hand
-            st.buf_ts = ts
-            st.buf_meta = meta
-            st.ifname = ifname
+            self._consume(st, 2 + mlen)
 
     def _resync(self, st: _Stream, sport: int, dport: int, final: bool) -> bool:
         """Skip to the first plausible message in the buffer; True once found (reading goes on from it).
@@ -607,17 +629,9 @@ class FrameDecoder:
             i = n if final else max(0, n - 13)  # a message may still begin in the last 13 bytes
         if i:
             self.stats["tcp_resync_skipped_bytes"] += i
-            del buf[:i]
-            marks = st.marks
-            j = 0
-            while j + 1 < len(marks) and marks[j + 1][0] <= i:
-                j += 1
-            if marks and marks[j][0] <= i:  # the chunk the message begins in gives its time
-                _off, st.buf_ts, st.buf_meta, st.ifname = marks[j]
-            st.marks = [(max(0, off - i), ts, meta, ifname) for off, ts, meta, ifname in marks[j:]]
+            self._consume(st, i)
         if found:
             st.resync = False
-            st.marks.clear()
         return found
 
     # -- housekeeping --------------------------------------------------------------------------
@@ -628,6 +642,10 @@ class FrameDecoder:
             self.stats["fragment_sets_expired"] += 1
         for key in [k for k, st in self._streams.items() if now - st.last_ts > STREAM_IDLE_TIMEOUT]:
             self._close_stream(key, self._streams[key], self._extra)
+        for key, st in self._streams.items():  # a hole open too long in a stream gone quiet
+            if st.ooo and now - st.ooo_since > GAP_TIMEOUT:
+                self._skip_gap(st)
+                self._tcp_messages(st, key, self._extra)
 
     def finish(self) -> List[Segment]:
         """End of input: streams are read up to their end (across gaps); what is still half-finished is

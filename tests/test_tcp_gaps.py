@@ -125,3 +125,34 @@ def test_stream_without_syn_starts_at_the_first_plausible_message():
     out = dec.decode(_frame(1.0, 5000, data[150:]))  # starts inside the first message
     assert _ids(out) == [0x5001, 0x5002]
     assert dec.stats["tcp_resync_skipped_bytes"] == len(messages[0]) - 150
+
+
+def test_a_hole_open_longer_than_the_gap_timeout_is_a_gap():
+    messages = _responses(4)
+    segments = _stream(messages, 200)
+    dec = FrameDecoder()
+    got = _ids(_feed(dec, segments[:1] + segments[2:4], fin=False))
+    assert got == [] and dec.stats["tcp_gaps"] == 0  # waiting: the hole may still be filled
+    off, chunk = segments[4]
+    got = _ids(dec.decode(_frame(1.0 + frames.GAP_TIMEOUT + 0.5, 1001 + off, chunk)))
+    assert got == [0x5002]  # message 2 lies after the hole; 0 and 1 were cut by it
+    assert dec.stats["tcp_gaps"] == 1 and dec.stats.get("tcp_out_of_order_bound", 0) == 0
+
+
+def test_real_capture_with_a_segment_removed():
+    """pcaps/tcp_segment_lost.pcap: kdig +keepopen, 6 queries on one connection; the 3rd of the 5
+    segments of the big.example.test answer deleted. The 4 answers after it are read, as tshark reads them."""
+    from conftest import PCAPS
+    from dnswatch.sources.pcap import read_frames
+
+    dec = FrameDecoder()
+    segs = []
+    for frame in read_frames(str(PCAPS / "tcp_segment_lost.pcap")):
+        segs += dec.decode(frame)
+    segs += dec.finish()
+    responses = [s for s in segs if s.sport == 53]
+    assert len(responses) == 5
+    assert dec.stats["tcp_gaps"] == 1
+    assert dec.stats["tcp_gap_bytes"] == 1448
+    assert dec.stats["tcp_resync_skipped_bytes"] == 6516 - 1448  # the rest of the big answer (6516 bytes on the wire)
+    assert dec.dropped() == 0
