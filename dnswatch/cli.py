@@ -147,10 +147,16 @@ def _replay_one(store: Store, path: str, ports: Sequence[int], timeout: float, p
 def _summary_dict(s: Summary) -> dict:
     return {
         "frames": s.frames, "dns_messages": s.dns_messages, "queries": s.queries, "responses": s.responses,
-        "malformed": s.malformed, "dropped": s.dropped, "duplicates": s.duplicates, "unanswered": s.unanswered,
+        "malformed": s.malformed, "dropped": s.dropped, "losses": s.losses, "duplicates": s.duplicates,
+        "retries": s.retries, "repeated_responses": s.repeated_responses, "unanswered": s.unanswered,
         "response_only": s.response_only, "rows": s.rows, "seconds": round(s.seconds, 3),
         "frames_per_second": round(s.rate), "malformed_reasons": s.malformed_reasons, "warnings": s.warnings,
     }
+
+
+def losses_text(losses: dict) -> str:
+    """'kernel perf buffer 3, decode 0, ...': every stage, so a reader sees where nothing was lost too."""
+    return ", ".join(f"{stage.replace('_', ' ')} {n:,}" for stage, n in losses.items())
 
 
 def _summary_text(path: str, s: Summary) -> str:
@@ -160,7 +166,7 @@ def _summary_text(path: str, s: Summary) -> str:
         f"{s.rows:,} rows, {s.unanswered:,} unanswered, {s.response_only:,} responses without query"
     )
     if s.dropped:
-        text += f", {s.dropped:,} dropped at memory bounds"
+        text += f", {s.dropped:,} lost ({losses_text(s.losses)})"
     return text + f" in {s.seconds:.2f}s ({s.rate:,.0f} frames/s)"
 
 
@@ -251,10 +257,28 @@ def search(name: Optional[str], db_path: Optional[str], types, rcodes, status, s
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="As JSON.")
 @click.option("--sql", "as_sql", is_flag=True, help="As the CREATE statements.")
-def schema(as_json: bool, as_sql: bool) -> None:
+@click.option("--json-lines", "json_lines", is_flag=True,
+              help="The JSON Schema of `watch --json` lines (versioned) instead.")
+@click.option("--ecs", "as_ecs", is_flag=True,
+              help="How `watch --json-format ecs` maps columns to Elastic Common Schema fields instead.")
+def schema(as_json: bool, as_sql: bool, json_lines: bool, as_ecs: bool) -> None:
     """Every table and column of the log, with its meaning."""
+    from dnswatch.jsonlines import ECS_MAPPING, ECS_VERSION, json_lines_schema
     from dnswatch.schema import create_sql
 
+    if json_lines:
+        click.echo(json.dumps(json_lines_schema(), indent=2))
+        return
+    if as_ecs:
+        if as_json:
+            click.echo(json.dumps({"ecs_version": ECS_VERSION,
+                                   "fields": [{"field": f, "from": src} for f, src in ECS_MAPPING]}, indent=2))
+            return
+        click.echo(f"watch --json-format ecs: Elastic Common Schema {ECS_VERSION} fields and where they come from")
+        width = max(len(f) for f, _ in ECS_MAPPING)
+        for field, source in ECS_MAPPING:
+            click.echo(f"  {field:<{width}}  {source}")
+        return
     if as_json:
         click.echo(json.dumps(describe(), indent=2))
         return
@@ -285,7 +309,18 @@ def schema(as_json: bool, as_sql: bool) -> None:
               help="Capture in every network namespace of the host (every pod on a node), picking up new ones.")
 @db_option
 @click.option("--no-db", is_flag=True, help="Do not store anything; only print.")
-@click.option("--json", "as_json", is_flag=True, help="JSON lines on stdout (one per query/response).")
+@click.option("--json", "as_json", is_flag=True,
+              help="JSON lines on stdout, one per query or timeout (schema: dnswatch schema --json-lines).")
+@click.option("--json-format", type=click.Choice(["native", "ecs"]), default=None,
+              help="JSON line format: dnswatch's own (native, the default) or Elastic Common Schema (ecs); "
+                   "implies --json.")
+@click.option("--metrics", "metrics_listen", metavar="HOST:PORT",
+              help="Serve Prometheus metrics on http://HOST:PORT/metrics (127.0.0.1:9553, [::1]:9553, :9553 for "
+                   "every address).")
+@click.option("--metrics-max-series", type=click.IntRange(1, 100_000), default=200, show_default=True,
+              metavar="N", help="At most N label sets (pod/container or process) in the metrics; the rest are "
+                                "counted under 'other'.")
+@click.option("--metrics-server-label", is_flag=True, help="Add the resolver's address as a 'server' label.")
 @click.option("--duration", type=float, metavar="SECONDS", help="Stop after this many seconds.")
 @click.option("--count", type=int, metavar="N", help="Stop after N queries shown.")
 @click.option("--pid", "pids", type=int, multiple=True, help="Only this process id (repeatable).")
@@ -301,7 +336,8 @@ def schema(as_json: bool, as_sql: bool) -> None:
               help="Where the kubelet's pods/ and containers/ log folders are (pod and container names).")
 @click.option("--quiet", "-q", is_flag=True, help="Print no per-query lines (still stores them).")
 @click.option("--debug", is_flag=True, help="Show the BPF compiler/verifier output on failure.")
-def watch(interfaces, ports, responses, netns_specs, all_netns, db_path, no_db, as_json, duration, count, pids,
+def watch(interfaces, ports, responses, netns_specs, all_netns, db_path, no_db, as_json, json_format,
+          metrics_listen, metrics_max_series, metrics_server_label, duration, count, pids,
           comms, names, types, pods, pod_namespaces, containers, timeout, k8s_log_dir, quiet, debug) -> None:
     """Watch DNS queries live (needs root and bcc), storing them in the log.
 
@@ -311,9 +347,12 @@ def watch(interfaces, ports, responses, netns_specs, all_netns, db_path, no_db, 
       sudo dnswatch watch -i eth0 --responses
       sudo dnswatch watch --comm curl --json
       sudo dnswatch watch --all-netns --pod-namespace shop
+      sudo dnswatch watch --all-netns --responses --metrics :9553 --json-format ecs
     """
     from dnswatch import netns
     from dnswatch.enrich import Enricher
+    from dnswatch.jsonlines import JsonLinesSink
+    from dnswatch.metrics import HealthUpdater, MetricsError, MetricsServer, MetricsSink
     from dnswatch.sources.live import LiveCapture, LiveCaptureError
     from dnswatch.watch import NetnsTracker, RowFilter, row_dict, run_watch
 
@@ -328,11 +367,22 @@ def watch(interfaces, ports, responses, netns_specs, all_netns, db_path, no_db, 
         netns_paths = list(netns.discover().values())
     row_filter = RowFilter(pids=pids, comms=comms, names=names, types=types, pods=pods,
                            pod_namespaces=pod_namespaces, containers=containers)
+    as_json = as_json or json_format is not None
+    metrics = None
+    if metrics_listen:
+        try:
+            metrics = MetricsServer(MetricsSink(metrics_max_series, server_label=metrics_server_label),
+                                    metrics_listen)
+            metrics.start()
+        except MetricsError as exc:
+            raise click.ClickException(str(exc))
     capture = LiveCapture(interfaces=list(interfaces) or None, ports=ports, responses=responses, debug=debug,
                           netns=netns_paths)
     try:
         capture.open()
     except LiveCaptureError as exc:
+        if metrics is not None:
+            metrics.close()
         raise click.ClickException(str(exc))
     store = None
     if not no_db:
@@ -340,6 +390,8 @@ def watch(interfaces, ports, responses, netns_specs, all_netns, db_path, no_db, 
             store = Store(db_path or default_db_path())
         except StoreError as exc:
             capture.close()
+            if metrics is not None:
+                metrics.close()
             raise click.ClickException(str(exc))
     shown = {"n": 0}
     out = sys.stdout
@@ -349,36 +401,45 @@ def watch(interfaces, ports, responses, netns_specs, all_netns, db_path, no_db, 
             return
         if kind == "Q":
             shown["n"] += 1
-        if quiet:
+        if quiet or as_json:  # JSON lines come from the stored rows (a sink), once each row is complete
             return
-        d = row_dict(row)
-        if as_json:
-            out.write(json.dumps({"event": "query" if kind == "Q" else "response", **d}, ensure_ascii=True) + "\n")
-        else:
-            out.write(event_line(kind, d) + "\n")
+        out.write(event_line(kind, row_dict(row)) + "\n")
         out.flush()
 
+    enricher = Enricher(k8s_log_dir=k8s_log_dir)
+    capture.on_task = enricher.process_names.name  # while the sender exists, not once the reorder window is past
+    sinks = []  # they get the rows the log stores, after the filters
+    if metrics is not None:
+        sinks.append(metrics.sink)
+    if as_json and not quiet:
+        sinks.append(JsonLinesSink(out, json_format or "native", row_filter=row_filter if row_filter.active else None))
     pipeline = Pipeline(store, "live", capture.describe(), ports, timeout,
                         options={"interfaces": list(interfaces), "responses": responses, "netns": list(netns_specs),
                                  "all_netns": all_netns},
                         on_query=lambda row: show("Q", row),
                         on_response=(lambda row: show("R", row)) if responses else None,
-                        enrich=Enricher(k8s_log_dir=k8s_log_dir),
+                        enrich=enricher,
                         row_filter=row_filter if row_filter.active else None,
-                        expect_responses=responses)
+                        expect_responses=responses, sinks=sinks)
     where = f", logging to {store.path}" if store else ""
+    if metrics is not None:
+        where += f", metrics on {metrics.url}"
     click.echo(f"Watching DNS on {capture.describe()}{where}. Ctrl-C to end.", err=True)
     try:
         summary = run_watch(capture, pipeline, duration=duration, count=count, shown=lambda: shown["n"],
-                            tracker=NetnsTracker(capture) if all_netns else None)
+                            tracker=NetnsTracker(capture) if all_netns else None,
+                            on_tick=HealthUpdater(metrics.sink, pipeline, capture, store) if metrics else None)
     except StoreError as exc:
         raise click.ClickException(str(exc))
     finally:
         if store is not None:
             store.close()
+        if metrics is not None:
+            metrics.close()
     click.echo(
         f"{summary.queries:,} queries, {summary.responses:,} responses, {summary.malformed:,} malformed, "
-        f"{summary.dropped:,} dropped (kernel buffer losses), {summary.duplicates:,} duplicate copies; "
+        f"{summary.dropped:,} lost ({losses_text(summary.losses)}), {summary.duplicates:,} duplicate copies, "
+        f"{summary.retries:,} retries; "
         f"{summary.rows:,} rows stored in {summary.seconds:.1f}s",
         err=True,
     )

@@ -203,7 +203,8 @@ def test_filter_compiles_and_loads():
     try:
         assert f.prog_fd > 0
         assert f.task_meta == 15 or f.fallback
-        assert f.counters() == {"kernel_seen": 0, "kernel_kept": 0, "emit_failures": 0, "kernel_slow_loads": 0}
+        assert f.counters() == {"kernel_seen": 0, "kernel_kept": 0, "emit_failures": 0, "kernel_slow_loads": 0,
+                                "kernel_skip_short": 0, "kernel_skip_qdcount": 0}
     finally:
         f.close()
 
@@ -905,3 +906,11 @@ def test_doctor():
             "perf_event_paranoid"} <= set(by)
     assert by["privileges"].ok and by["bcc"].ok and by["eBPF filter"].ok
     assert ready(checks)
+
+
+def test_tcp_question_bound_is_counted(kf):
+    before = kf.filter.counters()
+    kf.run([tcp4(payload=_many_questions(17)), tcp4(payload=_many_questions(16))])
+    after = kf.filter.counters()
+    assert after["kernel_kept"] - before["kernel_kept"] == 1
+    assert after["kernel_skip_qdcount"] - before["kernel_skip_qdcount"] == 1

@@ -118,7 +118,7 @@ def test_queries_only_by_default_and_filters(lab, tmp_path):
         assert watch.stop() == 0, "".join(watch.stderr)
     events = [json.loads(line) for line in watch.stdout if line.startswith("{")]
     assert [(e["event"], e["qname"], e["pid"], e["status"]) for e in events] == [
-        ("query", "www.example.test", dig_pid, None)]
+        ("query", "www.example.test", dig_pid, "query_only")]  # one line per stored row (dnswatch schema --json-lines)
     stored = rows(db)
     assert [(r["qname"], r["status"], r["comm"]) for r in stored] == [("www.example.test", "query_only", "dig")]
     cap = capture_row(db)
