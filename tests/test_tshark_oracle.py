@@ -1,5 +1,7 @@
 """Cross-check against tshark: every DNS query tshark sees in pcaps/ is a row with the same name, type,
-id, client address and port."""
+id, client address and port; every response it sees is stored with the same rcode, answer count and
+answers (A/AAAA/CNAME/PTR/MX/TXT data compared; only what the schema documents is normalised: case, the
+root written '.', TXT in presentation form). And no capture but the hostile one has decoder='raw' rows."""
 from __future__ import annotations
 
 import json
