@@ -19,6 +19,37 @@ from dnswatch.sources.pcap import CaptureFormatError, PcapReader, file_size
 from dnswatch.store import Store, StoreError, default_db_path, open_readonly
 
 
+class _Number(click.ParamType):
+    """An int or float option within bounds. Out of range (or not a number) is one line and exit 1, never a
+    traceback: too large a --pid overflows SQLite's integers, and the kernel filter takes only so much."""
+
+    def __init__(self, kind: type, low, high, fix: str):
+        self.kind, self.low, self.high, self.fix = kind, low, high, fix
+        self.name = "integer" if kind is int else "number"
+        self.name_text = "an integer" if kind is int else "a number"
+
+    def convert(self, value, param, ctx):
+        opt = param.opts[0] if param is not None and param.opts else "value"
+        if isinstance(value, self.kind) and not isinstance(value, bool):
+            number = value
+        else:
+            try:
+                number = self.kind(str(value).strip())
+            except ValueError:
+                raise click.ClickException(f"{opt} {safe_text(str(value))}: not {self.name_text}; {self.fix}")
+        # a NaN fails both comparisons; inf fails the upper bound
+        if not (self.low <= number <= self.high):
+            raise click.ClickException(f"{opt} {safe_text(str(value))}: out of range; {self.fix}")
+        return number
+
+
+PORT = _Number(int, 1, 65535, "a port is a whole number from 1 to 65535")
+PID = _Number(int, 0, 2**31 - 1, "a process id is a whole number from 0 to 2147483647")
+SECONDS = _Number(float, 1e-3, 1e9, "give seconds as a number from 0.001 to 1e9")
+COUNT = _Number(int, 1, 2**62, "give a whole number from 1 to 2**62")
+LIMIT = _Number(int, 0, 2**62, "give a whole number of rows from 0 (no limit) to 2**62")
+
+
 def db_option(f):
     return click.option(
         "--db", "db_path", default=None, metavar="PATH",
@@ -28,7 +59,7 @@ def db_option(f):
 
 def port_option(f):
     return click.option(
-        "--port", "ports", type=click.IntRange(1, 65535), multiple=True, metavar="PORT",
+        "--port", "ports", type=PORT, multiple=True, metavar="PORT",
         help="DNS port to decode (repeatable; default 53).",
     )(f)
 
@@ -57,7 +88,7 @@ def cli() -> None:
 @click.argument("files", nargs=-1, required=True, metavar="FILE...")
 @db_option
 @port_option
-@click.option("--timeout", type=float, default=DEFAULT_TIMEOUT, show_default=True,
+@click.option("--timeout", type=SECONDS, default=DEFAULT_TIMEOUT, show_default=True,
               help="Seconds (capture time) a query waits for its response before it is unanswered.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
@@ -131,6 +162,10 @@ def _replay_one(store: Store, path: str, ports: Sequence[int], timeout: float, p
         raise
     finally:
         pipeline.summary.warnings.extend(reader.warnings)
+        if reader.dropped:  # packets of pcapng interfaces beyond the interface table's bound
+            pipeline.source_losses["memory_bounds"] = reader.dropped
+        if reader.damaged and status == "complete":
+            status = "damaged"  # read to the end of what could be read: the warnings say where it stopped
         unknown = pipeline.decoder.unknown_linktypes()
         if unknown:
             pipeline.summary.warnings.append(
@@ -221,14 +256,14 @@ def query(sql: str, db_path: Optional[str], params, attach, fmt: str) -> None:
 @click.option("--status", type=click.Choice(["answered", "unanswered", "response_only", "query_only"]))
 @click.option("--src", help="Client address.")
 @click.option("--answer", help="Rows whose answers contain this value (an address, a CNAME target...).")
-@click.option("--pid", "pids", type=int, multiple=True, help="Sending process id (repeatable).")
+@click.option("--pid", "pids", type=PID, multiple=True, help="Sending process id (repeatable).")
 @click.option("--comm", "comms", multiple=True, help="Sending command name (repeatable).")
 @click.option("--pod", "pods", multiple=True, help="Kubernetes pod name (repeatable; a single glob works too).")
 @click.option("--pod-namespace", "pod_namespaces", multiple=True, help="Kubernetes namespace (repeatable).")
 @click.option("--container", "containers", multiple=True, help="Container name or id prefix (repeatable).")
 @click.option("--since", help="From this time: 10m, 2h, 1d (ago), 2026-11-01, 2026-11-01T14:30, Unix seconds.")
 @click.option("--until", help="Up to this time (same forms as --since).")
-@click.option("--limit", type=int, default=100, show_default=True, help="At most this many rows (0: all).")
+@click.option("--limit", type=LIMIT, default=100, show_default=True, help="At most this many rows (0: all).")
 @click.option("--all-columns", is_flag=True, help="Every column of the queries table.")
 @format_options
 def search(name: Optional[str], db_path: Optional[str], types, rcodes, status, src, answer, pids, comms, pods,
@@ -317,28 +352,32 @@ def schema(as_json: bool, as_sql: bool, json_lines: bool, as_ecs: bool) -> None:
 @click.option("--metrics", "metrics_listen", metavar="HOST:PORT",
               help="Serve Prometheus metrics on http://HOST:PORT/metrics (127.0.0.1:9553, [::1]:9553, :9553 for "
                    "every address).")
-@click.option("--metrics-max-series", type=click.IntRange(1, 100_000), default=200, show_default=True,
+@click.option("--metrics-max-series", type=_Number(int, 1, 100_000, "give a whole number from 1 to 100000"),
+              default=200, show_default=True,
               metavar="N", help="At most N label sets (pod/container or process) in the metrics; the rest are "
                                 "counted under 'other'.")
 @click.option("--metrics-server-label", is_flag=True, help="Add the resolver's address as a 'server' label.")
-@click.option("--duration", type=float, metavar="SECONDS", help="Stop after this many seconds.")
-@click.option("--count", type=int, metavar="N", help="Stop after N queries shown.")
-@click.option("--pid", "pids", type=int, multiple=True, help="Only this process id (repeatable).")
+@click.option("--duration", type=SECONDS, metavar="SECONDS", help="Stop after this many seconds.")
+@click.option("--count", type=COUNT, metavar="N", help="Stop after N queries shown.")
+@click.option("--pid", "pids", type=PID, multiple=True, help="Only this process id (repeatable).")
 @click.option("--comm", "comms", multiple=True, help="Only this command name (repeatable).")
 @click.option("--name", "names", multiple=True, help="Only names containing this (or matching this glob).")
 @click.option("--type", "types", multiple=True, help="Only this query type (repeatable).")
 @click.option("--pod", "pods", multiple=True, help="Only this Kubernetes pod (repeatable).")
 @click.option("--pod-namespace", "pod_namespaces", multiple=True, help="Only this Kubernetes namespace (repeatable).")
 @click.option("--container", "containers", multiple=True, help="Only this container name or id prefix (repeatable).")
-@click.option("--timeout", type=float, default=DEFAULT_TIMEOUT, show_default=True,
+@click.option("--timeout", type=SECONDS, default=DEFAULT_TIMEOUT, show_default=True,
               help="Seconds a query waits for its response (with --responses).")
 @click.option("--k8s-log-dir", default="/var/log", show_default=True, metavar="DIR",
               help="Where the kubelet's pods/ and containers/ log folders are (pod and container names).")
 @click.option("--quiet", "-q", is_flag=True, help="Print no per-query lines (still stores them).")
 @click.option("--debug", is_flag=True, help="Show the BPF compiler/verifier output on failure.")
+@click.option("--heartbeat", "heartbeat_path", envvar="DNSWATCH_HEARTBEAT", metavar="FILE",
+              help="Touch FILE every second while capturing, for `dnswatch health` (default: $DNSWATCH_HEARTBEAT).")
 def watch(interfaces, ports, responses, netns_specs, all_netns, db_path, no_db, as_json, json_format,
           metrics_listen, metrics_max_series, metrics_server_label, duration, count, pids,
-          comms, names, types, pods, pod_namespaces, containers, timeout, k8s_log_dir, quiet, debug) -> None:
+          comms, names, types, pods, pod_namespaces, containers, timeout, k8s_log_dir, quiet, debug,
+          heartbeat_path) -> None:
     """Watch DNS queries live (needs root and bcc), storing them in the log.
 
     \b
@@ -353,10 +392,14 @@ def watch(interfaces, ports, responses, netns_specs, all_netns, db_path, no_db, 
     from dnswatch.enrich import Enricher
     from dnswatch.jsonlines import JsonLinesSink
     from dnswatch.metrics import HealthUpdater, MetricsError, MetricsServer, MetricsSink
-    from dnswatch.sources.live import LiveCapture, LiveCaptureError
+    from dnswatch.sources.live import MAX_PORTS, LiveCapture, LiveCaptureError
     from dnswatch.watch import NetnsTracker, RowFilter, row_dict, run_watch
 
-    ports = tuple(ports) or (53,)
+    ports = tuple(dict.fromkeys(ports)) or (53,)
+    if len(ports) > MAX_PORTS:  # each port is a compare in the kernel filter, which has room for MAX_PORTS
+        raise click.ClickException(
+            f"{len(ports)} --port options: live capture filters at most {MAX_PORTS} DNS ports; drop some, or capture "
+            "to a file (tcpdump -w) and replay it, which takes any number of --port")
     if netns_specs and all_netns:
         raise click.UsageError("--netns and --all-netns do not go together: --all-netns already includes every one")
     try:
@@ -424,14 +467,31 @@ def watch(interfaces, ports, responses, netns_specs, all_netns, db_path, no_db, 
     where = f", logging to {store.path}" if store else ""
     if metrics is not None:
         where += f", metrics on {metrics.url}"
+    heartbeat = None
+    if heartbeat_path:
+        from dnswatch.health import Heartbeat
+
+        try:
+            heartbeat = Heartbeat(heartbeat_path)
+        except OSError as exc:
+            capture.close()
+            if store is not None:
+                store.close()
+            if metrics is not None:
+                metrics.close()
+            raise click.ClickException(f"cannot write the heartbeat file {heartbeat_path} ({exc.strerror}): "
+                                       "give --heartbeat a writable path")
     click.echo(f"Watching DNS on {capture.describe()}{where}. Ctrl-C to end.", err=True)
     try:
         summary = run_watch(capture, pipeline, duration=duration, count=count, shown=lambda: shown["n"],
                             tracker=NetnsTracker(capture) if all_netns else None,
-                            on_tick=HealthUpdater(metrics.sink, pipeline, capture, store) if metrics else None)
+                            on_tick=HealthUpdater(metrics.sink, pipeline, capture, store) if metrics else None,
+                            heartbeat=heartbeat.beat if heartbeat else None)
     except StoreError as exc:
         raise click.ClickException(str(exc))
     finally:
+        if heartbeat is not None:
+            heartbeat.close()
         if store is not None:
             store.close()
         if metrics is not None:
@@ -467,6 +527,21 @@ def doctor(as_json: bool) -> None:
                 click.echo(f"     fix: {c.fix}")
         click.echo("Live capture: " + ("ready." if ready(checks) else "not possible until the FAIL lines are fixed."))
     if not ready(checks):
+        sys.exit(1)
+
+
+@cli.command()
+@click.option("--heartbeat", "heartbeat_path", envvar="DNSWATCH_HEARTBEAT", required=True, metavar="FILE",
+              help="The file `watch --heartbeat` touches (default: $DNSWATCH_HEARTBEAT).")
+@click.option("--max-age", type=click.FloatRange(min=1), default=30, show_default=True, metavar="SECONDS",
+              help="Fail when the heartbeat is older than this.")
+def health(heartbeat_path: str, max_age: float) -> None:
+    """Liveness probe: exit 0 while `watch` is capturing, 1 once its heartbeat is stale or gone."""
+    from dnswatch.health import check
+
+    ok, message = check(heartbeat_path, max_age)
+    click.echo(message, err=not ok)
+    if not ok:
         sys.exit(1)
 
 
