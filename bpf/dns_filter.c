@@ -260,6 +260,18 @@ static __always_inline int parse_ipv6(struct pkt *p, u32 off, struct l4 *t, stru
     return 0;
 }
 
+/* Rule 4's question bound: a segment to a DNS port that starts like a query claiming more than 16
+ * questions (length prefix, QR 0, qdcount > 16, no answer or authority records, and a length that can
+ * hold them). Continuation segments are not headers; this shape is what they almost never have. */
+static __always_inline int tcp_too_many_questions(struct pkt *p, struct l4 *t, int doff)
+{
+    u8 m[14];   /* length prefix + DNS header */
+    if (t->len - doff < (int)sizeof(m) || ld(p, t->off + doff, m, sizeof(m)))
+        return 0;
+    u32 qd = be16(m + 6);
+    return !(m[4] & 0x80) && qd > 16 && !be16(m + 8) && !be16(m + 10) && be16(m) >= 12 + 5 * qd;
+}
+
 /* Rules 3 and 4 on the transport header. Lengths are what the IP header declares for this
  * packet (the UDP length field is not consulted, as in user space). */
 static __always_inline int keep_transport(struct pkt *p, struct l4 *t)
@@ -288,11 +300,17 @@ static __always_inline int keep_transport(struct pkt *p, struct l4 *t)
         u8 th[13];   /* ports .. data offset */
         if (t->len < (int)sizeof(th) || ld(p, t->off, th, sizeof(th)))
             return 0;
-        if (t->len <= (th[12] >> 4) * 4)
+        int doff = (th[12] >> 4) * 4;
+        if (t->len <= doff)
             return 0;   /* nothing after the data offset: SYN, pure ACK, FIN */
         t->resp = !port_in(be16(th + 2));
-        if (port_in(be16(th + 2)))
+        if (port_in(be16(th + 2))) {
+            if (tcp_too_many_questions(p, t, doff)) {
+                count(CNT_SKIP_QDCOUNT);
+                return 0;
+            }
             return 1;
+        }
         return RESPONSES && port_in(be16(th));
     }
     return 0;

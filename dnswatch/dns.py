@@ -16,7 +16,9 @@ import json
 import struct
 from typing import Dict, List, NamedTuple, Optional, Tuple, Union
 
-from dnslib import CLASS, OPCODE, QTYPE, RCODE, DNSRecord
+from dnslib import CLASS, OPCODE, QTYPE, RCODE, RD, RR, DNSError, DNSHeader, DNSLabel, DNSQuestion
+from dnslib.buffer import BufferError as _DnslibBufferError
+from dnslib.label import DNSBuffer
 
 MAX_POINTER_JUMPS = 64  # more than any legitimate name needs; stops compression loops
 MAX_NAME_LENGTH = 255
@@ -24,10 +26,19 @@ CACHE_SIZE = 65536  # messages
 CACHE_BYTES = 16 << 20  # bytes held: each key, its decoded answers and CACHE_ENTRY_OVERHEAD
 CACHE_ENTRY_OVERHEAD = 448  # the Message tuple, its question and qname, the dict slot (measured, tracemalloc)
 CACHE_MAX_KEY = 512  # larger messages are decoded every time: they rarely repeat, and would crowd out the rest
+# What one message may cost. Real messages ask one question (the kernel filter drops UDP queries with more
+# than 16); the first MAX_QUESTIONS become rows and the rest are counted in the note. A 65 KB TCP message
+# can hold 10,800 questions or 5,900 records, each name a pointer chain: records past MAX_RECORDS are not
+# read, and names share one budget of label and pointer steps per message (names are cached by offset, so
+# compression costs one step per pointer).
+MAX_QUESTIONS = 16
+MAX_RECORDS = 2048
+NAME_STEPS = 32768
 
 OPT = 41
 EDNS_OPTION_ECS = 8
-_NAME_TYPES = frozenset(("CNAME", "NS", "PTR", "DNAME"))
+_NAME_TYPES = frozenset((2, 5, 12, 39))  # NS CNAME PTR DNAME: rdata is one domain name
+TYPE_MX, TYPE_TXT, TYPE_SOA, TYPE_SRV, TYPE_SPF = 15, 16, 6, 33, 99
 _FLAG_BITS = (("aa", 0x0400), ("tc", 0x0200), ("rd", 0x0100), ("ra", 0x0080), ("ad", 0x0020), ("cd", 0x0010))
 
 
@@ -45,6 +56,33 @@ def _escape_table() -> List[str]:
 
 _ESCAPE = _escape_table()
 _PLAIN = frozenset(b for b in range(0x21, 0x7F) if b not in (0x2E, 0x5C))
+
+
+def _string_escape_table() -> List[str]:
+    """<character-string> in presentation form as dig writes it: printable ASCII (space included) as is,
+    ``"`` and ``\\`` with a backslash, every other byte as decimal ``\\DDD``."""
+    table = []
+    for b in range(256):
+        if b in (0x22, 0x5C):
+            table.append("\\" + chr(b))
+        elif 0x20 <= b <= 0x7E:
+            table.append(chr(b))
+        else:
+            table.append("\\%03d" % b)
+    return table
+
+
+_STRING_ESCAPE = _string_escape_table()
+
+
+def string_text(data: bytes) -> str:
+    """One <character-string> (TXT, SPF, NAPTR, HINFO...) quoted, as dig shows it."""
+    return '"' + "".join([_STRING_ESCAPE[b] for b in data]) + '"'
+
+
+def strings_text(strings) -> str:
+    """Several character-strings: each quoted, separated by one space (``"a" "b"``)."""
+    return " ".join(string_text(bytes(x)) for x in strings)
 
 
 def label_text(label: bytes) -> str:
@@ -156,11 +194,11 @@ def _decode(payload: bytes) -> Union[Message, Malformed]:
     if len(payload) < 12:
         return Malformed("empty payload" if not payload else f"truncated header ({len(payload)} bytes)")
     try:
-        record = DNSRecord.parse(payload)
+        parsed = _parse_bounded(payload)
     except Exception as exc:  # dnslib raises DNSError, but also ValueError/RecursionError on hostile input
         return _decode_raw(payload, f"dnslib: {_short(exc)}")
     try:
-        return _from_dnslib(record, payload)
+        return _from_dnslib(parsed, payload)
     except Exception as exc:  # rdata that dnslib parsed but cannot render
         return _decode_raw(payload, f"dnslib: {_short(exc)}")
 
@@ -171,13 +209,171 @@ def _short(exc: BaseException) -> str:
     return (type(exc).__name__ + ": " + text)[:200]
 
 
-def _from_dnslib(record: DNSRecord, payload: bytes) -> Message:
-    h = record.header
+class _Buffer(DNSBuffer):
+    """dnslib's buffer with a name reader that costs what the bytes are worth: iterative (dnslib recurses
+    once per pointer, so a chain of pointers is quadratic and ends in RecursionError), names cached by
+    offset, pointers strictly backwards, and one budget of steps for the whole message."""
+
+    def __init__(self, data: bytes):
+        super().__init__(data)
+        self.names: Dict[int, Tuple[Tuple[bytes, ...], int]] = {}  # offset -> (labels, end or -1)
+        self.steps = NAME_STEPS
+
+    def decode_name(self, last=-1):
+        data, names = self.data, self.names
+        pos = self.offset
+        labels: List[bytes] = []
+        starts: List[Tuple[int, int]] = [(pos, 0)]  # name starts and pointer targets: cached at the end
+        end = -1
+        while True:
+            hit = names.get(pos)
+            if hit is not None:
+                labels.extend(hit[0])
+                if end < 0:
+                    end = hit[1] if hit[1] >= 0 else pos + _name_span(data, pos)
+                break
+            self.steps -= 1
+            if self.steps < 0:
+                raise _DnslibBufferError("names cost more than %d steps" % NAME_STEPS)
+            if pos >= len(data):
+                raise _DnslibBufferError("Not enough bytes [offset=%d,remaining=0,requested=1]" % pos)
+            n = data[pos]
+            if n & 0xC0 == 0xC0:
+                if pos + 1 >= len(data):
+                    raise _DnslibBufferError("Not enough bytes [offset=%d]" % pos)
+                target = ((n & 0x3F) << 8) | data[pos + 1]
+                if target >= pos:  # a pointer must point to a prior occurrence: no loops possible
+                    raise _DnslibBufferError("Invalid pointer in DNSLabel [offset=%d,pointer=%d,length=%d]"
+                                             % (pos + 2, target, len(data)))
+                if end < 0:
+                    end = pos + 2
+                pos = target
+                starts.append((pos, len(labels)))
+                continue
+            if n & 0xC0:
+                raise _DnslibBufferError("Invalid label type %#x [offset=%d]" % (n & 0xC0, pos))
+            if n == 0:
+                if end < 0:
+                    end = pos + 1
+                break
+            label = data[pos + 1:pos + 1 + n]
+            if len(label) < n:
+                raise _DnslibBufferError("Not enough bytes [offset=%d,remaining=%d,requested=%d]"
+                                         % (pos + 1, len(data) - pos - 1, n))
+            try:
+                label.decode()
+            except UnicodeDecodeError:  # dnslib's rule: such a message goes to the raw reader
+                raise _DnslibBufferError("Invalid label <%s>" % bytes(label)) from None
+            labels.append(label)
+            pos += 1 + n
+        for start, i in starts:
+            if start not in names:
+                names[start] = (tuple(labels[i:]), end if i == 0 else -1)
+        self.offset = end
+        return DNSLabel(labels)
+
+
+def _name_span(data: bytes, pos: int) -> int:
+    """Bytes the name at ``pos`` occupies where it is written (up to its end or its first pointer)."""
+    start = pos
+    while True:
+        n = data[pos]
+        if n & 0xC0 == 0xC0:
+            return pos + 2 - start
+        if n == 0:
+            return pos + 1 - start
+        pos += 1 + n
+
+
+def _skip_name(data: bytes, pos: int) -> int:
+    """Offset after the name at ``pos``, without following pointers (cheap: for questions not recorded)."""
+    while True:
+        if pos >= len(data):
+            raise _WireError("name runs past the end of the message")
+        n = data[pos]
+        if n & 0xC0 == 0xC0:
+            return pos + 2
+        if n & 0xC0:
+            raise _WireError(f"unsupported label type {n & 0xC0:#x}")
+        if n == 0:
+            return pos + 1
+        pos += 1 + n
+
+
+class _Parsed(NamedTuple):
+    header: object
+    questions: list
+    answers: list
+    additional: list
+    note: Optional[str]
+
+
+def _parse_bounded(payload: bytes) -> _Parsed:
+    """dnslib's DNSRecord.parse within the bounds above: the first MAX_QUESTIONS questions, the other
+    questions skipped on the wire, at most MAX_RECORDS records, and names through ``_Buffer``."""
+    buf = _Buffer(payload)
+    header = DNSHeader.parse(buf)
+    notes: List[str] = []
+    questions = [DNSQuestion.parse(buf) for _ in range(min(header.q, MAX_QUESTIONS))]
+    if header.q > MAX_QUESTIONS:
+        notes.append(f"qdcount {header.q}: only the first {MAX_QUESTIONS} questions recorded, "
+                     f"{header.q - MAX_QUESTIONS} not")
+        pos = buf.offset
+        try:
+            for _ in range(header.q - MAX_QUESTIONS):
+                pos = _skip_name(payload, pos) + 4
+            if pos > len(payload):
+                raise _WireError("question runs past the end of the message")
+        except _WireError as exc:
+            notes.append(f"records not read: {exc}")
+            return _Parsed(header, questions, [], [], "; ".join(notes))
+        buf.offset = pos
+    budget = MAX_RECORDS
+    sections: List[list] = []
+    for count in (header.a, header.auth, header.ar):
+        records = []
+        for _ in range(min(count, budget)):
+            start = buf.offset
+            try:
+                records.append(_parse_rr(buf))
+            except _DnslibBufferError as exc:  # as dnslib's own RR.parse reports it
+                raise DNSError("Error unpacking RR [offset=%d]: %s" % (start, exc)) from None
+        budget -= len(records)
+        sections.append(records)
+    total = header.a + header.auth + header.ar
+    if total > MAX_RECORDS:
+        notes.append(f"{total} records: only the first {MAX_RECORDS} read")
+    return _Parsed(header, questions, sections[0], sections[2], "; ".join(notes) or None)
+
+
+def _parse_rr(buf: _Buffer):
+    start = buf.offset
+    rname = buf.decode_name()
+    if buf.offset + 10 > len(buf.data):
+        raise _DnslibBufferError("Not enough bytes [offset=%d]" % buf.offset)
+    rtype, rclass, ttl, rdlen = struct.unpack_from("!HHIH", buf.data, buf.offset)
+    rdata_end = buf.offset + 10 + rdlen
+    if rdata_end > len(buf.data):
+        raise _DnslibBufferError("rdata runs past the end [offset=%d,rdlength=%d]" % (buf.offset + 10, rdlen))
+    if rdlen == 0 and rtype != OPT:  # empty rdata (UPDATE deletions, empty NULL): dnslib refuses, dig prints \# 0
+        rr = RR(rname, rtype, rclass, ttl, RD(b""))
+    else:
+        buf.offset = start  # the owner name is cached now
+        rr = RR.parse(buf)
+        if buf.offset > rdata_end:
+            raise _DnslibBufferError("rdata longer than its rdlength [offset=%d]" % (rdata_end - rdlen))
+    buf.offset = rdata_end
+    rr.rdata_pos = rdata_end - rdlen
+    return rr
+
+
+def _from_dnslib(parsed: _Parsed, payload: bytes) -> Message:
+    h = parsed.header
     bitmap = (payload[2] << 8) | payload[3]
-    questions = tuple(Question(name_text(q.qname.label), q.qtype, q.qclass) for q in record.questions)
+    questions = tuple(Question(name_text(q.qname.label), q.qtype, q.qclass) for q in parsed.questions)
     udp_size = do = ecs = None
     ext_rcode = 0
-    for rr in record.ar:
+    for rr in parsed.additional:
         if rr.rtype == OPT:
             udp_size = rr.rclass
             ext_rcode = (rr.ttl >> 24) & 0xFF
@@ -189,22 +385,68 @@ def _from_dnslib(record: DNSRecord, payload: bytes) -> Message:
     answers = None
     if qr:
         answers = json.dumps(
-            [{"name": name_text(rr.rname.label), "type": qtype_text(rr.rtype), "ttl": rr.ttl, "data": _rdata_text(rr)}
-             for rr in record.rr],
+            [{"name": name_text(rr.rname.label), "type": qtype_text(rr.rtype), "ttl": rr.ttl, "data": _rdata_text(rr, payload)}
+             for rr in parsed.answers],
             ensure_ascii=True,
         )
-    note = None
-    if h.q != len(questions):
-        note = f"qdcount {h.q} but {len(questions)} questions"
     return Message(qr, (bitmap >> 11) & 0xF, _flags(bitmap), (ext_rcode << 4) | (bitmap & 0xF), h.q, h.a,
-                   questions, answers, udp_size, do, ecs, "dnslib", note)
+                   questions, answers, udp_size, do, ecs, "dnslib", parsed.note)
 
 
-def _rdata_text(rr) -> str:
-    t = qtype_text(rr.rtype)
+def _name(label) -> str:
+    return name_text(label.label)
+
+
+def _rdata_text(rr, payload: bytes) -> str:
+    """rdata in presentation form as dig prints it, names as ``name_text`` writes every name."""
+    t, rd = rr.rtype, rr.rdata
+    if type(rd) is RD:  # a type dnslib has no class for (DNAME, SPF...): read from the wire
+        return wire_rdata_text(payload, rr.rdata_pos, len(rd.data), t)
     if t in _NAME_TYPES:
-        return name_text(rr.rdata.label)
-    return str(rr.rdata)
+        return _name(rd.label)
+    if t == TYPE_MX:
+        return "%d %s" % (rd.preference, _name(rd.label))
+    if t == TYPE_TXT:
+        return strings_text(rd.data)
+    if t == TYPE_SOA:
+        return "%s %s %s" % (_name(rd.mname), _name(rd.rname), " ".join(str(x) for x in rd.times))
+    if t == TYPE_SRV:
+        return "%d %d %d %s" % (rd.priority, rd.weight, rd.port, _name(rd.target))
+    cls = type(rd).__name__
+    if cls == "NAPTR":
+        return "%d %d %s %s %s %s" % (rd.order, rd.preference, string_text(rd.flags), string_text(rd.service),
+                                      string_text(rd.regexp), _name(rd.replacement))
+    if cls == "RP":
+        return "%s %s" % (_name(rd.mbox), _name(rd.txt))
+    if cls == "NSEC":
+        return " ".join([_name(rd.label)] + [str(x) for x in rd.rrlist])
+    if cls == "RRSIG":
+        text = repr(rd).split(" ")
+        text[7] = _name(rd.name)
+        return " ".join(text)
+    if cls == "HTTPS":  # SVCB form: priority, target, parameters as dnslib writes them
+        text = repr(rd).split(" ")
+        text[1] = name_text(rd.target)
+        return " ".join(text)
+    return repr(rd)  # A, AAAA, DS, DNSKEY, CAA, SSHFP, TLSA, LOC: dnslib writes these as dig does
+
+
+def generic_rdata(data: bytes) -> str:
+    """RFC 3597 form for rdata of a type without a text form: ``\\# <length> <HEX>`` (dig's case)."""
+    return "\\# %d %s" % (len(data), data.hex().upper()) if data else "\\# 0"
+
+
+def _wire_strings(data: bytes, pos: int, end: int) -> str:
+    """Character-strings from ``data[pos:end]`` (TXT, SPF); damaged ones fall back to the generic form."""
+    strings = []
+    start = pos
+    while pos < end:
+        n = data[pos]
+        if pos + 1 + n > end:
+            return generic_rdata(data[start:end])
+        strings.append(data[pos + 1:pos + 1 + n])
+        pos += 1 + n
+    return strings_text(strings)
 
 
 def _ecs_text(data: bytes) -> Optional[str]:
@@ -271,7 +513,7 @@ def _decode_raw(payload: bytes, why: str) -> Union[Message, Malformed]:
     questions: List[Question] = []
     pos = 12
     problem = None
-    for _ in range(qd):
+    for _ in range(min(qd, MAX_QUESTIONS)):
         try:
             labels, pos = read_name(payload, pos)
         except _WireError as exc:
@@ -290,7 +532,14 @@ def _decode_raw(payload: bytes, why: str) -> Union[Message, Malformed]:
     note = why
     if problem:
         note += f"; {problem}"
-    if qd != len(questions):
+    elif qd > MAX_QUESTIONS:
+        note += f"; qdcount {qd}: only the first {MAX_QUESTIONS} questions recorded, {qd - MAX_QUESTIONS} not"
+        try:
+            for _ in range(qd - MAX_QUESTIONS):
+                pos = _skip_name(payload, pos) + 4
+        except _WireError:
+            pos = len(payload)
+    if qd != len(questions) and (problem or qd <= MAX_QUESTIONS):
         note += f"; qdcount {qd} but {len(questions)} questions readable"
     answers = None
     if qr:
@@ -310,21 +559,47 @@ def _raw_answers(payload: bytes, pos: int, count: int) -> List[dict]:
             break
         rtype, _rclass, ttl, rdlen = struct.unpack_from("!HHIH", payload, pos)
         pos += 10
-        rdata = payload[pos:pos + rdlen]
-        if len(rdata) < rdlen:
+        if pos + rdlen > len(payload):
             break
-        data: str
-        if rtype == 1 and rdlen == 4:
-            data = str(ipaddress.IPv4Address(rdata))
-        elif rtype == 28 and rdlen == 16:
-            data = str(ipaddress.IPv6Address(rdata))
-        elif rtype in (2, 5, 12, 39):
-            try:
-                data = name_text(read_name(payload, pos)[0])
-            except _WireError:
-                data = "\\# %d %s" % (rdlen, rdata.hex())
-        else:
-            data = "\\# %d %s" % (rdlen, rdata.hex())  # RFC 3597 generic form
-        out.append({"name": name_text(labels), "type": qtype_text(rtype), "ttl": ttl, "data": data})
+        out.append({"name": name_text(labels), "type": qtype_text(rtype), "ttl": ttl,
+                    "data": wire_rdata_text(payload, pos, rdlen, rtype)})
         pos += rdlen
     return out
+
+
+def wire_rdata_text(payload: bytes, pos: int, rdlen: int, rtype: int) -> str:
+    """rdata read from the wire in the same presentation form as ``_rdata_text`` (for the types it knows;
+    others, and rdata that does not add up, in the RFC 3597 generic form)."""
+    end = pos + rdlen
+    rdata = bytes(payload[pos:end])
+    try:
+        if rtype == 1 and rdlen == 4:
+            return str(ipaddress.IPv4Address(rdata))
+        if rtype == 28 and rdlen == 16:
+            return str(ipaddress.IPv6Address(rdata))
+        if rtype in _NAME_TYPES:
+            labels, after = read_name(payload, pos)
+            if after == end:
+                return name_text(labels)
+        elif rtype == TYPE_MX and rdlen >= 3:
+            labels, after = read_name(payload, pos + 2)
+            if after == end:
+                return "%d %s" % (_u16(payload, pos)[0], name_text(labels))
+        elif rtype == TYPE_SRV and rdlen >= 7:
+            labels, after = read_name(payload, pos + 6)
+            if after == end:
+                return "%d %d %d %s" % (*struct.unpack_from("!HHH", payload, pos), name_text(labels))
+        elif rtype == TYPE_SOA:
+            mname, after = read_name(payload, pos)
+            rname, after = read_name(payload, after)
+            if after + 20 == end:
+                return "%s %s %s" % (name_text(mname), name_text(rname),
+                                     " ".join(str(x) for x in struct.unpack_from("!IIIII", payload, after)))
+        elif rtype in (TYPE_TXT, TYPE_SPF) and rdlen:
+            return _wire_strings(payload, pos, end)
+    except _WireError:
+        pass
+    return generic_rdata(rdata)
+
+
+_u16 = struct.Struct("!H").unpack_from

@@ -62,7 +62,10 @@ FRAGMENT_OVERHEAD = 128
 MAX_STREAMS = 8192
 STREAM_IDLE_TIMEOUT = 120.0
 MAX_STREAM_BUFFER = 65535 + 2
-MAX_OUT_OF_ORDER = 64
+MAX_OUT_OF_ORDER = 64  # segments waiting behind a hole, per stream
+MAX_OUT_OF_ORDER_BYTES = 2 * MAX_STREAM_BUFFER  # their bytes, per stream
+MAX_OUT_OF_ORDER_TOTAL = 32 << 20  # their bytes, all streams together
+GAP_TIMEOUT = 1.0  # seconds a hole may stay open before it is a gap (reordering takes far less)
 EXPIRE_EVERY = 4096  # frames between sweeps of old fragments and idle streams
 VERDICT_FRAGMENTS = 4096  # the kernel's LRU of kept first fragments
 
@@ -108,16 +111,21 @@ class _Fragments:
 
 
 class _Stream:
-    __slots__ = ("next_seq", "buf", "buf_ts", "buf_meta", "ooo", "last_ts", "ifname")
+    __slots__ = ("next_seq", "buf", "buf_ts", "buf_meta", "ooo", "ooo_bytes", "ooo_since", "last_ts", "ifname", "resync",
+                 "marks")
 
     def __init__(self, next_seq: int, ts: float):
         self.next_seq = next_seq
         self.buf = bytearray()
         self.buf_ts = ts
         self.buf_meta = None
-        self.ooo: Dict[int, bytes] = {}
+        self.ooo: Dict[int, tuple] = {}  # seq -> (payload, ts, meta, ifname) of segments ahead of next_seq
+        self.ooo_bytes = 0
+        self.ooo_since = ts  # when the oldest of them arrived
         self.last_ts = ts
         self.ifname: Optional[str] = None
+        self.resync = False  # looking for the next plausible message (after a gap, or no SYN seen)
+        self.marks: List[tuple] = []  # (offset in buf, ts, meta, ifname) of each chunk: a message's time is its first byte's
 
 
 class FrameDecoder:
@@ -134,6 +142,8 @@ class FrameDecoder:
         self._frag_bytes = 0  # their cost in bytes (see FRAGMENT_OVERHEAD)
         self._kept_frags: "OrderedDict[tuple, bool]" = OrderedDict()
         self._streams: Dict[tuple, _Stream] = {}
+        self._ooo_total = 0  # out-of-order bytes held by all streams
+        self._extra: List[Segment] = []  # messages of another stream than the frame's (a bound resolved its gap)
         self._addr_cache: Dict[bytes, str] = {}
         self._addr_pairs: Dict[bytes, Tuple[str, str]] = {}  # 8 bytes of IPv4 source+destination
         self._since_sweep = 0
@@ -146,6 +156,9 @@ class FrameDecoder:
         self._since_sweep += 1
         if self._since_sweep >= EXPIRE_EVERY:
             self._sweep(ts)
+            if self._extra:  # messages that the sweep completed (streams gone quiet after a gap)
+                extra, self._extra = self._extra, []
+                return extra + self.decode(frame)
         size = len(data)
         if lt == LINKTYPE_ETHERNET and size >= 42:
             # Fast path for most of any capture: Ethernet, IPv4 without options, an unfragmented UDP datagram.
@@ -409,7 +422,12 @@ class FrameDecoder:
                 self.keep = False
                 return
             doff = (data[pos + 12] >> 4) * 4
-            self.keep = end - pos > doff and (self.responses or dport in ports)
+            if end - pos <= doff:
+                self.keep = False
+            elif dport in ports:
+                self.keep = not _tcp_too_many_questions(data, pos + doff, end)
+            else:
+                self.keep = self.responses
 
     def _transport(self, frame, src, dst, proto, data, pos, end, reassembled=False) -> List[Segment]:
         if end - pos < 8:
@@ -432,37 +450,74 @@ class FrameDecoder:
         return self._tcp_segment(frame, src, sport, dst, dport, seq, flags, data[pos + (doff >> 4) * 4:end])
 
     # -- TCP reassembly --------------------------------------------------------------------------
+    # A stream is read message by message (2-byte length prefix, RFC 1035 4.2.2). A segment ahead of the
+    # next expected byte waits in a bounded out-of-order buffer. A hole that FIN/RST, the end of the input,
+    # an idle stream or an out-of-order bound shows to be a loss is a gap: the partial message before it
+    # and the missing bytes are counted (tcp_gaps, tcp_gap_bytes), and reading resumes at the next
+    # plausible message, a length prefix followed by a sane DNS header and question (tcp_resync_skipped_bytes
+    # counts what was passed over). A stream whose SYN was not captured starts the same way.
     def _tcp_segment(self, frame, src, sport, dst, dport, seq, flags, payload) -> List[Segment]:
         key = (src, sport, dst, dport)
         streams = self._streams
         st = streams.get(key)
+        out: List[Segment] = []
         if flags & TCP_SYN:
             if st is None or st.buf or st.next_seq != (seq + 1) & 0xFFFFFFFF:
+                if st is not None:
+                    self._close_stream(key, st, out)
                 st = self._new_stream(key, (seq + 1) & 0xFFFFFFFF, frame.ts)
             seq = (seq + 1) & 0xFFFFFFFF  # data in a SYN (TCP Fast Open) follows the SYN's sequence number
         elif st is None:
             if not payload:
                 return []
-            st = self._new_stream(key, seq, frame.ts)  # SYN not captured: assume a message starts here
+            st = self._new_stream(key, seq, frame.ts)
+            st.resync = True  # SYN not captured: where the next message starts is not known
         st.last_ts = frame.ts
-        out: List[Segment] = []
         if payload:
             self._tcp_data(st, seq, payload, frame)
-            self._tcp_messages(st, key, frame, out)
+            self._tcp_messages(st, key, out)
         if flags & (TCP_FIN | TCP_RST):
-            if st.buf or st.ooo:
-                self.stats["tcp_incomplete_messages"] += 1
-            streams.pop(key, None)
+            self._close_stream(key, st, out, (seq + len(payload)) & 0xFFFFFFFF if flags & TCP_FIN else None)
+        if self._extra:  # messages of other streams whose gap a bound resolved meanwhile
+            out.extend(self._extra)
+            self._extra.clear()
         return out
 
     def _new_stream(self, key, next_seq: int, ts: float) -> _Stream:
         streams = self._streams
-        streams.pop(key, None)
+        old = streams.pop(key, None)
+        if old is not None:
+            self._forget_ooo(old)
         if len(streams) >= MAX_STREAMS:
-            streams.pop(next(iter(streams)))
+            evicted = streams.pop(next(iter(streams)))
+            self._forget_ooo(evicted)
             self.stats["tcp_streams_evicted"] += 1
         st = streams[key] = _Stream(next_seq, ts)
         return st
+
+    def _close_stream(self, key, st: _Stream, out: List[Segment], fin_seq: Optional[int] = None) -> None:
+        """FIN, RST, a new SYN, idle or end of input: what is still out of order lies behind a gap; read
+        it, then forget the stream. A FIN beyond the data seen shows a gap at the end."""
+        while True:
+            self._tcp_messages(st, key, out, final=not st.ooo)
+            if not st.ooo:
+                break
+            self._skip_gap(st)
+        missing = (fin_seq - st.next_seq) & 0xFFFFFFFF if fin_seq is not None else 0
+        if 0 < missing < 0x80000000:
+            self.stats["tcp_gaps"] += 1
+            self.stats["tcp_gap_bytes"] += missing
+            self.stats["tcp_resync_skipped_bytes"] += len(st.buf)
+        elif st.buf:
+            self.stats["tcp_incomplete_messages"] += 1
+        self._forget_ooo(st)
+        if self._streams.get(key) is st:
+            del self._streams[key]
+
+    def _forget_ooo(self, st: _Stream) -> None:
+        self._ooo_total -= st.ooo_bytes
+        st.ooo.clear()
+        st.ooo_bytes = 0
 
     def _tcp_data(self, st: _Stream, seq: int, payload: bytes, frame: Frame) -> None:
         ahead = (seq - st.next_seq) & 0xFFFFFFFF
@@ -474,51 +529,140 @@ class FrameDecoder:
             payload = payload[behind:]
             ahead = 0
         if ahead:
-            if len(st.ooo) >= MAX_OUT_OF_ORDER:
-                self.stats["tcp_gaps_given_up"] += 1
-                st.ooo.clear()
-                st.buf.clear()
-                st.next_seq = seq  # resynchronise at the newest data
-            else:
-                st.ooo.setdefault(seq, payload)
+            if seq in st.ooo:  # a retransmission of a segment already waiting
+                self.stats["tcp_retransmissions"] += 1
                 return
-        self._append(st, payload, frame)
-        while st.ooo:  # drain out-of-order segments that now fit
+            if st.ooo and frame.ts - st.ooo_since > GAP_TIMEOUT:
+                # the hole has been open longer than any reordering takes: what filled it was not captured
+                self._skip_gap(st)
+                self._tcp_data(st, seq, payload, frame)
+                return
+            if len(st.ooo) >= MAX_OUT_OF_ORDER or st.ooo_bytes + len(payload) > MAX_OUT_OF_ORDER_BYTES:
+                # waited long enough for the hole to be filled: it is a gap (the bound is what decided)
+                self.stats["tcp_out_of_order_bound"] += 1
+                self._skip_gap(st)
+                self._tcp_data(st, seq, payload, frame)
+                return
+            if not st.ooo:
+                st.ooo_since = frame.ts
+            st.ooo[seq] = (payload, frame.ts, frame.meta, frame.ifname)
+            st.ooo_bytes += len(payload)
+            self._ooo_total += len(payload)
+            if self._ooo_total > MAX_OUT_OF_ORDER_TOTAL:
+                self._shed_ooo(st)
+            return
+        self._append(st, payload, frame.ts, frame.meta, frame.ifname)
+        self._drain(st)
+
+    def _drain(self, st: _Stream) -> None:
+        """Append the out-of-order segments that now fit."""
+        while st.ooo:
             progressed = False
             for oseq in list(st.ooo):
                 delta = (st.next_seq - oseq) & 0xFFFFFFFF
                 if delta < 0x80000000:  # oseq <= next_seq
-                    chunk = st.ooo.pop(oseq)
+                    chunk, ts, meta, ifname = st.ooo.pop(oseq)
+                    st.ooo_bytes -= len(chunk)
+                    self._ooo_total -= len(chunk)
                     if delta < len(chunk):
-                        self._append(st, chunk[delta:], frame)
+                        self._append(st, chunk[delta:], ts, meta, ifname)
                     progressed = True
             if not progressed:
                 break
 
-    def _append(self, st: _Stream, payload: bytes, frame: Frame) -> None:
+    def _skip_gap(self, st: _Stream) -> None:
+        """The bytes up to the first out-of-order segment are lost: count them, resume behind them."""
+        if not st.ooo:
+            return
+        first = min(st.ooo, key=lambda s: (s - st.next_seq) & 0xFFFFFFFF)
+        self.stats["tcp_gaps"] += 1
+        self.stats["tcp_gap_bytes"] += (first - st.next_seq) & 0xFFFFFFFF
+        if st.buf:  # the message the gap cut: its start is here, its rest is lost
+            self.stats["tcp_resync_skipped_bytes"] += len(st.buf)
+            st.buf.clear()
+        st.marks.clear()
+        st.next_seq = first
+        st.resync = True
+        self._drain(st)
+        if st.ooo:  # another hole further on: its clock starts with the oldest segment behind it
+            st.ooo_since = min(v[1] for v in st.ooo.values())
+
+    def _shed_ooo(self, keep: _Stream) -> None:
+        """Out-of-order data of all streams together is over its bound: the stream holding the most resolves
+        its gap now (its buffered data is read; what a late retransmission could have filled is not)."""
+        while self._ooo_total > MAX_OUT_OF_ORDER_TOTAL:
+            key, st = max(self._streams.items(), key=lambda kv: kv[1].ooo_bytes)
+            if not st.ooo_bytes:
+                break
+            self.stats["tcp_out_of_order_bound"] += 1
+            self._skip_gap(st)
+            if st is not keep:  # (keep's messages are read by the caller)
+                self._tcp_messages(st, key, self._extra)
+
+    def _append(self, st: _Stream, payload: bytes, ts: float, meta, ifname) -> None:
         if not st.buf:
-            st.buf_ts = frame.ts
-            st.buf_meta = frame.meta
-            st.ifname = frame.ifname
+            st.buf_ts = ts
+            st.buf_meta = meta
+            st.ifname = ifname
+        st.marks.append((len(st.buf), ts, meta, ifname))
         st.buf += payload
         st.next_seq = (st.next_seq + len(payload)) & 0xFFFFFFFF
-        if len(st.buf) > MAX_STREAM_BUFFER:
+        if len(st.buf) > (2 * MAX_STREAM_BUFFER if st.resync else MAX_STREAM_BUFFER):
             self.stats["tcp_buffer_overflows"] += 1
             st.buf.clear()
+            st.marks.clear()
 
-    def _tcp_messages(self, st: _Stream, key, frame: Frame, out: List[Segment]) -> None:
+    def _consume(self, st: _Stream, n: int) -> None:
+        """Drop the first ``n`` bytes of the buffer; what follows takes the time of the chunk it begins in."""
+        del st.buf[:n]
+        marks = st.marks
+        j = 0
+        while j + 1 < len(marks) and marks[j + 1][0] <= n:
+            j += 1
+        if marks and marks[j][0] <= n:
+            _off, st.buf_ts, st.buf_meta, st.ifname = marks[j]
+        st.marks = [(max(0, off - n), ts, meta, ifname) for off, ts, meta, ifname in marks[j:]] if st.buf else []
+
+    def _tcp_messages(self, st: _Stream, key, out: List[Segment], final: bool = False) -> None:
         buf = st.buf
         src, sport, dst, dport = key
-        while len(buf) >= 2:
+        while True:
+            if st.resync and not self._resync(st, sport, dport, final):
+                return
+            if len(buf) < 2:
+                return
             mlen = (buf[0] << 8) | buf[1]
             if len(buf) < 2 + mlen:
-                break
+                return
             out.append(Segment(st.buf_ts, src, sport, dst, dport, "tcp", bytes(buf[2:2 + mlen]), st.ifname, st.buf_meta))
-            del buf[:2 + mlen]
-            # the next message (if any) started in the segment at hand
-            st.buf_ts = frame.ts
-            st.buf_meta = frame.meta
-            st.ifname = frame.ifname
+            self._consume(st, 2 + mlen)
+
+    def _resync(self, st: _Stream, sport: int, dport: int, final: bool) -> bool:
+        """Skip to the first plausible message in the buffer; True once found (reading goes on from it).
+        A candidate not yet complete is waited for, unless ``final``."""
+        buf = st.buf
+        n = len(buf)
+        qr = 1 if sport in self.ports else 0 if dport in self.ports else -1
+        i = 0
+        found = False
+        while i + 14 <= n:
+            if _plausible_header(buf, i, qr):
+                mlen = (buf[i] << 8) | buf[i + 1]
+                if i + 2 + mlen <= n:
+                    if _plausible_question(buf, i + 2, mlen):
+                        found = True
+                        break
+                elif not final and mlen <= MAX_STREAM_BUFFER:
+                    break  # wait for the rest of this candidate
+            i += 1
+        if not found and not (i + 14 <= n):
+            i = n if final else max(0, n - 13)  # a message may still begin in the last 13 bytes
+        if i:
+            self.stats["tcp_resync_skipped_bytes"] += i
+            self._consume(st, i)
+        if found:
+            st.resync = False
+        return found
 
     # -- housekeeping --------------------------------------------------------------------------
     def _sweep(self, now: float) -> None:
@@ -526,22 +670,71 @@ class FrameDecoder:
         for key in [k for k, fs in self._frags.items() if now - fs.first_ts > FRAGMENT_TIMEOUT]:
             self._drop_fragments(key, "fragment_sets_expired")
         for key in [k for k, st in self._streams.items() if now - st.last_ts > STREAM_IDLE_TIMEOUT]:
-            if self._streams[key].buf:
-                self.stats["tcp_incomplete_messages"] += 1
-            del self._streams[key]
+            self._close_stream(key, self._streams[key], self._extra)
+        for key, st in self._streams.items():  # a hole open too long in a stream gone quiet
+            if st.ooo and now - st.ooo_since > GAP_TIMEOUT:
+                self._skip_gap(st)
+                self._tcp_messages(st, key, self._extra)
 
-    def finish(self) -> None:
-        """End of input: what is still half-finished is counted, then forgotten."""
+    def finish(self) -> List[Segment]:
+        """End of input: streams are read up to their end (across gaps); what is still half-finished is
+        counted, then forgotten. Returns the messages that only the end completed."""
         if self._frags:
             self.stats["fragment_sets_incomplete"] += len(self._frags)
-        self.stats["tcp_incomplete_messages"] += sum(1 for st in self._streams.values() if st.buf)
+        out, self._extra = self._extra, []
+        self.stats["tcp_incomplete_messages"] += 0  # always present in the notes
+        for key, st in list(self._streams.items()):
+            self._close_stream(key, st, out)
         self._frags.clear()
         self._frag_pieces = self._frag_bytes = 0
         self._streams.clear()
+        return out
 
     def dropped(self) -> int:
-        """Data given up because a bound was hit (not damage in the input)."""
+        """Data given up because a bound was hit (not damage in the input, not a gap in a TCP stream)."""
         s = self.stats
         return (s.get("fragment_sets_evicted", 0) + s.get("fragment_sets_oversized", 0) + s.get("tcp_streams_evicted", 0)
                 + s.get("fragment_sets_too_many_pieces", 0) + s.get("fragment_sets_evicted_memory", 0)
-                + s.get("tcp_gaps_given_up", 0) + s.get("tcp_buffer_overflows", 0))
+                + s.get("tcp_out_of_order_bound", 0) + s.get("tcp_buffer_overflows", 0))
+
+
+def _tcp_too_many_questions(data: bytes, p: int, end: int) -> bool:
+    """The keep contract's question bound for TCP (bpf/dns_filter.c tcp_too_many_questions): a segment to
+    a DNS port starting like a query that claims more than MAX_QDCOUNT questions."""
+    if end - p < 14:
+        return False
+    qd = (data[p + 6] << 8) | data[p + 7]
+    return (not data[p + 4] & 0x80 and qd > MAX_QDCOUNT and not (data[p + 8] | data[p + 9] | data[p + 10] | data[p + 11])
+            and ((data[p] << 8) | data[p + 1]) >= 12 + 5 * qd)
+
+
+def _plausible_header(buf, i: int, qr: int) -> bool:
+    """Could a DNS message over TCP start at ``buf[i]``? Its length prefix and header say so: length >= 12,
+    QR as the direction says (-1: either), a known opcode, Z clear, 1-16 questions, records that fit."""
+    mlen = (buf[i] << 8) | buf[i + 1]
+    if mlen < 12:
+        return False
+    b2, b3 = buf[i + 4], buf[i + 5]
+    if (qr >= 0 and (b2 >> 7) != qr) or ((b2 >> 3) & 0xF) not in (0, 1, 2, 4, 5, 6) or b3 & 0x40:
+        return False
+    qd = (buf[i + 6] << 8) | buf[i + 7]
+    if not 1 <= qd <= MAX_QDCOUNT:
+        return False
+    records = ((buf[i + 8] << 8) | buf[i + 9]) + ((buf[i + 10] << 8) | buf[i + 11]) + ((buf[i + 12] << 8) | buf[i + 13])
+    return 12 + 5 * qd + 11 * records <= mlen
+
+
+def _plausible_question(buf, start: int, mlen: int) -> bool:
+    """The first question of the message at ``buf[start:start+mlen]`` is well formed (labels of at most 63
+    bytes ending inside the message, or a pointer back into it)."""
+    pos, end = start + 12, start + mlen
+    while pos < end:
+        n = buf[pos]
+        if n & 0xC0 == 0xC0:
+            return pos + 6 <= end and (((n & 0x3F) << 8) | buf[pos + 1]) < pos - start
+        if n & 0xC0:
+            return False
+        if n == 0:
+            return pos + 5 <= end
+        pos += 1 + n
+    return False

@@ -25,7 +25,7 @@ MALFORMED_MAX_DATA = 4096  # bytes of a malformed message stored in malformed.da
 # FrameDecoder.stats reasons that mean a DNS message could not be read from what was captured (the
 # user-space decode stage of the losses); the memory-bound ones are FrameDecoder.dropped()
 DECODE_LOSSES = ("truncated_l2", "truncated_l3_l4", "bad_ipv4_header", "bad_ipv6_header", "tcp_incomplete_messages",
-                 "fragment_sets_expired", "fragment_sets_incomplete")
+                 "tcp_gaps", "fragment_sets_expired", "fragment_sets_incomplete")
 # Order of the loss stages, from the wire up (sources add the first ones: live.LiveCapture's kernel counters)
 LOSS_STAGES = ("kernel_perf_buffer", "kernel_short_payload", "kernel_too_many_questions", "decode", "memory_bounds")
 
@@ -257,7 +257,19 @@ class Pipeline:
     def finish(self, status: str = "complete") -> Summary:
         """End of input: pending queries become unanswered, everything is written."""
         self.summary.status = status
-        self.decoder.finish()
+        for seg in self.decoder.finish():  # TCP messages that only the end of the input completed
+            s = self.summary
+            s.dns_messages += 1
+            payload = seg[6]
+            msg = parse_message(payload)
+            if msg.__class__ is Malformed:
+                self._malformed(seg, msg.reason)
+            elif msg.qr:
+                self.correlator.response(seg, msg, (payload[0] << 8) | payload[1])
+            elif msg.questions:
+                self.correlator.query(seg, msg, (payload[0] << 8) | payload[1])
+            else:
+                self._malformed(seg, "query without a question")
         self.correlator.flush()
         self.record_counters(status)
         if self.store is not None:

@@ -78,7 +78,13 @@ QUERIES = Table(
         Column("rcode", "TEXT", "Response code mnemonic ('NOERROR', 'NXDOMAIN', 'SERVFAIL', ...); NULL until answered.", store="shape"),
         Column("rcode_num", "INTEGER", "Response code number, with EDNS extended bits (3 for NXDOMAIN).", store="shape"),
         Column("answers", "TEXT",
-               "Answer section as JSON: a list of {name, type, ttl, data}. Search it with json_each(answers).", store="answers"),
+               "Answer section as JSON: a list of {name, type, ttl, data}. Search it with json_each(answers). 'name' "
+               "is written as qname is; 'data' is the rdata in presentation form as dig prints it: addresses as "
+               "text; domain names inside rdata (CNAME, PTR, NS, DNAME, MX, SRV, SOA, NAPTR, SVCB/HTTPS targets...) "
+               "exactly as qname is written (same \\DDD escapes, no trailing dot, the root as '.'), e.g. "
+               "'10 mail.example.test' for MX; TXT and SPF as quoted strings separated by one space, with \\\" "
+               "\\\\ and decimal \\DDD escapes ('\"v=spf1 -all\" \"a\\\"b\"'); types with no text form "
+               "in the RFC 3597 form '\\# <length> <HEX>'. At most 2048 records of a message are read.", store="answers"),
         Column("ancount", "INTEGER", "Answer count from the response header."),
         Column("latency_ms", "REAL",
                "Response time minus the time of the latest attempt sent before it, in milliseconds: the server's "
@@ -101,7 +107,9 @@ QUERIES = Table(
         Column("response_size", "INTEGER", "Size of the response message in bytes (DNS payload)."),
         Column("decoder", "TEXT",
                "'dnslib', or 'raw' when dnslib refused the message and the question was read from the wire bytes.", store="shape"),
-        Column("decode_note", "TEXT", "Why the raw reader was needed, or a header/body mismatch (qdcount...)."),
+        Column("decode_note", "TEXT",
+               "Why the raw reader was needed, or a header/body mismatch (qdcount...). A message with more than 16 "
+               "questions gives rows for the first 16 only and says here how many were not recorded."),
         Column("ifname", "TEXT", "Interface the query was captured on (live; pcapng interface name from files).", store="shape"),
         Column("pid", "INTEGER", "Process id (thread group) that sent the query; live capture only, NULL from pcap "
                "and whenever the kernel could not know it (packets received in softirq).", store="sender"),
@@ -151,7 +159,8 @@ CAPTURES = Table(
         Column("responses", "INTEGER", "DNS responses decoded."),
         Column("malformed", "INTEGER", "DNS messages that could not be read at all (see the malformed table)."),
         Column("dropped", "INTEGER",
-               "Events lost, each counted once at the stage where it was lost: the sum of notes.losses."),
+               "Events lost, each counted once at the stage where it was lost: the sum of notes.losses. A gap in a "
+               "TCP stream (a segment never captured) is a decode loss, never a memory bound."),
         Column("duplicates", "INTEGER",
                "Copies of a message seen again at another capture point within 50 ms (see queries), stored once."),
         Column("options", "TEXT", "Options of the run as JSON (ports, interfaces, timeout...)."),
@@ -163,8 +172,14 @@ CAPTURES = Table(
                "kernel drops and replay stores as malformed), kernel_too_many_questions (live: more than 16 "
                "questions), decode (captured frames whose DNS message could not be read: truncated headers, TCP "
                "messages cut off, fragments never completed), memory_bounds (fragments or TCP streams given up "
-               "at a memory bound); lost_responses: how many of a stage's losses were responses, where the stage "
-               "knows (kernel_perf_buffer)."),
+               "at a memory bound). TCP, in frames: tcp_gaps (holes in a stream: segments never captured; reading "
+               "resumes at the next plausible message, a length prefix followed by a sane DNS header and question), "
+               "tcp_gap_bytes (bytes missing in them), tcp_resync_skipped_bytes (bytes passed over to get back in "
+               "step: the message a gap cut, or the start of a stream whose SYN was not captured), "
+               "tcp_out_of_order_bound (holes declared a gap early because the out-of-order buffer was full: 64 "
+               "segments or 128 KB per stream, 32 MB over all streams; a memory bound), tcp_retransmissions, "
+               "tcp_incomplete_messages. lost_responses: how many of a stage's losses were responses, where the "
+               "stage knows (kernel_perf_buffer)."),
         Column("dnswatch_version", "TEXT", "Version of dnswatch that wrote this row."),
         Column("unstored", "INTEGER",
                "Rows and malformed messages that could not be stored (disk full); they were still counted and shown."),

@@ -128,6 +128,13 @@ def tcp4(sport=40000, dport=53, payload=None, flags="PA", **tcpkw):
     return b(eth(ip4() / sc.TCP(sport=sport, dport=dport, flags=flags, **tcpkw) / sc.Raw(payload)))
 
 
+def _many_questions(n, qr=False):
+    """A TCP-framed query (or response) of n questions, each after the first a pointer to the first."""
+    body = b"\x03www\x07example\x04test\x00\x00\x01\x00\x01" + b"\xc0\x0c\x00\x01\x00\x01" * (n - 1)
+    msg = struct.pack("!HHHHHH", 0x1234, 0x8180 if qr else 0x0100, n, 0, 0, 0) + body
+    return struct.pack("!H", len(msg)) + msg
+
+
 def tcp6(sport=40000, dport=53):
     sc = S()
     body = bytes(dns_query())
@@ -291,6 +298,15 @@ def _cases():
          False, False),
         ("tcp4 only 12 bytes of TCP header", lambda: patch(tcp4(payload=b""), 16, struct.pack("!H", 20 + 12)),
          False, False),
+        # rule 4's question bound: a segment starting like a query that claims more than 16 questions
+        ("tcp4 query with 16 questions", lambda: tcp4(payload=_many_questions(16)), True, True),
+        ("tcp4 query with 17 questions", lambda: tcp4(payload=_many_questions(17)), False, False),
+        ("tcp4 first segment of a 10,800-question query", lambda: tcp4(payload=_many_questions(10800)[:1400]),
+         False, False),
+        ("tcp4 from 53, response claiming 17 questions", lambda: tcp4(sport=53, dport=40000,
+                                                                       payload=_many_questions(17, qr=True)), False, True),
+        ("tcp4 continuation segment of those questions", lambda: tcp4(payload=_many_questions(10800)[1400:2800]),
+         True, True),
         ("tcp6 to 53", lambda: tcp6(), True, True),
         ("tcp6 from 53", lambda: tcp6(sport=53, dport=40000), False, True),
         # garbage and truncation
@@ -890,3 +906,11 @@ def test_doctor():
             "perf_event_paranoid"} <= set(by)
     assert by["privileges"].ok and by["bcc"].ok and by["eBPF filter"].ok
     assert ready(checks)
+
+
+def test_tcp_question_bound_is_counted(kf):
+    before = kf.filter.counters()
+    kf.run([tcp4(payload=_many_questions(17)), tcp4(payload=_many_questions(16))])
+    after = kf.filter.counters()
+    assert after["kernel_kept"] - before["kernel_kept"] == 1
+    assert after["kernel_skip_qdcount"] - before["kernel_skip_qdcount"] == 1
