@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import sqlite3
 import sys
 from itertools import islice
@@ -11,12 +13,17 @@ import click
 
 from dnswatch import __version__
 from dnswatch.correlate import DEFAULT_TIMEOUT
-from dnswatch.output import event_line, safe_text, write_rows
+from dnswatch.output import EventFormatter, colour_enabled, safe_text, write_rows
+from dnswatch.pcapng import restore_attribution
+from dnswatch.probe import dns_on_other_ports, file_fingerprint
 from dnswatch.pipeline import Pipeline, Summary
 from dnswatch.schema import TABLES, describe
-from dnswatch.search import SearchError, SearchFilters, build_search
+from dnswatch.search import (SORT_HELP, SORTS, SearchError, SearchFilters, build_search, check_window, parse_time,
+                             register_functions)
 from dnswatch.sources.pcap import CaptureFormatError, PcapReader, file_size
 from dnswatch.store import Store, StoreError, default_db_path, open_readonly
+from dnswatch.top import GROUPS
+from dnswatch.top import SORTS as SORTS_TOP
 
 
 def db_option(f):
@@ -46,14 +53,15 @@ def format_options(f):
 def cli() -> None:
     """Who resolved what, when, and what did they get.
 
-    Live DNS capture with eBPF (watch), offline replay of pcap files (replay), and search and SQL over
-    the recorded log (search, query, schema).
+    Live DNS capture with eBPF (watch, top), offline replay of pcap files (replay), and search and SQL
+    over the recorded log (search, top, query, schema). Every command that reads or writes a log takes
+    --db PATH (default: $DNSWATCH_DB, else ./dnswatch.db).
     """
 
 
 # -- replay --------------------------------------------------------------------------------------
 
-@cli.command()
+@cli.command(short_help="Decode pcap/pcapng files into the log.")
 @click.argument("files", nargs=-1, required=True, metavar="FILE...")
 @db_option
 @port_option
@@ -61,8 +69,10 @@ def cli() -> None:
               help="Seconds (capture time) a query waits for its response before it is unanswered.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.option("--skip-existing", is_flag=True,
+              help="Skip files already replayed into this log (same size and first 64 KiB); default: warn and replay.")
 def replay(files: Sequence[str], db_path: Optional[str], ports: Sequence[int], timeout: float,
-           progress: Optional[bool], as_json: bool) -> None:
+           progress: Optional[bool], as_json: bool, skip_existing: bool) -> None:
     """Decode pcap/pcapng captures (.gz too; - for stdin) into the log.
 
     \b
@@ -73,27 +83,51 @@ def replay(files: Sequence[str], db_path: Optional[str], ports: Sequence[int], t
     ports = tuple(ports) or (53,)
     if progress is None:
         progress = sys.stderr.isatty()
-    failures = 0
+    failures = skipped = 0
     summaries = []
+    seen = _replayed_fingerprints(db_path)
+    # pcapng files may carry `watch -w` packet comments: their rows then have process and pod columns
+    live_columns = any(_capture_format(p) == "pcapng" for p in files)
     try:
-        store = Store(db_path, live_columns=False, bulk=True)
+        store = Store(db_path, live_columns=live_columns, bulk=True)
     except StoreError as exc:
         raise click.ClickException(str(exc))
     try:
         for path in files:
+            fingerprint = file_fingerprint(path)
+            earlier = seen.get(fingerprint) if fingerprint else None
+            if earlier is not None:
+                if skip_existing:
+                    skipped += 1
+                    click.echo(f"Skipped {safe_text(path)}: already in the log (capture {earlier[0]}, "
+                               f"replayed {earlier[1]} UTC)", err=True)
+                    continue
+                click.echo(f"Warning: {safe_text(path)} is already in this log (capture {earlier[0]}, replayed "
+                           f"{earlier[1]} UTC): its rows will be there twice; --skip-existing skips such files",
+                           err=True)
             try:
-                summary = _replay_one(store, path, ports, timeout, progress)
+                summary = _replay_one(store, path, ports, timeout, progress, fingerprint)
             except CaptureFormatError as exc:
                 failures += 1
                 click.echo(f"Error: {exc}", err=True)
                 continue
+            if fingerprint:
+                seen[fingerprint] = ("this run", "now")
             summaries.append((path, summary))
             for warning in summary.warnings:
                 click.echo(f"Warning: {safe_text(warning)}", err=True)
+            hint = _other_ports_hint(path, ports, summary)
             if as_json:
-                click.echo(json.dumps({"file": path, **_summary_dict(summary)}))
+                click.echo(json.dumps({"file": path, **_summary_dict(summary),
+                                       **({"dns_on_other_ports": hint[0]} if hint else {})}))
             else:
-                click.echo(_summary_text(path, summary))
+                click.echo(_summary_text(path, summary) + (f"; {hint[1]}" if hint else ""))
+        if len(summaries) > 1:
+            total = _total(summaries)
+            if as_json:
+                click.echo(json.dumps({"file": None, "files": len(summaries), **_summary_dict(total)}))
+            else:
+                click.echo(_summary_text(f"total of {len(summaries)} files", total))
     except StoreError as exc:
         raise click.ClickException(str(exc))
     finally:
@@ -105,9 +139,61 @@ def replay(files: Sequence[str], db_path: Optional[str], ports: Sequence[int], t
         raise click.ClickException(f"{failures} of {len(files)} files could not be read (see above)")
 
 
-def _replay_one(store: Store, path: str, ports: Sequence[int], timeout: float, progress: bool) -> Summary:
+def _capture_format(path: str) -> Optional[str]:
+    if path == "-":
+        return None
+    try:
+        with PcapReader(path) as reader:
+            return reader.format
+    except CaptureFormatError:
+        return None
+
+
+def _replayed_fingerprints(db_path: str) -> dict:
+    """fingerprint -> (capture id, when) of the files this log already holds."""
+    if not os.path.exists(db_path):
+        return {}
+    try:
+        db = open_readonly(db_path)
+        rows = db.conn.execute(
+            "SELECT json_extract(options, '$.fingerprint'), id, strftime('%Y-%m-%d %H:%M:%S', started, 'unixepoch') "
+            "FROM captures WHERE kind = 'pcap' AND json_extract(options, '$.fingerprint') IS NOT NULL").fetchall()
+        db.conn.close()
+    except (StoreError, sqlite3.Error):
+        return {}
+    return {fp: (cid, when) for fp, cid, when in rows}
+
+
+def _other_ports_hint(path: str, ports: Sequence[int], s: Summary):
+    """When a file shows few DNS messages, look for DNS on other ports: ({port: n}, text) or None."""
+    if s.frames == 0 or s.dns_messages * 2 > s.frames:
+        return None
+    found = dns_on_other_ports(path, ports)
+    if not found:
+        return None
+    listed = ", ".join(f"{n:,} on port {p}" for p, n in found.items())
+    flags = " ".join(f"--port {p}" for p in list(found)[:4])
+    return ({str(p): n for p, n in found.items()},
+            f"DNS-looking messages on other ports among the first frames ({listed}): replay with {flags}")
+
+
+def _total(summaries) -> Summary:
+    t = Summary()
+    for _path, s in summaries:
+        for name in ("frames", "dns_messages", "queries", "responses", "malformed", "dropped", "duplicates",
+                     "unanswered", "response_only", "rows", "seconds"):
+            setattr(t, name, getattr(t, name) + getattr(s, name))
+    return t
+
+
+def _replay_one(store: Store, path: str, ports: Sequence[int], timeout: float, progress: bool,
+                fingerprint: Optional[str] = None) -> Summary:
     reader = PcapReader(path)
-    pipeline = Pipeline(store, "pcap", path, ports, timeout, options={"format": reader.format})
+    options = {"format": reader.format}
+    if fingerprint:
+        options["fingerprint"] = fingerprint
+    pipeline = Pipeline(store, "pcap", path, ports, timeout, options=options,
+                        enrich=restore_attribution if reader.format == "pcapng" else None)
     size = file_size(path)
     status = "complete"
     try:
@@ -167,19 +253,62 @@ def _summary_text(path: str, s: Summary) -> str:
 # -- query / search / schema ---------------------------------------------------------------------
 
 def _open(db_path: Optional[str], attach=()):
+    path = db_path or default_db_path()
+    for p in [path] + [other for _alias, other in attach]:
+        problem = unreadable_log(p)
+        if problem:
+            raise click.ClickException(problem)
     try:
-        return open_readonly(db_path or default_db_path(), attach)
+        db = open_readonly(path, attach)
     except StoreError as exc:
         raise click.ClickException(str(exc))
+    register_functions(db.conn)
+    try:  # readable times for SQL users: a temporary view, so read-only logs get it too
+        db.conn.execute(QUERIES_UTC_VIEW)
+    except sqlite3.Error:
+        pass
+    return db
 
 
-def _run_sql(db, sql: str, params, fmt: str) -> None:
+QUERIES_UTC_VIEW = ("CREATE TEMP VIEW IF NOT EXISTS queries_utc AS SELECT "
+                    "strftime('%Y-%m-%dT%H:%M:%fZ', ts, 'unixepoch') AS ts_utc, "
+                    "strftime('%Y-%m-%dT%H:%M:%fZ', response_ts, 'unixepoch') AS response_ts_utc, * FROM main.queries")
+
+
+def unreadable_log(path: str) -> Optional[str]:
+    """Why this user cannot read the log at ``path`` (``sudo watch`` made it root's, mode 0600), with the ways
+    out; None when it is readable (or absent: open_readonly says so)."""
+    candidates = [path, path + "-wal", path + "-shm"]
+    for p in candidates:
+        if not os.path.exists(p):
+            continue
+        need = os.R_OK if p == path else os.R_OK | os.W_OK  # readers of a WAL log write its -shm file
+        if not os.access(p, need):
+            st = os.stat(p)
+            try:
+                import pwd
+
+                owner = pwd.getpwuid(st.st_uid).pw_name
+            except (KeyError, ImportError):
+                owner = f"uid {st.st_uid}"
+            return (
+                f"{path}: cannot open: {os.path.basename(p)} belongs to {owner} (mode {st.st_mode & 0o777:04o}), "
+                f"probably made by `sudo dnswatch watch`; read it with `sudo dnswatch ...`, or take it over with "
+                f"`sudo chown $(id -un) {path}*` (the log holds every host user's lookups, so keep it private), "
+                f"or pass another --db"
+            )
+    return None
+
+
+def _run_sql(db, sql: str, params, fmt: str, wrap=None) -> None:
     try:
         cursor = db.conn.execute(sql, params)
     except sqlite3.Error as exc:
         raise click.ClickException(f"SQL error: {exc}")
     columns = [d[0] for d in cursor.description or ()]
     rows = (dict(zip(columns, r)) for r in cursor)
+    if wrap is not None:
+        rows = wrap(rows)
     out = sys.stdout
     try:
         write_rows(rows, fmt, out, columns)
@@ -187,7 +316,7 @@ def _run_sql(db, sql: str, params, fmt: str) -> None:
         raise click.ClickException(f"SQL error: {exc}")
 
 
-@cli.command()
+@cli.command(short_help="Run SQL against the log (read-only).")
 @click.argument("sql")
 @db_option
 @click.option("-p", "--param", "params", type=(str, str), multiple=True, metavar="NAME VALUE",
@@ -198,8 +327,11 @@ def _run_sql(db, sql: str, params, fmt: str) -> None:
 def query(sql: str, db_path: Optional[str], params, attach, fmt: str) -> None:
     """Run SQL against the log (read-only).
 
+    The view queries_utc is the queries table with readable UTC times first (ts_utc, response_ts_utc).
+
     \b
     Examples:
+      dnswatch query "select ts_utc, qname, rcode from queries_utc order by ts desc limit 5" --table
       dnswatch query "select qname, count(*) n from queries group by 1 order by n desc limit 10"
       dnswatch query "select 'a' node, * from queries union all select 'b', * from b.queries" \\
           --db node-a.db --attach b node-b.db
@@ -207,13 +339,16 @@ def query(sql: str, db_path: Optional[str], params, attach, fmt: str) -> None:
     _run_sql(_open(db_path, attach), sql, dict(params), fmt)
 
 
-@cli.command()
+@cli.command(short_help="Find queries by name and other fields.")
 @click.argument("name", required=False)
 @db_option
 @click.option("--type", "types", multiple=True, help="Query type (A, AAAA, TXT...; repeatable).")
 @click.option("--rcode", "rcodes", multiple=True, help="Response code (NXDOMAIN, SERVFAIL...; repeatable).")
-@click.option("--status", type=click.Choice(["answered", "unanswered", "response_only", "query_only"]))
-@click.option("--src", help="Client address.")
+@click.option("--status", type=click.Choice(["answered", "unanswered", "response_only", "query_only"]),
+              help="answered, unanswered (no response within the timeout), response_only (the query was not seen) "
+                   "or query_only (captured without --responses).")
+@click.option("--src", metavar="ADDR|CIDR", help="Client address or prefix (198.18.1.2, 198.18.0.0/15, fd00::/8).")
+@click.option("--dst", metavar="ADDR|CIDR", help="Server address or prefix.")
 @click.option("--answer", help="Rows whose answers contain this value (an address, a CNAME target...).")
 @click.option("--pid", "pids", type=int, multiple=True, help="Sending process id (repeatable).")
 @click.option("--comm", "comms", multiple=True, help="Sending command name (repeatable).")
@@ -222,11 +357,15 @@ def query(sql: str, db_path: Optional[str], params, attach, fmt: str) -> None:
 @click.option("--container", "containers", multiple=True, help="Container name or id prefix (repeatable).")
 @click.option("--since", help="From this time: 10m, 2h, 1d (ago), 2026-11-01, 2026-11-01T14:30, Unix seconds.")
 @click.option("--until", help="Up to this time (same forms as --since).")
-@click.option("--limit", type=int, default=100, show_default=True, help="At most this many rows (0: all).")
+@click.option("--limit", type=int, default=100, show_default=True,
+              help="At most this many rows (0: all); stderr says when more matched.")
+@click.option("--sort", type=click.Choice(sorted(SORTS)), default="ts", show_default=True, help=f"Order: {SORT_HELP}.")
+@click.option("--reverse", is_flag=True, help="Reverse the order (oldest, fastest or Z first).")
 @click.option("--all-columns", is_flag=True, help="Every column of the queries table.")
 @format_options
-def search(name: Optional[str], db_path: Optional[str], types, rcodes, status, src, answer, pids, comms, pods,
-           pod_namespaces, containers, since, until, limit: int, all_columns: bool, fmt: str) -> None:
+def search(name: Optional[str], db_path: Optional[str], types, rcodes, status, src, dst, answer, pids, comms, pods,
+           pod_namespaces, containers, since, until, limit: int, sort: str, reverse: bool, all_columns: bool,
+           fmt: str) -> None:
     """Find queries by name and other fields, newest first.
 
     NAME matches as a case-insensitive substring (example.com matches www.example.com), or as a glob
@@ -236,24 +375,46 @@ def search(name: Optional[str], db_path: Optional[str], types, rcodes, status, s
     Example:
       dnswatch search example.com --type AAAA --since 2026-11-01
     """
-    filters = SearchFilters(name=name, types=types, rcodes=rcodes, src=src, pids=pids, comms=comms, pods=pods,
-                            pod_namespaces=pod_namespaces, containers=containers, answer=answer, status=status,
-                            since=since, until=until, limit=limit,
+    filters = SearchFilters(name=name, types=types, rcodes=rcodes, src=src, dst=dst, pids=pids, comms=comms,
+                            pods=pods, pod_namespaces=pod_namespaces, containers=containers, answer=answer,
+                            status=status, since=since, until=until, limit=limit + 1 if limit > 0 else limit,
                             columns=["id", "ts_utc"] + [c.name for c in TABLES[0].columns if c.name != "id"]
-                            if all_columns else [])
+                            if all_columns else [], sort=sort, reverse=reverse)
+    if limit < 0:
+        raise click.BadParameter("0 (no limit) or more", param_hint="--limit")
     try:
-        sql, params = build_search(filters)
+        sql, params = build_search(filters)  # one row more than --limit: to know whether it stopped there
     except SearchError as exc:
         raise click.ClickException(str(exc))
-    _run_sql(_open(db_path), sql, params, fmt)
+    more = {"n": False}
+
+    def cap(rows):
+        for i, row in enumerate(rows):
+            if limit and i >= limit:
+                more["n"] = True
+                return
+            yield row
+
+    _run_sql(_open(db_path), sql, params, fmt, cap)
+    if more["n"]:
+        click.echo(f"Stopped at --limit {limit}: more rows match (--limit 0 for all of them, or narrow the search).",
+                   err=True)
 
 
-@cli.command()
+@cli.command(short_help="Every table and column of the log, explained.")
+@db_option
 @click.option("--json", "as_json", is_flag=True, help="As JSON.")
 @click.option("--sql", "as_sql", is_flag=True, help="As the CREATE statements.")
-def schema(as_json: bool, as_sql: bool) -> None:
-    """Every table and column of the log, with its meaning."""
+def schema(db_path: Optional[str], as_json: bool, as_sql: bool) -> None:
+    """Every table and column of the log, with its meaning.
+
+    With --db, also what that log holds: its row counts, and columns it lacks (an older dnswatch wrote it)
+    or has beyond these."""
     from dnswatch.schema import create_sql
+
+    if db_path is not None:
+        _schema_of_log(db_path, as_json)
+        return
 
     if as_json:
         click.echo(json.dumps(describe(), indent=2))
@@ -269,128 +430,407 @@ def schema(as_json: bool, as_sql: bool) -> None:
         for c in table.columns:
             click.echo(f"  {c.name:<{width}}  {c.type.split()[0]:<7}  {c.doc}")
         click.echo()
+    click.echo(click.style("queries_utc", bold=True) + " (view, in query): the queries table with ts_utc and "
+               "response_ts_utc (ISO 8601 UTC) first.")
+
+
+def _schema_of_log(db_path: str, as_json: bool) -> None:
+    db = _open(db_path)
+    report = []
+    for table in TABLES:
+        present = [r[1] for r in db.conn.execute(f"PRAGMA table_info([{table.name}])")]
+        defined = [c.name for c in table.columns]
+        rows = db.conn.execute(f"SELECT count(*) FROM [{table.name}]").fetchone()[0] if present else None
+        report.append({"table": table.name, "rows": rows, "missing": [c for c in defined if c not in present],
+                       "extra": [c for c in present if c not in defined], "present": bool(present)})
+    if as_json:
+        click.echo(json.dumps({"db": db_path, "tables": report}, indent=2))
+        return
+    click.echo(f"{safe_text(db_path)}:")
+    for t in report:
+        if not t["present"]:
+            click.echo(f"  {t['table']}: absent (a dnswatch that writes this log creates it)")
+            continue
+        text = f"  {t['table']}: {t['rows']:,} rows"
+        if t["missing"]:
+            text += f"; lacks {', '.join(t['missing'])} (written by an older dnswatch)"
+        if t["extra"]:
+            text += f"; also has {', '.join(safe_text(c) for c in t['extra'])}"
+        click.echo(text)
+    click.echo("Columns and their meaning: dnswatch schema")
 
 
 # -- live ----------------------------------------------------------------------------------------
 
-@cli.command()
-@click.option("-i", "--interface", "interfaces", multiple=True, metavar="IF",
-              help="Interface to watch (repeatable; default: every interface).")
-@port_option
-@click.option("--responses", is_flag=True, help="Also capture responses: rcode, answers, latency.")
-@click.option("--netns", "netns_specs", multiple=True, metavar="NS",
-              help="Capture in this network namespace: /var/run/netns/NAME, /proc/PID/ns/net, a name from "
-                   "`ip netns`, or a pid (repeatable).")
-@click.option("--all-netns", is_flag=True,
-              help="Capture in every network namespace of the host (every pod on a node), picking up new ones.")
+def capture_options(f):
+    """What to capture: shared by watch and top."""
+    for opt in reversed([
+        click.option("-i", "--interface", "interfaces", multiple=True, metavar="IF",
+                     help="Interface to watch (repeatable; default: every interface)."),
+        port_option,
+        click.option("--netns", "netns_specs", multiple=True, metavar="NS",
+                     help="Capture only in this network namespace: /var/run/netns/NAME, /proc/PID/ns/net, a name "
+                          "from `ip netns`, or a pid (repeatable)."),
+        click.option("--all-netns", is_flag=True,
+                     help="Capture in every network namespace of the host (every pod on a node), picking up new "
+                          "ones. The default as root."),
+        click.option("--host-only", is_flag=True,
+                     help="Capture only in the network namespace dnswatch runs in (the default without root)."),
+        click.option("--timeout", type=float, default=DEFAULT_TIMEOUT, show_default=True,
+                     help="Seconds a query waits for its response before it is unanswered."),
+        click.option("--k8s-log-dir", default="/var/log", show_default=True, metavar="DIR",
+                     help="Where the kubelet's pods/ and containers/ log folders are (pod and container names)."),
+        click.option("--debug", is_flag=True, help="Show the BPF compiler/verifier output on failure."),
+    ]):
+        f = opt(f)
+    return f
+
+
+class _Live:
+    """A live capture as the options ask: its namespaces, their names for the screen, and notes on stderr."""
+
+    def __init__(self, interfaces, ports, responses, netns_specs, all_netns, host_only, debug, quiet=False):
+        from dnswatch import netns
+        from dnswatch.sources.live import LiveCapture, LiveCaptureError, netns_inode
+
+        if sum(map(bool, (netns_specs, all_netns, host_only))) > 1:
+            raise click.UsageError("--netns, --all-netns and --host-only do not go together: pick one")
+        if not (netns_specs or host_only) and hasattr(os, "geteuid") and os.geteuid() == 0:
+            all_netns = True  # as root: containers' and pods' queries too, with their process
+        self.all_netns = all_netns
+        self.quiet = quiet
+        try:
+            paths = [netns.resolve(spec) for spec in netns_specs] or None
+        except netns.NetnsError as exc:
+            raise click.ClickException(str(exc))
+        found = netns.discover() if all_netns else {}
+        if all_netns:
+            paths = list(found.values())
+        self.own = netns_inode()
+        self.names = {ino: _netns_label(path) for ino, path in found.items()}
+        for path in paths or ():
+            ino = netns.inode(path)
+            if ino is not None:
+                self.names.setdefault(ino, _netns_label(path))
+        self.capture = LiveCapture(interfaces=list(interfaces) or None, ports=ports, responses=responses,
+                                   debug=debug, netns=paths)
+        try:
+            self.capture.open()
+        except LiveCaptureError as exc:
+            raise click.ClickException(str(exc))
+
+    def label(self, row) -> str:
+        """Where a query came from: its pod, else the `ip netns` name, else the namespace inode."""
+        if row.get("pod"):
+            return f"{row.get('pod_namespace') or '-'}/{row['pod']}"
+        ino = row.get("netns")
+        if ino is None:
+            return "-"
+        if ino == self.own:
+            return "host"
+        return self.names.get(ino) or f"netns:{ino}"
+
+    def on_netns(self, event: str, inode: int, path: Optional[str]) -> None:
+        if event == "added" and path:
+            self.names[inode] = _netns_label(path)
+        if not self.quiet:
+            name = self.names.get(inode) or f"netns:{inode}"
+            what = "picked up" if event == "added" else "released (gone)"
+            click.echo(f"Network namespace {safe_text(name)} ({inode}) {what}", err=True)
+
+    def tracker(self):
+        from dnswatch.watch import NetnsTracker
+
+        return NetnsTracker(self.capture, on_change=self.on_netns) if self.all_netns else None
+
+
+def _netns_label(path: str) -> str:
+    from dnswatch.netns import NETNS_RUN_DIRS
+
+    folder, name = os.path.split(path)
+    if folder in NETNS_RUN_DIRS:
+        return name
+    return f"netns:{os.stat(path).st_ino}" if os.path.exists(path) else path
+
+
+def _open_store(no_db: bool, db_path: Optional[str], capture) -> Optional[Store]:
+    if no_db:
+        return None
+    try:
+        return Store(db_path or default_db_path())
+    except StoreError as exc:
+        capture.close()
+        raise click.ClickException(str(exc))
+
+
+def _terminal_width(stream) -> Optional[int]:
+    try:
+        if stream.isatty():
+            return shutil.get_terminal_size().columns
+    except (AttributeError, ValueError, OSError):
+        pass
+    return None
+
+
+@cli.command(short_help="Watch DNS queries live (root), storing them.")
+@capture_options
+@click.option("--responses", is_flag=True, help="Also capture responses: rcode, answers, latency, timeouts.")
 @db_option
 @click.option("--no-db", is_flag=True, help="Do not store anything; only print.")
-@click.option("--json", "as_json", is_flag=True, help="JSON lines on stdout (one per query/response).")
+@click.option("-w", "--write", "write_path", metavar="FILE.pcapng", type=click.Path(dir_okay=False),
+              help="Also write the captured packets to a pcapng file, each with its process, container and pod "
+                   "as a packet comment (Wireshark shows them; replay restores them).")
+@click.option("--json", "as_json", is_flag=True, help="JSON lines on stdout (one per query/response/timeout).")
+@click.option("--wide", is_flag=True, help="Whole lines, never truncated to the terminal's width.")
 @click.option("--duration", type=float, metavar="SECONDS", help="Stop after this many seconds.")
-@click.option("--count", type=int, metavar="N", help="Stop after N queries shown.")
-@click.option("--pid", "pids", type=int, multiple=True, help="Only this process id (repeatable).")
-@click.option("--comm", "comms", multiple=True, help="Only this command name (repeatable).")
-@click.option("--name", "names", multiple=True, help="Only names containing this (or matching this glob).")
-@click.option("--type", "types", multiple=True, help="Only this query type (repeatable).")
-@click.option("--pod", "pods", multiple=True, help="Only this Kubernetes pod (repeatable).")
-@click.option("--pod-namespace", "pod_namespaces", multiple=True, help="Only this Kubernetes namespace (repeatable).")
-@click.option("--container", "containers", multiple=True, help="Only this container name or id prefix (repeatable).")
-@click.option("--timeout", type=float, default=DEFAULT_TIMEOUT, show_default=True,
-              help="Seconds a query waits for its response (with --responses).")
-@click.option("--k8s-log-dir", default="/var/log", show_default=True, metavar="DIR",
-              help="Where the kubelet's pods/ and containers/ log folders are (pod and container names).")
-@click.option("--quiet", "-q", is_flag=True, help="Print no per-query lines (still stores them).")
-@click.option("--debug", is_flag=True, help="Show the BPF compiler/verifier output on failure.")
-def watch(interfaces, ports, responses, netns_specs, all_netns, db_path, no_db, as_json, duration, count, pids,
-          comms, names, types, pods, pod_namespaces, containers, timeout, k8s_log_dir, quiet, debug) -> None:
+@click.option("-c", "--count", type=int, metavar="N", help="Stop after N queries shown.")
+@click.option("--pid", "pids", type=int, multiple=True, help="Show only this process id (repeatable).")
+@click.option("--comm", "comms", multiple=True, help="Show only this command name (repeatable).")
+@click.option("--name", "names", multiple=True, help="Show only names containing this (or matching this glob).")
+@click.option("--type", "types", multiple=True, help="Show only this query type (repeatable).")
+@click.option("--pod", "pods", multiple=True, help="Show only this Kubernetes pod (repeatable).")
+@click.option("--pod-namespace", "pod_namespaces", multiple=True,
+              help="Show only this Kubernetes namespace (repeatable).")
+@click.option("--container", "containers", multiple=True,
+              help="Show only this container name or id prefix (repeatable).")
+@click.option("--quiet", "-q", is_flag=True,
+              help="No per-query text lines and no notes on stderr (--json lines are still printed).")
+def watch(interfaces, ports, netns_specs, all_netns, host_only, timeout, k8s_log_dir, debug, responses, db_path,
+          no_db, write_path, as_json, wide, duration, count, pids, comms, names, types, pods, pod_namespaces,
+          containers, quiet) -> None:
     """Watch DNS queries live (needs root and bcc), storing them in the log.
+
+    As root every network namespace is watched (containers' and pods' queries, with their process);
+    --netns or --host-only narrow that. The filters (--pid --comm --name --type --pod --pod-namespace
+    --container) choose what is shown and counted by --count: everything captured is stored.
 
     \b
     Examples:
       sudo dnswatch watch
       sudo dnswatch watch -i eth0 --responses
       sudo dnswatch watch --comm curl --json
-      sudo dnswatch watch --all-netns --pod-namespace shop
+      sudo dnswatch watch --pod-namespace shop -w shop.pcapng
     """
-    from dnswatch import netns
+    from dnswatch.correlate import I_STATUS
     from dnswatch.enrich import Enricher
-    from dnswatch.sources.live import LiveCapture, LiveCaptureError
-    from dnswatch.watch import NetnsTracker, RowFilter, row_dict, run_watch
+    from dnswatch.pcapng import PcapngWriter, TeeCapture
+    from dnswatch.watch import RowFilter, row_dict, run_watch
 
     ports = tuple(ports) or (53,)
-    if netns_specs and all_netns:
-        raise click.UsageError("--netns and --all-netns do not go together: --all-netns already includes every one")
-    try:
-        netns_paths = [netns.resolve(spec) for spec in netns_specs] or None
-    except netns.NetnsError as exc:
-        raise click.ClickException(str(exc))
-    if all_netns:
-        netns_paths = list(netns.discover().values())
+    if as_json and wide:
+        raise click.UsageError("--wide is for text lines; --json lines are never truncated")
     row_filter = RowFilter(pids=pids, comms=comms, names=names, types=types, pods=pods,
                            pod_namespaces=pod_namespaces, containers=containers)
-    capture = LiveCapture(interfaces=list(interfaces) or None, ports=ports, responses=responses, debug=debug,
-                          netns=netns_paths)
-    try:
-        capture.open()
-    except LiveCaptureError as exc:
-        raise click.ClickException(str(exc))
-    store = None
-    if not no_db:
+    live = _Live(interfaces, ports, responses, netns_specs, all_netns, host_only, debug, quiet)
+    enricher = Enricher(k8s_log_dir=k8s_log_dir)
+    capture = live.capture
+    if write_path:
         try:
-            store = Store(db_path or default_db_path())
-        except StoreError as exc:
-            capture.close()
-            raise click.ClickException(str(exc))
+            capture = TeeCapture(capture, PcapngWriter(write_path, enricher))
+        except OSError as exc:
+            live.capture.close()
+            raise click.ClickException(f"{write_path}: cannot write ({exc.strerror})")
+    store = _open_store(no_db, db_path, capture)
     shown = {"n": 0}
     out = sys.stdout
+    formatter = EventFormatter(width=None if wide else _terminal_width(out), colour=colour_enabled(out),
+                               where=live.label if live.all_netns else None, timeout=timeout)
 
     def show(kind: str, row) -> None:
         if not row_filter(row):
             return
         if kind == "Q":
             shown["n"] += 1
-        if quiet:
+        if quiet and not as_json:
             return
         d = row_dict(row)
         if as_json:
-            out.write(json.dumps({"event": "query" if kind == "Q" else "response", **d}, ensure_ascii=True) + "\n")
+            event = {"Q": "query", "R": "response", "T": "timeout"}[kind]
+            out.write(json.dumps({"event": event, **d}, ensure_ascii=True) + "\n")
         else:
-            out.write(event_line(kind, d) + "\n")
+            out.write(formatter.line(kind, d) + "\n")
         out.flush()
+
+    def timeouts(row) -> None:
+        if row[I_STATUS] == "unanswered":
+            show("T", row)
 
     pipeline = Pipeline(store, "live", capture.describe(), ports, timeout,
                         options={"interfaces": list(interfaces), "responses": responses, "netns": list(netns_specs),
-                                 "all_netns": all_netns},
+                                 "all_netns": live.all_netns, "write": write_path},
                         on_query=lambda row: show("Q", row),
                         on_response=(lambda row: show("R", row)) if responses else None,
-                        enrich=Enricher(k8s_log_dir=k8s_log_dir),
-                        row_filter=row_filter if row_filter.active else None,
-                        expect_responses=responses)
-    where = f", logging to {store.path}" if store else ""
-    click.echo(f"Watching DNS on {capture.describe()}{where}. Ctrl-C to end.", err=True)
+                        enrich=enricher, expect_responses=responses,
+                        sinks=(timeouts,) if responses else ())
+    where = f", logging to {store.path}" if store else ", storing nothing (--no-db)"
+    if write_path:
+        where += f", packets to {write_path}"
+    if not quiet:
+        click.echo(f"Watching DNS on {capture.describe()}{where}. Ctrl-C to end.", err=True)
     try:
         summary = run_watch(capture, pipeline, duration=duration, count=count, shown=lambda: shown["n"],
-                            tracker=NetnsTracker(capture) if all_netns else None)
+                            tracker=live.tracker())
     except StoreError as exc:
         raise click.ClickException(str(exc))
     finally:
         if store is not None:
             store.close()
-    click.echo(
-        f"{summary.queries:,} queries, {summary.responses:,} responses, {summary.malformed:,} malformed, "
-        f"{summary.dropped:,} dropped (kernel buffer losses), {summary.duplicates:,} duplicate copies; "
-        f"{summary.rows:,} rows stored in {summary.seconds:.1f}s",
-        err=True,
-    )
+    stored = (f"{summary.rows:,} rows stored" if store is not None else "nothing stored (--no-db)")
+    if write_path:
+        stored += f", {capture.writer.packets:,} packets written to {write_path}"
+    if not quiet:
+        click.echo(
+            f"{summary.queries:,} queries, {summary.responses:,} responses, {summary.malformed:,} malformed, "
+            f"{summary.dropped:,} dropped (kernel buffer losses), {summary.duplicates:,} duplicate copies; "
+            f"{shown['n']:,} queries shown; {stored} in {summary.seconds:.1f}s",
+            err=True,
+        )
 
 
-@cli.command()
+# -- top -----------------------------------------------------------------------------------------
+
+@cli.command(short_help="Top names, domains, clients... live or over a log.")
+@capture_options
+@db_option
+@click.option("--no-db", is_flag=True, help="Live: do not store what is captured.")
+@click.option("--since", help="Over the log from this time (10m, 2h, 1d ago, ISO time, Unix seconds).")
+@click.option("--until", help="Over the log up to this time (same forms as --since).")
+@click.option("--log", "whole_log", is_flag=True, help="Over the whole log (without --since/--until).")
+@click.option("--by", type=click.Choice(GROUPS), default="name", show_default=True,
+              help="Group by: query name, registered domain (public suffix list), client (pod, else process, "
+                   "else address), process, pod, server, qtype or rcode.")
+@click.option("--sort", type=click.Choice(SORTS_TOP), default="count", show_default=True, help="Order of the keys.")
+@click.option("--reverse", is_flag=True, help="Reverse the order.")
+@click.option("--filter", "key_filter", default="", metavar="TEXT", help="Only keys containing TEXT.")
+@click.option("--limit", type=click.IntRange(0), default=20, show_default=True,
+              help="Keys in a --once snapshot (0: all).")
+@click.option("--once", is_flag=True,
+              help="Print one snapshot and exit (also when stdout is not a terminal); live: after --duration.")
+@click.option("--json", "as_json", is_flag=True, help="The snapshot as JSON (implies --once).")
+@click.option("--duration", type=float, metavar="SECONDS", help="Live: stop after this many seconds (--once: 5).")
+@click.option("--interval", type=click.FloatRange(0.2), default=1.0, show_default=True,
+              help="Seconds between screen refreshes (over a log: re-reads).")
+def top(interfaces, ports, netns_specs, all_netns, host_only, timeout, k8s_log_dir, debug, db_path, no_db, since,
+        until, whole_log, by, sort, reverse, key_filter, limit, once, as_json, duration, interval) -> None:
+    """Top names, domains, clients, processes, pods, servers, types or rcodes: rate, rcode mix, latency.
+
+    Live (the default; needs root): captures queries and responses like `watch --responses`, storing them
+    unless --no-db. Over a log: --since/--until (or --log for all of it), with --db.
+
+    On a terminal the view refreshes; keys: b group by, s sort, r reverse, / filter, p pause, q quit
+    (1-8 pick a grouping). --once, --json, or a stdout that is not a terminal print one snapshot.
+
+    \b
+    Examples:
+      sudo dnswatch top
+      sudo dnswatch top --all-netns --by pod
+      dnswatch top --db node.db --since 1h
+      dnswatch top --db node.db --since 1d --once --by domain
+    """
+    from dnswatch.top import TopStats, log_stats
+    from dnswatch.topview import Interactive, TopScreen, render
+
+    once = once or as_json or not sys.stdout.isatty()
+    over_log = bool(since or until or whole_log)
+    if over_log and (interfaces or netns_specs or all_netns or host_only or no_db):
+        raise click.UsageError("capture options (-i, --netns, --all-netns, --host-only, --no-db) are for live top, "
+                               "not over a log (--since/--until/--log)")
+
+    if over_log:
+        db = _open(db_path)
+        try:
+            window = (parse_time(since) if since else None, parse_time(until) if until else None)
+            check_window(*window, since, until)
+        except SearchError as exc:
+            raise click.ClickException(str(exc))
+        state = {"stats": None, "at": 0.0}
+        source = f"{db_path or default_db_path()}" + (f" since {since}" if since else "") + \
+            (f" until {until}" if until else "")
+
+        def stats():
+            import time as _time
+
+            now = _time.monotonic()
+            if state["stats"] is None or now - state["at"] >= interval:
+                lo = parse_time(since) if since else None  # relative times slide with the clock
+                hi = parse_time(until) if until else None
+                state["stats"], state["at"] = log_stats(db.conn, lo, hi), now
+            return state["stats"]
+
+        def snapshot(**kw):
+            return stats().snapshot(source=source, **kw)
+
+        if once:
+            _print_top(snapshot(by=by, sort=sort, filter=key_filter, reverse=reverse, limit=limit), as_json)
+            return
+        screen = TopScreen(snapshot, by=by, sort=sort, filter=key_filter, reverse=reverse, interval=interval)
+        with Interactive(screen) as ui:
+            while ui.step(interval):
+                pass
+        return
+
+    # live
+    from dnswatch.enrich import Enricher
+    from dnswatch.watch import run_watch
+
+    ports = tuple(ports) or (53,)
+    live = _Live(interfaces, ports, True, netns_specs, all_netns, host_only, debug, quiet=not once)
+    stats = TopStats(live=True)
+    store = _open_store(no_db, db_path, live.capture)
+    pipeline = Pipeline(store, "live", live.capture.describe(), ports, timeout,
+                        options={"interfaces": list(interfaces), "responses": True, "netns": list(netns_specs),
+                                 "all_netns": live.all_netns, "top": True},
+                        enrich=Enricher(k8s_log_dir=k8s_log_dir), expect_responses=True, sinks=(stats.add,))
+    source = "live" + (f", logging to {store.path}" if store else "")
+
+    def snapshot(**kw):
+        stats.losses = pipeline.counters().dropped
+        return stats.snapshot(source=source, **kw)
+
+    try:
+        if once:
+            click.echo(f"Collecting on {live.capture.describe()} for {duration or 5:g}s...", err=True)
+            run_watch(live.capture, pipeline, duration=duration or 5.0, tracker=live.tracker())
+            _print_top(snapshot(by=by, sort=sort, filter=key_filter, reverse=reverse, limit=limit), as_json)
+            return
+        screen = TopScreen(snapshot, by=by, sort=sort, filter=key_filter, reverse=reverse, interval=interval)
+        with Interactive(screen) as ui:
+            run_watch(live.capture, pipeline, duration=duration, tracker=live.tracker(),
+                      on_tick=lambda: ui.step(0))
+    except StoreError as exc:
+        raise click.ClickException(str(exc))
+    finally:
+        if store is not None:
+            store.close()
+
+
+def _print_top(snap, as_json: bool) -> None:
+    from rich.console import Console
+
+    from dnswatch.topview import render
+
+    if as_json:
+        click.echo(json.dumps(snap.as_dict(), indent=2))
+        return
+    tty = sys.stdout.isatty()
+    width = _terminal_width(sys.stdout) or int(os.environ.get("COLUMNS", "") or 120)
+    console = Console(file=sys.stdout, width=width, force_terminal=tty and colour_enabled(sys.stdout),
+                      no_color=not colour_enabled(sys.stdout), highlight=False, soft_wrap=False)
+    console.print(render(snap, width))
+
+
+@cli.command(short_help="Can this machine run live capture? What to fix.")
+@db_option
 @click.option("--json", "as_json", is_flag=True, help="As JSON.")
-def doctor(as_json: bool) -> None:
-    """Can this machine run live capture? Each check says ok, or what to fix."""
-    from dnswatch.doctor import REQUIRED, ready, run_checks
+def doctor(db_path: Optional[str], as_json: bool) -> None:
+    """Can this machine run live capture? Each check says ok, or what to fix.
+
+    --db also checks that log: that this user can read it and write it (an optional check)."""
+    from dnswatch.doctor import REQUIRED, Check, ready, run_checks
 
     checks = run_checks()
+    if db_path is not None:
+        checks.append(_log_check(db_path, Check))
     if as_json:
         click.echo(json.dumps([c.__dict__ for c in checks], indent=2))
     else:
@@ -407,6 +847,27 @@ def doctor(as_json: bool) -> None:
         click.echo("Live capture: " + ("ready." if ready(checks) else "not possible until the FAIL lines are fixed."))
     if not ready(checks):
         sys.exit(1)
+
+
+def _log_check(db_path: str, Check):
+    """doctor --db: can this user read and write the log?"""
+    name = "log"
+    if not os.path.exists(db_path):
+        folder = os.path.dirname(os.path.abspath(db_path))
+        ok = os.access(folder, os.W_OK)
+        return Check(name, ok, f"{db_path} does not exist yet; " + ("it can be created here" if ok else
+                     f"{folder} is not writable"), "" if ok else "pass a --db in a folder you can write")
+    problem = unreadable_log(db_path)
+    if problem:
+        return Check(name, False, problem, "see above")
+    try:
+        db = open_readonly(db_path)
+        n = db.conn.execute("SELECT count(*) FROM queries").fetchone()[0]
+        db.conn.close()
+    except (StoreError, sqlite3.Error) as exc:
+        return Check(name, False, f"{db_path}: {exc}", "pass another --db")
+    writable = os.access(db_path, os.W_OK)
+    return Check(name, True, f"{db_path}: {n:,} queries; " + ("writable" if writable else "read-only for this user"))
 
 
 def main(argv: Optional[List[str]] = None) -> None:

@@ -62,6 +62,7 @@ class Pipeline:
         enrich: Optional[Callable[[Row, Segment], None]] = None,
         row_filter: Optional[Callable[[Row], bool]] = None,
         expect_responses: bool = True,
+        sinks: Iterable[Callable[[Row], None]] = (),
     ):
         self.store = store
         self.ports = tuple(sorted(set(ports)))
@@ -69,11 +70,12 @@ class Pipeline:
         opts = {"ports": list(self.ports), "timeout": timeout, **(options or {})}
         self.capture_id = store.start_capture(kind, source, opts) if store is not None else None
         self.row_filter = row_filter
+        self.sinks = tuple(sinks)  # every emitted row also goes to these (top, timeout lines)
         # Without a filter every row goes to the store: the correlator calls store.add itself (one call less per
         # row in replay) and the rows are counted by how much the store's ``rows_added`` grew.
         emit: Callable[[Row], None] = self._emit
         self._rows_from: Optional[int] = None
-        if store is not None and row_filter is None:
+        if store is not None and row_filter is None and not self.sinks:
             emit, self._rows_from = store.add, store.rows_added
         self.correlator = Correlator(emit, self.capture_id, timeout, on_query=on_query,
                                      on_response=on_response, enrich=enrich,
@@ -90,6 +92,8 @@ class Pipeline:
         self.summary.rows += 1
         if self.store is not None:
             self.store.add(row)
+        for sink in self.sinks:
+            sink(row)
 
     def feed(self, frame: Frame) -> None:
         self.feed_all((frame,))

@@ -75,8 +75,10 @@ class NetnsTracker:
     """``--all-netns``: rescan the host's network namespaces, capture in new ones, release vanished ones
     (our sockets would otherwise keep a deleted pod's namespace alive). Others keep capturing throughout."""
 
-    def __init__(self, capture, interval: float = 2.0, discover: Callable[[], Dict[int, str]] = netns.discover):
+    def __init__(self, capture, interval: float = 2.0, discover: Callable[[], Dict[int, str]] = netns.discover,
+                 on_change: Optional[Callable[[str, int, Optional[str]], None]] = None):
         self.capture = capture
+        self.on_change = on_change  # ("added" | "removed", inode, path): watch notes it on stderr
         self.interval = interval
         self.discover = discover
         self.added = 0
@@ -95,11 +97,15 @@ class NetnsTracker:
                 try:
                     if self.capture.add_netns(path) is not None:
                         self.added += 1
+                        if self.on_change is not None:
+                            self.on_change("added", inode, path)
                 except Exception:  # noqa: BLE001 - the process left, taking its namespace: try again next scan
                     continue
         for inode in watched - set(found):
             self.capture.remove_netns(inode)
             self.removed += 1
+            if self.on_change is not None:
+                self.on_change("removed", inode, None)
 
 
 def run_watch(
@@ -109,8 +115,10 @@ def run_watch(
     count: Optional[int] = None,
     shown: Callable[[], int] = lambda: 0,
     tracker: Optional[NetnsTracker] = None,
+    on_tick: Optional[Callable[[], bool]] = None,
 ) -> Summary:
-    """Poll ``capture`` (a ``sources.live.LiveCapture``) into ``pipeline``. Returns the final counters."""
+    """Poll ``capture`` (a ``sources.live.LiveCapture``) into ``pipeline``. Returns the final counters.
+    ``on_tick`` (top's screen) is called with the housekeeping; returning False stops."""
     stop = {"why": None}
 
     def on_term(signum, _frame):
@@ -132,6 +140,8 @@ def run_watch(
                 pipeline.tick()
                 if tracker is not None:
                     tracker.tick()
+                if on_tick is not None and not on_tick():
+                    break
                 if now - last_record >= 1.0:  # counters stay current in the log, even if we are killed
                     pipeline.record_counters("running")
                     last_record = now
