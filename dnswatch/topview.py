@@ -23,7 +23,7 @@ from dnswatch.top import GROUPS, SORTS, Snapshot
 BARS = "▁▂▃▄▅▆▇█"
 RCODE_STYLE = {"NOERROR": "green", "NXDOMAIN": "yellow", "SERVFAIL": "red", "REFUSED": "magenta",
                "unanswered": "bold red"}
-HEADER_LINES = 5  # title, rate, latency, rcodes, blank: what the table has below it on the screen
+HEADER_LINES = 7  # title, rate, totals, latency, rcodes, window, blank: above the table
 
 
 def sparkline(counts: List[int], width: int) -> str:
@@ -58,18 +58,15 @@ def render(snap: Snapshot, width: int, height: Optional[int] = None, footer: Opt
         title.append("  PAUSED", style="reverse")
 
     rate = Text()
-    rate.append(f"{snap.rate:,.1f} q/s ", style="bold")
-    room = max(0, width - 75)
-    spark = sparkline(snap.spark, min(len(snap.spark), room)) if room >= 8 else ""
+    rate.append(f"rate {snap.rate:,.1f} q/s" if snap.rate >= 10 else f"rate {snap.rate:.2f} q/s", style="bold")
+    spark = sparkline(snap.spark, max(0, width - len(rate) - 2))
     if spark:
+        rate.append("  ")
         rate.append(spark, style="cyan")
-        rate.append(" ")
-    rate.append(f"total {snap.total:,}  unanswered {snap.unanswered:,}  losses {snap.losses:,}  "
-                f"keys {snap.distinct_keys:,}")
 
+    totals = Text(f"total {snap.total:,}  unanswered {snap.unanswered:,}  losses {snap.losses:,}  "
+                  f"{snap.by} keys {snap.distinct_keys:,}")
     latency = Text(f"latency ms  p50 {_ms(snap.p50_ms)}  p95 {_ms(snap.p95_ms)}  p99 {_ms(snap.p99_ms)}")
-    if snap.first_ts is not None:
-        latency.append(f"   {_utc(snap.first_ts)} .. {_utc(snap.last_ts)} UTC", style="dim")
 
     mix = Text("rcodes ")
     total = snap.total or 1
@@ -77,7 +74,16 @@ def render(snap: Snapshot, width: int, height: Optional[int] = None, footer: Opt
         if i:
             mix.append("  ")
         mix.append(f"{safe_text(rcode)} {100.0 * n / total:.1f}%", style=RCODE_STYLE.get(rcode, ""))
-    mix.truncate(width, overflow="ellipsis")
+
+    if snap.first_ts is not None:
+        window = Text(f"{_utc(snap.first_ts)} .. {_utc(snap.last_ts)} UTC", style="dim")
+    else:
+        window = Text("no queries yet", style="dim")
+    lines = [title, rate, totals, latency, mix, window]
+    for line in lines:
+        line.no_wrap = True
+        line.overflow = "ellipsis"
+        line.truncate(width, overflow="ellipsis")
 
     table = Table(box=None, pad_edge=False, expand=False, show_edge=False, header_style="bold reverse",
                   width=width)
@@ -85,19 +91,24 @@ def render(snap: Snapshot, width: int, height: Optional[int] = None, footer: Opt
     for name in ("count", "share%", "NXDOMAIN", "SERVFAIL", "unanswered", "p95 ms"):
         table.add_column(name, justify="right", no_wrap=True)
     rows = snap.keys if height is None else snap.keys[:max(0, height)]
+    if not rows:
+        table.add_row(Text("(no keys" + (" match the filter)" if snap.filter else ")"), style="dim"),
+                      "", "", "", "", "", "")
     for k in rows:
         table.add_row(Text(safe_text(k.key)), f"{k.count:,}", f"{k.share:.1f}",
                       Text(f"{k.nxdomain:,}", style="yellow" if k.nxdomain else ""),
                       Text(f"{k.servfail:,}", style="red" if k.servfail else ""),
                       Text(f"{k.unanswered:,}", style="bold red" if k.unanswered else ""),
                       _ms(k.p95_ms))
-    parts = [title, rate, latency, mix, Text(""), table]
+    parts = lines + [Text(""), table]
     if footer is not None:
+        footer.no_wrap = True
+        footer.truncate(width, overflow="ellipsis")
         parts.append(footer)
     return Group(*parts)
 
 
-FOOTER_KEYS = [("b", "group by"), ("s", "sort"), ("r", "reverse"), ("/", "filter"), ("p", "pause"), ("q", "quit")]
+FOOTER_KEYS = [("b", "group"), ("s", "sort"), ("r", "reverse"), ("/", "filter"), ("p", "pause"), ("q", "quit")]
 
 
 class TopScreen:
@@ -118,9 +129,9 @@ class TopScreen:
             return Text(f"filter: {self.typing}_   Enter apply  Esc cancel  (empty: no filter)", style="reverse")
         text = Text()
         for key, what in FOOTER_KEYS:
-            text.append(f" {key} ", style="reverse")
-            text.append(f" {what}" + (" (resume)" if key == "p" and self.paused else "") + "  ")
-        text.append(f"by {self.by} | sort {self.sort}{' reversed' if self.reverse else ''}", style="dim")
+            text.append(key, style="reverse")
+            text.append(f" {'resume' if key == 'p' and self.paused else what}  ")
+        text.append("1-8 group", style="dim")
         return text
 
     def key(self, ch: str) -> None:
