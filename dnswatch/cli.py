@@ -689,7 +689,7 @@ def watch(interfaces, ports, netns_specs, all_netns, host_only, timeout, k8s_log
 
 # -- top -----------------------------------------------------------------------------------------
 
-@cli.command(short_help="Top names, domains, clients... live or over a log.")
+@cli.command(short_help="Top names, domains, clients, pods: live or from a log.")
 @capture_options
 @db_option
 @click.option("--no-db", is_flag=True, help="Live: do not store what is captured.")
