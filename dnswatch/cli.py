@@ -522,7 +522,8 @@ class _Live:
     def label(self, row) -> str:
         """Where a query came from: its pod, else the `ip netns` name, else the namespace inode."""
         if row.get("pod"):
-            return f"{row.get('pod_namespace') or '-'}/{row['pod']}"
+            container = f":{row['container']}" if row.get("container") else ""
+            return f"{row.get('pod_namespace') or '-'}/{row['pod']}{container}"
         ino = row.get("netns")
         if ino is None:
             return "-"
