@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sqlite3
 from pathlib import Path
 
@@ -133,9 +134,10 @@ def test_client_process_pod_and_domain_keys():
 def screen_text(db, width: int) -> str:
     stats = log_stats(open_readonly(str(db)).conn)
     screen = TopScreen(lambda **kw: stats.snapshot(**kw))
-    console = Console(record=True, width=width, file=open("/dev/null", "w"), color_system=None)
-    console.print(render(stats.snapshot(by="name", limit=10), width, footer=screen.footer()))
-    return console.export_text()
+    with open(os.devnull, "w") as devnull:
+        console = Console(record=True, width=width, file=devnull, color_system=None)
+        console.print(render(stats.snapshot(by="name", limit=10), width, footer=screen.footer()))
+        return console.export_text()
 
 
 @pytest.mark.parametrize("width", [80, 160])

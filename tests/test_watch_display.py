@@ -65,7 +65,8 @@ def test_colour_by_outcome_and_no_color(monkeypatch):
     monkeypatch.setenv("NO_COLOR", "1")
     assert not colour_enabled(Tty())
     monkeypatch.delenv("NO_COLOR")
-    assert not colour_enabled(open("/dev/null", "w"))  # not a terminal
+    with open("/dev/null", "w") as devnull:
+        assert not colour_enabled(devnull)  # not a terminal
 
 
 def test_all_netns_lines_name_their_namespace():
@@ -98,7 +99,8 @@ def test_pcapng_comments_restore_the_sender(tmp_path, runner):
             if i % 2 == 0 else PacketMeta(0, 2, 0, 4026532000, "veth0")
         writer.write(Frame(fr.ts, fr.linktype, fr.data, "veth0", meta))
     writer.close()
-    back = list(PcapReader(str(out)).frames())
+    with PcapReader(str(out)) as reader:
+        back = list(reader.frames())
     assert [(f.ts, f.data) for f in back] == [(pytest.approx(f.ts, abs=1e-6), f.data) for f in frames]
     assert back[0].meta.pid == 4242 and back[0].meta.attribution["pod"] == "web-7d9c5"
     db = tmp_path / "r.db"
