@@ -18,8 +18,8 @@ from dnswatch.pcapng import restore_attribution
 from dnswatch.probe import dns_on_other_ports, file_fingerprint
 from dnswatch.pipeline import Pipeline, Summary
 from dnswatch.schema import TABLES, describe
-from dnswatch.search import (SORT_HELP, SORTS, SearchError, SearchFilters, build_search, check_window, parse_time,
-                             register_functions)
+from dnswatch.search import (SORT_HELP, SORTS, SearchError, SearchFilters, build_search, check_mnemonics,
+                             check_window, known_qtypes, parse_time, register_functions)
 from dnswatch.sources.pcap import CaptureFormatError, PcapReader, file_size
 from dnswatch.store import Store, StoreError, default_db_path, open_readonly
 from dnswatch.top import GROUPS
@@ -620,6 +620,10 @@ def watch(interfaces, ports, netns_specs, all_netns, host_only, timeout, k8s_log
     ports = tuple(ports) or (53,)
     if as_json and wide:
         raise click.UsageError("--wide is for text lines; --json lines are never truncated")
+    try:
+        types = check_mnemonics("--type", types, known_qtypes(), "TYPE")
+    except SearchError as exc:
+        raise click.BadParameter(str(exc).split(": ", 1)[1], param_hint="--type")
     row_filter = RowFilter(pids=pids, comms=comms, names=names, types=types, pods=pods,
                            pod_namespaces=pod_namespaces, containers=containers)
     live = _Live(interfaces, ports, responses, netns_specs, all_netns, host_only, debug, quiet)
@@ -647,6 +651,8 @@ def watch(interfaces, ports, netns_specs, all_netns, host_only, timeout, k8s_log
         d = row_dict(row)
         if as_json:
             event = {"Q": "query", "R": "response", "T": "timeout"}[kind]
+            if isinstance(d.get("answers"), str):
+                d["answers"] = json.loads(d["answers"])  # an array, not a string inside JSON
             out.write(json.dumps({"event": event, **d}, ensure_ascii=True) + "\n")
         else:
             out.write(formatter.line(kind, d) + "\n")
@@ -666,6 +672,9 @@ def watch(interfaces, ports, netns_specs, all_netns, host_only, timeout, k8s_log
     where = f", logging to {store.path}" if store else ", storing nothing (--no-db)"
     if write_path:
         where += f", packets to {write_path}"
+    if not live.all_netns and not netns_specs:
+        where += (" (this network namespace only: queries that other namespaces' clients send show no process "
+                  "here; as root, leave out --host-only to watch every namespace)")
     if not quiet:
         click.echo(f"Watching DNS on {capture.describe()}{where}. Ctrl-C to end.", err=True)
     try:

@@ -68,6 +68,11 @@ def test_unknown_mnemonics_list_the_valid_ones(db, option, value, listed):
     assert f"{option} {value}: unknown" in result.output and listed in result.output
 
 
+def test_watch_checks_its_type_filter_before_capturing():
+    result = run("watch", "--type", "AAA")
+    assert result.exit_code == 2 and "AAAA" in result.output and "unknown" in result.output
+
+
 def test_mnemonics_any_case_and_numbered(db):
     assert {r["qtype"] for r in search(db, "--type", "aaaa", "--limit", "0")} == {"AAAA"}
     assert search(db, "--type", "TYPE65000") == []
