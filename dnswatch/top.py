@@ -6,6 +6,7 @@ same figures come out of SQL over the log (``tests/test_top.py`` checks that).
 """
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections import Counter, deque
@@ -26,6 +27,7 @@ SPARK_WIDTH = 60
 _psl = None
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def registered_domain(name: str) -> str:
     """``www.shop.example.co.uk`` -> ``example.co.uk`` (the public suffix list ships with publicsuffixlist:
     no network at run time); a name that is itself a suffix, or has none, stays as it is."""
@@ -161,8 +163,13 @@ class TopStats:
     Feed it rows with ``add`` (a pipeline sink, or rows read from the log). ``clock`` is only for the live
     sparkline and rate; over a log the rows' own times are used."""
 
-    def __init__(self, live: bool = False, clock: Callable[[], float] = time.time):
+    def __init__(self, live: bool = False, clock: Callable[[], float] = time.time,
+                 span: Optional[Tuple[float, float]] = None):
+        """``span``: (first, last) time of the rows to come, when known (log_stats asks the index): the
+        sparkline is then counted on the fly instead of keeping every row's time."""
         self.live = live
+        self.span = span
+        self._buckets = [0] * SPARK_WIDTH
         self.clock = clock
         self.all = _Agg()
         self.groups: Dict[str, Dict[str, _Agg]] = {g: {} for g in GROUPS}
@@ -175,7 +182,14 @@ class TopStats:
         self._times: List[float] = []  # over a log: every row's time, for the sparkline
 
     def add(self, row: Row) -> None:
-        self.all.add(row)
+        # one row updates nine aggregates (all, and each grouping): what they need is worked out once
+        rcode = row[I_RCODE]
+        nx = rcode == "NXDOMAIN"
+        sf = rcode == "SERVFAIL"
+        un = row[I_STATUS] == "unanswered"
+        latency = row[I_LATENCY]
+        if latency is not None:
+            latency = round(latency, 3)
         rc = _rcode(row)
         self.rcodes[rc or NONE_KEY] += 1
         ts = row[I_TS]
@@ -184,10 +198,12 @@ class TopStats:
                 self.first_ts = ts
             if self.last_ts is None or ts > self.last_ts:
                 self.last_ts = ts
+        aggs = [self.all]
+        groups = self.groups
         for g, keyf in KEYS.items():
             key = keyf(row)
-            key = NONE_KEY if key is None else str(key)
-            table = self.groups[g]
+            key = NONE_KEY if key is None else key if key.__class__ is str else str(key)
+            table = groups[g]
             agg = table.get(key)
             if agg is None:
                 if len(table) >= MAX_KEYS:
@@ -195,7 +211,18 @@ class TopStats:
                     agg = table.get(key)
                 if agg is None:
                     agg = table[key] = _Agg()
-            agg.add(row)
+            aggs.append(agg)
+        for agg in aggs:
+            agg.count += 1
+            if nx:
+                agg.nxdomain += 1
+            elif sf:
+                agg.servfail += 1
+            if un:
+                agg.unanswered += 1
+            if latency is not None:
+                agg.answered += 1
+                agg.latencies[latency] += 1
         if self.live:
             second = int(self.clock())
             if self._per_second and self._per_second[-1][0] == second:
@@ -205,7 +232,12 @@ class TopStats:
                 while self._per_second and self._per_second[0][0] <= second - SPARK_SECONDS:
                     self._per_second.popleft()
         elif ts is not None:
-            self._times.append(ts)
+            if self.span is not None:
+                lo, hi = self.span
+                width = max(hi - lo, 1e-9) / SPARK_WIDTH
+                self._buckets[min(SPARK_WIDTH - 1, max(0, int((ts - lo) / width)))] += 1
+            else:
+                self._times.append(ts)
 
     def add_all(self, rows: Iterable[Row]) -> None:
         for row in rows:
@@ -244,13 +276,17 @@ class TopStats:
             # live rate: over the last minute (or since start), so that it follows the traffic
             window = buckets[-60:]
             return buckets[-SPARK_WIDTH:], 1.0, float(span), sum(window) / len(window)
-        if not self._times or self.first_ts is None or self.last_ts is None:
+        if self.first_ts is None or self.last_ts is None:
             return [], 0.0, 0.0, 0.0
         span = self.last_ts - self.first_ts
         bucket = max(span, 1e-9) / SPARK_WIDTH
-        counts = [0] * SPARK_WIDTH
-        for t in self._times:
-            counts[min(SPARK_WIDTH - 1, int((t - self.first_ts) / bucket))] += 1
+        if self.span is not None:  # rows a writer added meanwhile went to the last bucket
+            counts = list(self._buckets)
+            bucket = max(self.span[1] - self.span[0], 1e-9) / SPARK_WIDTH
+        else:
+            counts = [0] * SPARK_WIDTH
+            for t in self._times:
+                counts[min(SPARK_WIDTH - 1, int((t - self.first_ts) / bucket))] += 1
         return counts, bucket, span, (self.all.count / span if span > 0 else 0.0)
 
 
@@ -286,18 +322,21 @@ def log_stats(conn, since: Optional[float] = None, until: Optional[float] = None
         where.append("ts <= ?")
         params.append(until)
     present = {r[1] for r in conn.execute("PRAGMA table_info(queries)")}
-    cols = [c for c in _LOG_COLUMNS if c in present]
+    cols = [c for c in _LOG_COLUMNS if c in present]  # an older log may lack some
     sql = f"SELECT {', '.join(cols)} FROM queries"  # WHERE on ts: SQLite walks the queries_ts index
     if where:
         sql += " WHERE " + " AND ".join(where)
-    stats = TopStats(live=False)
+    where_sql = " WHERE " + " AND ".join(where) if where else ""
+    lo, hi = conn.execute(f"SELECT min(ts), max(ts) FROM queries{where_sql}", params).fetchone()
+    stats = TopStats(live=False, span=(lo, hi) if lo is not None else None)
+    add = stats.add
     width = len(QUERY_COLUMNS)
     positions = [_LOG_COLUMNS[c] for c in cols]
     for values in conn.execute(sql, params):
         row: Row = [None] * width
         for i, v in zip(positions, values):
             row[i] = v
-        stats.add(row)
+        add(row)
     cond, cparams = [], []
     if since is not None:
         cond.append("(last_ts IS NULL OR last_ts >= ?)")
