@@ -738,9 +738,9 @@ def top(interfaces, ports, netns_specs, all_netns, host_only, timeout, k8s_log_d
       dnswatch top --db node.db --since 1d --once --by domain
     """
     from dnswatch.top import TopStats, log_stats
-    from dnswatch.topview import Interactive, TopScreen, render
+    from dnswatch.topview import Interactive, TopScreen
 
-    once = once or as_json or not sys.stdout.isatty()
+    once = once or as_json or not sys.stdout.isatty() or not sys.stdin.isatty()  # keys need a terminal
     over_log = bool(since or until or whole_log)
     if over_log and (interfaces or netns_specs or all_netns or host_only or no_db):
         raise click.UsageError("capture options (-i, --netns, --all-netns, --host-only, --no-db) are for live top, "

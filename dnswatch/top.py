@@ -10,8 +10,8 @@ import functools
 import math
 import time
 from collections import Counter, deque
-from dataclasses import dataclass, field
-from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Tuple
 
 from dnswatch.correlate import (I_COMM, I_DST, I_LATENCY, I_PID, I_POD, I_POD_NS, I_QNAME, I_QTYPE, I_RCODE,
                                 I_RTS, I_SRC, I_STATUS, I_TS, Row)
@@ -92,20 +92,6 @@ class _Agg:
     def __init__(self) -> None:
         self.count = self.nxdomain = self.servfail = self.unanswered = self.answered = 0
         self.latencies: Counter = Counter()
-
-    def add(self, row: Row) -> None:
-        self.count += 1
-        rcode = row[I_RCODE]
-        if rcode == "NXDOMAIN":
-            self.nxdomain += 1
-        elif rcode == "SERVFAIL":
-            self.servfail += 1
-        if row[I_STATUS] == "unanswered":
-            self.unanswered += 1
-        latency = row[I_LATENCY]
-        if latency is not None:
-            self.answered += 1
-            self.latencies[round(latency, 3)] += 1
 
     def p(self, q: float) -> Optional[float]:
         return percentile(self.latencies, self.answered, q)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from netlab import ROOT, Lab, Watch, require_privileges, sh
-from test_pods import SERVER, Node, assert_pod
+from test_pods import SERVER, assert_pod
 from test_pods import node  # noqa: F401 - fixture
 from test_pods import rows as pod_rows
 
