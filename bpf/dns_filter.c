@@ -5,7 +5,8 @@
  *   A kept packet is delivered as ONE perf event on `events`: struct event_meta followed
  *   by the first meta.cap_len bytes of the packet from skb->data. Since nothing is ever
  *   queued on the raw socket, a full socket buffer cannot drop anything; the only loss is
- *   a full perf buffer (user space's lost callback, plus the EMIT_FAIL counter).
+ *   a full perf buffer. CNT_EMIT_FAIL counts each such event once (user space's lost callback
+ *   sees the same events again, later: it is a cross-check, never added to it).
  *   The verdict is "a perf event was emitted" (or CNT_EMIT_FAIL counted). Tests
  *   (BPF_PROG_TEST_RUN) observe exactly that: they tag each frame through skb->cb[0],
  *   which comes back as meta.netns (dnswatch/sources/bpf_testrun.py).
@@ -112,8 +113,11 @@ struct frag_key {
     u8 dst[16];
 };
 
-/* CNT_SLOW_LOAD: reads that needed the non-linear fallback in ld() */
-enum { CNT_SEEN, CNT_KEPT, CNT_EMIT_FAIL, CNT_SLOW_LOAD, CNT_MAX };
+/* CNT_SLOW_LOAD: reads that needed the non-linear fallback in ld().
+ * CNT_SKIP_*: DNS-port packets the rule drops, by reason (replay stores the first as malformed, so live
+ * must say how many it never saw): a UDP payload shorter than a DNS header, more questions than the bound.
+ * Order = _COUNTERS in dnswatch/sources/live.py. */
+enum { CNT_SEEN, CNT_KEPT, CNT_EMIT_FAIL, CNT_SLOW_LOAD, CNT_SKIP_SHORT, CNT_SKIP_QDCOUNT, CNT_MAX };
 
 BPF_PERF_OUTPUT(events);
 BPF_PERCPU_ARRAY(counters, u64, CNT_MAX);
@@ -261,14 +265,20 @@ static __always_inline int keep_transport(struct pkt *p, struct l4 *t)
     if (t->proto == IPPROTO_UDP_) {
         u8 ports[4];
         dns_hdr_t dns;
-        if (t->len < 8 + (int)sizeof(dns) || ld(p, t->off, ports, sizeof(ports)))
+        if (t->len < 8 || ld(p, t->off, ports, sizeof(ports)))
             return 0;
         if (!port_in(be16(ports)) && !port_in(be16(ports + 2)))
             return 0;
+        if (t->len < 8 + (int)sizeof(dns)) {
+            count(CNT_SKIP_SHORT);
+            return 0;
+        }
         if (ld(p, t->off + 8, &dns, sizeof(dns)))
             return 0;
-        if (bpf_ntohs(dns.qdcount) > 16)
+        if (bpf_ntohs(dns.qdcount) > 16) {
+            count(CNT_SKIP_QDCOUNT);
             return 0;
+        }
         return !dns.flags.qr || RESPONSES;
     }
     if (t->proto == IPPROTO_TCP_) {

@@ -233,10 +233,16 @@ def _replay_one(store: Store, path: str, ports: Sequence[int], timeout: float, p
 def _summary_dict(s: Summary) -> dict:
     return {
         "frames": s.frames, "dns_messages": s.dns_messages, "queries": s.queries, "responses": s.responses,
-        "malformed": s.malformed, "dropped": s.dropped, "duplicates": s.duplicates, "unanswered": s.unanswered,
+        "malformed": s.malformed, "dropped": s.dropped, "losses": s.losses, "duplicates": s.duplicates,
+        "retries": s.retries, "repeated_responses": s.repeated_responses, "unanswered": s.unanswered,
         "response_only": s.response_only, "rows": s.rows, "seconds": round(s.seconds, 3),
         "frames_per_second": round(s.rate), "malformed_reasons": s.malformed_reasons, "warnings": s.warnings,
     }
+
+
+def losses_text(losses: dict) -> str:
+    """'kernel perf buffer 3, decode 0, ...': every stage, so a reader sees where nothing was lost too."""
+    return ", ".join(f"{stage.replace('_', ' ')} {n:,}" for stage, n in losses.items())
 
 
 def _summary_text(path: str, s: Summary) -> str:
@@ -246,7 +252,7 @@ def _summary_text(path: str, s: Summary) -> str:
         f"{s.rows:,} rows, {s.unanswered:,} unanswered, {s.response_only:,} responses without query"
     )
     if s.dropped:
-        text += f", {s.dropped:,} dropped at memory bounds"
+        text += f", {s.dropped:,} lost ({losses_text(s.losses)})"
     return text + f" in {s.seconds:.2f}s ({s.rate:,.0f} frames/s)"
 
 
@@ -405,17 +411,34 @@ def search(name: Optional[str], db_path: Optional[str], types, rcodes, status, s
 @db_option
 @click.option("--json", "as_json", is_flag=True, help="As JSON.")
 @click.option("--sql", "as_sql", is_flag=True, help="As the CREATE statements.")
-def schema(db_path: Optional[str], as_json: bool, as_sql: bool) -> None:
+@click.option("--json-lines", "json_lines", is_flag=True,
+              help="The JSON Schema of `watch --json` lines (versioned) instead.")
+@click.option("--ecs", "as_ecs", is_flag=True,
+              help="How `watch --json-format ecs` maps columns to Elastic Common Schema fields instead.")
+def schema(db_path: Optional[str], as_json: bool, as_sql: bool, json_lines: bool, as_ecs: bool) -> None:
     """Every table and column of the log, with its meaning.
 
     With --db, also what that log holds: its row counts, and columns it lacks (an older dnswatch wrote it)
     or has beyond these."""
+    from dnswatch.jsonlines import ECS_MAPPING, ECS_VERSION, json_lines_schema
     from dnswatch.schema import create_sql
 
     if db_path is not None:
         _schema_of_log(db_path, as_json)
         return
-
+    if json_lines:
+        click.echo(json.dumps(json_lines_schema(), indent=2))
+        return
+    if as_ecs:
+        if as_json:
+            click.echo(json.dumps({"ecs_version": ECS_VERSION,
+                                   "fields": [{"field": f, "from": src} for f, src in ECS_MAPPING]}, indent=2))
+            return
+        click.echo(f"watch --json-format ecs: Elastic Common Schema {ECS_VERSION} fields and where they come from")
+        width = max(len(f) for f, _ in ECS_MAPPING)
+        for field, source in ECS_MAPPING:
+            click.echo(f"  {field:<{width}}  {source}")
+        return
     if as_json:
         click.echo(json.dumps(describe(), indent=2))
         return
@@ -581,7 +604,18 @@ def _terminal_width(stream) -> Optional[int]:
 @click.option("-w", "--write", "write_path", metavar="FILE.pcapng", type=click.Path(dir_okay=False),
               help="Also write the captured packets to a pcapng file, each with its process, container and pod "
                    "as a packet comment (Wireshark shows them; replay restores them).")
-@click.option("--json", "as_json", is_flag=True, help="JSON lines on stdout (one per query/response/timeout).")
+@click.option("--json", "as_json", is_flag=True,
+              help="JSON lines on stdout, one per query or timeout (schema: dnswatch schema --json-lines).")
+@click.option("--json-format", type=click.Choice(["native", "ecs"]), default=None,
+              help="JSON line format: dnswatch's own (native, the default) or Elastic Common Schema (ecs); "
+                   "implies --json.")
+@click.option("--metrics", "metrics_listen", metavar="HOST:PORT",
+              help="Serve Prometheus metrics on http://HOST:PORT/metrics (127.0.0.1:9553, [::1]:9553, :9553 for "
+                   "every address).")
+@click.option("--metrics-max-series", type=click.IntRange(1, 100_000), default=200, show_default=True,
+              metavar="N", help="At most N label sets (pod/container or process) in the metrics; the rest are "
+                                "counted under 'other'.")
+@click.option("--metrics-server-label", is_flag=True, help="Add the resolver's address as a 'server' label.")
 @click.option("--wide", is_flag=True, help="Whole lines, never truncated to the terminal's width.")
 @click.option("--duration", type=float, metavar="SECONDS", help="Stop after this many seconds.")
 @click.option("-c", "--count", type=int, metavar="N", help="Stop after N queries shown.")
@@ -597,8 +631,8 @@ def _terminal_width(stream) -> Optional[int]:
 @click.option("--quiet", "-q", is_flag=True,
               help="No per-query text lines and no notes on stderr (--json lines are still printed).")
 def watch(interfaces, ports, netns_specs, all_netns, host_only, timeout, k8s_log_dir, debug, responses, db_path,
-          no_db, write_path, as_json, wide, duration, count, pids, comms, names, types, pods, pod_namespaces,
-          containers, quiet) -> None:
+          no_db, write_path, as_json, json_format, metrics_listen, metrics_max_series, metrics_server_label, wide,
+          duration, count, pids, comms, names, types, pods, pod_namespaces, containers, quiet) -> None:
     """Watch DNS queries live (needs root and bcc), storing them in the log.
 
     As root every network namespace is watched (containers' and pods' queries, with their process);
@@ -611,13 +645,17 @@ def watch(interfaces, ports, netns_specs, all_netns, host_only, timeout, k8s_log
       sudo dnswatch watch -i eth0 --responses
       sudo dnswatch watch --comm curl --json
       sudo dnswatch watch --pod-namespace shop -w shop.pcapng
+      sudo dnswatch watch --responses --metrics :9553 --json-format ecs
     """
     from dnswatch.correlate import I_STATUS
     from dnswatch.enrich import Enricher
+    from dnswatch.jsonlines import JsonLinesSink
+    from dnswatch.metrics import HealthUpdater, MetricsError, MetricsServer, MetricsSink
     from dnswatch.pcapng import PcapngWriter, TeeCapture
     from dnswatch.watch import RowFilter, row_dict, run_watch
 
     ports = tuple(ports) or (53,)
+    as_json = as_json or json_format is not None
     if as_json and wide:
         raise click.UsageError("--wide is for text lines; --json lines are never truncated")
     try:
@@ -626,16 +664,37 @@ def watch(interfaces, ports, netns_specs, all_netns, host_only, timeout, k8s_log
         raise click.BadParameter(str(exc).split(": ", 1)[1], param_hint="--type")
     row_filter = RowFilter(pids=pids, comms=comms, names=names, types=types, pods=pods,
                            pod_namespaces=pod_namespaces, containers=containers)
-    live = _Live(interfaces, ports, responses, netns_specs, all_netns, host_only, debug, quiet)
+    metrics = None
+    if metrics_listen:
+        try:
+            metrics = MetricsServer(MetricsSink(metrics_max_series, server_label=metrics_server_label),
+                                    metrics_listen)
+            metrics.start()
+        except MetricsError as exc:
+            raise click.ClickException(str(exc))
+    try:
+        live = _Live(interfaces, ports, responses, netns_specs, all_netns, host_only, debug, quiet)
+    except click.ClickException:
+        if metrics is not None:
+            metrics.close()
+        raise
     enricher = Enricher(k8s_log_dir=k8s_log_dir)
+    live.capture.on_task = enricher.process_names.name  # while the sender exists, not once the reorder window is past
     capture = live.capture
     if write_path:
         try:
             capture = TeeCapture(capture, PcapngWriter(write_path, enricher))
         except OSError as exc:
             live.capture.close()
+            if metrics is not None:
+                metrics.close()
             raise click.ClickException(f"{write_path}: cannot write ({exc.strerror})")
-    store = _open_store(no_db, db_path, capture)
+    try:
+        store = _open_store(no_db, db_path, capture)
+    except click.ClickException:
+        if metrics is not None:
+            metrics.close()
+        raise
     shown = {"n": 0}
     out = sys.stdout
     formatter = EventFormatter(width=None if wide else _terminal_width(out), colour=colour_enabled(out),
@@ -646,32 +705,34 @@ def watch(interfaces, ports, netns_specs, all_netns, host_only, timeout, k8s_log
             return
         if kind == "Q":
             shown["n"] += 1
-        if quiet and not as_json:
+        if quiet or as_json:  # JSON lines come from the stored rows (a sink), once each row is complete
             return
-        d = row_dict(row)
-        if as_json:
-            event = {"Q": "query", "R": "response", "T": "timeout"}[kind]
-            if isinstance(d.get("answers"), str):
-                d["answers"] = json.loads(d["answers"])  # an array, not a string inside JSON
-            out.write(json.dumps({"event": event, **d}, ensure_ascii=True) + "\n")
-        else:
-            out.write(formatter.line(kind, d) + "\n")
+        out.write(formatter.line(kind, row_dict(row)) + "\n")
         out.flush()
 
     def timeouts(row) -> None:
         if row[I_STATUS] == "unanswered":
             show("T", row)
 
+    sinks = []  # they get every row the log stores; the filters only choose what is shown
+    if responses and not as_json:
+        sinks.append(timeouts)
+    if metrics is not None:
+        sinks.append(metrics.sink)
+    if as_json:  # -q too: it silences the text lines and notes, not the JSON a pipe asked for
+        sinks.append(JsonLinesSink(out, json_format or "native", row_filter=row_filter if row_filter.active else None))
+
     pipeline = Pipeline(store, "live", capture.describe(), ports, timeout,
                         options={"interfaces": list(interfaces), "responses": responses, "netns": list(netns_specs),
                                  "all_netns": live.all_netns, "write": write_path},
                         on_query=lambda row: show("Q", row),
                         on_response=(lambda row: show("R", row)) if responses else None,
-                        enrich=enricher, expect_responses=responses,
-                        sinks=(timeouts,) if responses else ())
+                        enrich=enricher, expect_responses=responses, sinks=sinks)
     where = f", logging to {store.path}" if store else ", storing nothing (--no-db)"
     if write_path:
         where += f", packets to {write_path}"
+    if metrics is not None:
+        where += f", metrics on {metrics.url}"
     if not live.all_netns and not netns_specs:
         where += (" (this network namespace only: queries that other namespaces' clients send show no process "
                   "here; as root, leave out --host-only to watch every namespace)")
@@ -679,20 +740,23 @@ def watch(interfaces, ports, netns_specs, all_netns, host_only, timeout, k8s_log
         click.echo(f"Watching DNS on {capture.describe()}{where}. Ctrl-C to end.", err=True)
     try:
         summary = run_watch(capture, pipeline, duration=duration, count=count, shown=lambda: shown["n"],
-                            tracker=live.tracker())
+                            tracker=live.tracker(),
+                            on_tick=HealthUpdater(metrics.sink, pipeline, capture, store) if metrics else None)
     except StoreError as exc:
         raise click.ClickException(str(exc))
     finally:
         if store is not None:
             store.close()
+        if metrics is not None:
+            metrics.close()
     stored = (f"{summary.rows:,} rows stored" if store is not None else "nothing stored (--no-db)")
     if write_path:
         stored += f", {capture.writer.packets:,} packets written to {write_path}"
     if not quiet:
         click.echo(
             f"{summary.queries:,} queries, {summary.responses:,} responses, {summary.malformed:,} malformed, "
-            f"{summary.dropped:,} dropped (kernel buffer losses), {summary.duplicates:,} duplicate copies; "
-            f"{shown['n']:,} queries shown; {stored} in {summary.seconds:.1f}s",
+            f"{summary.dropped:,} lost ({losses_text(summary.losses)}), {summary.duplicates:,} duplicate copies, "
+            f"{summary.retries:,} retries; {shown['n']:,} queries shown; {stored} in {summary.seconds:.1f}s",
             err=True,
         )
 
@@ -786,11 +850,13 @@ def top(interfaces, ports, netns_specs, all_netns, host_only, timeout, k8s_log_d
     ports = tuple(ports) or (53,)
     live = _Live(interfaces, ports, True, netns_specs, all_netns, host_only, debug, quiet=not once)
     stats = TopStats(live=True)
+    enricher = Enricher(k8s_log_dir=k8s_log_dir)
+    live.capture.on_task = enricher.process_names.name
     store = _open_store(no_db, db_path, live.capture)
     pipeline = Pipeline(store, "live", live.capture.describe(), ports, timeout,
                         options={"interfaces": list(interfaces), "responses": True, "netns": list(netns_specs),
                                  "all_netns": live.all_netns, "top": True},
-                        enrich=Enricher(k8s_log_dir=k8s_log_dir), expect_responses=True, sinks=(stats.add,))
+                        enrich=enricher, expect_responses=True, sinks=(stats.add,))
     source = "live" + (f", logging to {store.path}" if store else "")
 
     def snapshot(**kw):

@@ -3,8 +3,19 @@
 A query waits (bounded in number and time) for its response: same client and server address and port,
 same transport, same DNS id and the same question. Then its row is completed and emitted. A query that
 times out is emitted as 'unanswered'; a response with no waiting query becomes a 'response_only' row.
-A copy of a message seen again on another interface (loopback in and out, a packet routed through the
-host) is stored once and counted in ``duplicates``.
+
+Three kinds of "the same message again" (the rule is documented for users in schema.QUERIES):
+- a copy: the same bytes seen again within COPY_WINDOW at another capture point (pod and node side of a
+  veth, a packet routed through the host, loopback out and in). Stored once, counted in ``duplicates``.
+  Live, the capture point is (netns, ifindex, direction): one point never sees a copy of its own packet,
+  so dnsperf reusing an id and name a millisecond later is a new query there. Files do not record it
+  (plain pcap), so there time alone decides.
+- a retry: the same question under the same addresses, ports and id while the first still waits, not a
+  copy: one more attempt of the same row (``attempts``), timed like tshark's dns.time (the response from
+  the latest attempt before it; the first attempt's wait is kept in first_attempt_latency_ms).
+- a repeated response: a response to a question already answered (the server answered a retry too),
+  same bytes, within REPEAT_WINDOW: counted in ``repeated_responses``, not a row.
+Once a question is answered, a query with the same id and question is a new query.
 """
 from __future__ import annotations
 
@@ -20,7 +31,9 @@ Key = Tuple[str, int, str, int, str, int]
 
 DEFAULT_TIMEOUT = 5.0
 MAX_PENDING = 200_000
-DUPLICATE_WINDOW = 2.0  # seconds during which a second copy of an answered response is a duplicate
+COPY_WINDOW = 0.05  # seconds: copies of one packet at several capture points arrive microseconds apart;
+# client retries come after a timeout (dig, glibc: 1 s and more; unbound: 50 ms at the least)
+REPEAT_WINDOW = 2.0  # seconds after an answer during which the same response again is a repeat, not an orphan
 MAX_TEMPLATES = 65536  # query messages whose row templates are kept (as many as dns.parse_message caches)
 
 _N = len(QUERY_COLUMNS)
@@ -45,6 +58,8 @@ I_ANSWERS = Q["answers"]
 I_ANCOUNT = Q["ancount"]
 I_LATENCY = Q["latency_ms"]
 I_RTS = Q["response_ts"]
+I_ATTEMPTS = Q["attempts"]
+I_FIRST_LATENCY = Q["first_attempt_latency_ms"]
 I_QFLAGS = Q["query_flags"]
 I_RFLAGS = Q["response_flags"]
 I_EDNS_SIZE = Q["edns_udp_size"]
@@ -89,16 +104,21 @@ class Correlator:
         self.on_response = on_response
         self.enrich = enrich
         self.expect_responses = expect_responses  # False: live capture of queries only, nothing to wait for
-        # oldest first, and an OrderedDict: a dict finds its first entry by skipping the ones popped before it,
-        # which made evicting and expiring the oldest queries quadratic (35 s for 300k unanswered queries)
-        self.pending: Dict[Key, List[Row]] = OrderedDict()
-        self.recent: Dict[Key, float] = {}  # answered keys, to recognise a second copy of the response
+        # key -> [rows, time of the latest attempt, its bytes, metas of the capture points that saw it].
+        # Oldest last attempt first, and an OrderedDict: a dict finds its first entry by skipping the ones popped
+        # before it, which made evicting and expiring the oldest queries quadratic (35 s for 300k unanswered).
+        self.pending: "OrderedDict[Key, list]" = OrderedDict()
+        # key -> [time, bytes, metas] of the last answer (queries only: of the last query), to recognise its copies
+        # and repeats; oldest first, bounded like pending
+        self.recent: "OrderedDict[Key, list]" = OrderedDict()
         # id(message) -> (message, its query row templates): parse_message hands back the same Message object for
         # the same bytes, so the columns that depend on the message alone are filled once, not once per packet
         self._templates: Dict[int, Tuple[Message, List[Row]]] = {}
         self.queries = 0
         self.responses = 0
         self.duplicates = 0
+        self.retries = 0  # attempts after the first (each also counted in queries)
+        self.repeated_responses = 0
         self.unanswered = 0
         self.response_only = 0
 
@@ -114,22 +134,38 @@ class Correlator:
         ts, src, sport, dst, dport, proto, payload, ifname, meta = seg
         key = (src, sport, dst, dport, proto, dns_id)
         if not self.expect_responses:
-            seen = self.recent.get(key)
-            if seen is not None and seg.ts - seen <= DUPLICATE_WINDOW:
-                self.duplicates += 1
-                return
-            self.recent[key] = seg.ts
+            recent = self.recent
+            seen = recent.get(key)
+            if seen is not None:
+                if _is_copy(seen, seg):
+                    self.duplicates += 1
+                    seen[2].append(meta)
+                    return
+                del recent[key]
+            recent[key] = [ts, payload, [meta]]
+            if len(recent) > self.max_pending:
+                recent.popitem(last=False)
         pending = self.pending
         waiting = pending.get(key)
         if waiting is not None:
-            if _same_questions(waiting, msg):
-                self.duplicates += 1
-                meta = seg.meta
-                if meta is not None and meta.pid is not None and waiting[0][I_PID] is None:
-                    for row in waiting:  # the copy that knows its sender wins
-                        _fill_meta(row, seg)
-                        if self.enrich is not None:
-                            self.enrich(row, seg)
+            rows = waiting[0]
+            if _same_questions(rows, msg):
+                if _is_copy(waiting[1:], seg):
+                    self.duplicates += 1
+                    waiting[3].append(meta)
+                    if meta is not None and meta.pid is not None and rows[0][I_PID] is None:
+                        for row in rows:  # the copy that knows its sender wins
+                            _fill_meta(row, seg)
+                            if self.enrich is not None:
+                                self.enrich(row, seg)
+                    return
+                # a retry: one more attempt of the same question, and the wait starts again from it
+                self.queries += 1
+                self.retries += 1
+                waiting[1], waiting[2], waiting[3] = ts, payload, [meta]
+                for row in rows:
+                    row[I_ATTEMPTS] += 1
+                pending.move_to_end(key)
                 return
             self._emit_unanswered(key)  # same id and ports, other question: a new query
         self.queries += 1
@@ -160,7 +196,7 @@ class Correlator:
                 row[I_STATUS] = "query_only"
                 self.emit(row)
             return
-        pending[key] = rows
+        pending[key] = [rows, ts, payload, [meta]]
         if len(pending) > self.max_pending:
             self._emit_unanswered(next(iter(pending)))
 
@@ -173,6 +209,7 @@ class Correlator:
             row[I_EDNS_SIZE] = msg.edns_udp_size
             row[I_EDNS_DO] = msg.edns_do
             row[I_ECS] = msg.ecs
+            row[I_ATTEMPTS] = 1
             templates.append(row)
         if len(self._templates) >= MAX_TEMPLATES:
             self._templates.clear()
@@ -181,31 +218,44 @@ class Correlator:
 
     def response(self, seg: Segment, msg: Message, dns_id: int) -> None:
         self.responses += 1
-        ts, src, sport, dst, dport, proto, payload, _ifname, _meta = seg
+        ts, src, sport, dst, dport, proto, payload, _ifname, meta = seg
         key = (dst, dport, src, sport, proto, dns_id)
-        rows = self.pending.pop(key, None)
-        if rows is not None and msg.questions and not _same_questions(rows, msg):
-            self.pending[key] = rows  # same id and ports, another question: not its answer
-            rows = None
-        if rows is None:
-            seen = self.recent.get(key)
-            if seen is not None and ts - seen <= DUPLICATE_WINDOW:
-                self.duplicates += 1
-                self.responses -= 1
-                return
+        pending = self.pending
+        waiting = pending.get(key)
+        if waiting is not None and msg.questions and not _same_questions(waiting[0], msg):
+            waiting = None  # same id and ports, another question: not its answer
+        recent = self.recent
+        if waiting is None:
+            seen = recent.get(key)
+            if seen is not None:
+                if _is_copy(seen, seg):
+                    self.duplicates += 1
+                    self.responses -= 1
+                    seen[2].append(meta)
+                    return
+                if payload == seen[1] and ts - seen[0] <= REPEAT_WINDOW:
+                    self.repeated_responses += 1
+                    return
             self._response_only(seg, msg, dns_id)
             return
-        self.recent[key] = ts
+        del pending[key]
+        rows, last_attempt = waiting[0], waiting[1]
+        recent.pop(key, None)  # an earlier answer under this key: this one replaces it, at the end
+        recent[key] = [ts, payload, [meta]]
+        if len(recent) > self.max_pending:
+            recent.popitem(last=False)
         rcode_num, answers, ancount, flags = msg.rcode, msg.answers, msg.ancount, msg.flags
         rcode = rcode_text(rcode_num)
         size = len(payload)
+        latency = round((ts - last_attempt) * 1000.0, 3)
         for row in rows:
             row[I_STATUS] = "answered"
             row[I_RCODE] = rcode
             row[I_RCODE_NUM] = rcode_num
             row[I_ANSWERS] = answers
             row[I_ANCOUNT] = ancount
-            row[I_LATENCY] = round((ts - row[I_TS]) * 1000.0, 3)
+            row[I_LATENCY] = latency
+            row[I_FIRST_LATENCY] = round((ts - row[I_TS]) * 1000.0, 3)
             row[I_RTS] = ts
             row[I_RFLAGS] = flags
             row[I_RSIZE] = size
@@ -229,6 +279,7 @@ class Correlator:
             row[I_PROTO] = seg.proto
             row[I_ID] = dns_id
             row[I_STATUS] = "response_only"
+            row[I_ATTEMPTS] = 0
             row[I_RCODE] = rcode_text(msg.rcode)
             row[I_RCODE_NUM] = msg.rcode
             row[I_ANSWERS] = msg.answers
@@ -246,18 +297,22 @@ class Correlator:
 
     # -- time ----------------------------------------------------------------------------------
     def expire(self, now: float) -> None:
-        """Emit queries older than the timeout as unanswered (``now`` is capture time or wall clock)."""
+        """Emit queries whose latest attempt is older than the timeout as unanswered (``now`` is capture time or
+        wall clock), and forget answers too old to have copies or repeats."""
         pending = self.pending
         limit = now - self.timeout
         while pending:
             key = next(iter(pending))
-            if pending[key][0][I_TS] > limit:
+            if pending[key][1] > limit:
                 break
             self._emit_unanswered(key)
-        if self.recent:
-            old = now - DUPLICATE_WINDOW
-            for key in [k for k, t in self.recent.items() if t < old]:
-                del self.recent[key]
+        recent = self.recent
+        old = now - (COPY_WINDOW if not self.expect_responses else REPEAT_WINDOW)
+        while recent:
+            key = next(iter(recent))
+            if recent[key][0] >= old:
+                break
+            del recent[key]
 
     def flush(self) -> None:
         """End of the capture: every query still waiting is unanswered."""
@@ -266,11 +321,29 @@ class Correlator:
         self.recent.clear()
 
     def _emit_unanswered(self, key: Key) -> None:
-        rows = self.pending.pop(key)
+        rows = self.pending.pop(key)[0]
         self.unanswered += 1
         for row in rows:
             row[I_STATUS] = "unanswered"
             self.emit(row)
+
+
+def _is_copy(seen: list, seg: Segment) -> bool:
+    """Is ``seg`` a copy of the sighting ``seen`` ([time, bytes, metas of the capture points that saw it])?
+    The same bytes within COPY_WINDOW, at a capture point that has not seen them yet. Without live metadata
+    (files) the point is unknown and time decides."""
+    if abs(seg[0] - seen[0]) > COPY_WINDOW or seg[6] != seen[1]:
+        return False
+    meta = seg[8]
+    if meta is None:
+        return True
+    point = (meta.netns, meta.ifindex, meta.pkt_type)
+    for m in seen[2]:
+        if m is None:
+            return True
+        if (m.netns, m.ifindex, m.pkt_type) == point:
+            return False
+    return True
 
 
 def _message_row(q: Optional[Question], msg: Message) -> Row:

@@ -18,6 +18,12 @@ from dnswatch.model import Frame, Segment
 from dnswatch.store import Store
 
 EXPIRE_EVERY_FRAMES = 2048
+# FrameDecoder.stats reasons that mean a DNS message could not be read from what was captured (the
+# user-space decode stage of the losses); the memory-bound ones are FrameDecoder.dropped()
+DECODE_LOSSES = ("truncated_l2", "truncated_l3_l4", "bad_ipv4_header", "bad_ipv6_header", "tcp_incomplete_messages",
+                 "fragment_sets_expired", "fragment_sets_incomplete")
+# Order of the loss stages, from the wire up (sources add the first ones: live.LiveCapture's kernel counters)
+LOSS_STAGES = ("kernel_perf_buffer", "kernel_short_payload", "kernel_too_many_questions", "decode", "memory_bounds")
 
 
 @dataclass
@@ -31,12 +37,15 @@ class Summary:
     malformed: int = 0
     dropped: int = 0
     duplicates: int = 0
+    retries: int = 0  # query attempts after the first (see schema: queries.attempts)
+    repeated_responses: int = 0
     unanswered: int = 0
     response_only: int = 0
     rows: int = 0
     first_ts: Optional[float] = None
     last_ts: Optional[float] = None
     seconds: float = 0.0
+    losses: Dict[str, int] = field(default_factory=dict)  # LOSS_STAGES -> events lost there; dropped is the sum
     malformed_reasons: Dict[str, int] = field(default_factory=dict)
     skipped: Dict[str, int] = field(default_factory=dict)
     warnings: List[str] = field(default_factory=list)
@@ -81,7 +90,7 @@ class Pipeline:
                                      on_response=on_response, enrich=enrich,
                                      expect_responses=expect_responses)
         self.summary = Summary()
-        self.extra_dropped = 0  # losses reported by the source (kernel buffers)
+        self.source_losses: Dict[str, int] = {}  # losses the source counted, by stage (live: the kernel's)
         self._malformed_reasons: Counter = Counter()
         self._started = time.monotonic()
         self._since_expire = 0
@@ -165,9 +174,15 @@ class Pipeline:
         c = self.correlator
         s.queries, s.responses, s.duplicates = c.queries, c.responses, c.duplicates
         s.unanswered, s.response_only = c.unanswered, c.response_only
+        s.retries, s.repeated_responses = c.retries, c.repeated_responses
         if self._rows_from is not None:
             s.rows = self.store.rows_added - self._rows_from
-        s.dropped = self.decoder.dropped() + self.extra_dropped
+        stats = self.decoder.stats
+        losses = dict(self.source_losses)
+        losses["decode"] = sum(stats.get(k, 0) for k in DECODE_LOSSES)
+        losses["memory_bounds"] = self.decoder.dropped()
+        s.losses = losses
+        s.dropped = sum(losses.values())  # each lost event is counted at one stage only
         s.malformed_reasons = dict(self._malformed_reasons)
         s.skipped = dict(self.decoder.stats)
         s.seconds = time.monotonic() - self._started
@@ -181,8 +196,9 @@ class Pipeline:
             "frames": s.frames, "dns_messages": s.dns_messages, "queries": s.queries, "responses": s.responses,
             "malformed": s.malformed, "dropped": s.dropped, "duplicates": s.duplicates,
             "first_ts": s.first_ts, "last_ts": s.last_ts,
-            "notes": {"malformed": s.malformed_reasons, "frames": s.skipped, "warnings": s.warnings,
-                      "unanswered": s.unanswered, "response_only": s.response_only},
+            "notes": {"malformed": s.malformed_reasons, "frames": s.skipped, "warnings": s.warnings, "losses": s.losses,
+                      "unanswered": s.unanswered, "response_only": s.response_only, "retries": s.retries,
+                      "repeated_responses": s.repeated_responses},
         }
         if status is not None:
             update["status"] = status

@@ -28,7 +28,16 @@ class Table(NamedTuple):
 QUERIES = Table(
     "queries",
     "One row per DNS question: the query and, once matched, its response. A response whose query was not "
-    "seen is a row too (status 'response_only').",
+    "seen is a row too (status 'response_only').\n"
+    "Matching: a response answers the waiting query with the same client and server address and port, transport, "
+    "DNS id and question. Retries: a query sent again with the same addresses, ports, id and question while the "
+    "first still waits is an attempt of the same question (attempts + 1, ts stays the first attempt's; the wait "
+    "restarts from it), not a new row; once answered, the same id and question again is a new query (dnsperf and "
+    "busy resolvers reuse ids at once). Without --responses (live) a retry cannot be told from such a new query: "
+    "each is a row. Copies: the same bytes seen again within 50 ms at another capture point (another interface, "
+    "namespace or direction; in files, where that is not recorded, any second sighting within 50 ms) are one "
+    "packet, stored once and counted in captures.duplicates. A second response to a question already answered "
+    "(the server answered a retry too) is counted in captures.notes.repeated_responses, not stored as a row.",
     (
         Column("id", "INTEGER PRIMARY KEY", "Row id."),
         Column("ts", "REAL", "When the query was seen, Unix seconds (the response's time for response_only rows)."),
@@ -55,8 +64,16 @@ QUERIES = Table(
         Column("answers", "TEXT",
                "Answer section as JSON: a list of {name, type, ttl, data}. Search it with json_each(answers)."),
         Column("ancount", "INTEGER", "Answer count from the response header."),
-        Column("latency_ms", "REAL", "Response time minus query time, in milliseconds."),
+        Column("latency_ms", "REAL",
+               "Response time minus the time of the latest attempt sent before it, in milliseconds (what tshark "
+               "reports as dns.time: a response to a retransmitted query is timed from the retransmission)."),
         Column("response_ts", "REAL", "When the response was seen, Unix seconds."),
+        Column("attempts", "INTEGER",
+               "How many times the client sent this query: 1, plus one per retransmission (same addresses, ports, "
+               "transport, id and question, sent again before any response); 0 for response_only rows."),
+        Column("first_attempt_latency_ms", "REAL",
+               "Response time minus the first attempt's time (ts), in milliseconds: how long the client waited in "
+               "all. Equals latency_ms when attempts = 1; NULL until answered."),
         Column("query_flags", "TEXT", "Header flags of the query, e.g. 'rd' or 'rd cd'."),
         Column("response_flags", "TEXT", "Header flags of the response, e.g. 'aa rd ra' ('tc' = truncated)."),
         Column("edns_udp_size", "INTEGER", "EDNS UDP payload size the client advertised; NULL without EDNS."),
@@ -111,10 +128,19 @@ CAPTURES = Table(
         Column("responses", "INTEGER", "DNS responses decoded."),
         Column("malformed", "INTEGER", "DNS messages that could not be read at all (see the malformed table)."),
         Column("dropped", "INTEGER",
-               "Data lost: kernel buffer losses in live capture; fragments or TCP streams given up at a memory bound."),
-        Column("duplicates", "INTEGER", "Copies of a message seen on a second interface, stored once."),
+               "Events lost, each counted once at the stage where it was lost: the sum of notes.losses."),
+        Column("duplicates", "INTEGER",
+               "Copies of a message seen again at another capture point within 50 ms (see queries), stored once."),
         Column("options", "TEXT", "Options of the run as JSON (ports, interfaces, timeout...)."),
-        Column("notes", "TEXT", "JSON: counts of frames skipped by reason, warnings about damaged input."),
+        Column("notes", "TEXT",
+               "JSON: counts of frames skipped by reason (frames), malformed messages by reason, warnings about "
+               "damaged input, unanswered / response_only rows, retries (query attempts after the first), "
+               "repeated_responses, and losses by stage: kernel_perf_buffer (live: events the per-CPU perf buffer "
+               "had no room for), kernel_short_payload (live: DNS-port UDP payloads under 12 bytes, which the "
+               "kernel drops and replay stores as malformed), kernel_too_many_questions (live: more than 16 "
+               "questions), decode (captured frames whose DNS message could not be read: truncated headers, TCP "
+               "messages cut off, fragments never completed), memory_bounds (fragments or TCP streams given up "
+               "at a memory bound)."),
         Column("dnswatch_version", "TEXT", "Version of dnswatch that wrote this row."),
     ),
     (),

@@ -136,7 +136,7 @@ def run_watch(
             # kernel counters, timeouts, flushes and rescans: every 100 ms, not after every wakeup
             if now >= next_housekeeping:
                 next_housekeeping = now + HOUSEKEEPING_INTERVAL
-                pipeline.extra_dropped = _losses(capture)
+                pipeline.source_losses = _losses(capture)
                 pipeline.tick()
                 if tracker is not None:
                     tracker.tick()
@@ -158,13 +158,20 @@ def run_watch(
         # drain what the kernel already handed over, then close
         try:
             pipeline.feed_all(capture.poll(0))
+            drain = getattr(capture, "drain", None)  # what the reorder window still holds
+            if drain is not None:
+                pipeline.feed_all(drain())
         except Exception:  # noqa: BLE001 - closing must not lose the rows already decoded
             pass
-        pipeline.extra_dropped = _losses(capture)
+        pipeline.source_losses = _losses(capture)
         capture.close()
     return pipeline.finish(status)
 
 
-def _losses(capture) -> int:
+def _losses(capture) -> Dict[str, int]:
+    """The kernel's losses by stage. A full perf buffer is counted by the filter (emit_failures) and again
+    by the buffer's lost records (lost_samples): the same events, so only the first is used."""
     stats = capture.stats()
-    return int(stats.get("lost_samples", 0)) + int(stats.get("emit_failures", 0))
+    return {"kernel_perf_buffer": int(stats.get("emit_failures", 0)),
+            "kernel_short_payload": int(stats.get("kernel_skip_short", 0)),
+            "kernel_too_many_questions": int(stats.get("kernel_skip_qdcount", 0))}

@@ -196,7 +196,8 @@ def test_filter_compiles_and_loads():
     try:
         assert f.prog_fd > 0
         assert f.task_meta == 15 or f.fallback
-        assert f.counters() == {"kernel_seen": 0, "kernel_kept": 0, "emit_failures": 0, "kernel_slow_loads": 0}
+        assert f.counters() == {"kernel_seen": 0, "kernel_kept": 0, "emit_failures": 0, "kernel_slow_loads": 0,
+                                "kernel_skip_short": 0, "kernel_skip_qdcount": 0}
     finally:
         f.close()
 

@@ -30,5 +30,5 @@ def test_daemonset_privileges_and_mounts():
     volumes = {v["name"]: v for v in spec["volumes"]}
     assert volumes["data"]["hostPath"]["path"] == "/var/lib/dnswatch"
     assert "--all-netns" in container["args"]
-    assert {e["name"]: e["value"] for e in container["env"]}["DNSWATCH_DB"].startswith("/var/lib/dnswatch/")
+    assert {e["name"]: e.get("value") for e in container["env"]}["DNSWATCH_DB"].startswith("/var/lib/dnswatch/")
     assert ds["spec"]["selector"]["matchLabels"] == ds["spec"]["template"]["metadata"]["labels"]

@@ -118,7 +118,7 @@ def test_queries_only_by_default_and_filters(lab, tmp_path):
         assert watch.stop() == 0, "".join(watch.stderr)
     events = [json.loads(line) for line in watch.stdout if line.startswith("{")]
     assert [(e["event"], e["qname"], e["pid"], e["status"]) for e in events] == [
-        ("query", "www.example.test", dig_pid, None)]
+        ("query", "www.example.test", dig_pid, "query_only")]  # one line per stored row (dnswatch schema --json-lines)
     # the filters choose what is shown: everything captured is stored
     stored = rows(db)
     assert ("www.example.test", "query_only", "dig") in [(r["qname"], r["status"], r["comm"]) for r in stored]
