@@ -629,7 +629,7 @@ def _terminal_width(stream) -> Optional[int]:
 @click.option("--container", "containers", multiple=True,
               help="Show only this container name or id prefix (repeatable).")
 @click.option("--quiet", "-q", is_flag=True,
-              help="No per-query text lines and no notes on stderr (--json lines are still printed).")
+              help="No per-query text lines (still stores them; --json lines are still printed).")
 def watch(interfaces, ports, netns_specs, all_netns, host_only, timeout, k8s_log_dir, debug, responses, db_path,
           no_db, write_path, as_json, json_format, metrics_listen, metrics_max_series, metrics_server_label, wide,
           duration, count, pids, comms, names, types, pods, pod_namespaces, containers, quiet) -> None:
@@ -673,7 +673,7 @@ def watch(interfaces, ports, netns_specs, all_netns, host_only, timeout, k8s_log
         except MetricsError as exc:
             raise click.ClickException(str(exc))
     try:
-        live = _Live(interfaces, ports, responses, netns_specs, all_netns, host_only, debug, quiet)
+        live = _Live(interfaces, ports, responses, netns_specs, all_netns, host_only, debug)
     except click.ClickException:
         if metrics is not None:
             metrics.close()
@@ -736,8 +736,7 @@ def watch(interfaces, ports, netns_specs, all_netns, host_only, timeout, k8s_log
     if not live.all_netns and not netns_specs:
         where += (" (this network namespace only: queries that other namespaces' clients send show no process "
                   "here; as root, leave out --host-only to watch every namespace)")
-    if not quiet:
-        click.echo(f"Watching DNS on {capture.describe()}{where}. Ctrl-C to end.", err=True)
+    click.echo(f"Watching DNS on {capture.describe()}{where}. Ctrl-C to end.", err=True)
     try:
         summary = run_watch(capture, pipeline, duration=duration, count=count, shown=lambda: shown["n"],
                             tracker=live.tracker(),
@@ -752,13 +751,12 @@ def watch(interfaces, ports, netns_specs, all_netns, host_only, timeout, k8s_log
     stored = (f"{summary.rows:,} rows stored" if store is not None else "nothing stored (--no-db)")
     if write_path:
         stored += f", {capture.writer.packets:,} packets written to {write_path}"
-    if not quiet:
-        click.echo(
-            f"{summary.queries:,} queries, {summary.responses:,} responses, {summary.malformed:,} malformed, "
-            f"{summary.dropped:,} lost ({losses_text(summary.losses)}), {summary.duplicates:,} duplicate copies, "
-            f"{summary.retries:,} retries; {shown['n']:,} queries shown; {stored} in {summary.seconds:.1f}s",
-            err=True,
-        )
+    click.echo(
+        f"{summary.queries:,} queries, {summary.responses:,} responses, {summary.malformed:,} malformed, "
+        f"{summary.dropped:,} lost ({losses_text(summary.losses)}), {summary.duplicates:,} duplicate copies, "
+        f"{summary.retries:,} retries; {shown['n']:,} queries shown; {stored} in {summary.seconds:.1f}s",
+        err=True,
+    )
 
 
 # -- top -----------------------------------------------------------------------------------------

@@ -125,35 +125,19 @@ def test_timeouts_no_db_and_json_quiet(lab, tmp_path):
     assert "rows stored" not in err and "nothing stored (--no-db)" in err
     assert not db.exists()
 
-    # -q prints no "Ctrl-C to end" line for Watch to wait for: started by hand
-    proc = lab.spawn(lab.client, sys.executable, "-m", "dnswatch", "watch", "--host-only", "--db",
-                     str(tmp_path / "j.db"), "--responses", "--timeout", "1", "--json", "-q",
-                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(ROOT))
+    watch = Watch(lab, lab.client, tmp_path / "j.db", "--responses", "--timeout", "1", "--json", "-q")
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:  # wait until the capture is up: a stored row
-            dig(lab, "@198.18.1.1", "warmup.example.test")
-            if stored(tmp_path / "j.db"):
-                break
-            time.sleep(0.3)
+        dig(lab, "@198.18.1.1", "warmup.example.test")
         dig(lab, "@198.18.1.99", "lost.example.test")
         time.sleep(1.5)
     finally:
-        proc.terminate()
-        out, err = proc.communicate(timeout=30)
+        assert watch.stop() == 0, "".join(watch.stderr)
+    out = "".join(watch.stdout)
     events = [json.loads(ln) for ln in out.splitlines()]
     assert events and {e["event"] for e in events} >= {"query", "timeout"}
     assert any(e["event"] == "timeout" and e["qname"] == "lost.example.test" for e in events)
     answered = [e for e in events if e["status"] == "answered" and e["qname"] == "warmup.example.test"]
     assert answered and all(isinstance(e["answers"], list) for e in answered)
-    assert err == ""
-
-
-def stored(db: Path) -> int:
-    try:
-        return sqlite3.connect(db).execute("select count(*) from queries").fetchone()[0]
-    except sqlite3.Error:
-        return 0
 
 
 def test_every_namespace_by_default_as_root(lab, tmp_path):
