@@ -26,6 +26,37 @@ from dnswatch.top import GROUPS
 from dnswatch.top import SORTS as SORTS_TOP
 
 
+class _Number(click.ParamType):
+    """An int or float option within bounds. Out of range (or not a number) is one line and exit 1, never a
+    traceback: too large a --pid overflows SQLite's integers, and the kernel filter takes only so much."""
+
+    def __init__(self, kind: type, low, high, fix: str):
+        self.kind, self.low, self.high, self.fix = kind, low, high, fix
+        self.name = "integer" if kind is int else "number"
+        self.name_text = "an integer" if kind is int else "a number"
+
+    def convert(self, value, param, ctx):
+        opt = param.opts[0] if param is not None and param.opts else "value"
+        if isinstance(value, self.kind) and not isinstance(value, bool):
+            number = value
+        else:
+            try:
+                number = self.kind(str(value).strip())
+            except ValueError:
+                raise click.ClickException(f"{opt} {safe_text(str(value))}: not {self.name_text}; {self.fix}")
+        # a NaN fails both comparisons; inf fails the upper bound
+        if not (self.low <= number <= self.high):
+            raise click.ClickException(f"{opt} {safe_text(str(value))}: out of range; {self.fix}")
+        return number
+
+
+PORT = _Number(int, 1, 65535, "a port is a whole number from 1 to 65535")
+PID = _Number(int, 0, 2**31 - 1, "a process id is a whole number from 0 to 2147483647")
+SECONDS = _Number(float, 1e-3, 1e9, "give seconds as a number from 0.001 to 1e9")
+COUNT = _Number(int, 1, 2**62, "give a whole number from 1 to 2**62")
+LIMIT = _Number(int, 0, 2**62, "give a whole number of rows from 0 (no limit) to 2**62")
+
+
 def db_option(f):
     return click.option(
         "--db", "db_path", default=None, metavar="PATH",
@@ -35,7 +66,7 @@ def db_option(f):
 
 def port_option(f):
     return click.option(
-        "--port", "ports", type=click.IntRange(1, 65535), multiple=True, metavar="PORT",
+        "--port", "ports", type=PORT, multiple=True, metavar="PORT",
         help="DNS port to decode (repeatable; default 53).",
     )(f)
 
@@ -65,7 +96,7 @@ def cli() -> None:
 @click.argument("files", nargs=-1, required=True, metavar="FILE...")
 @db_option
 @port_option
-@click.option("--timeout", type=float, default=DEFAULT_TIMEOUT, show_default=True,
+@click.option("--timeout", type=SECONDS, default=DEFAULT_TIMEOUT, show_default=True,
               help="Seconds (capture time) a query waits for its response before it is unanswered.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
@@ -217,6 +248,10 @@ def _replay_one(store: Store, path: str, ports: Sequence[int], timeout: float, p
         raise
     finally:
         pipeline.summary.warnings.extend(reader.warnings)
+        if reader.dropped:  # packets of pcapng interfaces beyond the interface table's bound
+            pipeline.source_losses["memory_bounds"] = reader.dropped
+        if reader.damaged and status == "complete":
+            status = "damaged"  # read to the end of what could be read: the warnings say where it stopped
         unknown = pipeline.decoder.unknown_linktypes()
         if unknown:
             pipeline.summary.warnings.append(
@@ -356,14 +391,14 @@ def query(sql: str, db_path: Optional[str], params, attach, fmt: str) -> None:
 @click.option("--src", metavar="ADDR|CIDR", help="Client address or prefix (198.18.1.2, 198.18.0.0/15, fd00::/8).")
 @click.option("--dst", metavar="ADDR|CIDR", help="Server address or prefix.")
 @click.option("--answer", help="Rows whose answers contain this value (an address, a CNAME target...).")
-@click.option("--pid", "pids", type=int, multiple=True, help="Sending process id (repeatable).")
+@click.option("--pid", "pids", type=PID, multiple=True, help="Sending process id (repeatable).")
 @click.option("--comm", "comms", multiple=True, help="Sending command name (repeatable).")
 @click.option("--pod", "pods", multiple=True, help="Kubernetes pod name (repeatable; a single glob works too).")
 @click.option("--pod-namespace", "pod_namespaces", multiple=True, help="Kubernetes namespace (repeatable).")
 @click.option("--container", "containers", multiple=True, help="Container name or id prefix (repeatable).")
 @click.option("--since", help="From this time: 10m, 2h, 1d (ago), 2026-11-01, 2026-11-01T14:30, Unix seconds.")
 @click.option("--until", help="Up to this time (same forms as --since).")
-@click.option("--limit", type=int, default=100, show_default=True,
+@click.option("--limit", type=LIMIT, default=100, show_default=True,
               help="At most this many rows (0: all); stderr says when more matched.")
 @click.option("--sort", type=click.Choice(sorted(SORTS)), default="ts", show_default=True, help=f"Order: {SORT_HELP}.")
 @click.option("--reverse", is_flag=True, help="Reverse the order (oldest, fastest or Z first).")
@@ -499,7 +534,7 @@ def capture_options(f):
                           "ones. The default as root."),
         click.option("--host-only", is_flag=True,
                      help="Capture only in the network namespace dnswatch runs in (the default without root)."),
-        click.option("--timeout", type=float, default=DEFAULT_TIMEOUT, show_default=True,
+        click.option("--timeout", type=SECONDS, default=DEFAULT_TIMEOUT, show_default=True,
                      help="Seconds a query waits for its response before it is unanswered."),
         click.option("--k8s-log-dir", default="/var/log", show_default=True, metavar="DIR",
                      help="Where the kubelet's pods/ and containers/ log folders are (pod and container names)."),
@@ -612,14 +647,15 @@ def _terminal_width(stream) -> Optional[int]:
 @click.option("--metrics", "metrics_listen", metavar="HOST:PORT",
               help="Serve Prometheus metrics on http://HOST:PORT/metrics (127.0.0.1:9553, [::1]:9553, :9553 for "
                    "every address).")
-@click.option("--metrics-max-series", type=click.IntRange(1, 100_000), default=200, show_default=True,
+@click.option("--metrics-max-series", type=_Number(int, 1, 100_000, "give a whole number from 1 to 100000"),
+              default=200, show_default=True,
               metavar="N", help="At most N label sets (pod/container or process) in the metrics; the rest are "
                                 "counted under 'other'.")
 @click.option("--metrics-server-label", is_flag=True, help="Add the resolver's address as a 'server' label.")
 @click.option("--wide", is_flag=True, help="Whole lines, never truncated to the terminal's width.")
-@click.option("--duration", type=float, metavar="SECONDS", help="Stop after this many seconds.")
-@click.option("-c", "--count", type=int, metavar="N", help="Stop after N queries shown.")
-@click.option("--pid", "pids", type=int, multiple=True, help="Show only this process id (repeatable).")
+@click.option("--duration", type=SECONDS, metavar="SECONDS", help="Stop after this many seconds.")
+@click.option("--count", "-c", type=COUNT, metavar="N", help="Stop after N queries shown.")
+@click.option("--pid", "pids", type=PID, multiple=True, help="Show only this process id (repeatable).")
 @click.option("--comm", "comms", multiple=True, help="Show only this command name (repeatable).")
 @click.option("--name", "names", multiple=True, help="Show only names containing this (or matching this glob).")
 @click.option("--type", "types", multiple=True, help="Show only this query type (repeatable).")
@@ -630,9 +666,12 @@ def _terminal_width(stream) -> Optional[int]:
               help="Show only this container name or id prefix (repeatable).")
 @click.option("--quiet", "-q", is_flag=True,
               help="No per-query text lines (still stores them; --json lines are still printed).")
+@click.option("--heartbeat", "heartbeat_path", envvar="DNSWATCH_HEARTBEAT", metavar="FILE",
+              help="Touch FILE every second while capturing, for `dnswatch health` (default: $DNSWATCH_HEARTBEAT).")
 def watch(interfaces, ports, netns_specs, all_netns, host_only, timeout, k8s_log_dir, debug, responses, db_path,
           no_db, write_path, as_json, json_format, metrics_listen, metrics_max_series, metrics_server_label, wide,
-          duration, count, pids, comms, names, types, pods, pod_namespaces, containers, quiet) -> None:
+          duration, count, pids, comms, names, types, pods, pod_namespaces, containers, quiet,
+          heartbeat_path) -> None:
     """Watch DNS queries live (needs root and bcc), storing them in the log.
 
     As root every network namespace is watched (containers' and pods' queries, with their process);
@@ -652,9 +691,14 @@ def watch(interfaces, ports, netns_specs, all_netns, host_only, timeout, k8s_log
     from dnswatch.jsonlines import JsonLinesSink
     from dnswatch.metrics import HealthUpdater, MetricsError, MetricsServer, MetricsSink
     from dnswatch.pcapng import PcapngWriter, TeeCapture
+    from dnswatch.sources.live import MAX_PORTS
     from dnswatch.watch import RowFilter, row_dict, run_watch
 
-    ports = tuple(ports) or (53,)
+    ports = tuple(dict.fromkeys(ports)) or (53,)
+    if len(ports) > MAX_PORTS:  # each port is a compare in the kernel filter, which has room for MAX_PORTS
+        raise click.ClickException(
+            f"{len(ports)} --port options: live capture filters at most {MAX_PORTS} DNS ports; drop some, or capture "
+            "to a file (tcpdump -w) and replay it, which takes any number of --port")
     as_json = as_json or json_format is not None
     if as_json and wide:
         raise click.UsageError("--wide is for text lines; --json lines are never truncated")
@@ -736,14 +780,31 @@ def watch(interfaces, ports, netns_specs, all_netns, host_only, timeout, k8s_log
     if not live.all_netns and not netns_specs:
         where += (" (this network namespace only: queries that other namespaces' clients send show no process "
                   "here; as root, leave out --host-only to watch every namespace)")
+    heartbeat = None
+    if heartbeat_path:
+        from dnswatch.health import Heartbeat
+
+        try:
+            heartbeat = Heartbeat(heartbeat_path)
+        except OSError as exc:
+            capture.close()
+            if store is not None:
+                store.close()
+            if metrics is not None:
+                metrics.close()
+            raise click.ClickException(f"cannot write the heartbeat file {heartbeat_path} ({exc.strerror}): "
+                                       "give --heartbeat a writable path")
     click.echo(f"Watching DNS on {capture.describe()}{where}. Ctrl-C to end.", err=True)
     try:
         summary = run_watch(capture, pipeline, duration=duration, count=count, shown=lambda: shown["n"],
                             tracker=live.tracker(),
-                            on_tick=HealthUpdater(metrics.sink, pipeline, capture, store) if metrics else None)
+                            on_tick=HealthUpdater(metrics.sink, pipeline, capture, store) if metrics else None,
+                            heartbeat=heartbeat.beat if heartbeat else None)
     except StoreError as exc:
         raise click.ClickException(str(exc))
     finally:
+        if heartbeat is not None:
+            heartbeat.close()
         if store is not None:
             store.close()
         if metrics is not None:
@@ -779,7 +840,7 @@ def watch(interfaces, ports, netns_specs, all_netns, host_only, timeout, k8s_log
 @click.option("--once", is_flag=True,
               help="Print one snapshot and exit (also when stdout is not a terminal); live: after --duration.")
 @click.option("--json", "as_json", is_flag=True, help="The snapshot as JSON (implies --once).")
-@click.option("--duration", type=float, metavar="SECONDS", help="Live: stop after this many seconds (--once: 5).")
+@click.option("--duration", type=SECONDS, metavar="SECONDS", help="Live: stop after this many seconds (--once: 5).")
 @click.option("--interval", type=click.FloatRange(0.2), default=1.0, show_default=True,
               help="Seconds between screen refreshes (over a log: re-reads).")
 def top(interfaces, ports, netns_specs, all_netns, host_only, timeout, k8s_log_dir, debug, db_path, no_db, since,
@@ -942,6 +1003,21 @@ def _log_check(db_path: str, Check):
         return Check(name, False, f"{db_path}: {exc}", "pass another --db")
     writable = os.access(db_path, os.W_OK)
     return Check(name, True, f"{db_path}: {n:,} queries; " + ("writable" if writable else "read-only for this user"))
+
+
+@cli.command(short_help="Liveness probe for a running watch (heartbeat).")
+@click.option("--heartbeat", "heartbeat_path", envvar="DNSWATCH_HEARTBEAT", required=True, metavar="FILE",
+              help="The file `watch --heartbeat` touches (default: $DNSWATCH_HEARTBEAT).")
+@click.option("--max-age", type=click.FloatRange(min=1), default=30, show_default=True, metavar="SECONDS",
+              help="Fail when the heartbeat is older than this.")
+def health(heartbeat_path: str, max_age: float) -> None:
+    """Liveness probe: exit 0 while `watch` is capturing, 1 once its heartbeat is stale or gone."""
+    from dnswatch.health import check
+
+    ok, message = check(heartbeat_path, max_age)
+    click.echo(message, err=not ok)
+    if not ok:
+        sys.exit(1)
 
 
 def main(argv: Optional[List[str]] = None) -> None:

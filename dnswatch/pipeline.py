@@ -18,6 +18,7 @@ from dnswatch.model import Frame, Segment
 from dnswatch.store import Store
 
 EXPIRE_EVERY_FRAMES = 2048
+MALFORMED_MAX_DATA = 4096  # bytes of a malformed message stored in malformed.data (size keeps its length)
 # FrameDecoder.stats reasons that mean a DNS message could not be read from what was captured (the
 # user-space decode stage of the losses); the memory-bound ones are FrameDecoder.dropped()
 DECODE_LOSSES = ("truncated_l2", "truncated_l3_l4", "bad_ipv4_header", "bad_ipv6_header", "tcp_incomplete_messages",
@@ -92,6 +93,7 @@ class Pipeline:
         self.summary = Summary()
         self.source_losses: Dict[str, int] = {}  # losses the source counted, by stage (live: the kernel's)
         self._malformed_reasons: Counter = Counter()
+        self.malformed_truncated = 0  # malformed messages stored with only their first MALFORMED_MAX_DATA bytes
         self._started = time.monotonic()
         self._since_expire = 0
 
@@ -157,11 +159,15 @@ class Pipeline:
         self._malformed_reasons[reason.split(" (")[0]] += 1
         if self.store is not None:
             meta = seg.meta
+            payload = seg.payload
+            if len(payload) > MALFORMED_MAX_DATA:
+                payload = payload[:MALFORMED_MAX_DATA]
+                self.malformed_truncated += 1
             self.store.add_malformed((
                 self.capture_id, seg.ts, seg.src, seg.sport, seg.dst, seg.dport, seg.proto, reason,
-                len(seg.payload), seg.payload, meta.pid if meta else None, meta.comm if meta else None,
+                len(seg.payload), payload, meta.pid if meta else None, meta.comm if meta else None,
                 (meta.ifname if meta else None) or seg.ifname,
-            ))
+            ), len(payload))
 
     def tick(self, now: Optional[float] = None) -> None:
         """Periodic work for live capture: time out queries (wall clock), flush and record counters."""
@@ -180,11 +186,13 @@ class Pipeline:
         stats = self.decoder.stats
         losses = dict(self.source_losses)
         losses["decode"] = sum(stats.get(k, 0) for k in DECODE_LOSSES)
-        losses["memory_bounds"] = self.decoder.dropped()
+        losses["memory_bounds"] = self.decoder.dropped() + self.source_losses.get("memory_bounds", 0)
         s.losses = losses
         s.dropped = sum(losses.values())  # each lost event is counted at one stage only
         s.malformed_reasons = dict(self._malformed_reasons)
         s.skipped = dict(self.decoder.stats)
+        if self.malformed_truncated:
+            s.skipped["malformed_data_truncated"] = self.malformed_truncated
         s.seconds = time.monotonic() - self._started
         return s
 

@@ -39,10 +39,15 @@ except ImportError:  # not on Windows, which has no fork either: no writer proce
     fcntl = None  # type: ignore[assignment]
 
 from dnswatch import __version__
-from dnswatch.schema import LIVE_ONLY_FROM, MALFORMED_COLUMNS, QUERY_COLUMNS, TABLES, create_sql
+from dnswatch.schema import LIVE_ONLY_FROM, MALFORMED_COLUMNS, QUERY_COLUMNS, TABLES, Q, create_sql
 
 DEFAULT_DB = "dnswatch.db"
 BATCH_ROWS = 5000
+# A batch is also written early when it holds this many bytes of malformed payloads or of large answers
+# (a 64 KiB response renders as up to ~350 KB of JSON: 5,000 of them would be gigabytes).
+BATCH_BYTES = 4 << 20
+LARGE_ANSWERS = 1024  # answers JSON longer than this counts towards BATCH_BYTES (shorter: BATCH_ROWS bounds it)
+_I_ANSWERS = Q["answers"]
 BATCH_SECONDS = 1.0
 BUSY_TIMEOUT_MS = 30_000
 ROWS_PER_INSERT = 64  # rows bound to one INSERT statement (see _Log)
@@ -103,6 +108,8 @@ class Store:
         self._width = len(QUERY_COLUMNS) if live_columns else LIVE_ONLY_FROM
         self._rows: List[Sequence[Any]] = []
         self._malformed: List[Sequence[Any]] = []
+        self._batch_bytes = 0  # malformed payloads and large answers in the batch
+        self.early_flushes = 0  # batches written before BATCH_ROWS because of BATCH_BYTES
         self._last_flush = time.monotonic()
         self.rows_written = 0
         self._writer: Optional[_Writer] = None
@@ -151,11 +158,23 @@ class Store:
     def add(self, row: Sequence[Any]) -> None:
         rows = self._rows
         rows.append(row)
+        answers = row[_I_ANSWERS]
+        if answers is not None and len(answers) > LARGE_ANSWERS:
+            self._batch_bytes += len(answers)
+            if self._batch_bytes >= BATCH_BYTES:
+                self.early_flushes += 1
+                self._write_batch()
+                return
         if len(rows) >= BATCH_ROWS:
             self._write_batch()
 
-    def add_malformed(self, row: Sequence[Any]) -> None:
+    def add_malformed(self, row: Sequence[Any], size: int = 0) -> None:
+        """Buffer a malformed row; ``size`` (its payload bytes) bounds what the batch holds in bytes."""
         self._malformed.append(row)
+        self._batch_bytes += size
+        if self._batch_bytes >= BATCH_BYTES:
+            self.early_flushes += 1
+            self._write_batch()
 
     def maybe_flush(self) -> None:
         """Flush when the batch is old enough (for live capture, where rows trickle in)."""
@@ -171,6 +190,7 @@ class Store:
     def _write_batch(self) -> None:
         rows, self._rows = self._rows, []
         malformed, self._malformed = self._malformed, []
+        self._batch_bytes = 0
         if self._writer is not None:
             if rows or malformed:
                 self._writer.send(("rows", rows, malformed))

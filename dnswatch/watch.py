@@ -116,6 +116,7 @@ def run_watch(
     shown: Callable[[], int] = lambda: 0,
     tracker: Optional[NetnsTracker] = None,
     on_tick: Optional[Callable[[], bool]] = None,
+    heartbeat: Optional[Callable[[float], None]] = None,
 ) -> Summary:
     """Poll ``capture`` (a ``sources.live.LiveCapture``) into ``pipeline``. Returns the final counters.
     ``on_tick`` (top's screen) is called with the housekeeping; returning False stops."""
@@ -142,6 +143,8 @@ def run_watch(
                     tracker.tick()
                 if on_tick is not None and not on_tick():
                     break
+                if heartbeat is not None:  # after a poll returned: the liveness probe reads this
+                    heartbeat(now)
                 if now - last_record >= 1.0:  # counters stay current in the log, even if we are killed
                     pipeline.record_counters("running")
                     last_record = now

@@ -119,8 +119,46 @@ def filter_source() -> Path:
     raise LiveCaptureError("bpf/dns_filter.c is missing from the installation", "reinstall dnswatch")
 
 
-def headers_dir() -> Path:
+# The image's own header tree (the Dockerfile sets it): used when the node has none. A socket filter
+# uses only stable uapi headers, so any recent tree compiles it for the running kernel.
+BUNDLED_HEADERS_ENV = "DNSWATCH_KERNEL_HEADERS"
+
+
+def node_headers_dir() -> Path:
     return Path("/lib/modules") / os.uname().release / "build"
+
+
+def _has_headers(build: Path) -> bool:
+    """bcc's own test: include/linux/kconfig.h in build/, or in its source/ sibling (Debian's split trees)."""
+    source = build.parent / "source"
+    return (build / "include/linux/kconfig.h").is_file() or (
+        build.is_dir() and (source / "include/linux/kconfig.h").is_file())
+
+
+def headers_choice() -> Tuple[Path, str]:
+    """The header tree bcc compiles against, and whose it is: "BCC_KERNEL_SOURCE" (the user's), "node"
+    (/lib/modules/$(uname -r)/build), or "image" (DNSWATCH_KERNEL_HEADERS, when the node has none)."""
+    user = os.environ.get("BCC_KERNEL_SOURCE")
+    bundled = os.environ.get(BUNDLED_HEADERS_ENV)
+    if user and user != bundled:  # (equal: set by _use_headers earlier in this process)
+        return Path(user), "BCC_KERNEL_SOURCE"
+    node = node_headers_dir()
+    if bundled and not _has_headers(node) and (Path(bundled) / "include/linux/kconfig.h").is_file():
+        return Path(bundled), "image"
+    return node, "node"
+
+
+def headers_dir() -> Path:
+    return headers_choice()[0]
+
+
+def _use_headers() -> None:
+    """Point bcc at the image's headers when the node has none (bcc reads BCC_KERNEL_SOURCE per compile)."""
+    path, whose = headers_choice()
+    if whose == "image":
+        os.environ["BCC_KERNEL_SOURCE"] = str(path)
+    elif whose == "node" and os.environ.get("BCC_KERNEL_SOURCE"):
+        del os.environ["BCC_KERNEL_SOURCE"]  # ours, from before the node's headers appeared
 
 
 @contextlib.contextmanager
@@ -229,6 +267,7 @@ def load_filter(ports: Sequence[int] = (53,), responses: bool = False, max_captu
     if not privileges.ok:  # before compiling: unprivileged, bcc's failure would read like a header problem
         raise LiveCaptureError(f"not permitted to capture ({privileges.detail})", _FIX_PRIV)
     src = filter_source()
+    _use_headers()
     missing: Dict[str, str] = {}
     if task_meta is None:
         try:
