@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import shutil
 import sqlite3
 import sys
 from typing import List, Optional, Sequence, Tuple
@@ -11,14 +13,18 @@ import click
 
 from dnswatch import __version__
 from dnswatch.correlate import DEFAULT_TIMEOUT
-from dnswatch.output import NeverWaitingOutput, event_line, safe_message, safe_text, write_rows
+from dnswatch.output import EventFormatter, NeverWaitingOutput, colour_enabled, safe_message, safe_text, write_rows
+from dnswatch.pcapng import restore_attribution
+from dnswatch.probe import dns_on_other_ports, file_fingerprint
 from dnswatch.pipeline import Pipeline, Summary
-from dnswatch.schema import TABLES, describe
-from dnswatch.schema import LOG_TABLE
-from dnswatch.search import DEFAULT_COLUMNS, SearchError, SearchFilters, build_passive, run_search
+from dnswatch.schema import LOG_TABLE, TABLES, describe
+from dnswatch.search import (DEFAULT_COLUMNS, SORT_HELP, SORTS, SearchError, SearchFilters, build_passive,
+                             check_mnemonics, check_window, known_qtypes, parse_time, register_functions, run_search)
 from dnswatch.sources.pcap import CaptureFormatError, PcapReader, file_size
 from dnswatch.stop import StopSignals
 from dnswatch.store import Store, StoreError, default_db_path, open_readonly
+from dnswatch.top import GROUPS
+from dnswatch.top import SORTS as SORTS_TOP
 
 
 class _Number(click.ParamType):
@@ -91,14 +97,15 @@ class _EscapingGroup(click.Group):
 def cli() -> None:
     """Who resolved what, when, and what did they get.
 
-    Live DNS capture with eBPF (watch), offline replay of pcap files (replay), and search and SQL over
-    the recorded log (search, query, schema).
+    Live DNS capture with eBPF (watch, top), offline replay of pcap files (replay), and search and SQL
+    over the recorded log (search, top, query, schema). Every command that reads or writes a log takes
+    --db PATH (default: $DNSWATCH_DB, else ./dnswatch.db).
     """
 
 
 # -- replay --------------------------------------------------------------------------------------
 
-@cli.command()
+@cli.command(short_help="Decode pcap/pcapng files into the log.")
 @click.argument("files", nargs=-1, required=True, metavar="FILE...")
 @db_option
 @port_option
@@ -106,8 +113,10 @@ def cli() -> None:
               help="Seconds (capture time) a query waits for its response before it is unanswered.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.option("--skip-existing", is_flag=True,
+              help="Skip files already replayed into this log (same size and first 64 KiB); default: warn and replay.")
 def replay(files: Sequence[str], db_path: Optional[str], ports: Sequence[int], timeout: float,
-           progress: Optional[bool], as_json: bool) -> None:
+           progress: Optional[bool], as_json: bool, skip_existing: bool) -> None:
     """Decode pcap/pcapng captures (.gz too; - for stdin) into the log.
 
     \b
@@ -118,31 +127,49 @@ def replay(files: Sequence[str], db_path: Optional[str], ports: Sequence[int], t
     ports = tuple(ports) or (53,)
     if progress is None:
         progress = sys.stderr.isatty()
-    failures = 0
+    failures = skipped = 0
     summaries = []
+    # pcapng files may carry `watch -w` packet comments: their rows then have process and pod columns
+    live_columns = any(_capture_format(p) == "pcapng" for p in files)
     with StopSignals() as stop:  # Ctrl-C, SIGTERM, SIGHUP: stop between two chunks, record, summarise
         try:
-            store = Store(db_path, live_columns=False, bulk=True)
+            store = Store(db_path, live_columns=live_columns, bulk=True)
         except StoreError as exc:
             raise click.ClickException(str(exc))
         _notices(store)
+        seen = _replayed_fingerprints(db_path)  # once the log's files were checked (and tightened) by the Store
         try:
             for path in files:
                 if stop.requested:
                     break
+                fingerprint = file_fingerprint(path)
+                earlier = seen.get(fingerprint) if fingerprint else None
+                if earlier is not None:
+                    if skip_existing:
+                        skipped += 1
+                        click.echo(f"Skipped {safe_text(path)}: already in the log (capture {earlier[0]}, "
+                                   f"replayed {earlier[1]} UTC)", err=True)
+                        continue
+                    click.echo(f"Warning: {safe_text(path)} is already in this log (capture {earlier[0]}, replayed "
+                               f"{earlier[1]} UTC): its rows will be there twice; --skip-existing skips such files",
+                               err=True)
                 try:
-                    summary, error = _replay_one(store, path, ports, timeout, progress, stop)
+                    summary, error = _replay_one(store, path, ports, timeout, progress, stop, fingerprint)
                 except CaptureFormatError as exc:  # not a capture at all: nothing was recorded
                     failures += 1
                     click.echo(f"Error: {safe_text(exc)}", err=True)
                     continue
+                if fingerprint:
+                    seen[fingerprint] = ("this run", "now")
                 summaries.append((path, summary))
                 for warning in summary.warnings:
                     click.echo(f"Warning: {safe_text(warning)}", err=True)
+                hint = _other_ports_hint(path, ports, summary)
                 if as_json:
-                    click.echo(json.dumps({"file": path, **_summary_dict(summary)}))
+                    click.echo(json.dumps({"file": path, **_summary_dict(summary),
+                                           **({"dns_on_other_ports": hint[0]} if hint else {})}))
                 else:
-                    click.echo(_summary_text(path, summary))
+                    click.echo(_summary_text(path, summary) + (f"; {hint[1]}" if hint else ""))
                 if isinstance(error, CaptureFormatError):
                     failures += 1
                     click.echo(f"Error: {safe_text(error)}", err=True)
@@ -150,6 +177,12 @@ def replay(files: Sequence[str], db_path: Optional[str], ports: Sequence[int], t
                     raise click.ClickException(str(error))
                 elif error is not None:
                     raise error  # a bug: its traceback, now that the capture says 'failed' and the summary is out
+            if len(summaries) > 1:
+                total = _total(summaries)
+                if as_json:
+                    click.echo(json.dumps({"file": None, "files": len(summaries), **_summary_dict(total)}))
+                else:
+                    click.echo(_summary_text(f"total of {len(summaries)} files", total))
         finally:
             try:
                 store.close()
@@ -168,12 +201,63 @@ def _notices(store: Store) -> None:
         click.echo(f"Warning: {safe_text(notice)}", err=True)
 
 
+def _capture_format(path: str) -> Optional[str]:
+    if path == "-":
+        return None
+    try:
+        with PcapReader(path) as reader:
+            return reader.format
+    except CaptureFormatError:
+        return None
+
+
+def _replayed_fingerprints(db_path: str) -> dict:
+    """fingerprint -> (capture id, when) of the files this log already holds."""
+    if not os.path.exists(db_path):
+        return {}
+    try:
+        db = open_readonly(db_path)
+        rows = db.conn.execute(
+            "SELECT json_extract(options, '$.fingerprint'), id, strftime('%Y-%m-%d %H:%M:%S', started, 'unixepoch') "
+            "FROM captures WHERE kind = 'pcap' AND json_extract(options, '$.fingerprint') IS NOT NULL").fetchall()
+        db.conn.close()
+    except (StoreError, sqlite3.Error):
+        return {}
+    return {fp: (cid, when) for fp, cid, when in rows}
+
+
+def _other_ports_hint(path: str, ports: Sequence[int], s: Summary):
+    """When a file shows few DNS messages, look for DNS on other ports: ({port: n}, text) or None."""
+    if s.frames == 0 or s.dns_messages * 2 > s.frames:
+        return None
+    found = dns_on_other_ports(path, ports)
+    if not found:
+        return None
+    listed = ", ".join(f"{n:,} on port {p}" for p, n in found.items())
+    flags = " ".join(f"--port {p}" for p in list(found)[:4])
+    return ({str(p): n for p, n in found.items()},
+            f"DNS-looking messages on other ports among the first frames ({listed}): replay with {flags}")
+
+
+def _total(summaries) -> Summary:
+    t = Summary()
+    for _path, s in summaries:
+        for name in ("frames", "dns_messages", "queries", "responses", "malformed", "dropped", "duplicates",
+                     "unanswered", "response_only", "rows", "seconds"):
+            setattr(t, name, getattr(t, name) + getattr(s, name))
+    return t
+
+
 def _replay_one(store: Store, path: str, ports: Sequence[int], timeout: float, progress: bool,
-                stop: StopSignals) -> Tuple[Summary, Optional[BaseException]]:
-    """Replay one file. Every way it ends records a status ('complete', 'interrupted', 'failed') and returns
-    the summary, with the error that ended it, if any. Raises CaptureFormatError only before it started."""
+                stop: StopSignals, fingerprint: Optional[str] = None) -> Tuple[Summary, Optional[BaseException]]:
+    """Replay one file. Every way it ends records a status ('complete', 'interrupted', 'failed', 'damaged') and
+    returns the summary, with the error that ended it, if any. Raises CaptureFormatError only before it started."""
     reader = PcapReader(path)
-    pipeline = Pipeline(store, "pcap", path, ports, timeout, options={"format": reader.format})
+    options = {"format": reader.format}
+    if fingerprint:
+        options["fingerprint"] = fingerprint
+    pipeline = Pipeline(store, "pcap", path, ports, timeout, options=options,
+                        enrich=restore_attribution if reader.format == "pcapng" else None)
     size = file_size(path)
     status, error = "complete", None
     try:
@@ -247,12 +331,18 @@ def _summary_text(path: str, s: Summary) -> str:
 # -- query / search / schema ---------------------------------------------------------------------
 
 def _open(db_path: Optional[str], attach=()):
+    path = db_path or default_db_path()
+    for p in [path] + [other for _alias, other in attach]:
+        problem = unreadable_log(p)
+        if problem:
+            raise click.ClickException(problem)
     try:
-        db = open_readonly(db_path or default_db_path(), attach)
+        db = open_readonly(path, attach)
     except StoreError as exc:
         raise click.ClickException(str(exc))
     for notice in db.conn.notices:
         click.echo(f"Note: {safe_text(notice)}", err=True)
+    register_functions(db.conn)
     return db
 
 
@@ -268,13 +358,41 @@ def _sql_error(db, exc: sqlite3.Error) -> str:
     return f"SQL error: {text}"
 
 
-def _run_sql(db, sql: str, params, fmt: str) -> None:
+
+def unreadable_log(path: str) -> Optional[str]:
+    """Why this user cannot read the log at ``path`` (``sudo watch`` made it root's, mode 0600), with the ways
+    out; None when it is readable (or absent: open_readonly says so)."""
+    candidates = [path, path + "-wal", path + "-shm"]
+    for p in candidates:
+        if not os.path.exists(p):
+            continue
+        # read access decides: a -shm this user cannot write (read-only media) is read around (store.open_readonly)
+        if not os.access(p, os.R_OK):
+            st = os.stat(p)
+            try:
+                import pwd
+
+                owner = pwd.getpwuid(st.st_uid).pw_name
+            except (KeyError, ImportError):
+                owner = f"uid {st.st_uid}"
+            return (
+                f"{path}: cannot open: {os.path.basename(p)} belongs to {owner} (mode {st.st_mode & 0o777:04o}), "
+                f"probably made by `sudo dnswatch watch`; read it with `sudo dnswatch ...`, or take it over with "
+                f"`sudo chown $(id -un) {path}*` (the log holds every host user's lookups, so keep it private), "
+                f"or pass another --db"
+            )
+    return None
+
+
+def _run_sql(db, sql: str, params, fmt: str, wrap=None) -> None:
     try:
         cursor = db.conn.execute(sql, params)
     except sqlite3.Error as exc:
         raise click.ClickException(_sql_error(db, exc))
     columns = [d[0] for d in cursor.description or ()]
     rows = (dict(zip(columns, r)) for r in cursor)
+    if wrap is not None:
+        rows = wrap(rows)
     out = sys.stdout
     try:
         fd = out.fileno()
@@ -296,7 +414,7 @@ def _run_sql(db, sql: str, params, fmt: str) -> None:
                 pass
 
 
-@cli.command()
+@cli.command(short_help="Run SQL against the log (read-only).")
 @click.argument("sql")
 @db_option
 @click.option("-p", "--param", "params", type=(str, str), multiple=True, metavar="NAME VALUE",
@@ -311,8 +429,11 @@ def query(sql: str, db_path: Optional[str], params, attach, fmt: str) -> None:
     In JSON, blobs are {"$base64": true, "encoded": ...} and infinite numbers the strings "Infinity" and
     "-Infinity" (JSON has no infinity).
 
+    The view queries_utc is the queries table with readable UTC times first (ts_utc, response_ts_utc).
+
     \b
     Examples:
+      dnswatch query "select ts_utc, qname, rcode from queries_utc order by ts desc limit 5" --table
       dnswatch query "select qname, count(*) n from queries group by 1 order by n desc limit 10"
       dnswatch query "select 'a' node, * from queries union all select 'b', * from b.queries" \\
           --db node-a.db --attach b node-b.db
@@ -320,13 +441,16 @@ def query(sql: str, db_path: Optional[str], params, attach, fmt: str) -> None:
     _run_sql(_open(db_path, attach), sql, dict(params), fmt)
 
 
-@cli.command()
+@cli.command(short_help="Find queries by name and other fields.")
 @click.argument("name", required=False)
 @db_option
 @click.option("--type", "types", multiple=True, help="Query type (A, AAAA, TXT...; repeatable).")
 @click.option("--rcode", "rcodes", multiple=True, help="Response code (NXDOMAIN, SERVFAIL...; repeatable).")
-@click.option("--status", type=click.Choice(["answered", "unanswered", "response_only", "query_only"]))
-@click.option("--src", help="Client address.")
+@click.option("--status", type=click.Choice(["answered", "unanswered", "response_only", "query_only"]),
+              help="answered, unanswered (no response within the timeout), response_only (the query was not seen) "
+                   "or query_only (captured without --responses).")
+@click.option("--src", metavar="ADDR|CIDR", help="Client address or prefix (198.18.1.2, 198.18.0.0/15, fd00::/8).")
+@click.option("--dst", metavar="ADDR|CIDR", help="Server address or prefix.")
 @click.option("--answer", help="Rows whose answers contain this value (an address, a CNAME target...).")
 @click.option("--pid", "pids", type=PID, multiple=True, help="Sending process id (repeatable).")
 @click.option("--comm", "comms", multiple=True, help="Sending command name (repeatable).")
@@ -335,13 +459,17 @@ def query(sql: str, db_path: Optional[str], params, attach, fmt: str) -> None:
 @click.option("--container", "containers", multiple=True, help="Container name or id prefix (repeatable).")
 @click.option("--since", help="From this time: 10m, 2h, 1d (ago), 2026-11-01, 2026-11-01T14:30, Unix seconds.")
 @click.option("--until", help="Up to this time (same forms as --since).")
-@click.option("--limit", type=LIMIT, default=100, show_default=True, help="At most this many rows (0: all).")
+@click.option("--limit", type=LIMIT, default=100, show_default=True,
+              help="At most this many rows (0: all); stderr says when more matched.")
 @click.option("--contains", is_flag=True,
               help="NAME is a substring anywhere in the name (slower: reads every distinct name, not an index range).")
+@click.option("--sort", type=click.Choice(sorted(SORTS)), default="ts", show_default=True, help=f"Order: {SORT_HELP}.")
+@click.option("--reverse", is_flag=True, help="Reverse the order (oldest, fastest or Z first).")
 @click.option("--all-columns", is_flag=True, help="Every column of the queries table.")
 @format_options
-def search(name: Optional[str], db_path: Optional[str], types, rcodes, status, src, answer, pids, comms, pods,
-           pod_namespaces, containers, since, until, limit: int, contains: bool, all_columns: bool, fmt: str) -> None:
+def search(name: Optional[str], db_path: Optional[str], types, rcodes, status, src, dst, answer, pids, comms, pods,
+           pod_namespaces, containers, since, until, limit: int, contains: bool, sort: str, reverse: bool,
+           all_columns: bool, fmt: str) -> None:
     """Find queries by name and other fields, newest first.
 
     NAME is a domain: example.com matches example.com and every name under it (www.example.com,
@@ -354,9 +482,12 @@ def search(name: Optional[str], db_path: Optional[str], types, rcodes, status, s
       dnswatch search example.com --type AAAA --since 2026-11-01
       dnswatch search --answer 198.51.100.7 --since 180d
     """
-    filters = SearchFilters(name=name, types=types, rcodes=rcodes, src=src, pids=pids, comms=comms, pods=pods,
-                            pod_namespaces=pod_namespaces, containers=containers, answer=answer, status=status,
-                            since=since, until=until, limit=limit, contains=contains,
+    if limit < 0:
+        raise click.BadParameter("0 (no limit) or more", param_hint="--limit")
+    filters = SearchFilters(name=name, types=types, rcodes=rcodes, src=src, dst=dst, pids=pids, comms=comms,
+                            pods=pods, pod_namespaces=pod_namespaces, containers=containers, answer=answer,
+                            status=status, since=since, until=until, contains=contains, sort=sort, reverse=reverse,
+                            limit=limit + 1 if limit > 0 else limit,  # one row more: to know whether it stopped there
                             columns=["id", "ts_utc"] + [c.name for c in TABLES[0].columns if c.name != "id"]
                             if all_columns else [])
     db = _open(db_path)
@@ -365,14 +496,19 @@ def search(name: Optional[str], db_path: Optional[str], types, rcodes, status, s
         columns, found = run_search(db.conn, filters)
         rows = [dict(zip(columns, r)) for r in found]
         passive = build_passive(filters, db.conn.execute(f"SELECT min(ts) FROM {LOG_TABLE}").fetchone()[0])
-        if passive is not None and (not limit or len(rows) < limit):
+        if passive is not None and (not filters.limit or len(rows) < filters.limit):
             cur = db.conn.execute(*passive)
-            rows += [dict(zip([d[0] for d in cur.description], r)) for r in cur][:limit - len(rows) if limit else None]
+            rows += [dict(zip([d[0] for d in cur.description], r)) for r in cur][
+                :filters.limit - len(rows) if filters.limit else None]
     except SearchError as exc:
         raise click.ClickException(str(exc))
     except sqlite3.Error as exc:
         raise click.ClickException(f"SQL error: {exc}")
-    write_rows(iter(rows), fmt, sys.stdout, filters.columns or DEFAULT_COLUMNS)
+    more = bool(limit) and len(rows) > limit
+    write_rows(iter(rows[:limit] if limit else rows), fmt, sys.stdout, filters.columns or DEFAULT_COLUMNS)
+    if more:
+        click.echo(f"Stopped at --limit {limit}: more rows match (--limit 0 for all of them, or narrow the search).",
+                   err=True)
 
 
 def _require_current(conn, db_path: Optional[str]) -> None:
@@ -384,18 +520,25 @@ def _require_current(conn, db_path: Optional[str]) -> None:
                                    f"'dnswatch migrate --db {path}' (or start watch/replay on it)")
 
 
-@cli.command()
+@cli.command(short_help="Every table and column of the log, explained.")
+@db_option
 @click.option("--json", "as_json", is_flag=True, help="As JSON.")
 @click.option("--sql", "as_sql", is_flag=True, help="As the CREATE statements.")
 @click.option("--json-lines", "json_lines", is_flag=True,
               help="The JSON Schema of `watch --json` lines (versioned) instead.")
 @click.option("--ecs", "as_ecs", is_flag=True,
               help="How `watch --json-format ecs` maps columns to Elastic Common Schema fields instead.")
-def schema(as_json: bool, as_sql: bool, json_lines: bool, as_ecs: bool) -> None:
-    """Every table and column of the log, with its meaning."""
+def schema(db_path: Optional[str], as_json: bool, as_sql: bool, json_lines: bool, as_ecs: bool) -> None:
+    """Every table and column of the log, with its meaning.
+
+    With --db, also what that log holds: its row counts, and columns it lacks (an older dnswatch wrote it)
+    or has beyond these."""
     from dnswatch.jsonlines import ECS_MAPPING, ECS_VERSION, json_lines_schema
     from dnswatch.schema import create_sql
 
+    if db_path is not None:
+        _schema_of_log(db_path, as_json)
+        return
     if json_lines:
         click.echo(json.dumps(json_lines_schema(), indent=2))
         return
@@ -423,6 +566,34 @@ def schema(as_json: bool, as_sql: bool, json_lines: bool, as_ecs: bool) -> None:
         for c in table.columns:
             click.echo(f"  {c.name:<{width}}  {c.type.split()[0]:<7}  {c.doc}")
         click.echo()
+    click.echo(click.style("queries_utc", bold=True) + " (view, in query): the queries table with ts_utc and "
+               "response_ts_utc (ISO 8601 UTC) first.")
+
+
+def _schema_of_log(db_path: str, as_json: bool) -> None:
+    db = _open(db_path)
+    report = []
+    for table in TABLES:
+        present = [r[1] for r in db.conn.execute(f"PRAGMA table_info([{table.name}])")]
+        defined = [c.name for c in table.columns]
+        rows = db.conn.execute(f"SELECT count(*) FROM [{table.name}]").fetchone()[0] if present else None
+        report.append({"table": table.name, "rows": rows, "missing": [c for c in defined if c not in present],
+                       "extra": [c for c in present if c not in defined], "present": bool(present)})
+    if as_json:
+        click.echo(json.dumps({"db": db_path, "tables": report}, indent=2))
+        return
+    click.echo(f"{safe_text(db_path)}:")
+    for t in report:
+        if not t["present"]:
+            click.echo(f"  {t['table']}: absent (a dnswatch that writes this log creates it)")
+            continue
+        text = f"  {t['table']}: {t['rows']:,} rows"
+        if t["missing"]:
+            text += f"; lacks {', '.join(t['missing'])} (written by an older dnswatch)"
+        if t["extra"]:
+            text += f"; also has {', '.join(safe_text(c) for c in t['extra'])}"
+        click.echo(text)
+    click.echo("Columns and their meaning: dnswatch schema")
 
 
 # -- the log over time ---------------------------------------------------------------------------
@@ -449,7 +620,7 @@ def _retention(retain: Optional[str], max_size: Optional[str], retain_rollups: O
         raise click.BadParameter(str(exc))
 
 
-@cli.command()
+@cli.command(short_help="Delete the oldest rows of a log, as watch --retain does.")
 @db_option
 @retention_options
 def prune(db_path: Optional[str], retain, max_size, retain_rollups) -> None:
@@ -482,7 +653,7 @@ def _utc(ts: float) -> str:
     return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-@cli.command()
+@cli.command(short_help="Copy the log consistently, even while watch writes.")
 @click.argument("out", metavar="OUT.db")
 @db_option
 @click.option("--since", help="Only query rows from this time (10m, 2h, 7d, ISO time, Unix seconds).")
@@ -505,7 +676,7 @@ def export(out: str, db_path: Optional[str], since: Optional[str]) -> None:
     click.echo(f"{safe_text(out)}: {rows:,} rows", err=True)
 
 
-@cli.command()
+@cli.command(short_help="Bring an older log to the current layout, in place.")
 @db_option
 def migrate(db_path: Optional[str]) -> None:
     """Bring a log written by an older dnswatch to the current layout, in place (watch and replay do it too)."""
@@ -522,19 +693,129 @@ def migrate(db_path: Optional[str]) -> None:
 
 # -- live ----------------------------------------------------------------------------------------
 
-@cli.command()
-@click.option("-i", "--interface", "interfaces", multiple=True, metavar="IF",
-              help="Interface to watch (repeatable; default: every interface).")
-@port_option
-@click.option("--responses", is_flag=True, help="Also capture responses: rcode, answers, latency.")
-@click.option("--netns", "netns_specs", multiple=True, metavar="NS",
-              help="Capture in this network namespace: /var/run/netns/NAME, /proc/PID/ns/net, a name from "
-                   "`ip netns`, or a pid (repeatable).")
-@click.option("--all-netns", is_flag=True,
-              help="Capture in every network namespace of the host (every pod on a node), picking up new ones.")
+def capture_options(f):
+    """What to capture: shared by watch and top."""
+    for opt in reversed([
+        click.option("-i", "--interface", "interfaces", multiple=True, metavar="IF",
+                     help="Interface to watch (repeatable; default: every interface)."),
+        port_option,
+        click.option("--netns", "netns_specs", multiple=True, metavar="NS",
+                     help="Capture only in this network namespace: /var/run/netns/NAME, /proc/PID/ns/net, a name "
+                          "from `ip netns`, or a pid (repeatable)."),
+        click.option("--all-netns", is_flag=True,
+                     help="Capture in every network namespace of the host (every pod on a node), picking up new "
+                          "ones. The default as root."),
+        click.option("--host-only", is_flag=True,
+                     help="Capture only in the network namespace dnswatch runs in (the default without root)."),
+        click.option("--timeout", type=SECONDS, default=DEFAULT_TIMEOUT, show_default=True,
+                     help="Seconds a query waits for its response before it is unanswered."),
+        click.option("--k8s-log-dir", default="/var/log", show_default=True, metavar="DIR",
+                     help="Where the kubelet's pods/ and containers/ log folders are (pod and container names)."),
+        click.option("--debug", is_flag=True, help="Show the BPF compiler/verifier output on failure."),
+    ]):
+        f = opt(f)
+    return f
+
+
+class _Live:
+    """A live capture as the options ask: its namespaces, their names for the screen, and notes on stderr."""
+
+    def __init__(self, interfaces, ports, responses, netns_specs, all_netns, host_only, debug, quiet=False):
+        from dnswatch import netns
+        from dnswatch.sources.live import LiveCapture, LiveCaptureError, netns_inode
+
+        if sum(map(bool, (netns_specs, all_netns, host_only))) > 1:
+            raise click.UsageError("--netns, --all-netns and --host-only do not go together: pick one")
+        if not (netns_specs or host_only) and hasattr(os, "geteuid") and os.geteuid() == 0:
+            all_netns = True  # as root: containers' and pods' queries too, with their process
+        self.all_netns = all_netns
+        self.quiet = quiet
+        try:
+            paths = [netns.resolve(spec) for spec in netns_specs] or None
+        except netns.NetnsError as exc:
+            raise click.ClickException(str(exc))
+        found = netns.discover() if all_netns else {}
+        if all_netns:
+            paths = list(found.values())
+        self.own = netns_inode()
+        self.names = {ino: _netns_label(path) for ino, path in found.items()}
+        for path in paths or ():
+            ino = netns.inode(path)
+            if ino is not None:
+                self.names.setdefault(ino, _netns_label(path))
+        self.capture = LiveCapture(interfaces=list(interfaces) or None, ports=ports, responses=responses,
+                                   debug=debug, netns=paths)
+        try:
+            self.capture.open()
+        except LiveCaptureError as exc:
+            raise click.ClickException(str(exc))
+
+    def label(self, row) -> str:
+        """Where a query came from: its pod, else the `ip netns` name, else the namespace inode."""
+        if row.get("pod"):
+            container = f":{row['container']}" if row.get("container") else ""
+            return f"{row.get('pod_namespace') or '-'}/{row['pod']}{container}"
+        ino = row.get("netns")
+        if ino is None:
+            return "-"
+        if ino == self.own:
+            return "host"
+        return self.names.get(ino) or f"netns:{ino}"
+
+    def on_netns(self, event: str, inode: int, path: Optional[str]) -> None:
+        if event == "added" and path:
+            self.names[inode] = _netns_label(path)
+        if not self.quiet:
+            name = self.names.get(inode) or f"netns:{inode}"
+            what = "picked up" if event == "added" else "released (gone)"
+            click.echo(f"Network namespace {safe_text(name)} ({inode}) {what}", err=True)
+
+    def tracker(self):
+        from dnswatch.watch import NetnsTracker
+
+        return NetnsTracker(self.capture, on_change=self.on_netns) if self.all_netns else None
+
+
+def _netns_label(path: str) -> str:
+    from dnswatch.netns import NETNS_RUN_DIRS
+
+    folder, name = os.path.split(path)
+    if folder in NETNS_RUN_DIRS:
+        return name
+    return f"netns:{os.stat(path).st_ino}" if os.path.exists(path) else path
+
+
+def _open_store(no_db: bool, db_path: Optional[str], capture, retention=None) -> Optional[Store]:
+    if no_db:
+        return None
+    try:
+        store = Store(db_path or default_db_path(), retention=retention,
+                      on_warning=lambda text: click.echo(f"Warning: {safe_text(text)}", err=True))
+    except StoreError as exc:
+        capture.close()
+        raise click.ClickException(str(exc))
+    _notices(store)
+    return store
+
+
+def _terminal_width(stream) -> Optional[int]:
+    try:
+        if stream.isatty():
+            return shutil.get_terminal_size().columns
+    except (AttributeError, ValueError, OSError):
+        pass
+    return None
+
+
+@cli.command(short_help="Watch DNS queries live (root), storing them.")
+@capture_options
+@click.option("--responses", is_flag=True, help="Also capture responses: rcode, answers, latency, timeouts.")
 @db_option
 @click.option("--no-db", is_flag=True, help="Do not store anything; only print.")
 @retention_options
+@click.option("-w", "--write", "write_path", metavar="FILE.pcapng", type=click.Path(dir_okay=False),
+              help="Also write the captured packets to a pcapng file, each with its process, container and pod "
+                   "as a packet comment (Wireshark shows them; replay restores them).")
 @click.option("--json", "as_json", is_flag=True,
               help="JSON lines on stdout, one per query or timeout (schema: dnswatch schema --json-lines).")
 @click.option("--json-format", type=click.Choice(["native", "ecs"]), default=None,
@@ -548,43 +829,47 @@ def migrate(db_path: Optional[str]) -> None:
               metavar="N", help="At most N label sets (pod/container or process) in the metrics; the rest are "
                                 "counted under 'other'.")
 @click.option("--metrics-server-label", is_flag=True, help="Add the resolver's address as a 'server' label.")
+@click.option("--wide", is_flag=True, help="Whole lines, never truncated to the terminal's width.")
 @click.option("--duration", type=SECONDS, metavar="SECONDS", help="Stop after this many seconds.")
-@click.option("--count", type=COUNT, metavar="N", help="Stop after N queries shown.")
-@click.option("--pid", "pids", type=PID, multiple=True, help="Only this process id (repeatable).")
-@click.option("--comm", "comms", multiple=True, help="Only this command name (repeatable).")
-@click.option("--name", "names", multiple=True, help="Only names containing this (or matching this glob).")
-@click.option("--type", "types", multiple=True, help="Only this query type (repeatable).")
-@click.option("--pod", "pods", multiple=True, help="Only this Kubernetes pod (repeatable).")
-@click.option("--pod-namespace", "pod_namespaces", multiple=True, help="Only this Kubernetes namespace (repeatable).")
-@click.option("--container", "containers", multiple=True, help="Only this container name or id prefix (repeatable).")
-@click.option("--timeout", type=SECONDS, default=DEFAULT_TIMEOUT, show_default=True,
-              help="Seconds a query waits for its response (with --responses).")
-@click.option("--k8s-log-dir", default="/var/log", show_default=True, metavar="DIR",
-              help="Where the kubelet's pods/ and containers/ log folders are (pod and container names).")
-@click.option("--quiet", "-q", is_flag=True, help="Print no per-query lines (still stores them).")
-@click.option("--debug", is_flag=True, help="Show the BPF compiler/verifier output on failure.")
+@click.option("--count", "-c", type=COUNT, metavar="N", help="Stop after N queries shown.")
+@click.option("--pid", "pids", type=PID, multiple=True, help="Show only this process id (repeatable).")
+@click.option("--comm", "comms", multiple=True, help="Show only this command name (repeatable).")
+@click.option("--name", "names", multiple=True, help="Show only names containing this (or matching this glob).")
+@click.option("--type", "types", multiple=True, help="Show only this query type (repeatable).")
+@click.option("--pod", "pods", multiple=True, help="Show only this Kubernetes pod (repeatable).")
+@click.option("--pod-namespace", "pod_namespaces", multiple=True,
+              help="Show only this Kubernetes namespace (repeatable).")
+@click.option("--container", "containers", multiple=True,
+              help="Show only this container name or id prefix (repeatable).")
+@click.option("--quiet", "-q", is_flag=True,
+              help="No per-query text lines (still stores them; --json lines are still printed).")
 @click.option("--heartbeat", "heartbeat_path", envvar="DNSWATCH_HEARTBEAT", metavar="FILE",
               help="Touch FILE every second while capturing, for `dnswatch health` (default: $DNSWATCH_HEARTBEAT).")
-def watch(interfaces, ports, responses, netns_specs, all_netns, db_path, no_db, retain, max_size, retain_rollups,
-          as_json, json_format, metrics_listen, metrics_max_series, metrics_server_label, duration, count, pids,
-          comms, names, types, pods, pod_namespaces, containers, timeout, k8s_log_dir, quiet, debug,
+def watch(interfaces, ports, netns_specs, all_netns, host_only, timeout, k8s_log_dir, debug, responses, db_path,
+          no_db, retain, max_size, retain_rollups, write_path, as_json, json_format, metrics_listen, metrics_max_series,
+          metrics_server_label, wide, duration, count, pids, comms, names, types, pods, pod_namespaces, containers, quiet,
           heartbeat_path) -> None:
     """Watch DNS queries live (needs root and bcc), storing them in the log.
+
+    As root every network namespace is watched (containers' and pods' queries, with their process);
+    --netns or --host-only narrow that. The filters (--pid --comm --name --type --pod --pod-namespace
+    --container) choose what is shown and counted by --count: everything captured is stored.
 
     \b
     Examples:
       sudo dnswatch watch
       sudo dnswatch watch -i eth0 --responses
       sudo dnswatch watch --comm curl --json
-      sudo dnswatch watch --all-netns --pod-namespace shop
-      sudo dnswatch watch --all-netns --responses --metrics :9553 --json-format ecs
+      sudo dnswatch watch --pod-namespace shop -w shop.pcapng
+      sudo dnswatch watch --responses --metrics :9553 --json-format ecs
     """
-    from dnswatch import netns
+    from dnswatch.correlate import I_STATUS
     from dnswatch.enrich import Enricher
     from dnswatch.jsonlines import JsonLinesSink
     from dnswatch.metrics import HealthUpdater, MetricsError, MetricsServer, MetricsSink
-    from dnswatch.sources.live import MAX_PORTS, LiveCapture, LiveCaptureError
-    from dnswatch.watch import NetnsTracker, RowFilter, row_dict, run_watch
+    from dnswatch.pcapng import PcapngWriter, TeeCapture
+    from dnswatch.sources.live import MAX_PORTS
+    from dnswatch.watch import RowFilter, row_dict, run_watch
 
     ports = tuple(dict.fromkeys(ports)) or (53,)
     if len(ports) > MAX_PORTS:  # each port is a compare in the kernel filter, which has room for MAX_PORTS
@@ -592,17 +877,15 @@ def watch(interfaces, ports, responses, netns_specs, all_netns, db_path, no_db, 
             f"{len(ports)} --port options: live capture filters at most {MAX_PORTS} DNS ports; drop some, or capture "
             "to a file (tcpdump -w) and replay it, which takes any number of --port")
     retention = _retention(retain, max_size, retain_rollups)
-    if netns_specs and all_netns:
-        raise click.UsageError("--netns and --all-netns do not go together: --all-netns already includes every one")
+    as_json = as_json or json_format is not None
+    if as_json and wide:
+        raise click.UsageError("--wide is for text lines; --json lines are never truncated")
     try:
-        netns_paths = [netns.resolve(spec) for spec in netns_specs] or None
-    except netns.NetnsError as exc:
-        raise click.ClickException(str(exc))
-    if all_netns:
-        netns_paths = list(netns.discover().values())
+        types = check_mnemonics("--type", types, known_qtypes(), "TYPE")
+    except SearchError as exc:
+        raise click.BadParameter(str(exc).split(": ", 1)[1], param_hint="--type")
     row_filter = RowFilter(pids=pids, comms=comms, names=names, types=types, pods=pods,
                            pod_namespaces=pod_namespaces, containers=containers)
-    as_json = as_json or json_format is not None
     metrics = None
     if metrics_listen:
         try:
@@ -611,27 +894,33 @@ def watch(interfaces, ports, responses, netns_specs, all_netns, db_path, no_db, 
             metrics.start()
         except MetricsError as exc:
             raise click.ClickException(str(exc))
-    capture = LiveCapture(interfaces=list(interfaces) or None, ports=ports, responses=responses, debug=debug,
-                          netns=netns_paths)
     try:
-        capture.open()
-    except LiveCaptureError as exc:
+        live = _Live(interfaces, ports, responses, netns_specs, all_netns, host_only, debug)
+    except click.ClickException:
         if metrics is not None:
             metrics.close()
-        raise click.ClickException(str(exc))
-    store = None
-    if not no_db:
+        raise
+    enricher = Enricher(k8s_log_dir=k8s_log_dir)
+    live.capture.on_task = enricher.process_names.name  # while the sender exists, not once the reorder window is past
+    capture = live.capture
+    if write_path:
         try:
-            store = Store(db_path or default_db_path(), retention=retention,
-                          on_warning=lambda text: click.echo(f"Warning: {safe_text(text)}", err=True))
-        except StoreError as exc:
-            capture.close()
+            capture = TeeCapture(capture, PcapngWriter(write_path, enricher))
+        except OSError as exc:
+            live.capture.close()
             if metrics is not None:
                 metrics.close()
-            raise click.ClickException(str(exc))
-        _notices(store)
+            raise click.ClickException(f"{write_path}: cannot write ({exc.strerror})")
+    try:
+        store = _open_store(no_db, db_path, capture, retention)
+    except click.ClickException:
+        if metrics is not None:
+            metrics.close()
+        raise
     shown = {"n": 0}
     out = sys.stdout
+    formatter = EventFormatter(width=None if wide else _terminal_width(out), colour=colour_enabled(out),
+                               where=live.label if live.all_netns else None, timeout=timeout)
 
     def show(kind: str, row) -> None:
         if not row_filter(row):
@@ -640,28 +929,35 @@ def watch(interfaces, ports, responses, netns_specs, all_netns, db_path, no_db, 
             shown["n"] += 1
         if quiet or as_json:  # JSON lines come from the stored rows (a sink), once each row is complete
             return
-        out.write(event_line(kind, row_dict(row)) + "\n")
+        out.write(formatter.line(kind, row_dict(row)) + "\n")
         out.flush()
 
-    enricher = Enricher(k8s_log_dir=k8s_log_dir)
-    capture.on_task = enricher.process_names.name  # while the sender exists, not once the reorder window is past
-    sinks = []  # they get the rows the log stores, after the filters
+    def timeouts(row) -> None:
+        if row[I_STATUS] == "unanswered":
+            show("T", row)
+
+    sinks = []  # they get every row the log stores; the filters only choose what is shown
+    if responses and not as_json:
+        sinks.append(timeouts)
     if metrics is not None:
         sinks.append(metrics.sink)
-    if as_json and not quiet:
+    if as_json:  # -q too: it silences the text lines and notes, not the JSON a pipe asked for
         sinks.append(JsonLinesSink(out, json_format or "native", row_filter=row_filter if row_filter.active else None))
     stop = StopSignals().__enter__()  # from here on Ctrl-C, SIGTERM and SIGHUP end the capture cleanly
     pipeline = Pipeline(store, "live", capture.describe(), ports, timeout,
                         options={"interfaces": list(interfaces), "responses": responses, "netns": list(netns_specs),
-                                 "all_netns": all_netns},
+                                 "all_netns": live.all_netns, "write": write_path},
                         on_query=lambda row: show("Q", row),
                         on_response=(lambda row: show("R", row)) if responses else None,
-                        enrich=enricher,
-                        row_filter=row_filter if row_filter.active else None,
-                        expect_responses=responses, sinks=sinks)
-    where = f", logging to {safe_text(store.path)}" if store else ""
+                        enrich=enricher, expect_responses=responses, sinks=sinks)
+    where = f", logging to {safe_text(store.path)}" if store else ", storing nothing (--no-db)"
+    if write_path:
+        where += f", packets to {safe_text(write_path)}"
     if metrics is not None:
         where += f", metrics on {metrics.url}"
+    if not live.all_netns and not netns_specs:
+        where += (" (this network namespace only: queries that other namespaces' clients send show no process "
+                  "here; as root, leave out --host-only to watch every namespace)")
     heartbeat = None
     if heartbeat_path:
         from dnswatch.health import Heartbeat
@@ -680,7 +976,7 @@ def watch(interfaces, ports, responses, netns_specs, all_netns, db_path, no_db, 
     error = None
     try:
         summary = run_watch(capture, pipeline, duration=duration, count=count, shown=lambda: shown["n"],
-                            tracker=NetnsTracker(capture) if all_netns else None, stop=stop,
+                            tracker=live.tracker(), stop=stop,
                             on_tick=HealthUpdater(metrics.sink, pipeline, capture, store) if metrics else None,
                             heartbeat=heartbeat.beat if heartbeat else None)
     except Exception as exc:  # noqa: BLE001 - recorded as 'failed'; the summary first, then the error
@@ -695,13 +991,17 @@ def watch(interfaces, ports, responses, netns_specs, all_netns, db_path, no_db, 
     if metrics is not None:
         metrics.close()
     stop.__exit__(None, None, None)
+    stored = (f"{summary.rows:,} rows stored" if store is not None else "nothing stored (--no-db)")
+    if store is not None and store.unstored:
+        stored += f" ({store.unstored:,} could not be stored: disk full)"
+    if store is not None and store.pruned:
+        stored += f", {store.pruned:,} old rows pruned"
+    if write_path:
+        stored += f", {capture.writer.packets:,} packets written to {safe_text(write_path)}"
     click.echo(
         f"{summary.queries:,} queries, {summary.responses:,} responses, {summary.malformed:,} malformed, "
         f"{summary.dropped:,} lost ({losses_text(summary.losses)}), {summary.duplicates:,} duplicate copies, "
-        f"{summary.retries:,} retries; "
-        f"{summary.rows:,} rows stored in {summary.seconds:.1f}s"
-        + (f" ({store.unstored:,} could not be stored: disk full)" if store is not None and store.unstored else "")
-        + (f"; {store.pruned:,} old rows pruned" if store is not None and store.pruned else ""),
+        f"{summary.retries:,} retries; {shown['n']:,} queries shown; {stored} in {summary.seconds:.1f}s",
         err=True,
     )
     if isinstance(error, StoreError):
@@ -710,13 +1010,152 @@ def watch(interfaces, ports, responses, netns_specs, all_netns, db_path, no_db, 
         raise error  # a bug: its traceback, after the capture was marked 'failed' and summarised
 
 
-@cli.command()
+# -- top -----------------------------------------------------------------------------------------
+
+@cli.command(short_help="Top names, domains, clients, pods: live or from a log.")
+@capture_options
+@db_option
+@click.option("--no-db", is_flag=True, help="Live: do not store what is captured.")
+@click.option("--since", help="Over the log from this time (10m, 2h, 1d ago, ISO time, Unix seconds).")
+@click.option("--until", help="Over the log up to this time (same forms as --since).")
+@click.option("--log", "whole_log", is_flag=True, help="Over the whole log (without --since/--until).")
+@click.option("--by", type=click.Choice(GROUPS), default="name", show_default=True,
+              help="Group by: query name, registered domain (public suffix list), client (pod, else process, "
+                   "else address), process, pod, server, qtype or rcode.")
+@click.option("--sort", type=click.Choice(SORTS_TOP), default="count", show_default=True, help="Order of the keys.")
+@click.option("--reverse", is_flag=True, help="Reverse the order.")
+@click.option("--filter", "key_filter", default="", metavar="TEXT", help="Only keys containing TEXT.")
+@click.option("--limit", type=click.IntRange(0), default=20, show_default=True,
+              help="Keys in a --once snapshot (0: all).")
+@click.option("--once", is_flag=True,
+              help="Print one snapshot and exit (also when stdout is not a terminal); live: after --duration.")
+@click.option("--json", "as_json", is_flag=True, help="The snapshot as JSON (implies --once).")
+@click.option("--duration", type=SECONDS, metavar="SECONDS", help="Live: stop after this many seconds (--once: 5).")
+@click.option("--interval", type=click.FloatRange(0.2), default=1.0, show_default=True,
+              help="Seconds between screen refreshes (over a log: re-reads).")
+def top(interfaces, ports, netns_specs, all_netns, host_only, timeout, k8s_log_dir, debug, db_path, no_db, since,
+        until, whole_log, by, sort, reverse, key_filter, limit, once, as_json, duration, interval) -> None:
+    """Top names, domains, clients, processes, pods, servers, types or rcodes: rate, rcode mix, latency.
+
+    Live (the default; needs root): captures queries and responses like `watch --responses`, storing them
+    unless --no-db. Over a log: --since/--until (or --log for all of it), with --db.
+
+    On a terminal the view refreshes; keys: b group by, s sort, r reverse, / filter, p pause, q quit
+    (1-8 pick a grouping). --once, --json, or a stdout that is not a terminal print one snapshot.
+
+    \b
+    Examples:
+      sudo dnswatch top
+      sudo dnswatch top --all-netns --by pod
+      dnswatch top --db node.db --since 1h
+      dnswatch top --db node.db --since 1d --once --by domain
+    """
+    from dnswatch.top import TopStats, log_stats
+    from dnswatch.topview import Interactive, TopScreen
+
+    once = once or as_json or not sys.stdout.isatty() or not sys.stdin.isatty()  # keys need a terminal
+    over_log = bool(since or until or whole_log)
+    if over_log and (interfaces or netns_specs or all_netns or host_only or no_db):
+        raise click.UsageError("capture options (-i, --netns, --all-netns, --host-only, --no-db) are for live top, "
+                               "not over a log (--since/--until/--log)")
+
+    if over_log:
+        db = _open(db_path)
+        try:
+            window = (parse_time(since) if since else None, parse_time(until) if until else None)
+            check_window(*window, since, until)
+        except SearchError as exc:
+            raise click.ClickException(str(exc))
+        state = {"stats": None, "at": 0.0}
+        source = f"{db_path or default_db_path()}" + (f" since {since}" if since else "") + \
+            (f" until {until}" if until else "")
+
+        def stats():
+            import time as _time
+
+            now = _time.monotonic()
+            if state["stats"] is None or now - state["at"] >= interval:
+                lo = parse_time(since) if since else None  # relative times slide with the clock
+                hi = parse_time(until) if until else None
+                state["stats"], state["at"] = log_stats(db.conn, lo, hi), now
+            return state["stats"]
+
+        def snapshot(**kw):
+            return stats().snapshot(source=source, **kw)
+
+        if once:
+            _print_top(snapshot(by=by, sort=sort, filter=key_filter, reverse=reverse, limit=limit), as_json)
+            return
+        screen = TopScreen(snapshot, by=by, sort=sort, filter=key_filter, reverse=reverse, interval=interval)
+        with Interactive(screen) as ui:
+            while ui.step(interval):
+                pass
+        return
+
+    # live
+    from dnswatch.enrich import Enricher
+    from dnswatch.watch import run_watch
+
+    ports = tuple(ports) or (53,)
+    live = _Live(interfaces, ports, True, netns_specs, all_netns, host_only, debug, quiet=not once)
+    stats = TopStats(live=True)
+    enricher = Enricher(k8s_log_dir=k8s_log_dir)
+    live.capture.on_task = enricher.process_names.name
+    store = _open_store(no_db, db_path, live.capture)
+    pipeline = Pipeline(store, "live", live.capture.describe(), ports, timeout,
+                        options={"interfaces": list(interfaces), "responses": True, "netns": list(netns_specs),
+                                 "all_netns": live.all_netns, "top": True},
+                        enrich=enricher, expect_responses=True, sinks=(stats.add,))
+    source = "live" + (f", logging to {store.path}" if store else "")
+
+    def snapshot(**kw):
+        stats.losses = pipeline.counters().dropped
+        return stats.snapshot(source=source, **kw)
+
+    try:
+        if once:
+            click.echo(f"Collecting on {live.capture.describe()} for {duration or 5:g}s...", err=True)
+            run_watch(live.capture, pipeline, duration=duration or 5.0, tracker=live.tracker())
+            _print_top(snapshot(by=by, sort=sort, filter=key_filter, reverse=reverse, limit=limit), as_json)
+            return
+        screen = TopScreen(snapshot, by=by, sort=sort, filter=key_filter, reverse=reverse, interval=interval)
+        with Interactive(screen) as ui:
+            run_watch(live.capture, pipeline, duration=duration, tracker=live.tracker(),
+                      on_tick=lambda: ui.step(0))
+    except StoreError as exc:
+        raise click.ClickException(str(exc))
+    finally:
+        if store is not None:
+            store.close()
+
+
+def _print_top(snap, as_json: bool) -> None:
+    from rich.console import Console
+
+    from dnswatch.topview import render
+
+    if as_json:
+        click.echo(json.dumps(snap.as_dict(), indent=2))
+        return
+    tty = sys.stdout.isatty()
+    width = _terminal_width(sys.stdout) or int(os.environ.get("COLUMNS", "") or 120)
+    console = Console(file=sys.stdout, width=width, force_terminal=tty and colour_enabled(sys.stdout),
+                      no_color=not colour_enabled(sys.stdout), highlight=False, soft_wrap=False)
+    console.print(render(snap, width))
+
+
+@cli.command(short_help="Can this machine run live capture? What to fix.")
+@db_option
 @click.option("--json", "as_json", is_flag=True, help="As JSON.")
-def doctor(as_json: bool) -> None:
-    """Can this machine run live capture? Each check says ok, or what to fix."""
-    from dnswatch.doctor import REQUIRED, ready, run_checks
+def doctor(db_path: Optional[str], as_json: bool) -> None:
+    """Can this machine run live capture? Each check says ok, or what to fix.
+
+    --db also checks that log: that this user can read it and write it (an optional check)."""
+    from dnswatch.doctor import REQUIRED, Check, ready, run_checks
 
     checks = run_checks()
+    if db_path is not None:
+        checks.append(_log_check(db_path, Check))
     if as_json:
         click.echo(json.dumps([c.__dict__ for c in checks], indent=2))
     else:
@@ -735,7 +1174,28 @@ def doctor(as_json: bool) -> None:
         sys.exit(1)
 
 
-@cli.command()
+def _log_check(db_path: str, Check):
+    """doctor --db: can this user read and write the log?"""
+    name = "log"
+    if not os.path.exists(db_path):
+        folder = os.path.dirname(os.path.abspath(db_path))
+        ok = os.access(folder, os.W_OK)
+        return Check(name, ok, f"{db_path} does not exist yet; " + ("it can be created here" if ok else
+                     f"{folder} is not writable"), "" if ok else "pass a --db in a folder you can write")
+    problem = unreadable_log(db_path)
+    if problem:
+        return Check(name, False, problem, "see above")
+    try:
+        db = open_readonly(db_path)
+        n = db.conn.execute("SELECT count(*) FROM queries").fetchone()[0]
+        db.conn.close()
+    except (StoreError, sqlite3.Error) as exc:
+        return Check(name, False, f"{db_path}: {exc}", "pass another --db")
+    writable = os.access(db_path, os.W_OK)
+    return Check(name, True, f"{db_path}: {n:,} queries; " + ("writable" if writable else "read-only for this user"))
+
+
+@cli.command(short_help="Liveness probe for a running watch (heartbeat).")
 @click.option("--heartbeat", "heartbeat_path", envvar="DNSWATCH_HEARTBEAT", required=True, metavar="FILE",
               help="The file `watch --heartbeat` touches (default: $DNSWATCH_HEARTBEAT).")
 @click.option("--max-age", type=click.FloatRange(min=1), default=30, show_default=True, metavar="SECONDS",

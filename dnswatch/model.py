@@ -49,6 +49,7 @@ class PacketMeta(NamedTuple):
     comm: Optional[str] = None
     uid: Optional[int] = None
     cgroup_id: Optional[int] = None
+    attribution: Optional[dict] = None  # from a dnswatch pcapng packet comment: comm, container, pod...
 
 
 class Frame(NamedTuple):

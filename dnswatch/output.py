@@ -58,18 +58,37 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+# Columns holding JSON text in the log: JSON outputs carry them as JSON values, not as strings inside JSON.
+JSON_COLUMNS = frozenset(("answers",))
+# Columns holding Unix seconds: --table shows them as UTC times.
+TIME_COLUMNS = frozenset(("ts", "response_ts", "first_ts", "last_ts", "started", "ended"))
+TABLE_ANSWERS = 40  # characters of answers a --table cell shows
+
+
+def _json_row(row: Dict[str, Any]) -> Dict[str, Any]:
+    out = {}
+    for k, v in row.items():
+        if k in JSON_COLUMNS and isinstance(v, str):
+            try:
+                v = json.loads(v)
+            except ValueError:
+                pass
+        out[k] = _jsonable(v)
+    return out
+
+
 def write_rows(rows: Iterable[Dict[str, Any]], fmt: str, out: IO[str], columns: Optional[Sequence[str]] = None) -> int:
     """Write query results in ``fmt`` (json array, nl, csv, table). Returns the row count."""
     n = 0
     if fmt == "json":
         out.write("[")
         for row in rows:
-            out.write(("\n " if n == 0 else ",\n ") + json.dumps({k: _jsonable(v) for k, v in row.items()}, ensure_ascii=True, allow_nan=False))
+            out.write(("\n " if n == 0 else ",\n ") + json.dumps(_json_row(row), ensure_ascii=True, allow_nan=False))
             n += 1
         out.write("\n]\n" if n else "]\n")
     elif fmt == "nl":
         for row in rows:
-            out.write(json.dumps({k: _jsonable(v) for k, v in row.items()}, ensure_ascii=True, allow_nan=False) + "\n")
+            out.write(json.dumps(_json_row(row), ensure_ascii=True, allow_nan=False) + "\n")
             n += 1
     elif fmt == "csv":
         writer = None
@@ -85,7 +104,8 @@ def write_rows(rows: Iterable[Dict[str, Any]], fmt: str, out: IO[str], columns: 
         materialised: List[Dict[str, Any]] = list(rows)
         n = len(materialised)
         headers = list(materialised[0].keys()) if materialised else list(columns or [])
-        out.write(tabulate([[_table_value(v) for v in r.values()] for r in materialised], headers=headers) + "\n")
+        out.write(tabulate([[_table_cell(k, v) for k, v in r.items()] for r in materialised], headers=headers,
+                           disable_numparse=True) + "\n")
     else:
         raise ValueError(f"unknown format {fmt}")
     return n
@@ -103,13 +123,43 @@ def _table_value(v: Any) -> Any:
     return safe_text(v) if isinstance(v, str) else v
 
 
+def utc_text(ts: float) -> str:
+    """Unix seconds as ``2026-11-01 14:30:05.123`` (UTC, milliseconds)."""
+    ms = int(round(ts * 1000))
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ms // 1000)) + f".{ms % 1000:03d}"
+
+
+def short_answers(text: str, width: int = TABLE_ANSWERS) -> str:
+    """The answers' data, comma-separated, cut to ``width`` with a marker."""
+    try:
+        data = [str(a.get("data")) for a in json.loads(text)]
+    except (ValueError, AttributeError, TypeError):
+        data = [text]
+    joined = ", ".join(data)
+    return joined if len(joined) <= width else joined[:width - 1] + "…"
+
+
+def _table_cell(key: str, v: Any) -> Any:
+    if v is None:
+        return ""
+    if key in TIME_COLUMNS and isinstance(v, (int, float)) and not isinstance(v, bool):
+        return utc_text(v)
+    if key in JSON_COLUMNS and isinstance(v, str):
+        return safe_text(short_answers(v))
+    if isinstance(v, float):
+        return f"{v:.3f}".rstrip("0").rstrip(".") if abs(v) < 1e15 else repr(v)
+    return _table_value(v)
+
+
 # -- live events ---------------------------------------------------------------------------------
 
-def _who(row: Dict[str, Any]) -> str:
+def _who(row: Dict[str, Any], with_pod: bool = True) -> str:
     if row.get("pid") is not None:
         who = f"{row['pid']}/{safe_text(row.get('comm'))}"
     else:
         who = "-"
+    if not with_pod:
+        return who
     if row.get("pod"):
         who += f" {safe_text(row.get('pod_namespace'))}/{safe_text(row['pod'])}"
         if row.get("container"):
@@ -124,30 +174,118 @@ def _endpoint(addr: Any, port: Any) -> str:
     return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
 
 
-def event_line(kind: str, row: Dict[str, Any]) -> str:
-    """One terminal line for a query (kind 'Q') or a response/timeout (kind 'R')."""
-    ts = row["ts"] if kind == "Q" else (row.get("response_ts") or row["ts"])
-    clock = time.strftime("%H:%M:%S", time.localtime(ts)) + f".{int((ts % 1) * 1000):03d}"
-    parts = [clock, kind, _who(row), f"{_endpoint(row['src'], row['sport'])} > {_endpoint(row['dst'], row['dport'])}",
-             safe_text(row.get("proto")), f"#{row.get('dns_id')}", safe_text(row.get("qtype") or "?"),
-             safe_text(row.get("qname") or "?")]
-    if kind == "R":
-        status = row.get("status")
-        if status == "unanswered":
-            parts.append("UNANSWERED")
+MARK = "…"  # a truncated name or answer list ends with this
+# ANSI colours by outcome (only on a terminal, and not with NO_COLOR)
+COLOURS = {"NXDOMAIN": "33", "SERVFAIL": "31", "REFUSED": "35", "unanswered": "1;31", "NOERROR": "32"}
+# column: (minimum width, widest it grows to as values appear); widths only grow, so lines stay aligned
+COLUMNS = {"where": (6, 28), "who": (8, 28), "client": (10, 47), "server": (10, 47), "type": (4, 10)}
+NAME_MIN = 10
+COMPACT_BELOW = 120  # narrower terminals get the compact layout
+
+
+def colour_enabled(stream) -> bool:
+    """Colour on a terminal, unless NO_COLOR is set (https://no-color.org) or TERM is dumb."""
+    if os.environ.get("NO_COLOR", "") != "":
+        return False
+    if os.environ.get("TERM") == "dumb":
+        return False
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else (text[:width - 1] + MARK if width > 0 else "")
+
+
+class EventFormatter:
+    """``watch`` lines in aligned columns that fit ``width`` (None: no limit, as ``--wide`` and pipes get).
+
+    time, Q/R/T, [where,] pid/command [pod], client > server, proto, #id, type, name, outcome. The name is
+    truncated with a marker rather than wrapping; the outcome's answer list is cut last."""
+
+    def __init__(self, width: Optional[int] = None, colour: bool = False, where: Optional[Any] = None,
+                 timeout: float = 5.0):
+        self.width = width
+        self.colour = colour
+        self.where = where  # callable(row) -> label of the namespace/pod, with --all-netns
+        self.timeout = timeout
+        self.widths = {k: v[0] for k, v in COLUMNS.items()}
+
+    def _pad(self, column: str, text: str) -> str:
+        low, high = COLUMNS[column]
+        if len(text) > self.widths[column]:
+            self.widths[column] = min(high, len(text))
+        return _cut(text, self.widths[column]).ljust(self.widths[column])
+
+    def _paint(self, code: Optional[str], text: str) -> str:
+        return f"\x1b[{code}m{text}\x1b[0m" if self.colour and code else text
+
+    def line(self, kind: str, row: Dict[str, Any]) -> str:
+        compact = self.width is not None and self.width < COMPACT_BELOW
+        ts = row["ts"] if kind == "Q" else (row.get("response_ts") or row["ts"])
+        if kind == "T":
+            ts = row["ts"] + self.timeout
+        clock = time.strftime("%H:%M:%S", time.localtime(ts))
+        if not compact:
+            clock += f".{int((ts % 1) * 1000):03d}"
+        fields = [clock, kind]
+        if self.where is not None:
+            fields.append(self._pad("where", safe_text(self.where(row))))
+        fields.append(self._pad("who", _who(row, with_pod=self.where is None)))
+        if compact:  # 80 columns: no client port, no server port 53, no DNS id
+            server = safe_text(row["dst"]) if row.get("dport") == 53 else _endpoint(row["dst"], row["dport"])
+            fields.append(self._pad("client", safe_text(row["src"])) + " > " + self._pad("server", server))
+            if row.get("proto") != "udp":
+                fields.append(safe_text(row.get("proto")))
         else:
-            parts.append(safe_text(row.get("rcode")))
-            if row.get("latency_ms") is not None:
-                parts.append(f"{row['latency_ms']:.2f}ms")
-            answers = row.get("answers")
-            if answers:
-                try:
-                    data = [a.get("data") for a in json.loads(answers)][:4]
-                except (ValueError, AttributeError):
-                    data = []
-                if data:
-                    parts.append("-> " + ", ".join(safe_text(d) for d in data))
-    return " ".join(str(p) for p in parts)
+            fields.append(self._pad("client", _endpoint(row["src"], row["sport"])) + " > "
+                          + self._pad("server", _endpoint(row["dst"], row["dport"])))
+            fields.append(f"{safe_text(row.get('proto')):<3} {'#' + str(row.get('dns_id')):<6}")
+        fields.append(self._pad("type", safe_text(row.get("qtype") or "?")))
+        head = " ".join(fields)
+        name = safe_text(row.get("qname") or "?")
+        outcome, code, answers = self._outcome(kind, row)
+        if self.width is None:
+            return " ".join(x for x in (head, name, self._paint(code, outcome), answers) if x)
+        room = self.width - len(head) - 1
+        keep = len(outcome) + 1 if outcome else 0
+        answers_out = answers
+        if len(name) + keep + (1 + len(answers) if answers else 0) > room:
+            # the answers shrink first, then the name: truncated with a marker, never wrapped
+            space = room - len(name) - keep - 1
+            answers_out = _cut(answers, space) if answers and space >= 8 else ""
+            if not answers_out:
+                name = _cut(name, max(NAME_MIN, room - keep))
+        plain = " ".join(x for x in (head, name, outcome, answers_out) if x)
+        if len(plain) > self.width:  # a very narrow terminal: cut the line itself
+            return _cut(plain, self.width)
+        return " ".join(x for x in (head, name, self._paint(code, outcome), answers_out) if x)
+
+    def _outcome(self, kind: str, row: Dict[str, Any]):
+        if kind == "Q":
+            return "", None, ""
+        if kind == "T" or row.get("status") == "unanswered":
+            compact = self.width is not None and self.width < COMPACT_BELOW
+            return f"unanswered {'' if compact else 'after '}{self.timeout:.1f}s", COLOURS["unanswered"], ""
+        rcode = safe_text(row.get("rcode"))
+        text = rcode
+        if row.get("latency_ms") is not None:
+            text += f" {row['latency_ms']:.2f}ms"
+        data: List[Any] = []
+        answers = row.get("answers")
+        if answers:
+            try:
+                data = [a.get("data") for a in json.loads(answers)]
+            except (ValueError, AttributeError):
+                data = []
+        return text, COLOURS.get(rcode), ("-> " + ", ".join(safe_text(d) for d in data)) if data else ""
+
+
+def event_line(kind: str, row: Dict[str, Any]) -> str:
+    """One full line (no width limit, no colour) for a query 'Q', response 'R' or timeout 'T'."""
+    return EventFormatter().line(kind, row)
 
 
 # -- query output that never holds up the read ---------------------------------------------------------

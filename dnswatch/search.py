@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import heapq
+import ipaddress
 import re
 import time
 from dataclasses import dataclass, field
@@ -16,6 +17,24 @@ _UNITS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 6048
 
 class SearchError(ValueError):
     """A search option the user can correct."""
+
+
+def check_window(since: Optional[float], until: Optional[float], since_text=None, until_text=None) -> None:
+    if since is not None and until is not None and since > until:
+        raise SearchError(
+            f"--since {since_text} is after --until {until_text}: nothing can match; relative times count back "
+            "from now (--since 2h --until 1h is the hour before the last one)"
+        )
+
+
+def _flip(term: str) -> str:
+    if term.endswith(" DESC"):
+        return term[:-5] + " ASC"
+    if term.endswith(" ASC"):
+        return term[:-4] + " DESC"
+    if term.endswith(" IS NULL"):
+        return term  # rows without a latency stay last either way
+    return term + " DESC"
 
 
 def parse_time(text: str, now: Optional[float] = None) -> float:
@@ -46,6 +65,7 @@ class SearchFilters:
     types: Sequence[str] = ()
     rcodes: Sequence[str] = ()
     src: Optional[str] = None
+    dst: Optional[str] = None
     pids: Sequence[int] = ()
     comms: Sequence[str] = ()
     pods: Sequence[str] = ()
@@ -58,6 +78,76 @@ class SearchFilters:
     limit: int = 100
     columns: List[str] = field(default_factory=list)
     contains: bool = False  # name is a substring (a scan of the distinct names), not a domain
+    sort: str = "ts"
+    reverse: bool = False
+
+
+# over query_log l: latency and name through the view's column expressions (schema.column_expr)
+SORTS = {"ts": "l.ts DESC, l.id DESC", "latency": "latency IS NULL, latency DESC, l.id DESC",
+         "name": "name ASC, l.ts DESC, l.id DESC"}
+SORT_HELP = "ts (newest first), latency (slowest first), name (A to Z)"
+
+
+def known_qtypes() -> List[str]:
+    from dnslib import QTYPE
+
+    return sorted(set(QTYPE.forward.values()))
+
+
+def known_rcodes() -> List[str]:
+    from dnswatch.dns import rcode_text
+
+    return [t for t in (rcode_text(n) for n in range(24)) if not t.startswith("RCODE")]
+
+
+def check_mnemonics(option: str, values: Sequence[str], known: Sequence[str], numbered: str) -> List[str]:
+    """Upper-cased ``values``; an unknown one is an error listing the valid ones (TYPE65535 style is valid)."""
+    out, known_set = [], set(known)
+    for v in values:
+        u = v.strip().upper()
+        if u not in known_set and not re.fullmatch(numbered + r"\d{1,5}", u):
+            raise SearchError(f"{option} {v}: unknown; use one of {', '.join(known)} (or {numbered}<number>)")
+        out.append(u)
+    return out
+
+
+def address_condition(option: str, column: str, text: str) -> Tuple[str, List[object]]:
+    """``--src``/``--dst``: one address in any spelling (IPv6 compressed or not), or a CIDR prefix.
+    Stored addresses are in Python's (RFC 5952) form, so one address is an index-friendly equality."""
+    try:
+        if "/" in text:
+            net = ipaddress.ip_network(text.strip(), strict=False)
+        else:
+            return _in(column, [str(ipaddress.ip_address(text.strip()))])
+    except ValueError:
+        raise SearchError(f"{option} {text}: not an address or prefix (198.18.0.1, 2001:db8::1, 198.18.0.0/15, fd00::/8)")
+    if net.prefixlen == net.max_prefixlen:
+        return _in(column, [str(net.network_address)])
+    return f"dnswatch_in_net({column_expr(_COLUMNS[column])}, ?)", [str(net)]
+
+
+def in_network(addr: Optional[str], net: str) -> int:
+    """SQL function ``dnswatch_in_net(address, prefix)`` (registered by the search command)."""
+    if addr is None:
+        return 0
+    try:
+        return int(ipaddress.ip_address(addr) in _network(net))
+    except ValueError:
+        return 0
+
+
+_networks: dict = {}
+
+
+def _network(text: str):
+    net = _networks.get(text)
+    if net is None:
+        net = _networks[text] = ipaddress.ip_network(text, strict=False)
+    return net
+
+
+def register_functions(conn) -> None:
+    conn.create_function("dnswatch_in_net", 2, in_network, deterministic=True)
 
 
 DEFAULT_COLUMNS = ["ts_utc", "src", "sport", "dst", "proto", "dns_id", "qname", "qtype", "status", "rcode", "latency_ms",
@@ -153,11 +243,13 @@ def plan_search(f: SearchFilters, now: Optional[float] = None) -> Plan:
         cond, params = name_condition(f.name, f.contains)
         p.driver, p.driver_sql, p.driver_params = "qname", cond[len("l.qname IN ("):-1], params
     if f.types:
-        add(_in("qtype", f.types, upper=True))
+        add(_in("qtype", check_mnemonics("--type", f.types, known_qtypes(), "TYPE")))
     if f.rcodes:
-        add(_in("rcode", f.rcodes, upper=True))
+        add(_in("rcode", check_mnemonics("--rcode", f.rcodes, known_rcodes(), "RCODE")))
     if f.src:
-        add(("l.src = (SELECT id FROM strings WHERE s = ?)", [f.src]))
+        add(address_condition("--src", "src", f.src))
+    if f.dst:
+        add(address_condition("--dst", "dst", f.dst))
     if f.pids:
         sender("pid", list(f.pids))
     if f.comms:
@@ -182,10 +274,15 @@ def plan_search(f: SearchFilters, now: Optional[float] = None) -> Plan:
             p.driver_params = [f.answer]
     if f.status:
         add(_in("status", [f.status]))
-    if f.since:
-        add(("l.ts >= ?", [parse_time(f.since, now)]))
-    if f.until:
-        add(("l.ts <= ?", [parse_time(f.until, now)]))
+    since = parse_time(f.since, now) if f.since else None
+    until = parse_time(f.until, now) if f.until else None
+    check_window(since, until, f.since, f.until)
+    if since is not None:
+        add(("l.ts >= ?", [since]))
+    if until is not None:
+        add(("l.ts <= ?", [until]))
+    if f.sort not in SORTS:
+        raise SearchError(f"--sort {f.sort}: use {SORT_HELP}")
     if f.limit < 0:
         raise SearchError("--limit must be 0 (no limit) or more")
     return p
@@ -207,7 +304,11 @@ def build_search(f: SearchFilters, now: Optional[float] = None) -> Tuple[str, Li
         sql += f" INDEXED BY {_INDEX[p.driver]}"
     if where:
         sql += " WHERE " + " AND ".join(where)
-    sql += " ORDER BY l.ts DESC, l.id DESC"
+    order = SORTS[f.sort]
+    if f.reverse:
+        order = ", ".join(_flip(term) for term in order.split(", "))
+    sql += " ORDER BY " + order.replace("latency", f"({column_expr(_COLUMNS['latency_ms'])})", 2).replace(
+        "name ASC", f"{column_expr(_COLUMNS['qname'])} ASC").replace("name DESC", f"{column_expr(_COLUMNS['qname'])} DESC")
     if f.limit:
         sql += f" LIMIT {int(f.limit)}"
     return sql, params
@@ -222,7 +323,7 @@ def run_search(conn, f: SearchFilters, now: Optional[float] = None) -> Tuple[Lis
     columns = list(f.columns or DEFAULT_COLUMNS)
     p = plan_search(f, now)
     ids = None
-    if p.driver and f.limit:
+    if p.driver and f.limit and f.sort == "ts" and not f.reverse:  # the newest-first merge below
         ids = [r[0] for r in conn.execute(p.driver_sql + f" LIMIT {MERGE_MAX + 1}", p.driver_params)]
     if ids is None or len(ids) > MERGE_MAX:
         sql, params = build_search(f, now)

@@ -868,6 +868,12 @@ def _open_ro(conn: Optional[ReadOnlyConnection], path: str, alias: Optional[str]
             attempts.append(fallback)
 
 
+# `query`'s view of queries with readable UTC times first (documented in `dnswatch schema`)
+QUERIES_UTC_VIEW = ("CREATE TEMP VIEW IF NOT EXISTS queries_utc AS SELECT "
+                    "strftime('%Y-%m-%dT%H:%M:%fZ', ts, 'unixepoch') AS ts_utc, "
+                    "strftime('%Y-%m-%dT%H:%M:%fZ', response_ts, 'unixepoch') AS response_ts_utc, * FROM main.queries")
+
+
 def open_readonly(path: str, attach: Sequence[Tuple[str, str]] = ()) -> sqlite_utils.Database:
     """Open the log for reading only (``query``, ``search``): never takes a write lock, waits on a busy writer,
     refuses any statement that would write (see above). ``attach``: (alias, path) of more logs, read-only too
@@ -877,6 +883,10 @@ def open_readonly(path: str, attach: Sequence[Tuple[str, str]] = ()) -> sqlite_u
         for alias, other in attach:
             _open_ro(conn, other, alias)
         db = _database(conn)  # sets its pragmas first
+        try:  # readable times for SQL users: a temporary view (before query_only, which refuses creating it)
+            conn.execute(QUERIES_UTC_VIEW)
+        except sqlite3.Error:
+            pass
         conn.execute("PRAGMA query_only = ON")
         if hasattr(conn, "setlimit"):  # Python 3.11+: no attaching beyond ours, authorizer or not
             conn.setlimit(sqlite3.SQLITE_LIMIT_ATTACHED, len(attach))

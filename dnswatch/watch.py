@@ -76,8 +76,10 @@ class NetnsTracker:
     """``--all-netns``: rescan the host's network namespaces, capture in new ones, release vanished ones
     (our sockets would otherwise keep a deleted pod's namespace alive). Others keep capturing throughout."""
 
-    def __init__(self, capture, interval: float = 2.0, discover: Callable[[], Dict[int, str]] = netns.discover):
+    def __init__(self, capture, interval: float = 2.0, discover: Callable[[], Dict[int, str]] = netns.discover,
+                 on_change: Optional[Callable[[str, int, Optional[str]], None]] = None):
         self.capture = capture
+        self.on_change = on_change  # ("added" | "removed", inode, path): watch notes it on stderr
         self.interval = interval
         self.discover = discover
         self.added = 0
@@ -96,11 +98,15 @@ class NetnsTracker:
                 try:
                     if self.capture.add_netns(path) is not None:
                         self.added += 1
+                        if self.on_change is not None:
+                            self.on_change("added", inode, path)
                 except Exception:  # noqa: BLE001 - the process left, taking its namespace: try again next scan
                     continue
         for inode in watched - set(found):
             self.capture.remove_netns(inode)
             self.removed += 1
+            if self.on_change is not None:
+                self.on_change("removed", inode, None)
 
 
 def run_watch(

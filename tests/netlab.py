@@ -167,9 +167,14 @@ class Lab:
 class Watch:
     """``dnswatch watch`` as a user runs it, in a namespace (or the host), stopped with SIGTERM."""
 
-    def __init__(self, lab: Lab, ns: Optional[str], db: Path, *args: str, ready_timeout: float = 60):
+    command = "watch"
+
+    def __init__(self, lab: Lab, ns: Optional[str], db: Path, *args: str, ready_timeout: float = 60,
+                 narrow: bool = True):
         self.db = db
-        cmd = [sys.executable, "-m", "dnswatch", "watch", "--db", str(db), *args]
+        if narrow and not {"--all-netns", "--netns", "--host-only"} & set(args):
+            args = ("--host-only", *args)  # as root watch covers every namespace; these tests watch one
+        cmd = [sys.executable, "-m", "dnswatch", self.command, "--db", str(db), *args]
         self.proc = lab.spawn(ns, *cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(ROOT))
         self.stdout: List[str] = []
         self.stderr: List[str] = []

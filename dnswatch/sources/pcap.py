@@ -17,7 +17,7 @@ import sys
 import zlib
 from typing import BinaryIO, Dict, Iterator, List, Optional, Tuple
 
-from dnswatch.model import SUPPORTED_LINKTYPES, Frame
+from dnswatch.model import PACKET_OUTGOING, SUPPORTED_LINKTYPES, Frame, PacketMeta
 
 PCAP_MAGIC_US = 0xA1B2C3D4
 PCAP_MAGIC_NS = 0xA1B23C4D
@@ -36,6 +36,7 @@ OPT_END = 0
 IF_NAME = 2
 IF_TSRESOL = 9
 IF_TSOFFSET = 14
+OPT_COMMENT = 1
 
 CHUNK = 1 << 20
 MAX_RECORD = 1 << 24  # a record larger than this is damage, not data
@@ -425,8 +426,11 @@ class PcapReader:
                     continue
                 linktype, scale, offset, ifname = interfaces[if_id]
                 self.frames_read += 1
+                opts = body + 20 + ((incl + 3) & ~3)
+                meta = _epb_meta(data, opts, start + length - 4, endian, ifname) if opts + 4 <= start + length - 4 \
+                    else None
                 yield _new_frame(Frame, (((ts_hi << 32) | ts_lo) * scale + offset, linktype,
-                                         data[body + 20:body + 20 + incl], ifname, None))
+                                         data[body + 20:body + 20 + incl], ifname, meta))
             elif block_type == BT_SPB:
                 if not interfaces or length < 16:
                     self._skip(f"{self.path}: simple packet block at byte {start + buf.consumed} without an interface "
@@ -481,6 +485,27 @@ class PcapReader:
                 name = value[:MAX_IFNAME].split(b"\0", 1)[0].decode("utf-8", "replace") or None
             pos += 4 + ((olen + 3) & ~3)
         return linktype, scale, offset, name
+
+
+def _epb_meta(data: bytes, pos: int, end: int, endian: str, ifname: Optional[str]) -> Optional[PacketMeta]:
+    """The sender that ``watch -w`` wrote as a packet comment (``dnswatch {json}``); None for other files."""
+    from dnswatch.pcapng import parse_comment
+
+    while pos + 4 <= end:
+        code, olen = struct.unpack_from(endian + "HH", data, pos)
+        if code == OPT_END:
+            break
+        if code == OPT_COMMENT:
+            d = parse_comment(data[pos + 4:pos + 4 + olen])
+            if d is not None:
+                ints = [d.get(k) if isinstance(d.get(k), int) else None
+                        for k in ("pid", "tid", "uid", "cgroup_id", "netns", "pkt_type")]
+                pid, tid, uid, cgroup_id, netns, pkt_type = ints
+                thread = d.get("thread") if isinstance(d.get("thread"), str) else None
+                return PacketMeta(0, 0, PACKET_OUTGOING if pkt_type is None else pkt_type, netns, ifname, pid, tid,
+                                  thread, uid, cgroup_id, {k: v for k, v in d.items() if isinstance(v, str)})
+        pos += 4 + ((olen + 3) & ~3)
+    return None
 
 
 def file_size(path: str) -> Optional[int]:
