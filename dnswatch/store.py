@@ -39,7 +39,7 @@ except ImportError:  # not on Windows, which has no fork either: no writer proce
     fcntl = None  # type: ignore[assignment]
 
 from dnswatch import __version__
-from dnswatch.schema import LIVE_ONLY_FROM, MALFORMED_COLUMNS, QUERY_COLUMNS, TABLES, create_sql
+from dnswatch.schema import LIVE_ONLY_FROM, LOOKUP_COLUMNS, MALFORMED_COLUMNS, QUERY_COLUMNS, TABLES, create_sql
 
 DEFAULT_DB = "dnswatch.db"
 BATCH_ROWS = 5000
@@ -103,6 +103,7 @@ class Store:
         self._width = len(QUERY_COLUMNS) if live_columns else LIVE_ONLY_FROM
         self._rows: List[Sequence[Any]] = []
         self._malformed: List[Sequence[Any]] = []
+        self._lookups: List[Sequence[Any]] = []  # lookups rows (LOOKUP_COLUMNS order), written after the rows
         self._last_flush = time.monotonic()
         self.rows_written = 0
         self._writer: Optional[_Writer] = None
@@ -157,9 +158,12 @@ class Store:
     def add_malformed(self, row: Sequence[Any]) -> None:
         self._malformed.append(row)
 
+    def add_lookup(self, row: Sequence[Any]) -> None:
+        self._lookups.append(row)
+
     def maybe_flush(self) -> None:
         """Flush when the batch is old enough (for live capture, where rows trickle in)."""
-        if (self._rows or self._malformed) and time.monotonic() - self._last_flush >= BATCH_SECONDS:
+        if (self._rows or self._malformed or self._lookups) and time.monotonic() - self._last_flush >= BATCH_SECONDS:
             self.flush()
 
     def flush(self) -> None:
@@ -171,12 +175,16 @@ class Store:
     def _write_batch(self) -> None:
         rows, self._rows = self._rows, []
         malformed, self._malformed = self._malformed, []
+        lookups, self._lookups = self._lookups, []
         if self._writer is not None:
             if rows or malformed:
                 self._writer.send(("rows", rows, malformed))
+            if lookups:
+                self._writer.send(("lookups", lookups))
         else:
             try:
                 self._log.write(rows, malformed)
+                self._log.write_lookups(lookups)
             except sqlite3.Error as exc:
                 raise _friendly(self.path, exc)
         self.rows_written += len(rows)
@@ -203,6 +211,10 @@ _START_CAPTURE = (
     "malformed, dropped, duplicates, options, dnswatch_version) VALUES (?, ?, ?, ?, 'running', 0, 0, 0, 0, "
     "0, 0, 0, ?, ?)"
 )
+
+
+_INSERT_LOOKUP = (f"INSERT OR REPLACE INTO lookups ({', '.join(LOOKUP_COLUMNS)}) "
+                  f"VALUES ({', '.join('?' for _ in LOOKUP_COLUMNS)})")
 
 
 def _open(path: str) -> sqlite3.Connection:
@@ -274,6 +286,12 @@ class _Log:
                     self.conn.executemany(self._insert_query, values[whole:])
             if malformed:
                 self.conn.executemany(self._insert_malformed, malformed)
+
+    def write_lookups(self, lookups: List[Sequence[Any]]) -> None:
+        if lookups:
+            with self.conn:
+                self.conn.execute("BEGIN IMMEDIATE")
+                self.conn.executemany(_INSERT_LOOKUP, lookups)
 
 
 # -- the writer process of a bulk load ------------------------------------------------------------
@@ -456,6 +474,8 @@ def _writer_main(path: str, width: int, inbox: Connection, outbox: Connection) -
             checkpointer.check()
             if kind == "rows":
                 log.write(message[1], message[2])
+            elif kind == "lookups":
+                log.write_lookups(message[1])
             elif kind == "update":
                 log.update(message[1], message[2])
             elif kind == "start":

@@ -164,7 +164,7 @@ def test_schema_lists_every_column(runner):
         for column in table.columns:
             assert column.name in result.output
     as_json = json.loads(runner.invoke(cli, ["schema", "--json"]).output)
-    assert {t["table"] for t in as_json} == {"queries", "captures", "malformed"}
+    assert {t["table"] for t in as_json} == {"queries", "captures", "malformed", "lookups"}
 
 
 def test_contract_columns_exist(db):
