@@ -230,9 +230,15 @@ def query(sql: str, db_path: Optional[str], params, attach, fmt: str) -> None:
 @click.option("--until", help="Up to this time (same forms as --since).")
 @click.option("--limit", type=int, default=100, show_default=True, help="At most this many rows (0: all).")
 @click.option("--all-columns", is_flag=True, help="Every column of the queries table.")
+@click.option("--lookups", "lookups", is_flag=True,
+              help="Lookups (resolver calls: search-path candidates, A/AAAA, retries) instead of queries; NAME matches "
+                   "any candidate. See `dnswatch schema`, table lookups.")
+@click.option("--min-wasted", type=click.IntRange(0), metavar="N",
+              help="With --lookups: only lookups that wasted at least N queries on search-path expansions.")
 @format_options
 def search(name: Optional[str], db_path: Optional[str], types, rcodes, status, src, answer, pids, comms, pods,
-           pod_namespaces, containers, since, until, limit: int, all_columns: bool, fmt: str) -> None:
+           pod_namespaces, containers, since, until, limit: int, all_columns: bool, lookups: bool,
+           min_wasted: Optional[int], fmt: str) -> None:
     """Find queries by name and other fields, newest first.
 
     NAME matches as a case-insensitive substring (example.com matches www.example.com), or as a glob
@@ -241,7 +247,26 @@ def search(name: Optional[str], db_path: Optional[str], types, rcodes, status, s
     \b
     Example:
       dnswatch search example.com --type AAAA --since 2026-11-01
+      dnswatch search --lookups --pod-namespace shop --min-wasted 4
     """
+    if lookups:
+        from dnswatch.lookups import build_lookup_search
+        from dnswatch.schema import LOOKUP_COLUMNS
+
+        if types or status or answer:
+            raise click.UsageError("--type, --status and --answer select queries; with --lookups use NAME, --rcode, "
+                                   "--src, --pid, --comm, --pod..., --since/--until, --min-wasted")
+        filters = SearchFilters(name=name, rcodes=rcodes, src=src, pids=pids, comms=comms, pods=pods,
+                                pod_namespaces=pod_namespaces, containers=containers, since=since, until=until,
+                                limit=limit, columns=["ts_utc"] + LOOKUP_COLUMNS if all_columns else [])
+        try:
+            sql, params = build_lookup_search(filters, min_wasted)
+        except SearchError as exc:
+            raise click.ClickException(str(exc))
+        _run_sql(_open(db_path), sql, params, fmt)
+        return
+    if min_wasted is not None:
+        raise click.UsageError("--min-wasted goes with --lookups")
     filters = SearchFilters(name=name, types=types, rcodes=rcodes, src=src, pids=pids, comms=comms, pods=pods,
                             pod_namespaces=pod_namespaces, containers=containers, answer=answer, status=status,
                             since=since, until=until, limit=limit,

@@ -385,3 +385,52 @@ def top_lookups(db, by: str = "pod", limit: int = 10, since: Optional[float] = N
     cursor = db.execute(sql, params)
     columns = [d[0] for d in cursor.description]
     return [dict(zip(columns, r)) for r in cursor]
+
+
+LOOKUP_SEARCH_COLUMNS = ["ts_utc", "lookup_id", "src", "pid", "comm", "pod_namespace", "pod", "asked_name",
+                         "candidates", "answered_name", "rcode", "queries", "wasted", "total_ms", "nat_dst",
+                         "server_pod", "upstream_server", "upstream_latency_ms"]
+
+
+def build_lookup_search(f, min_wasted: Optional[int] = None, now: Optional[float] = None) -> Tuple[str, List[object]]:
+    """``search --lookups``: the filters of a search.SearchFilters that apply to lookups, newest first. A lookup a
+    server made to forward a client's question (a hop) is left out: it shows as its client's upstream_*."""
+    from dnswatch.search import SearchError, parse_time
+
+    where = ["lookup_id NOT IN (SELECT upstream_lookup_id FROM lookups WHERE upstream_lookup_id IS NOT NULL)"]
+    params: List[object] = []
+    if f.name:
+        if any(ch in f.name for ch in "*?["):
+            where.append("(lower(asked_name) GLOB ? OR lower(answered_name) GLOB ?)")
+            params += [f.name.lower()] * 2
+        else:
+            escaped = f.name.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            where.append("candidates LIKE ? ESCAPE '\\'")
+            params.append(f"%{escaped}%")
+    for column, values, upper in (("rcode", f.rcodes, True), ("pid", f.pids, False), ("comm", f.comms, False),
+                                  ("pod", f.pods, False), ("pod_namespace", f.pod_namespaces, False),
+                                  ("container", f.containers, False)):
+        if values:
+            vals = [str(v).upper() if upper else v for v in values]
+            where.append(f"{column} IN ({', '.join('?' for _ in vals)})")
+            params += vals
+    if f.src:
+        where.append("src = ?")
+        params.append(f.src)
+    if f.since:
+        where.append("ts >= ?")
+        params.append(parse_time(f.since, now))
+    if f.until:
+        where.append("ts <= ?")
+        params.append(parse_time(f.until, now))
+    if min_wasted is not None:
+        where.append("wasted >= ?")
+        params.append(min_wasted)
+    if f.limit < 0:
+        raise SearchError("--limit must be 0 (no limit) or more")
+    select = ", ".join("strftime('%Y-%m-%dT%H:%M:%fZ', ts, 'unixepoch') AS ts_utc" if c == "ts_utc" else f"[{c}]"
+                       for c in (f.columns or LOOKUP_SEARCH_COLUMNS))
+    sql = f"SELECT {select} FROM lookups WHERE " + " AND ".join(where) + " ORDER BY ts DESC, lookup_id DESC"
+    if f.limit:
+        sql += f" LIMIT {int(f.limit)}"
+    return sql, params
