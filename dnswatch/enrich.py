@@ -24,6 +24,9 @@ from typing import Callable, Dict, Generic, Iterator, NamedTuple, Optional, Tupl
 from dnswatch.correlate import (I_CGROUP, I_COMM, I_CONTAINER, I_CONTAINER_ID, I_NETNS, I_PID, I_POD, I_POD_NS,
                                 I_POD_UID, I_TID, Row)
 from dnswatch.model import Segment
+from dnswatch.schema import Q
+
+I_EXE, I_PPID, I_PARENT_COMM = Q["exe"], Q["ppid"], Q["parent_comm"]
 
 CGROUP_MOUNTS = ("/sys/fs/cgroup/unified", "/sys/fs/cgroup")  # hybrid hosts mount v2 at .../unified
 CACHE_SIZE = 8192
@@ -283,6 +286,62 @@ class ProcessNames:
         return hit
 
 
+class ProcessContext(NamedTuple):
+    exe: Optional[str]
+    ppid: Optional[int]
+    parent_comm: Optional[str]
+
+
+class ProcessContexts:
+    """pid -> executable path, parent pid and parent's command name, read once per process.
+
+    Cached by (pid, start time): /proc/PID/stat is read for every lookup (one small read) because a pid reused by
+    a new process must not inherit the old one's identity; the rest (readlink of exe, the parent's comm) is read
+    once per process."""
+
+    def __init__(self, proc: str = "/proc", size: int = 4096):
+        self.proc = proc
+        self.size = size
+        self._cache: "OrderedDict[Tuple[int, int], ProcessContext]" = OrderedDict()
+
+    def start(self, pid: int) -> Optional[Tuple[int, int]]:
+        """(ppid, start time in clock ticks since boot) of ``pid``, or None if it is gone."""
+        try:
+            with open(f"{self.proc}/{pid}/stat", "rb") as f:
+                stat = f.read()
+            fields = stat[stat.rindex(b")") + 2:].split()  # comm may hold spaces and parentheses
+            return int(fields[1]), int(fields[19])
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def context(self, pid: int) -> Optional[ProcessContext]:
+        started = self.start(pid)
+        if started is None:
+            return None
+        ppid, start = started
+        key = (pid, start)
+        hit = self._cache.get(key)
+        if hit is not None:
+            self._cache.move_to_end(key)
+            return hit
+        try:
+            exe: Optional[str] = os.readlink(f"{self.proc}/{pid}/exe")
+        except OSError:
+            exe = None  # kernel threads, or not allowed to look
+        try:
+            with open(f"{self.proc}/{ppid}/comm") as f:
+                parent_comm: Optional[str] = f.read().rstrip("\n")
+        except OSError:
+            parent_comm = None
+        hit = ProcessContext(exe, ppid, parent_comm)
+        if self.start(pid) != started:  # the process changed while we read it (exec or exit and reuse)
+            return hit
+        self._cache[key] = hit
+        while len(self._cache) > self.size:
+            self._cache.popitem(last=False)
+        return hit
+
+
 class Enricher:
     """Fills comm (the process's name), container_id, container, pod, pod_namespace and pod_uid of a row
     (called by the correlator when a query is first seen)."""
@@ -293,6 +352,7 @@ class Enricher:
         self.kubelet = KubeletLogs(k8s_log_dir, clock)
         self.netns_owners = NetnsOwners(proc, clock)
         self.process_names = ProcessNames(proc, clock)
+        self.processes = ProcessContexts(proc)
         self._by_cgroup: TTLCache[int, Tuple] = TTLCache(clock=clock)  # cgroup ids are never reused
 
     def __call__(self, row: Row, seg: Optional[Segment] = None) -> None:
@@ -301,6 +361,10 @@ class Enricher:
             name = self.process_names.name(pid)
             if name is not None:
                 row[I_COMM] = name
+        if pid is not None:
+            ctx = self.processes.context(pid)
+            if ctx is not None:
+                row[I_EXE], row[I_PPID], row[I_PARENT_COMM] = ctx
         cgroup_id = row[I_CGROUP]
         info = None
         if cgroup_id:
