@@ -446,6 +446,7 @@ def watch(interfaces, ports, responses, netns_specs, all_netns, db_path, no_db, 
                         enrich=enricher,
                         row_filter=row_filter if row_filter.active else None,
                         expect_responses=responses, sinks=sinks)
+    pipeline.lookups.server_pod_of = enricher.server_pod
     where = f", logging to {store.path}" if store else ""
     if metrics is not None:
         where += f", metrics on {metrics.url}"

@@ -15,6 +15,7 @@ went away never lends its name to a newcomer.
 """
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import time
@@ -22,7 +23,7 @@ from collections import OrderedDict
 from typing import Callable, Dict, Generic, Iterator, NamedTuple, Optional, Tuple, TypeVar
 
 from dnswatch.correlate import (I_CGROUP, I_COMM, I_CONTAINER, I_CONTAINER_ID, I_NETNS, I_PID, I_POD, I_POD_NS,
-                                I_POD_UID, I_TID, Row)
+                                I_POD_UID, I_SRC, I_TID, Row)
 from dnswatch.model import Segment
 from dnswatch.schema import Q
 
@@ -266,6 +267,59 @@ class NetnsOwners:
         return owners
 
 
+class PodAddresses:
+    """Address -> network namespace of the pod holding it (for packets seen only on the node side of a pod's veth,
+    and for the server pod behind a NAT address). Pod addresses are unique on a node; each pod namespace's local
+    addresses are read from /proc/PID/net (fib_trie, if_inet6) of a process living in it (NetnsOwners)."""
+
+    def __init__(self, owners: NetnsOwners, clock: Callable[[], float] = time.monotonic):
+        self.owners = owners
+        self.clock = clock
+        self._netns: Dict[str, int] = {}
+        self._last_scan = -RESCAN_INTERVAL
+
+    def netns(self, address: str) -> Optional[int]:
+        hit = self._netns.get(address)
+        if hit is None or self.owners.cgroup_path(hit) is None:
+            now = self.clock()
+            if now - self._last_scan < RESCAN_INTERVAL:
+                return None
+            self._last_scan = now
+            self.owners.cgroup_path(-1)  # refresh the owners if their rescan is due
+            self._netns = self._scan()
+            hit = self._netns.get(address)
+        return hit
+
+    def _scan(self) -> Dict[str, int]:
+        found: Dict[str, int] = {}
+        for ino, (pid, _path) in list(self.owners._owners.items()):
+            for address in _local_addresses(f"{self.owners.proc}/{pid}/net"):
+                found.setdefault(address, ino)
+        return found
+
+
+def _local_addresses(net: str) -> Iterator[str]:
+    try:
+        with open(f"{net}/fib_trie") as f:
+            last = None
+            for line in f:
+                text = line.strip()
+                if text.startswith("|--"):
+                    last = text[3:].strip()
+                elif text == "/32 host LOCAL" and last is not None and not last.startswith("127."):
+                    yield last
+    except OSError:
+        pass
+    try:
+        with open(f"{net}/if_inet6") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) >= 6 and fields[5] != "lo" and not fields[0].startswith("fe80"):
+                    yield str(ipaddress.IPv6Address(bytes.fromhex(fields[0])))
+    except (OSError, ValueError):
+        pass
+
+
 class ProcessNames:
     """pid -> the process's command name. The kernel only knows the sending thread's name; the process's
     is read from /proc while the sender is (almost always) still waiting for its answer."""
@@ -353,6 +407,7 @@ class Enricher:
         self.netns_owners = NetnsOwners(proc, clock)
         self.process_names = ProcessNames(proc, clock)
         self.processes = ProcessContexts(proc)
+        self.pod_addresses = PodAddresses(self.netns_owners, clock)
         self._by_cgroup: TTLCache[int, Tuple] = TTLCache(clock=clock)  # cgroup ids are never reused
 
     def __call__(self, row: Row, seg: Optional[Segment] = None) -> None:
@@ -378,8 +433,23 @@ class Enricher:
         if no_container and row[I_NETNS]:
             path = self.netns_owners.cgroup_path(row[I_NETNS])
             info = self._describe(path) if path is not None else None
+        if (info is None or info[4] is None) and row[I_SRC]:
+            # seen only on the node side of a pod's veth (its namespace not picked up yet): the pod at the other end
+            info = self._by_address(row[I_SRC]) or info
         if info is not None:
             (row[I_CONTAINER_ID], row[I_CONTAINER], row[I_POD_UID], row[I_POD_NS], row[I_POD]) = info
+
+    def _by_address(self, address: str) -> Optional[Tuple]:
+        netns = self.pod_addresses.netns(address)
+        if netns is None:
+            return None
+        path = self.netns_owners.cgroup_path(netns)
+        return self._describe(path) if path is not None else None
+
+    def server_pod(self, address: str) -> Tuple[Optional[str], Optional[str]]:
+        """(pod, namespace) holding ``address`` (a NAT copy's destination), for the lookups stage."""
+        info = self._by_address(address)
+        return (info[4], info[3]) if info is not None else (None, None)
 
     def _describe(self, path: str) -> Tuple[Optional[str], Optional[str], Optional[str], Optional[str], Optional[str]]:
         c = parse_cgroup_path(path)

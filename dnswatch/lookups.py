@@ -94,6 +94,8 @@ class LookupStage:
         self.lookups = 0
         self.nat_copies = 0
         self.hops = 0
+        # live: (pod, namespace) holding an address, for the server side of a NAT copy seen on the node side only
+        self.server_pod_of: Optional[Callable[[str], Tuple[Optional[str], Optional[str]]]] = None
 
     # -- rows in ---------------------------------------------------------------------------------
     def __call__(self, row: Row) -> None:
@@ -108,6 +110,8 @@ class LookupStage:
                 self.nat_copies += 1
                 client, server = (row, other) if _is_client_side(row, other) else (other, row)
                 _merge_nat(client, server)
+                if client[I_SERVER_POD] is None and self.server_pod_of is not None:
+                    client[I_SERVER_POD], client[I_SERVER_POD_NS] = self.server_pod_of(client[I_NAT_DST])
                 entry[1] = client
                 return
         entry = [self.clock + HOLD, row]
