@@ -433,6 +433,7 @@ def watch(interfaces, ports, responses, netns_specs, all_netns, db_path, no_db, 
 
     enricher = Enricher(k8s_log_dir=k8s_log_dir)
     capture.on_task = enricher.process_names.name  # while the sender exists, not once the reorder window is past
+    capture.on_process = enricher.processes.seen
     sinks = []  # they get the rows the log stores, after the filters
     if metrics is not None:
         sinks.append(metrics.sink)

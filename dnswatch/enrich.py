@@ -351,12 +351,24 @@ class ProcessContexts:
 
     Cached by (pid, start time): /proc/PID/stat is read for every lookup (one small read) because a pid reused by
     a new process must not inherit the old one's identity; the rest (readlink of exe, the parent's comm) is read
-    once per process."""
+    once per process.
 
-    def __init__(self, proc: str = "/proc", size: int = 4096):
+    Live, ``seen`` is called when the kernel's event is read, while the sender surely exists (getent, curl and the
+    like exit as soon as they have their answer, before the row is built): what it reads is the pid's latest
+    identity, used when the process is gone by the time ``context`` asks."""
+
+    def __init__(self, proc: str = "/proc", size: int = 4096, clock: Callable[[], float] = time.monotonic):
         self.proc = proc
         self.size = size
+        self.clock = clock
         self._cache: "OrderedDict[Tuple[int, int], ProcessContext]" = OrderedDict()
+        self._latest: "OrderedDict[int, Tuple[float, ProcessContext]]" = OrderedDict()  # pid -> (read at, identity)
+
+    def seen(self, pid: int) -> None:
+        """A packet from ``pid`` was just read: learn its identity now unless it was learnt in the last 0.5 s."""
+        hit = self._latest.get(pid)
+        if hit is None or self.clock() - hit[0] > 0.5:
+            self.context(pid)
 
     def start(self, pid: int) -> Optional[Tuple[int, int]]:
         """(ppid, start time in clock ticks since boot) of ``pid``, or None if it is gone."""
@@ -370,13 +382,15 @@ class ProcessContexts:
 
     def context(self, pid: int) -> Optional[ProcessContext]:
         started = self.start(pid)
-        if started is None:
-            return None
+        if started is None:  # gone: what it was when its packet was read, if that was recent
+            latest = self._latest.get(pid)
+            return latest[1] if latest is not None and self.clock() - latest[0] <= CACHE_TTL else None
         ppid, start = started
         key = (pid, start)
         hit = self._cache.get(key)
         if hit is not None:
             self._cache.move_to_end(key)
+            self._remember(pid, hit)
             return hit
         try:
             exe: Optional[str] = os.readlink(f"{self.proc}/{pid}/exe")
@@ -393,7 +407,14 @@ class ProcessContexts:
         self._cache[key] = hit
         while len(self._cache) > self.size:
             self._cache.popitem(last=False)
+        self._remember(pid, hit)
         return hit
+
+    def _remember(self, pid: int, hit: ProcessContext) -> None:
+        self._latest[pid] = (self.clock(), hit)
+        self._latest.move_to_end(pid)
+        while len(self._latest) > self.size:
+            self._latest.popitem(last=False)
 
 
 class Enricher:
@@ -406,7 +427,7 @@ class Enricher:
         self.kubelet = KubeletLogs(k8s_log_dir, clock)
         self.netns_owners = NetnsOwners(proc, clock)
         self.process_names = ProcessNames(proc, clock)
-        self.processes = ProcessContexts(proc)
+        self.processes = ProcessContexts(proc, clock=clock)
         self.pod_addresses = PodAddresses(self.netns_owners, clock)
         self._by_cgroup: TTLCache[int, Tuple] = TTLCache(clock=clock)  # cgroup ids are never reused
 

@@ -110,7 +110,7 @@ class LookupStage:
                 self.nat_copies += 1
                 client, server = (row, other) if _is_client_side(row, other) else (other, row)
                 _merge_nat(client, server)
-                if client[I_SERVER_POD] is None and self.server_pod_of is not None:
+                if self.server_pod_of is not None:  # live: the pod holding the address (the copy may be the node's)
                     client[I_SERVER_POD], client[I_SERVER_POD_NS] = self.server_pod_of(client[I_NAT_DST])
                 entry[1] = client
                 return

@@ -110,7 +110,7 @@ def test_reused_pid_does_not_carry_the_old_executable(tmp_path):
     assert contexts.context(4242).parent_comm == "containerd-shim"
     import shutil
     shutil.rmtree(proc / "4242")
-    assert contexts.context(4242) is None  # gone: nothing, never the old identity
+    assert contexts.context(4242) == ("/usr/bin/wget", 7, "containerd-shim")  # gone: its last identity, not curl's
 
 
 def test_process_context_of_a_real_process():
