@@ -1,22 +1,54 @@
 """Command line: parses options, calls the library, formats output. No capture or decoding logic here."""
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import sys
-from itertools import islice
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import click
 
 from dnswatch import __version__
 from dnswatch.correlate import DEFAULT_TIMEOUT
-from dnswatch.output import event_line, safe_text, write_rows
+from dnswatch.output import NeverWaitingOutput, event_line, safe_message, safe_text, write_rows
 from dnswatch.pipeline import Pipeline, Summary
 from dnswatch.schema import TABLES, describe
 from dnswatch.search import SearchError, SearchFilters, build_search
 from dnswatch.sources.pcap import CaptureFormatError, PcapReader, file_size
+from dnswatch.stop import StopSignals
 from dnswatch.store import Store, StoreError, default_db_path, open_readonly
+
+
+class _Number(click.ParamType):
+    """An int or float option within bounds. Out of range (or not a number) is one line and exit 1, never a
+    traceback: too large a --pid overflows SQLite's integers, and the kernel filter takes only so much."""
+
+    def __init__(self, kind: type, low, high, fix: str):
+        self.kind, self.low, self.high, self.fix = kind, low, high, fix
+        self.name = "integer" if kind is int else "number"
+        self.name_text = "an integer" if kind is int else "a number"
+
+    def convert(self, value, param, ctx):
+        opt = param.opts[0] if param is not None and param.opts else "value"
+        if isinstance(value, self.kind) and not isinstance(value, bool):
+            number = value
+        else:
+            try:
+                number = self.kind(str(value).strip())
+            except ValueError:
+                raise click.ClickException(f"{opt} {safe_text(str(value))}: not {self.name_text}; {self.fix}")
+        # a NaN fails both comparisons; inf fails the upper bound
+        if not (self.low <= number <= self.high):
+            raise click.ClickException(f"{opt} {safe_text(str(value))}: out of range; {self.fix}")
+        return number
+
+
+PORT = _Number(int, 1, 65535, "a port is a whole number from 1 to 65535")
+PID = _Number(int, 0, 2**31 - 1, "a process id is a whole number from 0 to 2147483647")
+SECONDS = _Number(float, 1e-3, 1e9, "give seconds as a number from 0.001 to 1e9")
+COUNT = _Number(int, 1, 2**62, "give a whole number from 1 to 2**62")
+LIMIT = _Number(int, 0, 2**62, "give a whole number of rows from 0 (no limit) to 2**62")
 
 
 def db_option(f):
@@ -28,7 +60,7 @@ def db_option(f):
 
 def port_option(f):
     return click.option(
-        "--port", "ports", type=click.IntRange(1, 65535), multiple=True, metavar="PORT",
+        "--port", "ports", type=PORT, multiple=True, metavar="PORT",
         help="DNS port to decode (repeatable; default 53).",
     )(f)
 
@@ -41,7 +73,19 @@ def format_options(f):
     return f
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _EscapingGroup(click.Group):
+    """Every error reaches the terminal escaped: its file names and values are the user's, or whoever named the
+    file (an ESC sequence or a CR in a file name must not recolour or rewrite the screen)."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except click.ClickException as exc:
+            exc.message = safe_message(exc.message)
+            raise
+
+
+@click.group(cls=_EscapingGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="dnswatch")
 def cli() -> None:
     """Who resolved what, when, and what did they get.
@@ -57,7 +101,7 @@ def cli() -> None:
 @click.argument("files", nargs=-1, required=True, metavar="FILE...")
 @db_option
 @port_option
-@click.option("--timeout", type=float, default=DEFAULT_TIMEOUT, show_default=True,
+@click.option("--timeout", type=SECONDS, default=DEFAULT_TIMEOUT, show_default=True,
               help="Seconds (capture time) a query waits for its response before it is unanswered.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
@@ -75,73 +119,100 @@ def replay(files: Sequence[str], db_path: Optional[str], ports: Sequence[int], t
         progress = sys.stderr.isatty()
     failures = 0
     summaries = []
-    try:
-        store = Store(db_path, live_columns=False, bulk=True)
-    except StoreError as exc:
-        raise click.ClickException(str(exc))
-    try:
-        for path in files:
-            try:
-                summary = _replay_one(store, path, ports, timeout, progress)
-            except CaptureFormatError as exc:
-                failures += 1
-                click.echo(f"Error: {exc}", err=True)
-                continue
-            summaries.append((path, summary))
-            for warning in summary.warnings:
-                click.echo(f"Warning: {safe_text(warning)}", err=True)
-            if as_json:
-                click.echo(json.dumps({"file": path, **_summary_dict(summary)}))
-            else:
-                click.echo(_summary_text(path, summary))
-    except StoreError as exc:
-        raise click.ClickException(str(exc))
-    finally:
+    with StopSignals() as stop:  # Ctrl-C, SIGTERM, SIGHUP: stop between two chunks, record, summarise
         try:
-            store.close()
-        except StoreError:
-            pass
+            store = Store(db_path, live_columns=False, bulk=True)
+        except StoreError as exc:
+            raise click.ClickException(str(exc))
+        _notices(store)
+        try:
+            for path in files:
+                if stop.requested:
+                    break
+                try:
+                    summary, error = _replay_one(store, path, ports, timeout, progress, stop)
+                except CaptureFormatError as exc:  # not a capture at all: nothing was recorded
+                    failures += 1
+                    click.echo(f"Error: {safe_text(exc)}", err=True)
+                    continue
+                summaries.append((path, summary))
+                for warning in summary.warnings:
+                    click.echo(f"Warning: {safe_text(warning)}", err=True)
+                if as_json:
+                    click.echo(json.dumps({"file": path, **_summary_dict(summary)}))
+                else:
+                    click.echo(_summary_text(path, summary))
+                if isinstance(error, CaptureFormatError):
+                    failures += 1
+                    click.echo(f"Error: {safe_text(error)}", err=True)
+                elif isinstance(error, StoreError):
+                    raise click.ClickException(str(error))
+                elif error is not None:
+                    raise error  # a bug: its traceback, now that the capture says 'failed' and the summary is out
+        finally:
+            try:
+                store.close()
+            except StoreError:
+                pass
+    if stop.requested:
+        raise click.ClickException(
+            f"interrupted by {stop.name}: {len(summaries)} of {len(files)} files replayed, the last one in part; "
+            "what was read is stored (captures.status = 'interrupted')")
     if failures:
         raise click.ClickException(f"{failures} of {len(files)} files could not be read (see above)")
 
 
-def _replay_one(store: Store, path: str, ports: Sequence[int], timeout: float, progress: bool) -> Summary:
+def _notices(store: Store) -> None:
+    for notice in store.notices:
+        click.echo(f"Warning: {safe_text(notice)}", err=True)
+
+
+def _replay_one(store: Store, path: str, ports: Sequence[int], timeout: float, progress: bool,
+                stop: StopSignals) -> Tuple[Summary, Optional[BaseException]]:
+    """Replay one file. Every way it ends records a status ('complete', 'interrupted', 'failed') and returns
+    the summary, with the error that ended it, if any. Raises CaptureFormatError only before it started."""
     reader = PcapReader(path)
     pipeline = Pipeline(store, "pcap", path, ports, timeout, options={"format": reader.format})
     size = file_size(path)
-    status = "complete"
+    status, error = "complete", None
     try:
-        if progress and size:
-            with click.progressbar(length=size, label=click.format_filename(path), file=sys.stderr) as bar:
-                done = 0
-                frames = reader.frames()
-                while True:
-                    before = pipeline.summary.frames
-                    pipeline.feed_all(islice(frames, 0x4000))
-                    if pipeline.summary.frames == before:
-                        break
+        with contextlib.ExitStack() as stack:
+            advance = None
+            if progress and size:
+                bar = stack.enter_context(click.progressbar(length=size, label=safe_text(path), file=sys.stderr))
+                done = [0]
+
+                def advance() -> None:
                     now = reader.position()
-                    bar.update(now - done)
-                    done = now
-                bar.update(size - done)
-        else:
-            pipeline.feed_all(reader.frames())
-    except KeyboardInterrupt:
-        status = "interrupted"
-        raise
-    finally:
-        pipeline.summary.warnings.extend(reader.warnings)
-        unknown = pipeline.decoder.unknown_linktypes()
-        if unknown:
-            pipeline.summary.warnings.append(
-                f"{path}: frames with unsupported link types {sorted(unknown)} were skipped; dnswatch reads Ethernet, "
-                "Linux cooked v1/v2, raw IP and BSD loopback"
-            )
+                    bar.update(now - done[0])
+                    done[0] = now
+            if not pipeline.feed_file(reader.frames(), lambda: stop.requested, advance):
+                status = "interrupted"
+    except Exception as exc:  # noqa: BLE001 - recorded as 'failed' with its reason, then the caller reports it
+        status, error = "failed", exc
+        pipeline.summary.error = f"{type(exc).__name__}: {exc}"
+    pipeline.summary.warnings.extend(reader.warnings)
+    if reader.dropped:  # packets of pcapng interfaces beyond the interface table's bound
+        pipeline.source_losses["memory_bounds"] = reader.dropped
+    if reader.damaged and status == "complete":
+        status = "damaged"  # read to the end of what could be read: the warnings say where it stopped
+    unknown = pipeline.decoder.unknown_linktypes()
+    if unknown:
+        pipeline.summary.warnings.append(
+            f"{path}: frames with unsupported link types {sorted(unknown)} were skipped; dnswatch reads Ethernet, "
+            "Linux cooked v1/v2, raw IP and BSD loopback"
+        )
+        if status == "complete" and sum(unknown.values()) == pipeline.summary.frames:
+            status, error = "failed", CaptureFormatError(pipeline.summary.warnings[-1])
+            pipeline.summary.error = str(error)
+    try:
         summary = pipeline.finish(status)
+    except StoreError as exc:  # the log cannot take the status: the summary still says what was read
+        summary, error = pipeline.counters(), error or exc
+        summary.status = status
+    finally:
         reader.close()
-    if summary.frames and sum(unknown.values()) == summary.frames:
-        raise CaptureFormatError(summary.warnings[-1])
-    return summary
+    return summary, error
 
 
 def _summary_dict(s: Summary) -> dict:
@@ -151,6 +222,7 @@ def _summary_dict(s: Summary) -> dict:
         "retries": s.retries, "repeated_responses": s.repeated_responses, "unanswered": s.unanswered,
         "response_only": s.response_only, "rows": s.rows, "seconds": round(s.seconds, 3),
         "frames_per_second": round(s.rate), "malformed_reasons": s.malformed_reasons, "warnings": s.warnings,
+        "status": s.status,
     }
 
 
@@ -167,30 +239,60 @@ def _summary_text(path: str, s: Summary) -> str:
     )
     if s.dropped:
         text += f", {s.dropped:,} lost ({losses_text(s.losses)})"
-    return text + f" in {s.seconds:.2f}s ({s.rate:,.0f} frames/s)"
+    text += f" in {s.seconds:.2f}s ({s.rate:,.0f} frames/s)"
+    return text if s.status == "complete" else f"{text}; {s.status}"
 
 
 # -- query / search / schema ---------------------------------------------------------------------
 
 def _open(db_path: Optional[str], attach=()):
     try:
-        return open_readonly(db_path or default_db_path(), attach)
+        db = open_readonly(db_path or default_db_path(), attach)
     except StoreError as exc:
         raise click.ClickException(str(exc))
+    for notice in db.conn.notices:
+        click.echo(f"Note: {safe_text(notice)}", err=True)
+    return db
+
+
+def _sql_error(db, exc: sqlite3.Error) -> str:
+    text = str(exc)
+    refused = getattr(db.conn, "refused", None)
+    if refused and ("not authorized" in text or "authorization denied" in text):
+        return f"query only reads the log, and refuses {refused}"
+    if "too many attached" in text:
+        return "query only reads the log, and refuses ATTACH and VACUUM; --attach ALIAS PATH reads another log"
+    if "readonly" in text:
+        return f"query only reads the log ({text}); replay and watch write it"
+    return f"SQL error: {text}"
 
 
 def _run_sql(db, sql: str, params, fmt: str) -> None:
     try:
         cursor = db.conn.execute(sql, params)
     except sqlite3.Error as exc:
-        raise click.ClickException(f"SQL error: {exc}")
+        raise click.ClickException(_sql_error(db, exc))
     columns = [d[0] for d in cursor.description or ()]
     rows = (dict(zip(columns, r)) for r in cursor)
     out = sys.stdout
     try:
+        fd = out.fileno()
+    except (AttributeError, OSError, ValueError):  # not a file (tests, embedding): written as it comes
+        fd = None
+    if fd is not None:  # a stalled reader of our output must not stall the log's WAL (see NeverWaitingOutput)
+        out.flush()
+        out = NeverWaitingOutput(fd, getattr(sys.stdout, "encoding", None) or "utf-8")
+    try:
         write_rows(rows, fmt, out, columns)
     except sqlite3.Error as exc:
-        raise click.ClickException(f"SQL error: {exc}")
+        raise click.ClickException(_sql_error(db, exc))
+    finally:
+        cursor.close()  # the read transaction ends here, before a slow reader gets the spool
+        if fd is not None:
+            try:
+                out.close()
+            except BrokenPipeError:  # the reader went away (| head): nothing more to say
+                pass
 
 
 @cli.command()
@@ -203,6 +305,10 @@ def _run_sql(db, sql: str, params, fmt: str) -> None:
 @format_options
 def query(sql: str, db_path: Optional[str], params, attach, fmt: str) -> None:
     """Run SQL against the log (read-only).
+
+    Only reading statements run: ATTACH, VACUUM, pragmas that set something and extension loading are refused.
+    In JSON, blobs are {"$base64": true, "encoded": ...} and infinite numbers the strings "Infinity" and
+    "-Infinity" (JSON has no infinity).
 
     \b
     Examples:
@@ -221,14 +327,14 @@ def query(sql: str, db_path: Optional[str], params, attach, fmt: str) -> None:
 @click.option("--status", type=click.Choice(["answered", "unanswered", "response_only", "query_only"]))
 @click.option("--src", help="Client address.")
 @click.option("--answer", help="Rows whose answers contain this value (an address, a CNAME target...).")
-@click.option("--pid", "pids", type=int, multiple=True, help="Sending process id (repeatable).")
+@click.option("--pid", "pids", type=PID, multiple=True, help="Sending process id (repeatable).")
 @click.option("--comm", "comms", multiple=True, help="Sending command name (repeatable).")
 @click.option("--pod", "pods", multiple=True, help="Kubernetes pod name (repeatable; a single glob works too).")
 @click.option("--pod-namespace", "pod_namespaces", multiple=True, help="Kubernetes namespace (repeatable).")
 @click.option("--container", "containers", multiple=True, help="Container name or id prefix (repeatable).")
 @click.option("--since", help="From this time: 10m, 2h, 1d (ago), 2026-11-01, 2026-11-01T14:30, Unix seconds.")
 @click.option("--until", help="Up to this time (same forms as --since).")
-@click.option("--limit", type=int, default=100, show_default=True, help="At most this many rows (0: all).")
+@click.option("--limit", type=LIMIT, default=100, show_default=True, help="At most this many rows (0: all).")
 @click.option("--all-columns", is_flag=True, help="Every column of the queries table.")
 @click.option("--lookups", "lookups", is_flag=True,
               help="Lookups (resolver calls: search-path candidates, A/AAAA, retries) instead of queries; NAME matches "
@@ -342,28 +448,32 @@ def schema(as_json: bool, as_sql: bool, json_lines: bool, as_ecs: bool) -> None:
 @click.option("--metrics", "metrics_listen", metavar="HOST:PORT",
               help="Serve Prometheus metrics on http://HOST:PORT/metrics (127.0.0.1:9553, [::1]:9553, :9553 for "
                    "every address).")
-@click.option("--metrics-max-series", type=click.IntRange(1, 100_000), default=200, show_default=True,
+@click.option("--metrics-max-series", type=_Number(int, 1, 100_000, "give a whole number from 1 to 100000"),
+              default=200, show_default=True,
               metavar="N", help="At most N label sets (pod/container or process) in the metrics; the rest are "
                                 "counted under 'other'.")
 @click.option("--metrics-server-label", is_flag=True, help="Add the resolver's address as a 'server' label.")
-@click.option("--duration", type=float, metavar="SECONDS", help="Stop after this many seconds.")
-@click.option("--count", type=int, metavar="N", help="Stop after N queries shown.")
-@click.option("--pid", "pids", type=int, multiple=True, help="Only this process id (repeatable).")
+@click.option("--duration", type=SECONDS, metavar="SECONDS", help="Stop after this many seconds.")
+@click.option("--count", type=COUNT, metavar="N", help="Stop after N queries shown.")
+@click.option("--pid", "pids", type=PID, multiple=True, help="Only this process id (repeatable).")
 @click.option("--comm", "comms", multiple=True, help="Only this command name (repeatable).")
 @click.option("--name", "names", multiple=True, help="Only names containing this (or matching this glob).")
 @click.option("--type", "types", multiple=True, help="Only this query type (repeatable).")
 @click.option("--pod", "pods", multiple=True, help="Only this Kubernetes pod (repeatable).")
 @click.option("--pod-namespace", "pod_namespaces", multiple=True, help="Only this Kubernetes namespace (repeatable).")
 @click.option("--container", "containers", multiple=True, help="Only this container name or id prefix (repeatable).")
-@click.option("--timeout", type=float, default=DEFAULT_TIMEOUT, show_default=True,
+@click.option("--timeout", type=SECONDS, default=DEFAULT_TIMEOUT, show_default=True,
               help="Seconds a query waits for its response (with --responses).")
 @click.option("--k8s-log-dir", default="/var/log", show_default=True, metavar="DIR",
               help="Where the kubelet's pods/ and containers/ log folders are (pod and container names).")
 @click.option("--quiet", "-q", is_flag=True, help="Print no per-query lines (still stores them).")
 @click.option("--debug", is_flag=True, help="Show the BPF compiler/verifier output on failure.")
+@click.option("--heartbeat", "heartbeat_path", envvar="DNSWATCH_HEARTBEAT", metavar="FILE",
+              help="Touch FILE every second while capturing, for `dnswatch health` (default: $DNSWATCH_HEARTBEAT).")
 def watch(interfaces, ports, responses, netns_specs, all_netns, db_path, no_db, as_json, json_format,
           metrics_listen, metrics_max_series, metrics_server_label, duration, count, pids,
-          comms, names, types, pods, pod_namespaces, containers, timeout, k8s_log_dir, quiet, debug) -> None:
+          comms, names, types, pods, pod_namespaces, containers, timeout, k8s_log_dir, quiet, debug,
+          heartbeat_path) -> None:
     """Watch DNS queries live (needs root and bcc), storing them in the log.
 
     \b
@@ -378,10 +488,14 @@ def watch(interfaces, ports, responses, netns_specs, all_netns, db_path, no_db, 
     from dnswatch.enrich import Enricher
     from dnswatch.jsonlines import JsonLinesSink
     from dnswatch.metrics import HealthUpdater, MetricsError, MetricsServer, MetricsSink
-    from dnswatch.sources.live import LiveCapture, LiveCaptureError
+    from dnswatch.sources.live import MAX_PORTS, LiveCapture, LiveCaptureError
     from dnswatch.watch import NetnsTracker, RowFilter, row_dict, run_watch
 
-    ports = tuple(ports) or (53,)
+    ports = tuple(dict.fromkeys(ports)) or (53,)
+    if len(ports) > MAX_PORTS:  # each port is a compare in the kernel filter, which has room for MAX_PORTS
+        raise click.ClickException(
+            f"{len(ports)} --port options: live capture filters at most {MAX_PORTS} DNS ports; drop some, or capture "
+            "to a file (tcpdump -w) and replay it, which takes any number of --port")
     if netns_specs and all_netns:
         raise click.UsageError("--netns and --all-netns do not go together: --all-netns already includes every one")
     try:
@@ -418,6 +532,7 @@ def watch(interfaces, ports, responses, netns_specs, all_netns, db_path, no_db, 
             if metrics is not None:
                 metrics.close()
             raise click.ClickException(str(exc))
+        _notices(store)
     shown = {"n": 0}
     out = sys.stdout
 
@@ -439,6 +554,7 @@ def watch(interfaces, ports, responses, netns_specs, all_netns, db_path, no_db, 
         sinks.append(metrics.sink)
     if as_json and not quiet:
         sinks.append(JsonLinesSink(out, json_format or "native", row_filter=row_filter if row_filter.active else None))
+    stop = StopSignals().__enter__()  # from here on Ctrl-C, SIGTERM and SIGHUP end the capture cleanly
     pipeline = Pipeline(store, "live", capture.describe(), ports, timeout,
                         options={"interfaces": list(interfaces), "responses": responses, "netns": list(netns_specs),
                                  "all_netns": all_netns},
@@ -448,21 +564,42 @@ def watch(interfaces, ports, responses, netns_specs, all_netns, db_path, no_db, 
                         row_filter=row_filter if row_filter.active else None,
                         expect_responses=responses, sinks=sinks)
     pipeline.lookups.server_pod_of = enricher.server_pod
-    where = f", logging to {store.path}" if store else ""
+    where = f", logging to {safe_text(store.path)}" if store else ""
     if metrics is not None:
         where += f", metrics on {metrics.url}"
+    heartbeat = None
+    if heartbeat_path:
+        from dnswatch.health import Heartbeat
+
+        try:
+            heartbeat = Heartbeat(heartbeat_path)
+        except OSError as exc:
+            capture.close()
+            if store is not None:
+                store.close()
+            if metrics is not None:
+                metrics.close()
+            raise click.ClickException(f"cannot write the heartbeat file {heartbeat_path} ({exc.strerror}): "
+                                       "give --heartbeat a writable path")
     click.echo(f"Watching DNS on {capture.describe()}{where}. Ctrl-C to end.", err=True)
+    error = None
     try:
         summary = run_watch(capture, pipeline, duration=duration, count=count, shown=lambda: shown["n"],
-                            tracker=NetnsTracker(capture) if all_netns else None,
-                            on_tick=HealthUpdater(metrics.sink, pipeline, capture, store) if metrics else None)
-    except StoreError as exc:
-        raise click.ClickException(str(exc))
-    finally:
-        if store is not None:
+                            tracker=NetnsTracker(capture) if all_netns else None, stop=stop,
+                            on_tick=HealthUpdater(metrics.sink, pipeline, capture, store) if metrics else None,
+                            heartbeat=heartbeat.beat if heartbeat else None)
+    except Exception as exc:  # noqa: BLE001 - recorded as 'failed'; the summary first, then the error
+        error, summary = exc, pipeline.counters()
+    if heartbeat is not None:
+        heartbeat.close()
+    if store is not None:
+        try:
             store.close()
-        if metrics is not None:
-            metrics.close()
+        except StoreError as exc:
+            error = error or exc
+    if metrics is not None:
+        metrics.close()
+    stop.__exit__(None, None, None)
     click.echo(
         f"{summary.queries:,} queries, {summary.responses:,} responses, {summary.malformed:,} malformed, "
         f"{summary.dropped:,} lost ({losses_text(summary.losses)}), {summary.duplicates:,} duplicate copies, "
@@ -470,6 +607,10 @@ def watch(interfaces, ports, responses, netns_specs, all_netns, db_path, no_db, 
         f"{summary.rows:,} rows stored in {summary.seconds:.1f}s",
         err=True,
     )
+    if isinstance(error, StoreError):
+        raise click.ClickException(str(error))
+    if error is not None:
+        raise error  # a bug: its traceback, after the capture was marked 'failed' and summarised
 
 
 @cli.command()
@@ -494,6 +635,21 @@ def doctor(as_json: bool) -> None:
                 click.echo(f"     fix: {c.fix}")
         click.echo("Live capture: " + ("ready." if ready(checks) else "not possible until the FAIL lines are fixed."))
     if not ready(checks):
+        sys.exit(1)
+
+
+@cli.command()
+@click.option("--heartbeat", "heartbeat_path", envvar="DNSWATCH_HEARTBEAT", required=True, metavar="FILE",
+              help="The file `watch --heartbeat` touches (default: $DNSWATCH_HEARTBEAT).")
+@click.option("--max-age", type=click.FloatRange(min=1), default=30, show_default=True, metavar="SECONDS",
+              help="Fail when the heartbeat is older than this.")
+def health(heartbeat_path: str, max_age: float) -> None:
+    """Liveness probe: exit 0 while `watch` is capturing, 1 once its heartbeat is stale or gone."""
+    from dnswatch.health import check
+
+    ok, message = check(heartbeat_path, max_age)
+    click.echo(message, err=not ok)
+    if not ok:
         sys.exit(1)
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Callable, Dict, List, Optional, Tuple
 
-from dnswatch.dns import Message, Question, opcode_text, qclass_text, qtype_text, rcode_text
+from dnswatch.dns import CACHE_MAX_KEY, Message, Question, cache_stats, opcode_text, qclass_text, qtype_text, rcode_text
 from dnswatch.model import Segment
 from dnswatch.schema import Q, QUERY_COLUMNS
 
@@ -33,6 +33,7 @@ DEFAULT_TIMEOUT = 5.0
 MAX_PENDING = 200_000
 COPY_WINDOW = 0.05  # seconds: copies of one packet at several capture points arrive microseconds apart;
 # client retries come after a timeout (dig, glibc: 1 s and more; unbound: 50 ms at the least)
+FINGERPRINT_BYTES = 256  # messages larger than this are remembered by length and hash (see _fingerprint)
 REPEAT_WINDOW = 2.0  # seconds after an answer during which the same response again is a repeat, not an orphan
 MAX_TEMPLATES = 65536  # query messages whose row templates are kept (as many as dns.parse_message caches)
 
@@ -114,6 +115,7 @@ class Correlator:
         # id(message) -> (message, its query row templates): parse_message hands back the same Message object for
         # the same bytes, so the columns that depend on the message alone are filled once, not once per packet
         self._templates: Dict[int, Tuple[Message, List[Row]]] = {}
+        self._cache_clears = cache_stats["clears"]
         self.queries = 0
         self.responses = 0
         self.duplicates = 0
@@ -142,7 +144,7 @@ class Correlator:
                     seen[2].append(meta)
                     return
                 del recent[key]
-            recent[key] = [ts, payload, [meta]]
+            recent[key] = [ts, _fingerprint(payload), [meta]]
             if len(recent) > self.max_pending:
                 recent.popitem(last=False)
         pending = self.pending
@@ -162,7 +164,7 @@ class Correlator:
                 # a retry: one more attempt of the same question, and the wait starts again from it
                 self.queries += 1
                 self.retries += 1
-                waiting[1], waiting[2], waiting[3] = ts, payload, [meta]
+                waiting[1], waiting[2], waiting[3] = ts, _fingerprint(payload), [meta]
                 for row in rows:
                     row[I_ATTEMPTS] += 1
                 pending.move_to_end(key)
@@ -170,7 +172,7 @@ class Correlator:
             self._emit_unanswered(key)  # same id and ports, other question: a new query
         self.queries += 1
         hit = self._templates.get(id(msg))
-        templates = hit[1] if hit is not None and hit[0] is msg else self._query_templates(msg)
+        templates = hit[1] if hit is not None and hit[0] is msg else self._query_templates(msg, len(payload))
         rows = []
         for template in templates:
             row = template.copy()
@@ -196,11 +198,11 @@ class Correlator:
                 row[I_STATUS] = "query_only"
                 self.emit(row)
             return
-        pending[key] = [rows, ts, payload, [meta]]
+        pending[key] = [rows, ts, _fingerprint(payload), [meta]]
         if len(pending) > self.max_pending:
             self._emit_unanswered(next(iter(pending)))
 
-    def _query_templates(self, msg: Message) -> List[Row]:
+    def _query_templates(self, msg: Message, size: int = 0) -> List[Row]:
         """Rows of a query message (one per question) with the columns that depend on the message alone."""
         templates = []
         for q in msg.questions:
@@ -211,8 +213,13 @@ class Correlator:
             row[I_ECS] = msg.ecs
             row[I_ATTEMPTS] = 1
             templates.append(row)
-        if len(self._templates) >= MAX_TEMPLATES:
+        if size > CACHE_MAX_KEY:
+            return templates  # the decode cache does not keep this message: its template would never be hit
+        # When the decode cache starts over, its messages are decoded anew (new objects): templates of the old
+        # ones can never be hit again, so they go too.
+        if len(self._templates) >= MAX_TEMPLATES or self._cache_clears != cache_stats["clears"]:
             self._templates.clear()
+            self._cache_clears = cache_stats["clears"]
         self._templates[id(msg)] = (msg, templates)  # holding msg keeps its id from being reused
         return templates
 
@@ -233,7 +240,7 @@ class Correlator:
                     self.responses -= 1
                     seen[2].append(meta)
                     return
-                if payload == seen[1] and ts - seen[0] <= REPEAT_WINDOW:
+                if _fingerprint(payload) == seen[1] and ts - seen[0] <= REPEAT_WINDOW:
                     self.repeated_responses += 1
                     return
             self._response_only(seg, msg, dns_id)
@@ -241,7 +248,7 @@ class Correlator:
         del pending[key]
         rows, last_attempt = waiting[0], waiting[1]
         recent.pop(key, None)  # an earlier answer under this key: this one replaces it, at the end
-        recent[key] = [ts, payload, [meta]]
+        recent[key] = [ts, _fingerprint(payload), [meta]]
         if len(recent) > self.max_pending:
             recent.popitem(last=False)
         rcode_num, answers, ancount, flags = msg.rcode, msg.answers, msg.ancount, msg.flags
@@ -328,11 +335,18 @@ class Correlator:
             self.emit(row)
 
 
+def _fingerprint(payload: bytes):
+    """What the copy and repeat checks keep of a message: its bytes when small, else its length and hash, so
+    the pending and recent tables never hold 64 KiB messages (a hostile sender's 60 KB queries took ~2 GB).
+    Python's bytes hash is keyed per process (SipHash), so a sender cannot make two messages collide."""
+    return payload if len(payload) <= FINGERPRINT_BYTES else (len(payload), hash(payload))
+
+
 def _is_copy(seen: list, seg: Segment) -> bool:
     """Is ``seg`` a copy of the sighting ``seen`` ([time, bytes, metas of the capture points that saw it])?
     The same bytes within COPY_WINDOW, at a capture point that has not seen them yet. Without live metadata
     (files) the point is unknown and time decides."""
-    if abs(seg[0] - seen[0]) > COPY_WINDOW or seg[6] != seen[1]:
+    if abs(seg[0] - seen[0]) > COPY_WINDOW or _fingerprint(seg[6]) != seen[1]:
         return False
     meta = seg[8]
     if meta is None:

@@ -20,7 +20,10 @@ from dnslib import CLASS, OPCODE, QTYPE, RCODE, DNSRecord
 
 MAX_POINTER_JUMPS = 64  # more than any legitimate name needs; stops compression loops
 MAX_NAME_LENGTH = 255
-CACHE_SIZE = 65536
+CACHE_SIZE = 65536  # messages
+CACHE_BYTES = 16 << 20  # bytes held: each key, its decoded answers and CACHE_ENTRY_OVERHEAD
+CACHE_ENTRY_OVERHEAD = 448  # the Message tuple, its question and qname, the dict slot (measured, tracemalloc)
+CACHE_MAX_KEY = 512  # larger messages are decoded every time: they rarely repeat, and would crowd out the rest
 
 OPT = 41
 EDNS_OPTION_ECS = 8
@@ -110,20 +113,34 @@ class Malformed(NamedTuple):
 
 
 _cache: Dict[bytes, Union[Message, Malformed]] = {}
+_cache_bytes = 0  # cost of what _cache holds (see CACHE_BYTES)
+cache_stats: Dict[str, int] = {"clears": 0, "uncached_large": 0}
 
 
 def parse_message(payload: bytes) -> Union[Message, Malformed]:
-    """Decode one DNS message (cached on the bytes after the ID, which repeat on a busy node)."""
-    if len(payload) < 12:  # not even a header: its length is the whole story, and short keys would collide
+    """Decode one DNS message (cached on the bytes after the ID, which repeat on a busy node).
+
+    The cache is bounded in entries (CACHE_SIZE) and in bytes (CACHE_BYTES, and no message larger than
+    CACHE_MAX_KEY is kept): when full it starts over, counted in ``cache_stats``."""
+    global _cache_bytes
+    size = len(payload)
+    if size < 12:  # not even a header: its length is the whole story, and short keys would collide
         return _decode(payload)
     key = payload[2:]
     hit = _cache.get(key)
     if hit is not None:
         return hit
     result = _decode(payload)
-    if len(_cache) >= CACHE_SIZE:
+    if size > CACHE_MAX_KEY:
+        cache_stats["uncached_large"] += 1
+        return result
+    cost = size + CACHE_ENTRY_OVERHEAD + len(getattr(result, "answers", None) or "")
+    if len(_cache) >= CACHE_SIZE or _cache_bytes + cost > CACHE_BYTES:
         _cache.clear()
+        _cache_bytes = 0
+        cache_stats["clears"] += 1
     _cache[key] = result
+    _cache_bytes += cost
     return result
 
 

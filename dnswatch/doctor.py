@@ -66,25 +66,42 @@ def check_bcc() -> Check:
     return Check("bcc", True, f"bcc {version} ({os.path.dirname(bcc.__file__)})")
 
 
-def check_headers() -> Check:
-    from dnswatch.sources.live import headers_dir
+def _uts_release(tree: Path) -> Optional[str]:
+    """The kernel release a header tree was generated for (include/generated/utsrelease.h)."""
+    try:
+        text = (tree / "include/generated/utsrelease.h").read_text()
+    except OSError:
+        return None
+    parts = text.split('"')
+    return parts[1] if len(parts) > 2 else None
 
-    d = headers_dir()
+
+def check_headers() -> Check:
+    from dnswatch.sources.live import BUNDLED_HEADERS_ENV, headers_choice
+
+    d, whose = headers_choice()
     fix = ("apt-get install linux-headers-$(uname -r) (Debian: linux-headers-amd64, then "
            "ln -sfn /usr/src/linux-headers-<version>-amd64 /lib/modules/$(uname -r)/build)")
+    if os.environ.get(BUNDLED_HEADERS_ENV):
+        fix = f"the image's own headers ({os.environ[BUNDLED_HEADERS_ENV]}) are missing or damaged: rebuild the image"
     if d.is_symlink() and not d.exists():
         return Check("kernel headers", False, f"{d} is a dangling link to {os.readlink(d)}", fix)
     if not d.exists():
         return Check("kernel headers", False, f"{d} is missing", fix)
     target = os.path.realpath(d)
-    note = ""
     ver = os.uname().release
-    built_for = os.path.basename(target).replace("linux-headers-", "")
+    built_for = _uts_release(Path(target)) or os.path.basename(target).replace("linux-headers-", "")
+    note = ""
     if built_for != ver:
         note = f" (headers {built_for} for kernel {ver}: fine, the filter needs only stable uapi headers)"
     if not (Path(target) / "include").is_dir() and not (Path(target) / "Makefile").exists():
         return Check("kernel headers", False, f"{d} -> {target} has no headers", fix)
-    return Check("kernel headers", True, f"{d} -> {target}{note}")
+    if whose == "image":
+        return Check("kernel headers", True, f"the image's own, {target}: the node has none at "
+                                             f"/lib/modules/{ver}/build{note}")
+    if whose == "BCC_KERNEL_SOURCE":
+        return Check("kernel headers", True, f"BCC_KERNEL_SOURCE={d}{note}")
+    return Check("kernel headers", True, f"the node's, {d} -> {target}{note}")
 
 
 def check_btf() -> Check:

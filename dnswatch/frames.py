@@ -52,6 +52,13 @@ AF_INET6_VALUES = (10, 24, 28, 30)  # Linux, NetBSD/OpenBSD, FreeBSD, macOS
 MAX_FRAGMENT_SETS = 2048
 FRAGMENT_TIMEOUT = 30.0
 MAX_DATAGRAM = 65535 + 40
+# Fragments held are bounded per datagram and in total, in pieces and in bytes (a piece costs its bytes plus
+# ~100 bytes of Python objects, counted as FRAGMENT_OVERHEAD). Real fragmentation of a 64 KiB datagram at a
+# 1280-byte MTU is ~52 pieces; 1-byte pieces at 8,192 distinct offsets are an attack, not traffic.
+MAX_FRAGMENTS_PER_DATAGRAM = 128
+MAX_FRAGMENT_PIECES = 65536
+MAX_FRAGMENT_BYTES = 32 << 20
+FRAGMENT_OVERHEAD = 128
 MAX_STREAMS = 8192
 STREAM_IDLE_TIMEOUT = 120.0
 MAX_STREAM_BUFFER = 65535 + 2
@@ -89,7 +96,7 @@ def _walk_ipv6_ext(nh: int, data: bytes, pos: int, limit: int) -> Tuple[int, int
 
 
 class _Fragments:
-    __slots__ = ("first_ts", "parts", "total", "size", "header")
+    __slots__ = ("first_ts", "parts", "total", "size", "header", "cost")
 
     def __init__(self, ts: float):
         self.first_ts = ts
@@ -97,6 +104,7 @@ class _Fragments:
         self.total: Optional[int] = None
         self.size = 0
         self.header: Optional[Tuple] = None
+        self.cost = 0  # bytes held, with FRAGMENT_OVERHEAD per piece
 
 
 class _Stream:
@@ -122,6 +130,8 @@ class FrameDecoder:
         self.keep = False
         self.stats: Dict[str, int] = defaultdict(int)
         self._frags: Dict[tuple, _Fragments] = {}
+        self._frag_pieces = 0  # pieces held in every set of _frags
+        self._frag_bytes = 0  # their cost in bytes (see FRAGMENT_OVERHEAD)
         self._kept_frags: "OrderedDict[tuple, bool]" = OrderedDict()
         self._streams: Dict[tuple, _Stream] = {}
         self._addr_cache: Dict[bytes, str] = {}
@@ -299,18 +309,30 @@ class FrameDecoder:
         fs = self._frags.get(key)
         if fs is None:
             if len(self._frags) >= MAX_FRAGMENT_SETS:
-                self._frags.pop(next(iter(self._frags)))
-                self.stats["fragment_sets_evicted"] += 1
+                self._drop_fragments(next(iter(self._frags)), "fragment_sets_evicted")
             fs = self._frags[key] = _Fragments(frame.ts)
         if offset not in fs.parts:  # first copy wins on overlap or duplicate
+            if len(fs.parts) >= MAX_FRAGMENTS_PER_DATAGRAM:
+                self._drop_fragments(key, "fragment_sets_too_many_pieces")
+                return []
+            cost = len(chunk) + FRAGMENT_OVERHEAD
+            # the oldest sets give way to new pieces when the total bound is reached
+            while self._frags and (self._frag_pieces >= MAX_FRAGMENT_PIECES
+                                   or self._frag_bytes + cost > MAX_FRAGMENT_BYTES):
+                oldest = next(iter(self._frags))
+                self._drop_fragments(oldest, "fragment_sets_evicted_memory")
+                if oldest == key:
+                    return []
             fs.parts[offset] = chunk
             fs.size += len(chunk)
+            fs.cost += cost
+            self._frag_pieces += 1
+            self._frag_bytes += cost
         if not more:
             fs.total = offset + len(chunk)
         if fs.total is None or fs.size < fs.total or fs.size > MAX_DATAGRAM:
             if fs.size > MAX_DATAGRAM:
-                del self._frags[key]
-                self.stats["fragment_sets_oversized"] += 1
+                self._drop_fragments(key, "fragment_sets_oversized")
             return []
         whole = bytearray()
         for part_off in sorted(fs.parts):
@@ -320,7 +342,7 @@ class FrameDecoder:
             whole[part_off:part_off + len(part)] = part
         if len(whole) < fs.total:
             return []
-        del self._frags[key]
+        self._drop_fragments(key, None)
         self.stats["datagrams_reassembled"] += 1
         payload = bytes(whole[:fs.total])
         keep = self.keep
@@ -330,6 +352,14 @@ class FrameDecoder:
             segs = self._transport(frame, src, dst, proto, payload, 0, len(payload), reassembled=True)
         self.keep = keep  # the verdict is about this frame, not the datagram it completed
         return segs
+
+    def _drop_fragments(self, key, reason: Optional[str]) -> None:
+        """Forget one fragment set (``reason``: the stat counting why, None when it was reassembled)."""
+        fs = self._frags.pop(key)
+        self._frag_pieces -= len(fs.parts)
+        self._frag_bytes -= fs.cost
+        if reason is not None:
+            self.stats[reason] += 1
 
     def _ipv6_after_fragment(self, frame, src, dst, nh, payload) -> List[Segment]:
         nh, pos = _walk_ipv6_ext(nh, payload, 0, DECODE_MAX_IPV6_EXT_HEADERS)
@@ -494,8 +524,7 @@ class FrameDecoder:
     def _sweep(self, now: float) -> None:
         self._since_sweep = 0
         for key in [k for k, fs in self._frags.items() if now - fs.first_ts > FRAGMENT_TIMEOUT]:
-            del self._frags[key]
-            self.stats["fragment_sets_expired"] += 1
+            self._drop_fragments(key, "fragment_sets_expired")
         for key in [k for k, st in self._streams.items() if now - st.last_ts > STREAM_IDLE_TIMEOUT]:
             if self._streams[key].buf:
                 self.stats["tcp_incomplete_messages"] += 1
@@ -507,10 +536,12 @@ class FrameDecoder:
             self.stats["fragment_sets_incomplete"] += len(self._frags)
         self.stats["tcp_incomplete_messages"] += sum(1 for st in self._streams.values() if st.buf)
         self._frags.clear()
+        self._frag_pieces = self._frag_bytes = 0
         self._streams.clear()
 
     def dropped(self) -> int:
         """Data given up because a bound was hit (not damage in the input)."""
         s = self.stats
         return (s.get("fragment_sets_evicted", 0) + s.get("fragment_sets_oversized", 0) + s.get("tcp_streams_evicted", 0)
+                + s.get("fragment_sets_too_many_pieces", 0) + s.get("fragment_sets_evicted_memory", 0)
                 + s.get("tcp_gaps_given_up", 0) + s.get("tcp_buffer_overflows", 0))

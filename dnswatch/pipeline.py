@@ -9,7 +9,8 @@ import gc
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, List, Optional
+from itertools import islice
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional
 
 from dnswatch.correlate import DEFAULT_TIMEOUT, Correlator, Row
 from dnswatch.dns import Malformed, parse_message
@@ -19,6 +20,9 @@ from dnswatch.model import Frame, Segment
 from dnswatch.store import Store
 
 EXPIRE_EVERY_FRAMES = 2048
+CHUNK_FRAMES = 2048  # replay: frames between two looks at the clock and the stop flag (a few ms)
+RECORD_EVERY = 1.0  # replay: seconds between two updates of the capture's counters in the log
+MALFORMED_MAX_DATA = 4096  # bytes of a malformed message stored in malformed.data (size keeps its length)
 # FrameDecoder.stats reasons that mean a DNS message could not be read from what was captured (the
 # user-space decode stage of the losses); the memory-bound ones are FrameDecoder.dropped()
 DECODE_LOSSES = ("truncated_l2", "truncated_l3_l4", "bad_ipv4_header", "bad_ipv6_header", "tcp_incomplete_messages",
@@ -50,6 +54,8 @@ class Summary:
     malformed_reasons: Dict[str, int] = field(default_factory=dict)
     skipped: Dict[str, int] = field(default_factory=dict)
     warnings: List[str] = field(default_factory=list)
+    error: Optional[str] = None  # what ended a 'failed' capture
+    status: str = "running"  # as in captures.status once finished
 
     @property
     def rate(self) -> float:
@@ -95,6 +101,7 @@ class Pipeline:
         self.summary = Summary()
         self.source_losses: Dict[str, int] = {}  # losses the source counted, by stage (live: the kernel's)
         self._malformed_reasons: Counter = Counter()
+        self.malformed_truncated = 0  # malformed messages stored with only their first MALFORMED_MAX_DATA bytes
         self._started = time.monotonic()
         self._since_expire = 0
 
@@ -156,16 +163,49 @@ class Pipeline:
             s.dns_messages += messages
             s.first_ts, s.last_ts, self._since_expire = first, last, since
 
+    def feed_file(self, frames: Iterator[Frame], stop: Callable[[], bool] = lambda: False,
+                  progress: Optional[Callable[[], None]] = None) -> bool:
+        """Replay: feed ``frames`` in chunks, so that the counters in ``captures`` stay current while rows are
+        stored (updated every RECORD_EVERY seconds) and ``stop()`` is asked every few milliseconds.
+        ``progress()`` runs after each chunk. Returns False when ``stop()`` ended it early."""
+        next_record = time.monotonic() + RECORD_EVERY
+        chunk = CHUNK_FRAMES
+        while True:
+            before = self.summary.frames
+            started = time.monotonic()
+            self.feed_all(islice(frames, chunk))
+            if self.summary.frames == before:
+                return True
+            if progress is not None:
+                progress()
+            if stop():
+                return False
+            now = time.monotonic()
+            # a slow input (a pipe from tcpdump) gets smaller chunks, so that it is recorded as it comes too
+            if now - started > RECORD_EVERY / 4:
+                chunk = max(1, chunk // 4)
+            elif chunk < CHUNK_FRAMES:
+                chunk *= 2
+            if now >= next_record:
+                if self.store is not None:
+                    self.store.flush(wait=False)  # the rows so far, then the counters that count them
+                self.record_counters("running")
+                next_record = now + RECORD_EVERY
+
     def _malformed(self, seg: Segment, reason: str) -> None:
         self.summary.malformed += 1
         self._malformed_reasons[reason.split(" (")[0]] += 1
         if self.store is not None:
             meta = seg.meta
+            payload = seg.payload
+            if len(payload) > MALFORMED_MAX_DATA:
+                payload = payload[:MALFORMED_MAX_DATA]
+                self.malformed_truncated += 1
             self.store.add_malformed((
                 self.capture_id, seg.ts, seg.src, seg.sport, seg.dst, seg.dport, seg.proto, reason,
-                len(seg.payload), seg.payload, meta.pid if meta else None, meta.comm if meta else None,
+                len(seg.payload), payload, meta.pid if meta else None, meta.comm if meta else None,
                 (meta.ifname if meta else None) or seg.ifname,
-            ))
+            ), len(payload))
 
     def tick(self, now: Optional[float] = None) -> None:
         """Periodic work for live capture: time out queries (wall clock), flush and record counters."""
@@ -186,11 +226,13 @@ class Pipeline:
         stats = self.decoder.stats
         losses = dict(self.source_losses)
         losses["decode"] = sum(stats.get(k, 0) for k in DECODE_LOSSES)
-        losses["memory_bounds"] = self.decoder.dropped()
+        losses["memory_bounds"] = self.decoder.dropped() + self.source_losses.get("memory_bounds", 0)
         s.losses = losses
         s.dropped = sum(losses.values())  # each lost event is counted at one stage only
         s.malformed_reasons = dict(self._malformed_reasons)
         s.skipped = dict(self.decoder.stats)
+        if self.malformed_truncated:
+            s.skipped["malformed_data_truncated"] = self.malformed_truncated
         s.seconds = time.monotonic() - self._started
         return s
 
@@ -206,6 +248,8 @@ class Pipeline:
                       "unanswered": s.unanswered, "response_only": s.response_only, "retries": s.retries,
                       "repeated_responses": s.repeated_responses},
         }
+        if s.error:
+            update["notes"]["error"] = s.error
         if status is not None:
             update["status"] = status
             if status != "running":
@@ -214,6 +258,7 @@ class Pipeline:
 
     def finish(self, status: str = "complete") -> Summary:
         """End of input: pending queries become unanswered, everything is written."""
+        self.summary.status = status
         self.decoder.finish()
         self.correlator.flush()
         self.lookups.flush()

@@ -131,7 +131,12 @@ CAPTURES = Table(
         Column("host", "TEXT", "Host name of the machine that made this row."),
         Column("started", "REAL", "Start, Unix seconds (wall clock when dnswatch started on it)."),
         Column("ended", "REAL", "End, Unix seconds; NULL while running or when the run was killed."),
-        Column("status", "TEXT", "'running', 'complete', 'interrupted' (Ctrl-C, SIGTERM) or 'failed'."),
+        Column("status", "TEXT",
+               "How the run ended: 'complete' (the end of the input, --duration or --count), 'damaged' (replay: "
+               "the file is damaged or cut short; every frame before the damage is kept, notes.warnings says "
+               "where), 'interrupted' (Ctrl-C, SIGTERM or SIGHUP: everything read until then is stored and "
+               "counted), 'failed' (an error ended it: notes.error says which), or 'running': still going, or "
+               "killed outright (SIGKILL, power loss; the counters are those of the last second)."),
         Column("first_ts", "REAL", "Time of the first frame in the capture."),
         Column("last_ts", "REAL", "Time of the last frame in the capture."),
         Column("frames", "INTEGER", "Frames read (pcap) or passed up by the kernel filter (live)."),
@@ -172,7 +177,8 @@ MALFORMED = Table(
         Column("proto", "TEXT", "'udp' or 'tcp'."),
         Column("reason", "TEXT", "Why it could not be read (truncated header, compression loop, ...)."),
         Column("size", "INTEGER", "Message size in bytes."),
-        Column("data", "BLOB", "The message bytes (DNS payload)."),
+        Column("data", "BLOB", "The message bytes (DNS payload): the first 4,096 when size is larger "
+               "(counted in captures.notes as malformed_data_truncated)."),
         Column("pid", "INTEGER", "Sending process (live, when known)."),
         Column("comm", "TEXT", "Sending command name (live, when known)."),
         Column("ifname", "TEXT", "Interface (live)."),

@@ -22,6 +22,7 @@ import queue
 import signal
 import socket
 import sqlite3
+import stat
 import threading
 import time
 import weakref
@@ -39,10 +40,15 @@ except ImportError:  # not on Windows, which has no fork either: no writer proce
     fcntl = None  # type: ignore[assignment]
 
 from dnswatch import __version__
-from dnswatch.schema import LIVE_ONLY_FROM, LOOKUP_COLUMNS, MALFORMED_COLUMNS, QUERY_COLUMNS, TABLES, create_sql
+from dnswatch.schema import LIVE_ONLY_FROM, LOOKUP_COLUMNS, MALFORMED_COLUMNS, QUERY_COLUMNS, TABLES, Q, create_sql
 
 DEFAULT_DB = "dnswatch.db"
 BATCH_ROWS = 5000
+# A batch is also written early when it holds this many bytes of malformed payloads or of large answers
+# (a 64 KiB response renders as up to ~350 KB of JSON: 5,000 of them would be gigabytes).
+BATCH_BYTES = 4 << 20
+LARGE_ANSWERS = 1024  # answers JSON longer than this counts towards BATCH_BYTES (shorter: BATCH_ROWS bounds it)
+_I_ANSWERS = Q["answers"]
 BATCH_SECONDS = 1.0
 BUSY_TIMEOUT_MS = 30_000
 ROWS_PER_INSERT = 64  # rows bound to one INSERT statement (see _Log)
@@ -50,6 +56,9 @@ PIPE_BYTES = 1 << 20  # a batch of replay rows is ~0.8 MB marshalled
 WRITER_QUEUE = 1  # batches the writer process holds besides the one it inserts (and one in the pipe)
 CHECKPOINT_EVERY = 4  # batches between checkpoints (~5 MiB of WAL; SQLite's default is 4 MiB)
 MAX_WAL_FRAMES = 4096  # pages (16 MiB at 4 KiB); past this the writer lets the checkpointer catch up
+WAL_LIMIT = 16 << 20  # journal_size_limit: when the WAL starts over, its file is cut back to this
+TRUNCATE_EVERY = 1.0  # seconds between attempts to empty a WAL left longer than WAL_LIMIT (by a reader)
+TRUNCATE_BUSY_MS = 50  # how long such an attempt may hold up the writer, waiting for readers to leave
 
 # CPython's sqlite3 sends None through the adapter protocol (a failing __conform__ lookup per NULL), which
 # doubles the cost of inserting our mostly-NULL rows. A C-level adapter that returns None is 2x faster.
@@ -75,18 +84,104 @@ def _friendly(path: str, exc: Exception) -> StoreError:
     return StoreError(f"{path}: {text}")
 
 
-def _create_private(path: str) -> None:
-    """Create an empty file readable by its owner only: DNS logs say a lot about the users of a host."""
+# -- the log's files -----------------------------------------------------------------------------------
+#
+# dnswatch usually runs as root and the log says a lot about the users of a host: its files are the writer's
+# own, mode 0600. A name that someone else prepared is refused rather than written through: a symbolic link
+# (its owner chooses where root writes, and a dangling one would be created 0644), a file of another user (it
+# would receive the log, and SQLite, as root, gives the -wal/-shm it creates beside it to the database's
+# owner), a second hard link, anything but a regular file. An existing log, -wal or -shm that others may read
+# is tightened to 0600, with a notice. The -wal/-shm are checked again once SQLite has opened them.
+
+SIDECARS = ("-wal", "-shm")
+
+
+def _owner(uid: int) -> str:
+    try:
+        import pwd
+
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except (ImportError, KeyError):
+        return f"uid {uid}"
+
+
+def _check_private(path: str, notices: List[str], create: bool = False) -> None:
+    """Refuse ``path`` unless it is a regular file of ours with one name (or absent); tighten its mode to the
+    owner's bits. ``create``: make it (empty, 0600) when absent."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        if not create:
+            return
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except FileExistsError:  # created meanwhile, by someone: look at what it is
+            return _check_private(path, notices, create=False)
+        except OSError as exc:
+            raise StoreError(f"{path}: cannot create ({exc.strerror})")
+        try:
+            os.fchmod(fd, 0o600)  # whatever the umask
+        finally:
+            os.close(fd)
+        return
+    fix = "remove it or pass another --db"
+    if stat.S_ISLNK(st.st_mode):
+        try:
+            target = os.readlink(path)
+        except OSError:
+            target = "?"
+        raise StoreError(f"{path}: is a symbolic link (to {target}); the log is never written through a link, "
+                         f"whose owner would choose where it goes: pass the real path as --db, or {fix}")
+    if not stat.S_ISREG(st.st_mode):
+        raise StoreError(f"{path}: is not a regular file; {fix}")
+    # The checks on an O_PATH descriptor, so that what is checked is what is changed. Not a readable one: closing
+    # that would drop the fcntl locks SQLite holds on the file in this process (then a reader, believing itself
+    # first, truncates the -shm under the writer's mapping: SIGBUS). Closing an O_PATH one drops nothing.
+    o_path = getattr(os, "O_PATH", 0)
+    if not o_path or not os.path.isdir("/proc/self/fd"):
+        return _check_by_name(path, st, notices, fix)
+    try:
+        fd = os.open(path, o_path | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise StoreError(f"{path}: cannot open ({exc.strerror}); check the path and its permissions")
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise StoreError(f"{path}: is not a regular file (or was replaced meanwhile); {fix}")
+        _own_and_tighten(path, st, f"/proc/self/fd/{fd}", notices, fix)
+    finally:
+        os.close(fd)
+
+
+def _check_by_name(path: str, st: os.stat_result, notices: List[str], fix: str) -> None:
+    """``_check_private`` without O_PATH (not Linux): the same checks on the lstat of the name."""
+    _own_and_tighten(path, st, path, notices, fix)
+
+
+def _own_and_tighten(path: str, st: os.stat_result, target: str, notices: List[str], fix: str) -> None:
+    if st.st_uid != os.geteuid():
+        raise StoreError(f"{path}: belongs to {_owner(st.st_uid)}, not to {_owner(os.geteuid())}: dnswatch "
+                         f"writes its log only into its own files (the owner could read or change it); {fix}")
+    if st.st_nlink > 1:
+        raise StoreError(f"{path}: has {st.st_nlink} names (hard links): the log would be reachable under "
+                         f"another; {fix}")
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & 0o077:
+        os.chmod(target, mode & 0o700)
+        notices.append(f"{path}: mode was {mode:04o}, which let others read the log; changed to {mode & 0o700:04o}")
+
+
+def prepare_private(path: str) -> List[str]:
+    """Before SQLite opens ``path`` for writing: the log, and the -wal/-shm it may already have, pass
+    ``_check_private`` (the log is created if absent). Returns the notices (modes tightened). Raises StoreError."""
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise StoreError(f"{path}: folder {directory} does not exist")
-    try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
-        os.close(fd)
-    except FileExistsError:
-        pass
-    except OSError as exc:
-        raise StoreError(f"{path}: cannot create ({exc.strerror})")
+    notices: List[str] = []
+    _check_private(path, notices, create=True)
+    for suffix in SIDECARS:
+        _check_private(path + suffix, notices)
+    return notices
 
 
 class Store:
@@ -98,12 +193,15 @@ class Store:
         inserts them while this one goes on (see the module's docstring). ``flush()`` still waits until they
         are committed."""
         self.path = path
-        if path != ":memory:" and not os.path.exists(path):
-            _create_private(path)
+        self.notices: List[str] = []  # what was changed about the files (modes tightened), for the user
+        if path != ":memory:":
+            self.notices = prepare_private(path)
         self._width = len(QUERY_COLUMNS) if live_columns else LIVE_ONLY_FROM
         self._rows: List[Sequence[Any]] = []
         self._malformed: List[Sequence[Any]] = []
         self._lookups: List[Sequence[Any]] = []  # lookups rows (LOOKUP_COLUMNS order), written after the rows
+        self._batch_bytes = 0  # malformed payloads and large answers in the batch
+        self.early_flushes = 0  # batches written before BATCH_ROWS because of BATCH_BYTES
         self._last_flush = time.monotonic()
         self.rows_written = 0
         self._writer: Optional[_Writer] = None
@@ -119,6 +217,16 @@ class Store:
         self.conn = conn
         self.db = _database(conn)
         self._log = _Log(conn, self._width)
+        # Checkpoints in a thread, after every batch (live batches come once a second): never inside a commit
+        # of the capture loop, and a WAL a reader made long is emptied once it goes (see _Checkpointer).
+        self._checkpointer: Optional[_Checkpointer] = None
+        if path != ":memory:":
+            try:
+                conn.execute("PRAGMA wal_autocheckpoint = 0")
+                self._checkpointer = _Checkpointer(path, every=1, catch_up=False)
+            except sqlite3.Error as exc:
+                conn.close()
+                raise _friendly(path, exc)
 
     # -- captures ------------------------------------------------------------------------------
     def start_capture(self, kind: str, source: str, options: Dict[str, Any]) -> int:
@@ -152,11 +260,23 @@ class Store:
     def add(self, row: Sequence[Any]) -> None:
         rows = self._rows
         rows.append(row)
+        answers = row[_I_ANSWERS]
+        if answers is not None and len(answers) > LARGE_ANSWERS:
+            self._batch_bytes += len(answers)
+            if self._batch_bytes >= BATCH_BYTES:
+                self.early_flushes += 1
+                self._write_batch()
+                return
         if len(rows) >= BATCH_ROWS:
             self._write_batch()
 
-    def add_malformed(self, row: Sequence[Any]) -> None:
+    def add_malformed(self, row: Sequence[Any], size: int = 0) -> None:
+        """Buffer a malformed row; ``size`` (its payload bytes) bounds what the batch holds in bytes."""
         self._malformed.append(row)
+        self._batch_bytes += size
+        if self._batch_bytes >= BATCH_BYTES:
+            self.early_flushes += 1
+            self._write_batch()
 
     def add_lookup(self, row: Sequence[Any]) -> None:
         self._lookups.append(row)
@@ -166,16 +286,18 @@ class Store:
         if (self._rows or self._malformed or self._lookups) and time.monotonic() - self._last_flush >= BATCH_SECONDS:
             self.flush()
 
-    def flush(self) -> None:
-        """Commit every row added so far (in bulk mode: and wait until the writer process has)."""
+    def flush(self, wait: bool = True) -> None:
+        """Commit every row added so far (in bulk mode: and wait until the writer process has, unless not
+        ``wait``: then they are on their way, ahead of anything sent later)."""
         self._write_batch()
-        if self._writer is not None:
+        if self._writer is not None and wait:
             self._writer.request(("sync",))
 
     def _write_batch(self) -> None:
         rows, self._rows = self._rows, []
         malformed, self._malformed = self._malformed, []
         lookups, self._lookups = self._lookups, []
+        self._batch_bytes = 0
         if self._writer is not None:
             if rows or malformed:
                 self._writer.send(("rows", rows, malformed))
@@ -183,10 +305,14 @@ class Store:
                 self._writer.send(("lookups", lookups))
         else:
             try:
+                if self._checkpointer is not None:
+                    self._checkpointer.check()
                 self._log.write(rows, malformed)
                 self._log.write_lookups(lookups)
             except sqlite3.Error as exc:
                 raise _friendly(self.path, exc)
+            if self._checkpointer is not None and (rows or malformed):
+                self._checkpointer.committed()
         self.rows_written += len(rows)
         self._last_flush = time.monotonic()
 
@@ -197,7 +323,14 @@ class Store:
             if self._writer is not None:
                 self._writer.close()
             else:
-                self.conn.close()
+                try:
+                    if self._checkpointer is not None:
+                        self._checkpointer.close()
+                        _truncate_wal(self.conn, self.path, always=True)  # for when a reader stays connected
+                except sqlite3.Error as exc:
+                    raise _friendly(self.path, exc)
+                finally:
+                    self.conn.close()
 
     def __enter__(self) -> "Store":
         return self
@@ -224,12 +357,18 @@ def _open(path: str) -> sqlite3.Connection:
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute(f"PRAGMA journal_size_limit = {WAL_LIMIT}")
+        if path != ":memory:":
+            _truncate_wal(conn, path)  # one that a stalled reader left long after an earlier run
         with conn:
             conn.execute("BEGIN IMMEDIATE")
             for table in TABLES:
                 for statement in create_sql(table):
                     conn.execute(statement)
-    except sqlite3.Error:
+        if path != ":memory:":  # the -wal/-shm SQLite opened: ours, 0600 (a name taken meanwhile is refused)
+            for suffix in SIDECARS:
+                _check_private(path + suffix, [])
+    except BaseException:
         conn.close()
         raise
     return conn
@@ -434,10 +573,11 @@ def _exit_text(status: Optional[int]) -> str:
 
 def _writer_main(path: str, width: int, inbox: Connection, outbox: Connection) -> int:
     """The writer process: apply the parent's messages in order until "close" or the end of the pipe."""
-    # Ctrl-C and a SIGTERM to the process group are the parent's to handle: it then closes us cleanly, or dies
+    # Ctrl-C, SIGHUP and a SIGTERM to the process group are the parent's to handle: it then closes us cleanly, or dies
     # and we commit what it sent before we exit.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a closed terminal hangs up the whole group
     gc.disable()  # never collect (and so never finalise) objects inherited from the parent; we make no cycles
 
     def reply(*message: Any) -> None:
@@ -466,6 +606,7 @@ def _writer_main(path: str, width: int, inbox: Connection, outbox: Connection) -
             message = None if blob is None else marshal.loads(blob)
             if message is None or message[0] == "close":  # without "close", the parent is gone: all it sent is in
                 checkpointer.close()
+                _truncate_wal(conn, path, always=True)  # for when a reader stays connected
                 conn.close()  # the last connection: checkpoints what is left and removes the WAL
                 if message is not None:
                     reply("ok", message[1], None)
@@ -486,9 +627,36 @@ def _writer_main(path: str, width: int, inbox: Connection, outbox: Connection) -
     except sqlite3.Error as exc:
         reply("error", str(_friendly(path, exc)))
         return 1
+    except StoreError as exc:
+        reply("error", str(exc))
+        return 1
     except Exception as exc:  # noqa: BLE001 - a bug must still reach the user as an error, not a hang
         reply("error", f"{path}: writer process failed: {type(exc).__name__}: {exc}")
         return 1
+
+
+def _wal_bytes(path: str) -> int:
+    try:
+        return os.path.getsize(path + "-wal")
+    except OSError:
+        return 0
+
+
+def _truncate_wal(conn: sqlite3.Connection, path: str, always: bool = False) -> bool:
+    """If the WAL is longer than WAL_LIMIT (or ``always``): checkpoint it whole and empty it (TRUNCATE), unless
+    readers still use it after TRUNCATE_BUSY_MS (then it is tried again later). True when it was emptied."""
+    if not (always and os.path.exists(path + "-wal")) and _wal_bytes(path) <= WAL_LIMIT:
+        return False
+    conn.execute(f"PRAGMA busy_timeout = {TRUNCATE_BUSY_MS}")
+    try:
+        blocked, _frames, _done = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    except sqlite3.OperationalError as exc:  # the writer's lock is taken: another time
+        if "locked" in str(exc) or "busy" in str(exc):
+            return False
+        raise
+    finally:
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    return not blocked
 
 
 class _Checkpointer:
@@ -499,10 +667,16 @@ class _Checkpointer:
     the same checkpoints happen (synchronous=NORMAL), only in parallel with the inserts.
     """
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, every: int = CHECKPOINT_EVERY, catch_up: bool = True):
+        """``every``: commits between checkpoints. ``catch_up``: a write waits for the checkpoint when the WAL is
+        long (a bulk load); live capture never waits (its kernel buffers would overflow meanwhile)."""
+        self.path = path
+        self.every = every
+        self.catch_up = catch_up
         self.conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
                                     check_same_thread=False)
         self.conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        self.conn.execute(f"PRAGMA journal_size_limit = {WAL_LIMIT}")
         self._cond = threading.Condition()
         self._pending = False  # commits since the current or last checkpoint started
         self._busy = False
@@ -515,7 +689,7 @@ class _Checkpointer:
 
     def committed(self) -> None:
         self._commits += 1
-        if self._commits % CHECKPOINT_EVERY == 0:
+        if self._commits % self.every == 0:
             with self._cond:
                 self._pending = True
                 self._cond.notify_all()
@@ -524,7 +698,7 @@ class _Checkpointer:
         """Before a write: raise the checkpointer's error, if any. If checkpoints fell behind and the WAL is long,
         wait for one that covers every commit: the write then starts the WAL over instead of growing it."""
         with self._cond:
-            if self._wal_frames > MAX_WAL_FRAMES:
+            if self.catch_up and self._wal_frames > MAX_WAL_FRAMES:
                 while self._error is None and (self._pending or self._busy):
                     self._cond.wait()
             if self._error is not None:
@@ -540,15 +714,30 @@ class _Checkpointer:
             raise self._error
 
     def _run(self) -> None:
+        # PASSIVE checkpoints after commits never wait for anyone. A reader that keeps an old snapshot (a query
+        # stalled on a full pipe) stops the WAL from starting over: it grows meanwhile, and its file stays that
+        # long. journal_size_limit cuts it back at the next start-over; while it is longer than that, a TRUNCATE
+        # is tried every TRUNCATE_EVERY seconds, commits or not, so it also shrinks when nothing is written.
+        truncate_at = 0.0
         while True:
             with self._cond:
                 while self._running and not self._pending:
-                    self._cond.wait()
+                    if _wal_bytes(self.path) <= WAL_LIMIT:
+                        self._cond.wait()
+                        continue
+                    left = truncate_at - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._cond.wait(left)
                 if not self._running:
                     return
                 self._pending, self._busy = False, True
             try:
-                _blocked, frames, _done = self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                if time.monotonic() >= truncate_at and _wal_bytes(self.path) > WAL_LIMIT:
+                    truncate_at = time.monotonic() + TRUNCATE_EVERY
+                    frames = 0 if _truncate_wal(self.conn, self.path) else self._wal_frames
+                else:
+                    _blocked, frames, _done = self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
             except sqlite3.Error as exc:
                 with self._cond:
                     self._error, self._busy = exc, False
@@ -559,28 +748,148 @@ class _Checkpointer:
                 self._cond.notify_all()
 
 
-def _readonly_uri(path: str) -> str:
+# -- reading: query, search ---------------------------------------------------------------------------
+#
+# The SQL of ``query`` is the user's, and dnswatch often runs as root: the connection must only ever read. The
+# file is opened read-only (mode=ro), writes are off (query_only), and SQLite's authorizer refuses what would
+# still write or reach outside the logs: ATTACH (VACUUM INTO attaches its copy, and VACUUM itself), pragmas
+# that set something, extension loading, and CREATE/DROP/ALTER even of temporary objects.
+
+# pragmas that only read, alone (PRAGMA x) or with an argument naming what to read (PRAGMA x(y))
+_READ_PRAGMAS = frozenset((
+    "application_id", "auto_vacuum", "collation_list", "compile_options", "data_version", "database_list",
+    "encoding", "foreign_key_check", "foreign_key_list", "foreign_keys", "freelist_count", "function_list",
+    "index_info", "index_list", "index_xinfo", "integrity_check", "journal_mode", "module_list", "page_count",
+    "page_size", "pragma_list", "quick_check", "schema_version", "table_info", "table_list", "table_xinfo",
+    "user_version",
+))
+_PRAGMAS_WITH_ARGUMENT = frozenset((
+    "foreign_key_check", "foreign_key_list", "index_info", "index_list", "index_xinfo", "integrity_check",
+    "quick_check", "table_info", "table_list", "table_xinfo",
+))
+_REFUSED_FUNCTIONS = frozenset(("load_extension", "fts3_tokenizer", "readfile", "writefile", "edit"))
+_DDL = {getattr(sqlite3, name) for name in dir(sqlite3)
+        if name.startswith(("SQLITE_CREATE_", "SQLITE_DROP_")) or name in ("SQLITE_ALTER_TABLE", "SQLITE_REINDEX",
+                                                                          "SQLITE_ANALYZE")}
+
+
+class ReadOnlyConnection(sqlite3.Connection):
+    """A connection for ``query``/``search``. ``refused``: what the authorizer last refused (for the message)."""
+
+    refused: Optional[str] = None
+    notices: List[str]  # how the files were opened, when it is worth saying (read-only media)
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.notices = []
+
+
+def _authorize(conn: ReadOnlyConnection):
+    def check(action: int, arg1: Optional[str], arg2: Optional[str], _db: Optional[str], _trigger: Optional[str]) -> int:
+        why = None
+        if action in (sqlite3.SQLITE_ATTACH, sqlite3.SQLITE_DETACH):
+            why = "ATTACH, DETACH and VACUUM (it writes a copy); --attach ALIAS PATH reads another log"
+        elif action == sqlite3.SQLITE_PRAGMA:
+            name = (arg1 or "").lower()
+            if name not in _READ_PRAGMAS:
+                why = f"PRAGMA {name} (only pragmas that read, like table_info or user_version)"
+            elif arg2 is not None and name not in _PRAGMAS_WITH_ARGUMENT:
+                why = f"setting PRAGMA {name} (PRAGMA {name} alone reads it)"
+        elif action == sqlite3.SQLITE_FUNCTION and (arg2 or "").lower() in _REFUSED_FUNCTIONS:
+            why = f"{arg2}()"
+        elif action in _DDL:
+            why = "CREATE, DROP, ALTER, REINDEX and ANALYZE, of temporary objects too (a WITH clause names a result)"
+        if why is None:
+            return sqlite3.SQLITE_OK
+        conn.refused = why
+        return sqlite3.SQLITE_DENY
+
+    return check
+
+
+def _readonly_uri(path: str, how: str = "") -> str:
     if path != ":memory:" and not os.path.exists(path):
         raise StoreError(f"{path}: no such database; record one with 'dnswatch replay FILE --db {path}' or 'dnswatch watch'")
-    return f"file:{quote(os.path.abspath(path))}?mode=ro"
+    return f"file:{quote(os.path.abspath(path))}?mode=ro{how}"
+
+
+def _readonly_media(path: str) -> Optional[Tuple[str, Optional[str]]]:
+    """When ``path`` cannot be read the usual way because its -shm cannot be created (read-only media, a folder
+    we may not write): (URI parameters, pragma to run before the first read) that read it without one. A log
+    with a non-empty -wal is read through it, with the WAL index in memory (exclusive mode, no locks: nothing
+    can write there); one without is read as immutable. None: the usual way has no excuse to fail."""
+    if path == ":memory:" or os.path.exists(path + "-shm"):
+        return None
+    if os.access(os.path.dirname(os.path.abspath(path)) or ".", os.W_OK):
+        return None
+    try:
+        wal = os.path.getsize(path + "-wal")
+    except OSError:
+        wal = 0
+    if wal:
+        return "&vfs=unix-none", "locking_mode = EXCLUSIVE"
+    return "&immutable=1", None
+
+
+def _open_ro(conn: Optional[ReadOnlyConnection], path: str, alias: Optional[str] = None) -> ReadOnlyConnection:
+    """Open ``path`` read-only as the main database (conn None: a new connection) or ATTACH it as ``alias``."""
+    schema = "main" if alias is None else "[%s]" % alias.replace("]", "]]")
+    attempts: List[Tuple[str, Optional[str]]] = [("", None)]
+    while True:
+        how, pragma = attempts[-1]
+        uri = _readonly_uri(path, how)
+        try:
+            if alias is None:
+                conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_MS / 1000, factory=ReadOnlyConnection)
+                conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+                if pragma:
+                    conn.execute(f"PRAGMA {pragma}")
+            else:
+                if pragma:  # ATTACH opens the file at once: only the default for new schemas is early enough
+                    conn.execute(f"PRAGMA {pragma}")
+                try:
+                    conn.execute(f"ATTACH DATABASE ? AS {schema}", (uri,))
+                    conn.execute(f"SELECT count(*) FROM {schema}.sqlite_master").fetchone()
+                finally:
+                    if pragma:  # the others back to normal (this one keeps the mode it entered WAL with)
+                        conn.execute("PRAGMA locking_mode = NORMAL")
+            conn.execute(f"SELECT count(*) FROM {schema}.sqlite_master").fetchone()
+            if how:
+                conn.notices.append(f"{path}: on read-only media (its -shm cannot be created): read "
+                                    + ("with its -wal, without locks" if "unix-none" in how else "as immutable"))
+            return conn
+        except sqlite3.Error as exc:
+            if alias is None and conn is not None:
+                conn.close()
+                conn = None
+            elif alias is not None:
+                try:
+                    conn.execute(f"DETACH DATABASE {schema}")
+                except sqlite3.Error:
+                    pass
+            fallback = _readonly_media(path) if len(attempts) == 1 else None
+            if fallback is None:
+                raise _friendly(path, exc)
+            attempts.append(fallback)
 
 
 def open_readonly(path: str, attach: Sequence[Tuple[str, str]] = ()) -> sqlite_utils.Database:
-    """Open the log for reading only (``query``, ``search``): never takes a write lock, waits on a busy writer.
-    ``attach``: (alias, path) of more logs, read-only too (other nodes' logs: ``alias.queries``)."""
+    """Open the log for reading only (``query``, ``search``): never takes a write lock, waits on a busy writer,
+    refuses any statement that would write (see above). ``attach``: (alias, path) of more logs, read-only too
+    (other nodes' logs: ``alias.queries``). Logs on read-only media are read too (see _readonly_media)."""
+    conn = _open_ro(None, path)
     try:
-        conn = sqlite3.connect(_readonly_uri(path), uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
-        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
-    except sqlite3.Error as exc:
-        raise _friendly(path, exc)
-    for alias, other in attach:
-        try:
-            conn.execute("ATTACH DATABASE ? AS [%s]" % alias.replace("]", "]]"), (_readonly_uri(other),))
-            conn.execute("SELECT count(*) FROM [%s].sqlite_master" % alias.replace("]", "]]")).fetchone()
-        except sqlite3.Error as exc:
-            raise _friendly(other, exc)
-    return _database(conn)
+        for alias, other in attach:
+            _open_ro(conn, other, alias)
+        db = _database(conn)  # sets its pragmas first
+        conn.execute("PRAGMA query_only = ON")
+        if hasattr(conn, "setlimit"):  # Python 3.11+: no attaching beyond ours, authorizer or not
+            conn.setlimit(sqlite3.SQLITE_LIMIT_ATTACHED, len(attach))
+        conn.set_authorizer(_authorize(conn))
+    except BaseException:
+        conn.close()
+        raise
+    return db
 
 
 def _database(conn: sqlite3.Connection) -> "sqlite_utils.Database":

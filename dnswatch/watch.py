@@ -1,11 +1,11 @@
-"""The live loop: kernel frames into the shared pipeline until Ctrl-C, SIGTERM, --duration or --count.
+"""The live loop: kernel frames into the shared pipeline until Ctrl-C, SIGTERM, SIGHUP, --duration or --count.
 
-A clean stop (any of those) flushes every row already captured and records the counters, losses included.
+A clean stop (any of those) detaches from the sockets, stores every row the kernel had already captured and
+records the counters, losses included. An error records status 'failed' with its reason.
 """
 from __future__ import annotations
 
 import fnmatch
-import signal
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence
@@ -14,6 +14,7 @@ from dnswatch import netns
 from dnswatch.correlate import I_COMM, I_CONTAINER, I_CONTAINER_ID, I_PID, I_POD, I_POD_NS, I_QNAME, I_QTYPE, Row
 from dnswatch.pipeline import Pipeline, Summary
 from dnswatch.schema import QUERY_COLUMNS
+from dnswatch.stop import StopSignals
 
 POLL_MS = 100
 HOUSEKEEPING_INTERVAL = 0.1
@@ -109,57 +110,89 @@ def run_watch(
     count: Optional[int] = None,
     shown: Callable[[], int] = lambda: 0,
     tracker: Optional[NetnsTracker] = None,
+    stop: Optional[StopSignals] = None,
     on_tick: Optional[Callable[[], bool]] = None,
+    heartbeat: Optional[Callable[[float], None]] = None,
 ) -> Summary:
     """Poll ``capture`` (a ``sources.live.LiveCapture``) into ``pipeline``. Returns the final counters.
-    ``on_tick`` (top's screen) is called with the housekeeping; returning False stops."""
-    stop = {"why": None}
+    ``on_tick`` (top's screen) is called with the housekeeping; returning False stops.
 
-    def on_term(signum, _frame):
-        stop["why"] = "interrupted"
-
-    old_term = signal.signal(signal.SIGTERM, on_term)
+    Ctrl-C, SIGTERM and SIGHUP end it like ``--duration`` does (``stop``: the caller's, entered around its own
+    shutdown too; by default one for this call). Any other way out records status 'failed' before raising."""
+    own_stop = stop is None
+    if stop is None:
+        stop = StopSignals().__enter__()
+    if hasattr(capture, "detach"):
+        stop.on_stop(capture.detach)  # a perf read under a flood ends only once nothing new comes in
     deadline = time.monotonic() + duration if duration else None
     status = "complete"
     last_record = 0.0
     next_housekeeping = 0.0
     try:
-        while stop["why"] is None:
-            pipeline.feed_all(capture.poll(POLL_MS))
-            now = time.monotonic()
-            # kernel counters, timeouts, flushes and rescans: every 100 ms, not after every wakeup
-            if now >= next_housekeeping:
-                next_housekeeping = now + HOUSEKEEPING_INTERVAL
-                pipeline.source_losses = _losses(capture)
-                pipeline.tick()
-                if tracker is not None:
-                    tracker.tick()
-                if on_tick is not None and not on_tick():
-                    break
-                if now - last_record >= 1.0:  # counters stay current in the log, even if we are killed
-                    pipeline.record_counters("running")
-                    last_record = now
-            if deadline is not None and now >= deadline:
-                break
-            if count is not None and shown() >= count:
-                break
-        if stop["why"]:
-            status = stop["why"]
-    except KeyboardInterrupt:
-        status = "interrupted"
-    finally:
-        signal.signal(signal.SIGTERM, old_term)
-        # drain what the kernel already handed over, then close
         try:
-            pipeline.feed_all(capture.poll(0))
-            drain = getattr(capture, "drain", None)  # what the reorder window still holds
-            if drain is not None:
-                pipeline.feed_all(drain())
-        except Exception:  # noqa: BLE001 - closing must not lose the rows already decoded
-            pass
+            while not stop.requested:
+                pipeline.feed_all(capture.poll(POLL_MS))
+                now = time.monotonic()
+                # kernel counters, timeouts, flushes and rescans: every 100 ms, not after every wakeup
+                if now >= next_housekeeping:
+                    next_housekeeping = now + HOUSEKEEPING_INTERVAL
+                    pipeline.source_losses = _losses(capture)
+                    pipeline.tick()
+                    if tracker is not None:
+                        tracker.tick()
+                    if on_tick is not None and not on_tick():
+                        break
+                    if heartbeat is not None:  # after a poll returned: the liveness probe reads this
+                        heartbeat(now)
+                    if now - last_record >= 1.0:  # counters stay current in the log, even if we are killed
+                        pipeline.record_counters("running")
+                        last_record = now
+                if deadline is not None and now >= deadline:
+                    break
+                if count is not None and shown() >= count:
+                    break
+            if stop.requested:
+                status = "interrupted"
+        except KeyboardInterrupt:  # from a SIGINT handler of the caller's (outside the main thread)
+            status = "interrupted"
+        except BaseException as exc:
+            _record_failure(capture, pipeline, exc)
+            raise
+        # detach, then everything the kernel had already kept (and the reorder window holds): stored and counted
+        pipeline.feed_all(_last_frames(capture))
         pipeline.source_losses = _losses(capture)
         capture.close()
-    return pipeline.finish(status)
+        return pipeline.finish(status)
+    finally:
+        capture.close()
+        if own_stop:
+            stop.__exit__(None, None, None)
+
+
+def _record_failure(capture, pipeline: Pipeline, exc: BaseException) -> None:
+    """An error ends the capture: keep what can be kept, mark it 'failed' with the reason (best effort: the
+    error may be the log itself)."""
+    pipeline.summary.error = f"{type(exc).__name__}: {exc}"
+    try:
+        pipeline.feed_all(_last_frames(capture))
+        pipeline.source_losses = _losses(capture)
+    except Exception:  # noqa: BLE001 - the original error is the one to report
+        pass
+    try:
+        pipeline.finish("failed")
+    except Exception:  # noqa: BLE001
+        pass
+
+
+def _last_frames(capture) -> List:
+    """What the capture still has once it stops taking packets (``LiveCapture.stop``; a simpler source: its
+    last poll, and its reorder window)."""
+    if hasattr(capture, "stop"):
+        return capture.stop()
+    frames = list(capture.poll(0))
+    if hasattr(capture, "drain"):
+        frames += capture.drain()
+    return frames
 
 
 def _losses(capture) -> Dict[str, int]:

@@ -119,8 +119,46 @@ def filter_source() -> Path:
     raise LiveCaptureError("bpf/dns_filter.c is missing from the installation", "reinstall dnswatch")
 
 
-def headers_dir() -> Path:
+# The image's own header tree (the Dockerfile sets it): used when the node has none. A socket filter
+# uses only stable uapi headers, so any recent tree compiles it for the running kernel.
+BUNDLED_HEADERS_ENV = "DNSWATCH_KERNEL_HEADERS"
+
+
+def node_headers_dir() -> Path:
     return Path("/lib/modules") / os.uname().release / "build"
+
+
+def _has_headers(build: Path) -> bool:
+    """bcc's own test: include/linux/kconfig.h in build/, or in its source/ sibling (Debian's split trees)."""
+    source = build.parent / "source"
+    return (build / "include/linux/kconfig.h").is_file() or (
+        build.is_dir() and (source / "include/linux/kconfig.h").is_file())
+
+
+def headers_choice() -> Tuple[Path, str]:
+    """The header tree bcc compiles against, and whose it is: "BCC_KERNEL_SOURCE" (the user's), "node"
+    (/lib/modules/$(uname -r)/build), or "image" (DNSWATCH_KERNEL_HEADERS, when the node has none)."""
+    user = os.environ.get("BCC_KERNEL_SOURCE")
+    bundled = os.environ.get(BUNDLED_HEADERS_ENV)
+    if user and user != bundled:  # (equal: set by _use_headers earlier in this process)
+        return Path(user), "BCC_KERNEL_SOURCE"
+    node = node_headers_dir()
+    if bundled and not _has_headers(node) and (Path(bundled) / "include/linux/kconfig.h").is_file():
+        return Path(bundled), "image"
+    return node, "node"
+
+
+def headers_dir() -> Path:
+    return headers_choice()[0]
+
+
+def _use_headers() -> None:
+    """Point bcc at the image's headers when the node has none (bcc reads BCC_KERNEL_SOURCE per compile)."""
+    path, whose = headers_choice()
+    if whose == "image":
+        os.environ["BCC_KERNEL_SOURCE"] = str(path)
+    elif whose == "node" and os.environ.get("BCC_KERNEL_SOURCE"):
+        del os.environ["BCC_KERNEL_SOURCE"]  # ours, from before the node's headers appeared
 
 
 @contextlib.contextmanager
@@ -229,6 +267,7 @@ def load_filter(ports: Sequence[int] = (53,), responses: bool = False, max_captu
     if not privileges.ok:  # before compiling: unprivileged, bcc's failure would read like a header problem
         raise LiveCaptureError(f"not permitted to capture ({privileges.detail})", _FIX_PRIV)
     src = filter_source()
+    _use_headers()
     missing: Dict[str, str] = {}
     if task_meta is None:
         try:
@@ -505,6 +544,27 @@ class LiveCapture:
             info = _ifinfo(taps.sockets[0], ifindex)
             if info is not None:
                 taps.ifaces[ifindex] = info
+
+    def detach(self) -> None:
+        """Stop taking packets, at once: every socket is re-bound to protocol 0, so the kernel delivers it nothing
+        more (the sockets stay open for interface lookups). Safe to call from a signal handler, also while a
+        perf read is running: under a flood faster than we read, that read only ends once nothing new comes."""
+        for taps in list(self._taps.values()):
+            for s in list(taps.sockets):
+                sll = _SockaddrLL(family=socket.AF_PACKET, protocol=0, ifindex=0)
+                _libc.bind(s.fileno(), ctypes.byref(sll), ctypes.sizeof(sll))
+
+    def stop(self) -> List[Frame]:
+        """End of capture: detach first, so nothing new enters the perf buffers, then return every event the
+        kernel had already kept (the caller stores them; :meth:`close` then unloads the filter)."""
+        if self.filter is None:
+            return []
+        self.detach()
+        out = self.poll(0)
+        # then what the reorder window holds, and a packet the filter was handling on another CPU as its
+        # socket was re-bound (written a moment later)
+        out += self.drain()
+        return out
 
     def close(self) -> None:
         for taps in self._taps.values():

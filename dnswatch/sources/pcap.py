@@ -1,16 +1,21 @@
 """Read frames from pcap and pcapng files (optionally gzip-compressed, or ``-`` for stdin).
 
-Damage never loses what came before it: a truncated last record or a broken pcapng block ends the
-file with a warning (``PcapReader.warnings``), and every frame read so far has already been yielded.
+Damage never loses what came before it: a truncated last record, a broken pcapng block or damaged
+gzip data ends the file with a warning (``PcapReader.warnings``, ``PcapReader.damaged``), and every frame
+read so far has already been yielded. gzip is decompressed incrementally (:class:`_GzipStream`), so
+damage in the middle of a ``.gz`` keeps every complete frame before the damaged byte.
+
+Everything kept per file is bounded: interface tables (entries and name bytes), warnings, decompressed
+output per read; what a bound gives up is counted in ``PcapReader.stats`` and ``PcapReader.dropped``.
 """
 from __future__ import annotations
 
-import gzip
 import io
 import os
 import struct
 import sys
-from typing import BinaryIO, Iterator, List, Optional, Tuple
+import zlib
+from typing import BinaryIO, Dict, Iterator, List, Optional, Tuple
 
 from dnswatch.model import SUPPORTED_LINKTYPES, Frame
 
@@ -34,6 +39,13 @@ IF_TSOFFSET = 14
 
 CHUNK = 1 << 20
 MAX_RECORD = 1 << 24  # a record larger than this is damage, not data
+# Compressed bytes fed to zlib at a time. A damaged chunk is replayed byte by byte without an output bound,
+# so this also bounds that output: 16 KiB inflates to at most ~16.5 MiB (deflate's ratio is 1032:1).
+GZIP_CHUNK = 1 << 14
+MAX_INTERFACES = 4096  # interfaces per pcapng section (dumpcap writes a handful); more are ignored, counted
+MAX_IFNAME = 128  # bytes of an if_name option kept
+MAX_WARNINGS = 20  # warnings kept per file; the rest are counted in one last line
+UNKNOWN_LINKTYPE = 0xFFFF  # an interface block too short to say its link type
 
 # Frame(...) goes through NamedTuple's Python-level __new__; tuple.__new__ with all five fields is ~3x cheaper.
 _new_frame = tuple.__new__
@@ -58,8 +70,92 @@ def open_capture(path: str) -> Tuple[BinaryIO, BinaryIO]:
             raise CaptureFormatError(f"{path}: permission denied")
     buffered = raw if isinstance(raw, io.BufferedReader) else io.BufferedReader(raw)  # type: ignore[arg-type]
     if buffered.peek(2)[:2] == GZIP_MAGIC:
-        return gzip.GzipFile(fileobj=buffered, mode="rb"), buffered  # type: ignore[return-value]
+        return _GzipStream(buffered), buffered  # type: ignore[return-value]
     return buffered, buffered  # type: ignore[return-value]
+
+
+class _GzipStream:
+    """Incremental gzip reader (concatenated members too) that delivers every byte before damage.
+
+    ``gzip.GzipFile`` loses the output of the read that meets damage (up to a MiB of frames) and lets
+    ``zlib.error`` escape. Here the decompressor's state is saved before each input chunk; when the chunk
+    fails, it is replayed from the saved state one byte at a time, so the output stops at the damaged
+    byte. The error (``_StreamError``, with the compressed offset) is raised only once that output has
+    been read. Output per call is bounded (``max_length``): a decompression bomb costs time, not memory.
+    """
+
+    def __init__(self, raw: BinaryIO):
+        self.raw = raw
+        self._d = zlib.decompressobj(31)
+        self._member_bytes = 0  # chunks fed to the current member (0: it has not started)
+        self._in = 0  # compressed bytes read from ``raw``
+        self._pending = b""  # compressed bytes after the end of a member, not yet fed
+        self._out = bytearray()
+        self._error: Optional[str] = None
+        self._eof = False
+
+    def read(self, n: int = -1) -> bytes:
+        if n is None or n < 0:
+            n = CHUNK
+        out = self._out
+        while len(out) < n and not self._eof and self._error is None:
+            self._fill(n - len(out))
+        if not out and self._error is not None:
+            error, self._error = self._error, None
+            self._eof = True
+            raise _StreamError(error)
+        data = bytes(out[:n])
+        del out[:n]
+        return data
+
+    def _fill(self, want: int) -> None:
+        d = self._d
+        if d.eof:  # a member ended: what follows is the next member (or padding)
+            self._pending = d.unused_data + self._pending
+            d = self._d = zlib.decompressobj(31)
+            self._member_bytes = 0
+        # every outstanding input is a suffix of what was read, so it starts at self._in - len(data)
+        data = d.unconsumed_tail
+        if not data:
+            data, self._pending = self._pending, b""
+        if not data:
+            data = self.raw.read(GZIP_CHUNK)
+            if not data:
+                try:
+                    self._out += d.flush()  # output zlib still holds (a max_length stop)
+                except zlib.error:
+                    pass
+                if self._member_bytes and not d.eof:
+                    self._error = f"compressed data ends early at byte {self._in} (truncated .gz)"
+                self._eof = True
+                return
+            self._in += len(data)
+        if not self._member_bytes and not data.strip(b"\0"):
+            return  # zero padding after the last member (tape blocks): not damage
+        self._member_bytes += 1
+        saved = d.copy()
+        try:
+            self._out += d.decompress(data, max(want, GZIP_CHUNK))
+        except zlib.error:
+            self._d = saved
+            self._bytewise(saved, data)
+
+    def _bytewise(self, d, data: bytes) -> None:
+        """``data`` holds damage: take its output one input byte at a time, up to the damaged byte."""
+        start = self._in - len(data)
+        out = self._out
+        for i in range(len(data)):
+            try:
+                out += d.decompress(data[i:i + 1])
+            except zlib.error as exc:
+                self._error = f"damaged gzip data at compressed byte {start + i} ({exc})"
+                return
+            if d.eof:  # the member ended before the damage: the next member starts after it
+                self._pending = data[i + 1:]
+                return
+
+    def close(self) -> None:
+        self._out = bytearray()
 
 
 class _Buffer:
@@ -80,8 +176,12 @@ class _Buffer:
             if self.eof:
                 return False
             try:
-                more = self.stream.read(max(CHUNK, n))
-            except (EOFError, OSError, gzip.BadGzipFile) as exc:  # truncated gzip member, I/O error
+                # what there is (read1): a slow pipe is decoded as it comes
+                more = getattr(self.stream, "read1", self.stream.read)(max(CHUNK, n))
+            except _StreamError:  # damaged gzip data
+                self.eof = True
+                raise
+            except (EOFError, OSError) as exc:  # I/O error
                 self.eof = True
                 raise _StreamError(str(exc) or type(exc).__name__)
             if not more:
@@ -102,13 +202,22 @@ class _StreamError(Exception):
 
 
 class PcapReader:
-    """Iterate over the frames of one capture file. ``warnings`` collects what was damaged."""
+    """Iterate over the frames of one capture file.
+
+    ``warnings`` says what was damaged or skipped (at most MAX_WARNINGS lines, then a count), ``damaged``
+    whether the file ended early at damage, ``stats`` counts what was skipped by reason and ``dropped``
+    the frames given up at a memory bound (packets of interfaces beyond MAX_INTERFACES)."""
 
     def __init__(self, path: str):
         self.path = path
         self.warnings: List[str] = []
         self.format = "unknown"
         self.bytes_read = 0
+        self.frames_read = 0  # kept current at window edges and at damage, for warnings
+        self.damaged = False
+        self.dropped = 0
+        self.stats: Dict[str, int] = {}
+        self._more_warnings = 0
         self._stream, self._raw = open_capture(path)
         try:
             self._check_head()
@@ -120,8 +229,8 @@ class PcapReader:
         path = self.path
         try:
             head = self._stream.read(4)
-        except (OSError, EOFError, gzip.BadGzipFile) as exc:
-            raise CaptureFormatError(f"{path}: cannot read: {exc}")
+        except (OSError, EOFError, _StreamError) as exc:
+            raise CaptureFormatError(f"{path}: cannot read: {exc}; is it a complete capture file?")
         if len(head) < 4:
             raise CaptureFormatError(f"{path}: empty or too short to be a capture file")
         self._head = head
@@ -163,12 +272,43 @@ class PcapReader:
             else:
                 yield from self._pcapng(buf)
         except _StreamError as exc:
-            self.warnings.append(f"{self.path}: read error at byte {buf.offset}: {exc}; kept the frames before it")
-        self.bytes_read = buf.offset
+            self._damage(f"{self.path}: read error at byte {buf.offset} after frame {self.frames_read}: {exc}; "
+                         f"kept the {self.frames_read:,} frames before it")
+        finally:
+            self.bytes_read = buf.offset
+            if self._more_warnings:
+                self.warnings.append(f"{self.path}: {self._more_warnings:,} more warnings like these")
+                self._more_warnings = 0
+            for reason, n in self.stats.items():
+                if reason == "interfaces_beyond_limit":
+                    self.warnings.append(
+                        f"{self.path}: {n:,} interface blocks beyond {MAX_INTERFACES:,} in one section were ignored "
+                        f"and their {self.dropped:,} packets counted as dropped")
+
+    def _warn(self, text: str) -> None:
+        if len(self.warnings) < MAX_WARNINGS:
+            self.warnings.append(text)
+        else:
+            self._more_warnings += 1
+
+    def _damage(self, text: str) -> None:
+        """The file ends here: damage, not a bound (captures.status becomes 'damaged')."""
+        self.damaged = True
+        self._warn(text)
+
+    def _skip(self, text: str) -> None:
+        """A damaged block is skipped, reading goes on (the file still counts as damaged)."""
+        self.damaged = True
+        self._count("blocks_skipped")
+        self._warn(text + "; skipped")
+
+    def _count(self, reason: str) -> None:
+        self.stats[reason] = self.stats.get(reason, 0) + 1
 
     # -- classic pcap ---------------------------------------------------------------------------
     def _pcap(self, buf: _Buffer) -> Iterator[Frame]:
         if not buf.ensure(24):
+            self.damaged = True
             raise CaptureFormatError(f"{self.path}: pcap file header is truncated")
         magic = struct.unpack_from("<I", buf.data, 0)[0]
         endian = "<" if magic in (PCAP_MAGIC_US, PCAP_MAGIC_NS) else ">"
@@ -183,6 +323,7 @@ class PcapReader:
         buf.pos = 24
         rec = struct.Struct(endian + "IIII")
         unpack = rec.unpack_from
+        n = 0
         while True:
             # Records wholly inside the window: no method call per record (the hot loop of replay).
             data, pos, size = buf.data, buf.pos, len(buf.data)
@@ -191,30 +332,34 @@ class PcapReader:
                 end = pos + 16 + incl
                 if end > size or incl > MAX_RECORD:
                     break
+                n += 1
                 yield _new_frame(Frame, (sec + frac / divisor, linktype, data[pos + 16:end], None, None))
                 pos = end
             buf.pos = pos
+            self.frames_read = n
             # The window's edge (or damage): one record the careful way, reading more input.
             if not buf.ensure(16):
                 if len(buf.data) > buf.pos:
-                    self.warnings.append(
+                    self._damage(
                         f"{self.path}: truncated record header at byte {buf.offset}; kept the frames before it"
                     )
                 return
             sec, frac, incl, _orig = unpack(buf.data, buf.pos)
             if incl > MAX_RECORD:
-                self.warnings.append(
+                self._damage(
                     f"{self.path}: damaged record at byte {buf.offset} (length {incl}); kept the frames before it"
                 )
                 return
             if not buf.ensure(16 + incl):
-                self.warnings.append(
+                self._damage(
                     f"{self.path}: truncated last record at byte {buf.offset} "
                     f"({len(buf.data) - buf.pos - 16} of {incl} bytes); kept the frames before it"
                 )
                 return
             start = buf.pos + 16
             buf.pos = start + incl
+            n += 1
+            self.frames_read = n
             yield _new_frame(Frame, (sec + frac / divisor, linktype, buf.data[start:buf.pos], None, None))
 
     # -- pcapng ---------------------------------------------------------------------------------
@@ -222,11 +367,12 @@ class PcapReader:
         endian = "<"
         # per section: list of (linktype, ts_scale, ts_offset, ifname)
         interfaces: List[Tuple[int, float, int, Optional[str]]] = []
+        interfaces_seen = 0  # interface blocks in this section, including those beyond MAX_INTERFACES
         head = struct.Struct("<II")
         while True:
             if not buf.ensure(12):
                 if len(buf.data) > buf.pos:
-                    self.warnings.append(f"{self.path}: truncated block at byte {buf.offset}; kept the frames before it")
+                    self._damage(f"{self.path}: truncated block at byte {buf.offset}; kept the frames before it")
                 return
             block_type = struct.unpack_from("<I", buf.data, buf.pos)[0]
             if block_type == PCAPNG_SHB:
@@ -236,19 +382,20 @@ class PcapReader:
                 elif struct.unpack(">I", bom)[0] == PCAPNG_BYTE_ORDER_MAGIC:
                     endian = ">"
                 else:
-                    self.warnings.append(f"{self.path}: bad section header at byte {buf.offset}; kept the frames before it")
+                    self._damage(f"{self.path}: bad section header at byte {buf.offset}; kept the frames before it")
                     return
                 head = struct.Struct(endian + "II")
                 interfaces = []
+                interfaces_seen = 0
             block_type, length = head.unpack_from(buf.data, buf.pos)
             if length < 12 or length % 4 or length > MAX_RECORD:
-                self.warnings.append(
+                self._damage(
                     f"{self.path}: damaged block at byte {buf.offset} (type {block_type:#x}, length {length}); "
                     "kept the frames before it"
                 )
                 return
             if not buf.ensure(length):
-                self.warnings.append(
+                self._damage(
                     f"{self.path}: truncated last block at byte {buf.offset} ({len(buf.data) - buf.pos} of {length} bytes); "
                     "kept the frames before it"
                 )
@@ -257,7 +404,7 @@ class PcapReader:
             data = buf.data
             trailer = struct.unpack_from(endian + "I", data, start + length - 4)[0]
             if trailer != length:
-                self.warnings.append(
+                self._damage(
                     f"{self.path}: damaged block at byte {buf.offset} (lengths {length} and {trailer} differ); "
                     "kept the frames before it"
                 )
@@ -266,28 +413,54 @@ class PcapReader:
             body = start + 8
             if block_type == BT_EPB:
                 if length < 32:
+                    self._skip(f"{self.path}: packet block at byte {start + buf.consumed} is too short ({length} bytes)")
                     continue
                 if_id, ts_hi, ts_lo, incl, _orig = struct.unpack_from(endian + "IIIII", data, body)
                 if if_id >= len(interfaces) or 28 + incl > length:
-                    self.warnings.append(f"{self.path}: packet block at byte {start + buf.consumed} names no interface or overruns; skipped")
+                    if len(interfaces) <= if_id < interfaces_seen:
+                        self.dropped += 1  # its interface is beyond MAX_INTERFACES
+                    else:
+                        self._skip(f"{self.path}: packet block at byte {start + buf.consumed} names no interface "
+                                   "or overruns")
                     continue
                 linktype, scale, offset, ifname = interfaces[if_id]
+                self.frames_read += 1
                 yield _new_frame(Frame, (((ts_hi << 32) | ts_lo) * scale + offset, linktype,
                                          data[body + 20:body + 20 + incl], ifname, None))
             elif block_type == BT_SPB:
-                if not interfaces:
+                if not interfaces or length < 16:
+                    self._skip(f"{self.path}: simple packet block at byte {start + buf.consumed} without an interface "
+                               "or too short")
                     continue
                 orig = struct.unpack_from(endian + "I", data, body)[0]
                 incl = min(orig, length - 16)
                 linktype, _scale, _offset, ifname = interfaces[0]
+                self.frames_read += 1
                 yield Frame(0.0, linktype, data[body + 4:body + 4 + incl], ifname)  # SPBs carry no timestamp
             elif block_type == BT_IDB:
-                interfaces.append(self._idb(data, body, start + length - 4, endian))
+                interfaces_seen += 1
+                if len(interfaces) >= MAX_INTERFACES:
+                    self._count("interfaces_beyond_limit")
+                elif length < 20:  # kept as a placeholder, so the interfaces after it keep their numbers
+                    self._skip(f"{self.path}: interface block at byte {start + buf.consumed} is too short; "
+                               "its packets are skipped too")
+                    interfaces.append((UNKNOWN_LINKTYPE, 1e-6, 0, None))
+                else:
+                    interfaces.append(self._idb(data, body, start + length - 4, endian))
             elif block_type == BT_PACKET:
+                if length < 32:  # obsolete Packet Block: 20 bytes of fields before the packet
+                    self._skip(f"{self.path}: packet block at byte {start + buf.consumed} is too short ({length} bytes)")
+                    continue
                 if_id, _drops, ts_hi, ts_lo, incl, _orig = struct.unpack_from(endian + "HHIIII", data, body)
                 if if_id < len(interfaces) and 28 + incl <= length:
                     linktype, scale, offset, ifname = interfaces[if_id]
-                    yield Frame(((ts_hi << 32) | ts_lo) * scale + offset, linktype, data[body + 20:body + 20 + incl], ifname)
+                    self.frames_read += 1
+                    yield Frame(((ts_hi << 32) | ts_lo) * scale + offset, linktype, data[body + 20:body + 20 + incl],
+                                ifname)
+                elif len(interfaces) <= if_id < interfaces_seen:
+                    self.dropped += 1
+                else:
+                    self._skip(f"{self.path}: packet block at byte {start + buf.consumed} names no interface or overruns")
             # other blocks (name resolution, statistics, custom, DSB...) carry no frames
 
     def _idb(self, data: bytes, body: int, end: int, endian: str) -> Tuple[int, float, int, Optional[str]]:
@@ -296,16 +469,16 @@ class PcapReader:
         pos = body + 8
         while pos + 4 <= end:
             code, olen = struct.unpack_from(endian + "HH", data, pos)
-            value = data[pos + 4:pos + 4 + olen]
+            value = data[pos + 4:min(pos + 4 + olen, end)]
             if code == OPT_END:
                 break
-            if code == IF_TSRESOL and olen >= 1:
+            if code == IF_TSRESOL and value:
                 r = value[0]
                 scale = 2.0 ** -(r & 0x7F) if r & 0x80 else 10.0 ** -r
-            elif code == IF_TSOFFSET and olen == 8:
+            elif code == IF_TSOFFSET and len(value) == 8:
                 offset = struct.unpack(endian + "q", value)[0]
             elif code == IF_NAME:
-                name = value.split(b"\0", 1)[0].decode("utf-8", "replace") or None
+                name = value[:MAX_IFNAME].split(b"\0", 1)[0].decode("utf-8", "replace") or None
             pos += 4 + ((olen + 3) & ~3)
         return linktype, scale, offset, name
 
