@@ -33,6 +33,7 @@ GAP = 1.0  # seconds: the next candidate or query of a lookup is sent within thi
 NAT_WINDOW = 0.05  # seconds between a query and its DNATed copy (microseconds in practice; as correlate's copies)
 HOLD = 0.1  # seconds a row waits for its NAT copy before it goes on
 MAX_OPEN = 50_000
+MAX_PER_CLIENT = 4  # a client's most recent lookups that may still gain a query (older ones only wait to end)
 MAX_QUERIES = 64  # rows of one lookup; the next one opens a new lookup
 MAX_HOLD = 100_000
 MAX_QUESTIONS = 100_000
@@ -43,7 +44,7 @@ _RETRY_RCODES = (None, "SERVFAIL", "REFUSED")
 
 class _Lookup:
     __slots__ = ("id", "client", "first", "ts", "activity", "last_response", "names", "order", "qtypes", "rows",
-                 "prefix", "upstream", "nat_dst", "server_pod")
+                 "prefix", "upstream", "nat_dst", "server_pod", "answered", "forwarded_for")
 
     def __init__(self, lookup_id: int, client: tuple, row: Row):
         self.id = lookup_id
@@ -60,6 +61,8 @@ class _Lookup:
         self.upstream: Optional[tuple] = None  # (lookup id, server, latency)
         self.nat_dst: Optional[str] = None
         self.server_pod: Optional[Tuple[Optional[str], Optional[str]]] = None
+        self.answered = False  # a candidate came back NOERROR with records
+        self.forwarded_for: Optional[int] = None  # a server's lookup: the client lookup it forwarded
 
 
 def _labels(name: str) -> List[str]:
@@ -116,10 +119,15 @@ class LookupStage:
                 return
         entry = [self.clock + HOLD, row]
         self._nat[key] = entry
-        self._held.append(entry)
-        if len(self._held) > MAX_HOLD:
+        held = self._held
+        held.append(entry)
+        if len(held) > MAX_HOLD:
             self._release_one()
-        self._release(self.clock)
+        now = self.clock
+        while held[0][0] <= now:
+            self._release_one()
+            if not held:
+                break
 
     def advance(self, now: float) -> None:
         """Time passes (capture time in replay, wall clock live): release held rows, end quiet lookups."""
@@ -176,7 +184,10 @@ class LookupStage:
             self.lookups += 1
             lookup = _Lookup(self.capture_id * ID_BASE + self._n, client, row)
             self._open[lookup.id] = lookup
-            self._by_client.setdefault(client, []).append(lookup)
+            recent = self._by_client.setdefault(client, [])
+            recent.append(lookup)
+            if len(recent) > MAX_PER_CLIENT:
+                del recent[0]
             if len(self._open) > MAX_OPEN:
                 self._end(next(iter(self._open)))
         self._add(lookup, row, name, lower)
@@ -187,10 +198,14 @@ class LookupStage:
         if len(lookup.rows) >= MAX_QUERIES or ts > lookup.activity + GAP or ts < lookup.ts - NAT_WINDOW:
             return False
         tried = lookup.names.get(lower)
+        if tried is None and lookup.answered:
+            return False  # answered: a lookup takes no further candidate
         if tried is not None:  # (a) the same candidate: another type, TCP after tc, or a retry after no answer
             states = tried.get(row[I_QTYPE_NUM])
             if states is None:
-                return True
+                # the other type of a pair: without a process (replay) only from the same socket, as glibc and
+                # musl send it (dnsperf-like senders on one address ask A and AAAA of a name as separate lookups)
+                return row[I_PID] is not None or row[I_SPORT] == lookup.first[I_SPORT]
             last = states[-1]  # (rcode, tc, proto)
             if last[1] and row[I_PROTO] == "tcp" and last[2] != "tcp":
                 return True
@@ -223,6 +238,8 @@ class LookupStage:
         if row[I_QTYPE] not in lookup.qtypes:
             lookup.qtypes.append(row[I_QTYPE])
         lookup.rows.append((ts, lower, rcode, row[I_ANCOUNT], row[I_ATTEMPTS] or 0, rts, tc))
+        if rcode == "NOERROR" and row[I_ANCOUNT]:
+            lookup.answered = True
         if ts < lookup.ts:
             lookup.ts = ts
         activity = rts if rts is not None else ts + (self.timeout if row[I_STATUS] == "unanswered" else 0.0)
@@ -237,24 +254,39 @@ class LookupStage:
 
     # -- hops --------------------------------------------------------------------------------------
     def _hop(self, row: Row, lower: str, lookup: _Lookup) -> None:
-        """Link a client's query and the server's query for the same question sent while the client waited."""
-        qkey = (lower, row[I_QTYPE_NUM])
-        mine = (row[I_TS], row[I_RTS], row[I_SRC], row[I_DST], row[I_NAT_DST], row[I_LATENCY], lookup)
-        seen = self._questions.get(qkey)
-        if seen is None:
-            seen = self._questions[qkey] = []
-        else:
-            self._questions.move_to_end(qkey)
-            for other in seen:
+        """Link a client's query and the server's query for the same question sent while the client waited.
+
+        Recent queries are indexed by (question, address): as a possible upstream query by their source, as a
+        client's by the server they asked (dst, nat_dst, or "lo" for a local server), so only queries that could
+        be each other's hop are compared."""
+        qtype = row[I_QTYPE_NUM]
+        src, dst, nat = row[I_SRC], row[I_DST], row[I_NAT_DST]
+        mine = (row[I_TS], row[I_RTS], src, dst, nat, row[I_LATENCY], lookup)
+        questions = self._questions
+        served = [dst] if nat is None else [dst, nat]
+        if _loopback(dst):
+            served.append("lo")
+        # as a client: the server's queries from the address this one asked
+        for address in served:
+            for other in questions.get((lower, qtype, "up", address), ()):
                 if _is_upstream(other, mine):
-                    self._link(mine[6], other)
-                elif _is_upstream(mine, other):
+                    self._link(lookup, other)
+        # as an upstream query: the clients that asked this one's source (or a local server)
+        for address in (src, "lo"):
+            for other in questions.get((lower, qtype, "client", address), ()):
+                if _is_upstream(mine, other):
                     self._link(other[6], mine)
-        seen.append(mine)
-        if len(seen) > 16:
-            del seen[0]
-        while len(self._questions) > MAX_QUESTIONS:
-            self._questions.popitem(last=False)
+        for key in [(lower, qtype, "up", src)] + [(lower, qtype, "client", a) for a in served]:
+            seen = questions.get(key)
+            if seen is None:
+                questions[key] = [mine]
+            else:
+                questions.move_to_end(key)
+                seen.append(mine)
+                if len(seen) > 4:
+                    del seen[0]
+        while len(questions) > MAX_QUESTIONS:
+            questions.popitem(last=False)
 
     def _link(self, client: _Lookup, upstream: tuple) -> None:
         if client is upstream[6] or client.id not in self._open:
@@ -262,6 +294,7 @@ class LookupStage:
         if client.upstream is None:
             self.hops += 1
         client.upstream = (upstream[6].id, upstream[3], upstream[5])
+        upstream[6].forwarded_for = client.id
 
     # -- ending ------------------------------------------------------------------------------------
     def _close(self, now: float) -> None:
@@ -282,7 +315,7 @@ class LookupStage:
     def _end(self, lookup_id: int) -> None:
         lookup = self._open.pop(lookup_id)
         same = self._by_client.get(lookup.client)
-        if same is not None:
+        if same is not None and lookup in same:
             same.remove(lookup)
             if not same:
                 del self._by_client[lookup.client]
@@ -332,6 +365,7 @@ def lookup_row(lookup: _Lookup, capture_id: Optional[int]) -> list:
         first[I_COMM], first[I_EXE], first[I_NETNS], first[I_POD], first[I_POD_NS], first[I_CONTAINER],
         server_pod[0], server_pod[1], asked, json.dumps(candidates), json.dumps(lookup.qtypes), answered_name, rcode,
         queries, wasted, int(any(r[6] for r in rows)), total, upstream[0], upstream[1], upstream[2],
+        lookup.forwarded_for,
     ]
 
 
@@ -379,7 +413,7 @@ def top_lookups(db, by: str = "pod", limit: int = 10, since: Optional[float] = N
     """Clients ranked by the queries their search paths wasted (``top --by lookup``; README's query)."""
     group = {"pod": "coalesce(pod_namespace || '/' || pod, comm, src)", "client": "coalesce(comm, src)",
              "name": "asked_name"}[by]
-    where = "WHERE ts >= ?" if since is not None else ""
+    where = "WHERE forwarded_for IS NULL" + (" AND ts >= ?" if since is not None else "")
     sql = (f"SELECT {group} AS client, count(*) AS lookups, sum(queries) AS queries, sum(wasted) AS wasted, "
            "round(100.0 * sum(wasted) / max(sum(queries), 1), 1) AS wasted_pct, "
            "round(avg(total_ms), 3) AS avg_total_ms, max(total_ms) AS max_total_ms, "
@@ -401,7 +435,7 @@ def build_lookup_search(f, min_wasted: Optional[int] = None, now: Optional[float
     server made to forward a client's question (a hop) is left out: it shows as its client's upstream_*."""
     from dnswatch.search import SearchError, parse_time
 
-    where = ["lookup_id NOT IN (SELECT upstream_lookup_id FROM lookups WHERE upstream_lookup_id IS NOT NULL)"]
+    where = ["forwarded_for IS NULL"]
     params: List[object] = []
     if f.name:
         if any(ch in f.name for ch in "*?["):

@@ -191,13 +191,15 @@ LOOKUPS = Table(
     "One row per lookup: the queries one resolver call made (queries.lookup_id), written when the lookup ends.\n"
     "Grouping rule: queries from one client (live: network namespace and process id; without a process, or in "
     "replay: the client address) join an open lookup when (a) they ask a name it already tried, for a query type "
-    "not tried yet for that name (the A/AAAA pair), or again over TCP after a truncated (tc) answer, or again after "
+    "not tried yet for that name (the A/AAAA pair; without a process, from the same client port, as glibc and musl "
+    "send it), or again over TCP after a truncated (tc) answer, or again after "
     "no answer, SERVFAIL or REFUSED (a retry with a new id or to the next server); or (b) they ask another name "
     "sharing the lookup's leading labels (its asked name), sent after every earlier candidate came back without "
     "an answer (NXDOMAIN, or NOERROR with no records) and within 1 s of that response: the next search-path "
     "candidate. Retransmissions with the same id are attempts of one row already (queries.attempts). A lookup "
-    "ends 1 s after its last activity (plus the query timeout while one of its queries may still be unanswered), "
-    "or earlier when more than 50,000 are open (the oldest ends) or it has 64 queries.\n"
+    "ends 1 s after its last activity plus the query timeout (one of its queries may still be unanswered); only "
+    "a client's 4 most recent lookups can gain queries; a lookup also ends earlier when more than 50,000 are open "
+    "(the oldest ends), and a lookup takes at most 64 queries.\n"
     "NAT copies: the same query (client address and port, id, question) seen again within 50 ms with another "
     "destination is one query: stored once with nat_dst and the server pod. Hops: a query for the same question "
     "sent by another client (the server, usually from the address the client asked or its nat_dst) while the "
@@ -206,6 +208,7 @@ LOOKUPS = Table(
     "first candidate has that candidate as asked_name (a short name that hit 'name.ns.svc.cluster.local' at once "
     "cannot be told from the full name asked); two names with the same leading labels asked one right after the "
     "other's NXDOMAIN look like one lookup; threads of one process resolving the same name at once share lookups; "
+    "in replay, a client sending A and AAAA from two sockets (Go's own resolver) makes two lookups; "
     "in replay, clients behind one address (pods on a node NATed to it) are one client.",
     (
         Column("lookup_id", "INTEGER PRIMARY KEY", "Lookup id (queries.lookup_id): capture_id * 10^12 + n."),
@@ -241,6 +244,8 @@ LOOKUPS = Table(
         Column("upstream_server", "TEXT", "Address the server forwarded to."),
         Column("upstream_latency_ms", "REAL", "The upstream's response time, in milliseconds (of total_ms, the rest "
                "is the server's own time and the client's search path)."),
+        Column("forwarded_for", "INTEGER", "On a server's lookup that forwarded a client's question upstream: the "
+               "client's lookup_id (search --lookups shows the client's lookup, not this hop)."),
     ),
     (Index("lookups_ts", "ts"), Index("lookups_pod", "pod_namespace, pod, ts", "pod IS NOT NULL")),
 )
