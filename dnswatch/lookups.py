@@ -205,7 +205,7 @@ class LookupStage:
             if states is None:
                 # the other type of a pair: without a process (replay) only from the same socket, as glibc and
                 # musl send it (dnsperf-like senders on one address ask A and AAAA of a name as separate lookups)
-                return row[I_PID] is not None or row[I_SPORT] in tried[0]
+                return row[I_PID] is not None or row[I_SPORT] in tried[-1]
             last = states[-1]  # (rcode, tc, proto)
             if last[1] and row[I_PROTO] == "tcp" and last[2] != "tcp":
                 return True
@@ -230,12 +230,12 @@ class LookupStage:
         tc = "tc" in (row[I_RFLAGS] or "").split()
         per_type = lookup.names.get(lower)
         if per_type is None:
-            per_type = lookup.names[lower] = {0: set()}  # 0 (no qtype): the client ports that asked this name
+            per_type = lookup.names[lower] = {-1: set()}  # -1 (no qtype): the client ports that asked this name
             lookup.order.append((ts, name))
             labels = _labels(lower)
             lookup.prefix = labels if lookup.prefix is None else _common(lookup.prefix, labels)
         per_type.setdefault(row[I_QTYPE_NUM], []).append((rcode, tc, row[I_PROTO]))
-        per_type[0].add(row[I_SPORT])
+        per_type[-1].add(row[I_SPORT])
         if row[I_QTYPE] not in lookup.qtypes:
             lookup.qtypes.append(row[I_QTYPE])
         lookup.rows.append((ts, lower, rcode, row[I_ANCOUNT], row[I_ATTEMPTS] or 0, rts, tc))
