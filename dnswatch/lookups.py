@@ -261,24 +261,28 @@ class LookupStage:
         client's by the server they asked (dst, nat_dst, or "lo" for a local server), so only queries that could
         be each other's hop are compared."""
         qtype = row[I_QTYPE_NUM]
-        src, dst, nat = row[I_SRC], row[I_DST], row[I_NAT_DST]
-        mine = (row[I_TS], row[I_RTS], src, dst, nat, row[I_LATENCY], lookup)
+        src, dst, nat, rts = row[I_SRC], row[I_DST], row[I_NAT_DST], row[I_RTS]
+        mine = (row[I_TS], rts, src, dst, nat, row[I_LATENCY], lookup)
         questions = self._questions
-        served = [dst] if nat is None else [dst, nat]
-        if _loopback(dst):
-            served.append("lo")
-        # as a client: the server's queries from the address this one asked
-        for address in served:
-            for other in questions.get((lower, qtype, "up", address), ()):
-                if _is_upstream(other, mine):
-                    self._link(lookup, other)
+        get = questions.get
+        served = (dst,) if nat is None else (dst, nat)
+        if dst.startswith("127.") or dst == "::1":
+            served += ("lo",)
+        keys = [(lower, qtype, "up", src)]
+        if rts is not None:  # as a client (only an answered query can have had a hop while it waited)
+            for address in served:
+                key = (lower, qtype, "client", address)
+                keys.append(key)
+                for other in get((lower, qtype, "up", address), ()):
+                    if _is_upstream(other, mine):
+                        self._link(lookup, other)
         # as an upstream query: the clients that asked this one's source (or a local server)
         for address in (src, "lo"):
-            for other in questions.get((lower, qtype, "client", address), ()):
+            for other in get((lower, qtype, "client", address), ()):
                 if _is_upstream(mine, other):
                     self._link(other[6], mine)
-        for key in [(lower, qtype, "up", src)] + [(lower, qtype, "client", a) for a in served]:
-            seen = questions.get(key)
+        for key in keys:
+            seen = get(key)
             if seen is None:
                 questions[key] = [mine]
             else:
@@ -286,8 +290,9 @@ class LookupStage:
                 seen.append(mine)
                 if len(seen) > 4:
                     del seen[0]
-        while len(questions) > MAX_QUESTIONS:
-            questions.popitem(last=False)
+        if len(questions) > MAX_QUESTIONS:
+            while len(questions) > MAX_QUESTIONS:
+                questions.popitem(last=False)
 
     def _link(self, client: _Lookup, upstream: tuple) -> None:
         if client is upstream[6] or client.id not in self._open:
