@@ -15,7 +15,7 @@ import json
 from collections import OrderedDict, deque
 from typing import Callable, Deque, Dict, List, Optional, Tuple
 
-from dnswatch.correlate import (DEFAULT_TIMEOUT, I_ANCOUNT, I_ATTEMPTS, I_CAP, I_COMM, I_CONTAINER, I_ID, I_DPORT,
+from dnswatch.correlate import (DEFAULT_TIMEOUT, I_ANCOUNT, I_ATTEMPTS, I_COMM, I_CONTAINER, I_ID,
                                 I_DST, I_LATENCY, I_NETNS, I_PID, I_POD, I_POD_NS, I_PROTO, I_QNAME, I_QTYPE,
                                 I_QTYPE_NUM, I_RCODE, I_RFLAGS, I_RTS, I_SPORT, I_SRC, I_STATUS, I_TS, Row)
 from dnswatch.schema import Q
@@ -105,7 +105,8 @@ class LookupStage:
         t = row[I_RTS] or row[I_TS]
         if t is not None and t > self.clock:
             self.clock = t
-        key = (row[I_SRC], row[I_SPORT], row[I_PROTO], row[I_ID], (row[I_QNAME] or "").lower(), row[I_QTYPE_NUM])
+        lower = (row[I_QNAME] or "").lower()
+        key = (row[I_SRC], row[I_SPORT], row[I_PROTO], row[I_ID], lower, row[I_QTYPE_NUM])
         entry = self._nat.get(key)
         if entry is not None and entry[1] is not None:
             other = entry[1]
@@ -117,7 +118,7 @@ class LookupStage:
                     client[I_SERVER_POD], client[I_SERVER_POD_NS] = self.server_pod_of(client[I_NAT_DST])
                 entry[1] = client
                 return
-        entry = [self.clock + HOLD, row]
+        entry = [self.clock + HOLD, row, key, lower]
         self._nat[key] = entry
         held = self._held
         held.append(entry)
@@ -155,27 +156,23 @@ class LookupStage:
         row = entry[1]
         if row is None:
             return
-        key = (row[I_SRC], row[I_SPORT], row[I_PROTO], row[I_ID], (row[I_QNAME] or "").lower(), row[I_QTYPE_NUM])
+        key = entry[2]
         if self._nat.get(key) is entry:
             del self._nat[key]
-        self._group(row)
+        self._group(row, entry[3])
         self.emit(row)
 
     # -- grouping ----------------------------------------------------------------------------------
-    def _client(self, row: Row) -> tuple:
-        if row[I_PID] is not None:
-            return (row[I_NETNS], row[I_PID])
-        return (row[I_NETNS], row[I_SRC])
-
-    def _group(self, row: Row) -> None:
-        client = self._client(row)
+    def _group(self, row: Row, lower: str) -> None:
+        client = (row[I_NETNS], row[I_PID]) if row[I_PID] is not None else (row[I_NETNS], row[I_SRC])
         name = row[I_QNAME] or ""
-        lower = name.lower()
         ts = row[I_TS]
         lookups = self._by_client.get(client)
         lookup = None
         if lookups:
             for candidate in reversed(lookups):
+                if candidate.answered and lower not in candidate.names:
+                    continue  # the usual case, decided without a call: an answered lookup takes no new name
                 if self._accepts(candidate, row, lower, ts):
                     lookup = candidate
                     break
@@ -220,7 +217,7 @@ class LookupStage:
                 return False  # answered: the lookup is done
         if lookup.last_response is not None and ts < lookup.last_response - 0.001:
             return False
-        prefix = _common(lookup.prefix, _labels(lower))
+        prefix = _common(lookup.prefix or _labels(lookup.order[0][1]), _labels(lower))
         if not prefix or prefix == [""]:
             return False
         return True
@@ -232,8 +229,8 @@ class LookupStage:
         if per_type is None:
             per_type = lookup.names[lower] = {-1: set()}  # -1 (no qtype): the client ports that asked this name
             lookup.order.append((ts, name))
-            labels = _labels(lower)
-            lookup.prefix = labels if lookup.prefix is None else _common(lookup.prefix, labels)
+            if lookup.order[1:]:  # a second candidate: the labels they share (one candidate needs none)
+                lookup.prefix = _common(lookup.prefix or _labels(lookup.order[0][1]), _labels(lower))
         per_type.setdefault(row[I_QTYPE_NUM], []).append((rcode, tc, row[I_PROTO]))
         per_type[-1].add(row[I_SPORT])
         if row[I_QTYPE] not in lookup.qtypes:
@@ -331,6 +328,21 @@ class LookupStage:
 
 def lookup_row(lookup: _Lookup, capture_id: Optional[int]) -> list:
     """The lookups row (schema.LOOKUP_COLUMNS order) of a lookup that ended."""
+    first = lookup.first
+    upstream = lookup.upstream or (None, None, None)
+    server_pod = lookup.server_pod or (None, None)
+    if len(lookup.rows) == 1:  # most lookups: one query (a name asked in full, one type)
+        ts, lower, rcode, ancount, attempts, rts, tc = lookup.rows[0]
+        name = lookup.order[0][1]
+        wasted = 0
+        return [
+            lookup.id, capture_id, ts, rts if rts is not None else ts, first[I_SRC], first[I_DST], lookup.nat_dst,
+            first[I_PID], first[I_COMM], first[I_EXE], first[I_NETNS], first[I_POD], first[I_POD_NS],
+            first[I_CONTAINER], server_pod[0], server_pod[1], name, json.dumps([name]), json.dumps(lookup.qtypes),
+            name if rcode == "NOERROR" and ancount else None, rcode, attempts, wasted, int(tc),
+            round((rts - ts) * 1000.0, 3) if rts is not None else None, upstream[0], upstream[1], upstream[2],
+            lookup.forwarded_for,
+        ]
     order = sorted(lookup.order)
     candidates = [name for _ts, name in order]
     rows = sorted(lookup.rows)
@@ -363,9 +375,6 @@ def lookup_row(lookup: _Lookup, capture_id: Optional[int]) -> list:
     else:
         asked = candidates[0] if candidates else None
     answered_name = next((name for name in candidates if name.lower() == answered), None)
-    first = lookup.first
-    upstream = lookup.upstream or (None, None, None)
-    server_pod = lookup.server_pod or (None, None)
     return [
         lookup.id, capture_id, lookup.ts, end, first[I_SRC], first[I_DST], lookup.nat_dst, first[I_PID],
         first[I_COMM], first[I_EXE], first[I_NETNS], first[I_POD], first[I_POD_NS], first[I_CONTAINER],
