@@ -99,6 +99,10 @@ class LookupStage:
         self.hops = 0
         # live: (pod, namespace) holding an address, for the server side of a NAT copy seen on the node side only
         self.server_pod_of: Optional[Callable[[str], Tuple[Optional[str], Optional[str]]]] = None
+        # addresses clients asked (learnt as rows arrive, before they are released): only a query from one of
+        # them can be a server's upstream hop; a client asking a local server (loopback) makes any query one
+        self._servers: Dict[str, bool] = {}
+        self._local_server = False
 
     # -- rows in ---------------------------------------------------------------------------------
     def __call__(self, row: Row) -> None:
@@ -106,6 +110,13 @@ class LookupStage:
         if t is not None and t > self.clock:
             self.clock = t
         lower = (row[I_QNAME] or "").lower()
+        dst = row[I_DST]
+        if dst not in self._servers:
+            if len(self._servers) >= MAX_QUESTIONS:
+                self._servers.clear()
+            self._servers[dst] = True
+            if dst.startswith("127.") or dst == "::1":
+                self._local_server = True
         key = (row[I_SRC], row[I_SPORT], row[I_PROTO], row[I_ID], lower, row[I_QTYPE_NUM])
         entry = self._nat.get(key)
         if entry is not None and entry[1] is not None:
@@ -265,7 +276,8 @@ class LookupStage:
         served = (dst,) if nat is None else (dst, nat)
         if dst.startswith("127.") or dst == "::1":
             served += ("lo",)
-        keys = [(lower, qtype, "up", src)]
+        upstream = self._local_server or src in self._servers or (nat is not None and nat in self._servers)
+        keys = [(lower, qtype, "up", src)] if upstream else []
         if rts is not None:  # as a client (only an answered query can have had a hop while it waited)
             for address in served:
                 key = (lower, qtype, "client", address)
@@ -274,10 +286,11 @@ class LookupStage:
                     if _is_upstream(other, mine):
                         self._link(lookup, other)
         # as an upstream query: the clients that asked this one's source (or a local server)
-        for address in (src, "lo"):
-            for other in get((lower, qtype, "client", address), ()):
-                if _is_upstream(mine, other):
-                    self._link(other[6], mine)
+        if upstream:
+            for address in (src, "lo"):
+                for other in get((lower, qtype, "client", address), ()):
+                    if _is_upstream(mine, other):
+                        self._link(other[6], mine)
         for key in keys:
             seen = get(key)
             if seen is None:
