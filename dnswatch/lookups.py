@@ -351,7 +351,7 @@ def lookup_row(lookup: _Lookup, capture_id: Optional[int]) -> list:
         return [
             lookup.id, capture_id, ts, rts if rts is not None else ts, first[I_SRC], first[I_DST], lookup.nat_dst,
             first[I_PID], first[I_COMM], first[I_EXE], first[I_NETNS], first[I_POD], first[I_POD_NS],
-            first[I_CONTAINER], server_pod[0], server_pod[1], name, json.dumps([name]), json.dumps(lookup.qtypes),
+            first[I_CONTAINER], server_pod[0], server_pod[1], name, _json_name(name), _json_types(lookup.qtypes),
             name if rcode == "NOERROR" and ancount else None, rcode, attempts, wasted, int(tc),
             round((rts - ts) * 1000.0, 3) if rts is not None else None, upstream[0], upstream[1], upstream[2],
             lookup.forwarded_for,
@@ -391,7 +391,7 @@ def lookup_row(lookup: _Lookup, capture_id: Optional[int]) -> list:
     return [
         lookup.id, capture_id, lookup.ts, end, first[I_SRC], first[I_DST], lookup.nat_dst, first[I_PID],
         first[I_COMM], first[I_EXE], first[I_NETNS], first[I_POD], first[I_POD_NS], first[I_CONTAINER],
-        server_pod[0], server_pod[1], asked, json.dumps(candidates), json.dumps(lookup.qtypes), answered_name, rcode,
+        server_pod[0], server_pod[1], asked, json.dumps(candidates), _json_types(lookup.qtypes), answered_name, rcode,
         queries, wasted, int(any(r[6] for r in rows)), total, upstream[0], upstream[1], upstream[2],
         lookup.forwarded_for,
     ]
@@ -405,6 +405,26 @@ def _nat_copies(a: Row, b: Row) -> bool:
     if a[I_DST] == b[I_DST] or not a[I_ATTEMPTS] or not b[I_ATTEMPTS] or abs(a[I_TS] - b[I_TS]) > NAT_WINDOW:
         return False
     return a[I_NETNS] is None or b[I_NETNS] is None or a[I_NETNS] != b[I_NETNS]
+
+
+_TYPES_JSON: Dict[tuple, str] = {}
+
+
+def _json_types(qtypes: List[str]) -> str:
+    key = tuple(qtypes)
+    text = _TYPES_JSON.get(key)
+    if text is None:
+        text = json.dumps(qtypes)
+        if len(_TYPES_JSON) < 1024:
+            _TYPES_JSON[key] = text
+    return text
+
+
+def _json_name(name: str) -> str:
+    """json.dumps([name]) for a qname (presentation form: printable ASCII), without the encoder's cost."""
+    if '"' in name or "\\" in name or not name.isascii() or not name.isprintable():
+        return json.dumps([name])
+    return '["' + name + '"]'
 
 
 def _is_client_side(a: Row, b: Row) -> bool:
