@@ -466,10 +466,15 @@ def query(sql: str, db_path: Optional[str], params, attach, fmt: str) -> None:
 @click.option("--sort", type=click.Choice(sorted(SORTS)), default="ts", show_default=True, help=f"Order: {SORT_HELP}.")
 @click.option("--reverse", is_flag=True, help="Reverse the order (oldest, fastest or Z first).")
 @click.option("--all-columns", is_flag=True, help="Every column of the queries table.")
+@click.option("--lookups", "lookups", is_flag=True,
+              help="Lookups (resolver calls: search-path candidates, A/AAAA, retries) instead of queries; NAME matches "
+                   "any candidate. See `dnswatch schema`, table lookups.")
+@click.option("--min-wasted", type=click.IntRange(0), metavar="N",
+              help="With --lookups: only lookups that wasted at least N queries on search-path expansions.")
 @format_options
 def search(name: Optional[str], db_path: Optional[str], types, rcodes, status, src, dst, answer, pids, comms, pods,
            pod_namespaces, containers, since, until, limit: int, contains: bool, sort: str, reverse: bool,
-           all_columns: bool, fmt: str) -> None:
+           all_columns: bool, lookups: bool, min_wasted: Optional[int], fmt: str) -> None:
     """Find queries by name and other fields, newest first.
 
     NAME is a domain: example.com matches example.com and every name under it (www.example.com,
@@ -481,7 +486,26 @@ def search(name: Optional[str], db_path: Optional[str], types, rcodes, status, s
     Example:
       dnswatch search example.com --type AAAA --since 2026-11-01
       dnswatch search --answer 198.51.100.7 --since 180d
+      dnswatch search --lookups --pod-namespace shop --min-wasted 4
     """
+    if lookups:
+        from dnswatch.lookups import build_lookup_search
+        from dnswatch.schema import LOOKUP_COLUMNS
+
+        if types or status or answer:
+            raise click.UsageError("--type, --status and --answer select queries; with --lookups use NAME, --rcode, "
+                                   "--src, --pid, --comm, --pod..., --since/--until, --min-wasted")
+        filters = SearchFilters(name=name, rcodes=rcodes, src=src, pids=pids, comms=comms, pods=pods,
+                                pod_namespaces=pod_namespaces, containers=containers, since=since, until=until,
+                                limit=limit, columns=["ts_utc"] + LOOKUP_COLUMNS if all_columns else [])
+        try:
+            sql, params = build_lookup_search(filters, min_wasted)
+        except SearchError as exc:
+            raise click.ClickException(str(exc))
+        _run_sql(_open(db_path), sql, params, fmt)
+        return
+    if min_wasted is not None:
+        raise click.UsageError("--min-wasted goes with --lookups")
     if limit < 0:
         raise click.BadParameter("0 (no limit) or more", param_hint="--limit")
     filters = SearchFilters(name=name, types=types, rcodes=rcodes, src=src, dst=dst, pids=pids, comms=comms,
@@ -939,6 +963,7 @@ def watch(interfaces, ports, netns_specs, all_netns, host_only, timeout, k8s_log
     sinks = []  # they get every row the log stores; the filters only choose what is shown
     if responses and not as_json:
         sinks.append(timeouts)
+    live.capture.on_process = enricher.processes.seen  # exe and parent, read while the sender exists
     if metrics is not None:
         sinks.append(metrics.sink)
     if as_json:  # -q too: it silences the text lines and notes, not the JSON a pipe asked for
@@ -950,6 +975,7 @@ def watch(interfaces, ports, netns_specs, all_netns, host_only, timeout, k8s_log
                         on_query=lambda row: show("Q", row),
                         on_response=(lambda row: show("R", row)) if responses else None,
                         enrich=enricher, expect_responses=responses, sinks=sinks)
+    pipeline.lookups.server_pod_of = enricher.server_pod
     where = f", logging to {safe_text(store.path)}" if store else ", storing nothing (--no-db)"
     if write_path:
         where += f", packets to {safe_text(write_path)}"

@@ -15,6 +15,7 @@ went away never lends its name to a newcomer.
 """
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import time
@@ -22,8 +23,11 @@ from collections import OrderedDict
 from typing import Callable, Dict, Generic, Iterator, NamedTuple, Optional, Tuple, TypeVar
 
 from dnswatch.correlate import (I_CGROUP, I_COMM, I_CONTAINER, I_CONTAINER_ID, I_NETNS, I_PID, I_POD, I_POD_NS,
-                                I_POD_UID, I_TID, Row)
+                                I_POD_UID, I_SRC, I_TID, Row)
 from dnswatch.model import Segment
+from dnswatch.schema import Q
+
+I_EXE, I_PPID, I_PARENT_COMM = Q["exe"], Q["ppid"], Q["parent_comm"]
 
 CGROUP_MOUNTS = ("/sys/fs/cgroup/unified", "/sys/fs/cgroup")  # hybrid hosts mount v2 at .../unified
 CACHE_SIZE = 8192
@@ -263,6 +267,59 @@ class NetnsOwners:
         return owners
 
 
+class PodAddresses:
+    """Address -> network namespace of the pod holding it (for packets seen only on the node side of a pod's veth,
+    and for the server pod behind a NAT address). Pod addresses are unique on a node; each pod namespace's local
+    addresses are read from /proc/PID/net (fib_trie, if_inet6) of a process living in it (NetnsOwners)."""
+
+    def __init__(self, owners: NetnsOwners, clock: Callable[[], float] = time.monotonic):
+        self.owners = owners
+        self.clock = clock
+        self._netns: Dict[str, int] = {}
+        self._last_scan = -RESCAN_INTERVAL
+
+    def netns(self, address: str) -> Optional[int]:
+        hit = self._netns.get(address)
+        if hit is None or self.owners.cgroup_path(hit) is None:
+            now = self.clock()
+            if now - self._last_scan < RESCAN_INTERVAL:
+                return None
+            self._last_scan = now
+            self.owners.cgroup_path(-1)  # refresh the owners if their rescan is due
+            self._netns = self._scan()
+            hit = self._netns.get(address)
+        return hit
+
+    def _scan(self) -> Dict[str, int]:
+        found: Dict[str, int] = {}
+        for ino, (pid, _path) in list(self.owners._owners.items()):
+            for address in _local_addresses(f"{self.owners.proc}/{pid}/net"):
+                found.setdefault(address, ino)
+        return found
+
+
+def _local_addresses(net: str) -> Iterator[str]:
+    try:
+        with open(f"{net}/fib_trie") as f:
+            last = None
+            for line in f:
+                text = line.strip()
+                if text.startswith("|--"):
+                    last = text[3:].strip()
+                elif text == "/32 host LOCAL" and last is not None and not last.startswith("127."):
+                    yield last
+    except OSError:
+        pass
+    try:
+        with open(f"{net}/if_inet6") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) >= 6 and fields[5] != "lo" and not fields[0].startswith("fe80"):
+                    yield str(ipaddress.IPv6Address(bytes.fromhex(fields[0])))
+    except (OSError, ValueError):
+        pass
+
+
 class ProcessNames:
     """pid -> the process's command name. The kernel only knows the sending thread's name; the process's
     is read from /proc while the sender is (almost always) still waiting for its answer."""
@@ -283,6 +340,83 @@ class ProcessNames:
         return hit
 
 
+class ProcessContext(NamedTuple):
+    exe: Optional[str]
+    ppid: Optional[int]
+    parent_comm: Optional[str]
+
+
+class ProcessContexts:
+    """pid -> executable path, parent pid and parent's command name, read once per process.
+
+    Cached by (pid, start time): /proc/PID/stat is read for every lookup (one small read) because a pid reused by
+    a new process must not inherit the old one's identity; the rest (readlink of exe, the parent's comm) is read
+    once per process.
+
+    Live, ``seen`` is called when the kernel's event is read, while the sender surely exists (getent, curl and the
+    like exit as soon as they have their answer, before the row is built): what it reads is the pid's latest
+    identity, used when the process is gone by the time ``context`` asks."""
+
+    def __init__(self, proc: str = "/proc", size: int = 4096, clock: Callable[[], float] = time.monotonic):
+        self.proc = proc
+        self.size = size
+        self.clock = clock
+        self._cache: "OrderedDict[Tuple[int, int], ProcessContext]" = OrderedDict()
+        self._latest: "OrderedDict[int, Tuple[float, ProcessContext]]" = OrderedDict()  # pid -> (read at, identity)
+
+    def seen(self, pid: int) -> None:
+        """A packet from ``pid`` was just read: learn its identity now unless it was learnt in the last 0.5 s."""
+        hit = self._latest.get(pid)
+        if hit is None or self.clock() - hit[0] > 0.5:
+            self.context(pid)
+
+    def start(self, pid: int) -> Optional[Tuple[int, int]]:
+        """(ppid, start time in clock ticks since boot) of ``pid``, or None if it is gone."""
+        try:
+            with open(f"{self.proc}/{pid}/stat", "rb") as f:
+                stat = f.read()
+            fields = stat[stat.rindex(b")") + 2:].split()  # comm may hold spaces and parentheses
+            return int(fields[1]), int(fields[19])
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def context(self, pid: int) -> Optional[ProcessContext]:
+        started = self.start(pid)
+        if started is None:  # gone: what it was when its packet was read, if that was recent
+            latest = self._latest.get(pid)
+            return latest[1] if latest is not None and self.clock() - latest[0] <= CACHE_TTL else None
+        ppid, start = started
+        key = (pid, start)
+        hit = self._cache.get(key)
+        if hit is not None:
+            self._cache.move_to_end(key)
+            self._remember(pid, hit)
+            return hit
+        try:
+            exe: Optional[str] = os.readlink(f"{self.proc}/{pid}/exe")
+        except OSError:
+            exe = None  # kernel threads, or not allowed to look
+        try:
+            with open(f"{self.proc}/{ppid}/comm") as f:
+                parent_comm: Optional[str] = f.read().rstrip("\n")
+        except OSError:
+            parent_comm = None
+        hit = ProcessContext(exe, ppid, parent_comm)
+        if self.start(pid) != started:  # the process changed while we read it (exec or exit and reuse)
+            return hit
+        self._cache[key] = hit
+        while len(self._cache) > self.size:
+            self._cache.popitem(last=False)
+        self._remember(pid, hit)
+        return hit
+
+    def _remember(self, pid: int, hit: ProcessContext) -> None:
+        self._latest[pid] = (self.clock(), hit)
+        self._latest.move_to_end(pid)
+        while len(self._latest) > self.size:
+            self._latest.popitem(last=False)
+
+
 class Enricher:
     """Fills comm (the process's name), container_id, container, pod, pod_namespace and pod_uid of a row
     (called by the correlator when a query is first seen)."""
@@ -293,6 +427,8 @@ class Enricher:
         self.kubelet = KubeletLogs(k8s_log_dir, clock)
         self.netns_owners = NetnsOwners(proc, clock)
         self.process_names = ProcessNames(proc, clock)
+        self.processes = ProcessContexts(proc, clock=clock)
+        self.pod_addresses = PodAddresses(self.netns_owners, clock)
         self._by_cgroup: TTLCache[int, Tuple] = TTLCache(clock=clock)  # cgroup ids are never reused
 
     def __call__(self, row: Row, seg: Optional[Segment] = None) -> None:
@@ -301,6 +437,10 @@ class Enricher:
             name = self.process_names.name(pid)
             if name is not None:
                 row[I_COMM] = name
+        if pid is not None:
+            ctx = self.processes.context(pid)
+            if ctx is not None:
+                row[I_EXE], row[I_PPID], row[I_PARENT_COMM] = ctx
         cgroup_id = row[I_CGROUP]
         info = None
         if cgroup_id:
@@ -314,8 +454,23 @@ class Enricher:
         if no_container and row[I_NETNS]:
             path = self.netns_owners.cgroup_path(row[I_NETNS])
             info = self._describe(path) if path is not None else None
+        if (info is None or info[4] is None) and row[I_SRC]:
+            # seen only on the node side of a pod's veth (its namespace not picked up yet): the pod at the other end
+            info = self._by_address(row[I_SRC]) or info
         if info is not None:
             (row[I_CONTAINER_ID], row[I_CONTAINER], row[I_POD_UID], row[I_POD_NS], row[I_POD]) = info
+
+    def _by_address(self, address: str) -> Optional[Tuple]:
+        netns = self.pod_addresses.netns(address)
+        if netns is None:
+            return None
+        path = self.netns_owners.cgroup_path(netns)
+        return self._describe(path) if path is not None else None
+
+    def server_pod(self, address: str) -> Tuple[Optional[str], Optional[str]]:
+        """(pod, namespace) holding ``address`` (a NAT copy's destination), for the lookups stage."""
+        info = self._by_address(address)
+        return (info[4], info[3]) if info is not None else (None, None)
 
     def _describe(self, path: str) -> Tuple[Optional[str], Optional[str], Optional[str], Optional[str], Optional[str]]:
         c = parse_cgroup_path(path)

@@ -17,7 +17,7 @@ from operator import itemgetter
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from dnswatch.schema import (
-    ANSWER_ITEMS, KEY_HOURS, KEY_KINDS, LOG_COLUMNS, LOG_TABLE, MALFORMED_COLUMNS, PASSIVE_DNS, Q, QUERIES,
+    ANSWER_ITEMS, KEY_HOURS, KEY_KINDS, LOG_COLUMNS, LOG_TABLE, LOOKUP_COLUMNS, MALFORMED_COLUMNS, PASSIVE_DNS, Q, QUERIES,
     QUERY_COLUMNS, ROLLUPS, SCHEMA_VERSION, COMBOS, STORED_AS, TABLES, create_sql, physical, reverse_name,
     stored_type, view_sql,
 )
@@ -62,6 +62,10 @@ def _items(answers: str) -> List[Tuple[str, str, str]]:
         return [(str(a.get("name")), str(a.get("type")), str(a.get("data"))) for a in json.loads(answers)]
     except (ValueError, AttributeError, TypeError):
         return []
+
+
+_INSERT_LOOKUP = (f"INSERT OR REPLACE INTO lookups ({', '.join(LOOKUP_COLUMNS)}) "
+                  f"VALUES ({', '.join('?' for _ in LOOKUP_COLUMNS)})")
 
 
 class LogWriter:
@@ -233,6 +237,13 @@ class LogWriter:
                           "value = excluded.value", (key, value))
 
     # -- rows ----------------------------------------------------------------------------------
+    def write_lookups(self, lookups: List[Sequence[Any]]) -> None:
+        """Insert (or complete) ``lookups`` rows, in LOOKUP_COLUMNS order (dnswatch.lookups writes them as they end)."""
+        if lookups:
+            with self.conn:
+                self.conn.execute("BEGIN IMMEDIATE")
+                self.conn.executemany(_INSERT_LOOKUP, lookups)
+
     def write(self, rows: List[Sequence[Any]], malformed: List[Sequence[Any]], force: bool = False) -> None:
         """Insert ``rows`` (and malformed messages) in one transaction; write the sums when due or ``force``."""
         conn = self.conn

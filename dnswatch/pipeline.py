@@ -1,7 +1,7 @@
 """One path from a frame to a stored event, shared by ``replay`` and ``watch``.
 
     source (pcap | live) -> frames.FrameDecoder -> dns.parse_message -> correlate.Correlator
-                         -> enrich (process, container, pod) -> store.Store / terminal callbacks
+                         -> enrich (process, container, pod) -> lookups.LookupStage -> store.Store / sinks
 """
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional
 from dnswatch.correlate import DEFAULT_TIMEOUT, Correlator, Row
 from dnswatch.dns import Malformed, parse_message
 from dnswatch.frames import FrameDecoder
+from dnswatch.lookups import LookupStage
 from dnswatch.model import Frame, Segment
 from dnswatch.store import Store
 
@@ -93,7 +94,9 @@ class Pipeline:
         self._rows_from: Optional[int] = None
         if store is not None and row_filter is None and not self.sinks:
             emit, self._rows_from = store.add, store.rows_added
-        self.correlator = Correlator(emit, self.capture_id, timeout, on_query=on_query,
+        # the lookups stage: rows get their lookup_id (and NAT copies merge) before they are stored
+        self.lookups = LookupStage(emit, self.capture_id, store.add_lookup if store is not None else None, timeout)
+        self.correlator = Correlator(self.lookups, self.capture_id, timeout, on_query=on_query,
                                      on_response=on_response, enrich=enrich,
                                      expect_responses=expect_responses)
         self.summary = Summary()
@@ -154,6 +157,7 @@ class Pipeline:
                     since = 0
                     s.last_ts = last
                     expire(last)
+                    self.lookups.advance(last)
         finally:
             if collecting:
                 gc.enable()
@@ -207,7 +211,9 @@ class Pipeline:
 
     def tick(self, now: Optional[float] = None) -> None:
         """Periodic work for live capture: time out queries (wall clock), flush and record counters."""
-        self.correlator.expire(time.time() if now is None else now)
+        now = time.time() if now is None else now
+        self.correlator.expire(now)
+        self.lookups.advance(now)
         if self.store is not None:
             self.store.maybe_flush()
 
@@ -271,6 +277,7 @@ class Pipeline:
             else:
                 self._malformed(seg, "query without a question")
         self.correlator.flush()
+        self.lookups.flush()
         self.record_counters(status)
         if self.store is not None:
             self.store.flush()

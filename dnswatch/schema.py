@@ -111,6 +111,11 @@ QUERIES = Table(
                "Why the raw reader was needed, or a header/body mismatch (qdcount...). A message with more than 16 "
                "questions gives rows for the first 16 only and says here how many were not recorded."),
         Column("ifname", "TEXT", "Interface the query was captured on (live; pcapng interface name from files).", store="shape"),
+        Column("lookup_id", "INTEGER",
+               "The lookup (resolver call) this query belongs to: lookups.lookup_id (see the lookups table)."),
+        Column("nat_dst", "TEXT",
+               "Server address after NAT: when the same query was seen again on its way to another address (a "
+               "service VIP DNATed to a server pod), that address; the copy is not stored as a row of its own.", store="str"),
         Column("pid", "INTEGER", "Process id (thread group) that sent the query; live capture only, NULL from pcap "
                "and whenever the kernel could not know it (packets received in softirq).", store="sender"),
         Column("tid", "INTEGER", "Thread id that sent the query (live).", store="sender"),
@@ -125,6 +130,13 @@ QUERIES = Table(
         Column("pod", "TEXT", "Kubernetes pod name (live).", store="sender"),
         Column("pod_namespace", "TEXT", "Kubernetes namespace of the pod (live).", store="sender"),
         Column("pod_uid", "TEXT", "Kubernetes pod UID (live).", store="sender"),
+        Column("exe", "TEXT", "Executable path of the sending process (/proc/PID/exe), read once per process "
+               "(pid and start time, so a reused pid never inherits it) (live).", store="sender"),
+        Column("ppid", "INTEGER", "Parent process id of the sender (live).", store="sender"),
+        Column("parent_comm", "TEXT", "Command name of the sender's parent process (live).", store="sender"),
+        Column("server_pod", "TEXT", "Pod of the server side when the query reached a server pod through NAT "
+               "(nat_dst), from the copy seen in that pod's namespace (live).", store="str"),
+        Column("server_pod_namespace", "TEXT", "Kubernetes namespace of server_pod (live).", store="str"),
     ),
     (
         # query_log is ordered by (ts, id) (WITHOUT ROWID), so every index also ends with ts: one name or one
@@ -210,6 +222,70 @@ MALFORMED = Table(
         Column("ifname", "TEXT", "Interface (live)."),
     ),
     (Index("malformed_capture", "capture_id"),),
+)
+
+LOOKUPS = Table(
+    "lookups",
+    "One row per lookup: the queries one resolver call made (queries.lookup_id), written when the lookup ends.\n"
+    "Grouping rule: queries from one client (live: network namespace and process id; without a process, or in "
+    "replay: the client address) join an open lookup when (a) they ask a name it already tried, for a query type "
+    "not tried yet for that name (the A/AAAA pair; without a process, from the same client port, as glibc and musl "
+    "send it), or again over TCP after a truncated (tc) answer, or again after "
+    "no answer, SERVFAIL or REFUSED (a retry with a new id or to the next server); or (b) they ask another name "
+    "sharing the lookup's leading labels (its asked name), sent after every earlier candidate came back without "
+    "an answer (NXDOMAIN, or NOERROR with no records) and within 1 s of that response: the next search-path "
+    "candidate. Retransmissions with the same id are attempts of one row already (queries.attempts). A lookup "
+    "ends 1 s after its last activity plus the query timeout (one of its queries may still be unanswered); only "
+    "a client's 4 most recent lookups can gain queries; a lookup also ends earlier when more than 50,000 are open "
+    "(the oldest ends), and a lookup takes at most 64 queries.\n"
+    "NAT copies: the same query (client address and port, id, question) seen again within 50 ms with another "
+    "destination is one query: stored once with nat_dst and the server pod. Hops: a query for the same question "
+    "sent by another client (the server, usually from the address the client asked or its nat_dst) while the "
+    "client's query was pending is its upstream hop (upstream_*).\n"
+    "Limits (what packets alone cannot tell): the search list and ndots are not seen, so a lookup answered at its "
+    "first candidate has that candidate as asked_name (a short name that hit 'name.ns.svc.cluster.local' at once "
+    "cannot be told from the full name asked); two names with the same leading labels asked one right after the "
+    "other's NXDOMAIN look like one lookup; threads of one process resolving the same name at once share lookups; "
+    "in replay, a client sending A and AAAA from two sockets (Go's own resolver) makes two lookups; "
+    "in replay, clients behind one address (pods on a node NATed to it) are one client.",
+    (
+        Column("lookup_id", "INTEGER PRIMARY KEY", "Lookup id (queries.lookup_id): capture_id * 10^12 + n."),
+        Column("capture_id", "INTEGER", "captures.id."),
+        Column("ts", "REAL", "First query sent, Unix seconds."),
+        Column("end_ts", "REAL", "Final response seen (the last query's time when none came), Unix seconds."),
+        Column("src", "TEXT", "Client address (of the first query)."),
+        Column("dst", "TEXT", "Server address the client asked (before NAT)."),
+        Column("nat_dst", "TEXT", "Server address after NAT, when a NAT copy was seen."),
+        Column("pid", "INTEGER", "Client process id (live)."),
+        Column("comm", "TEXT", "Client command name (live)."),
+        Column("exe", "TEXT", "Client executable path (live)."),
+        Column("netns", "INTEGER", "Client network namespace inode (live)."),
+        Column("pod", "TEXT", "Client pod (live)."),
+        Column("pod_namespace", "TEXT", "Client pod's Kubernetes namespace (live)."),
+        Column("container", "TEXT", "Client container (live)."),
+        Column("server_pod", "TEXT", "Pod that served the lookup behind NAT (live)."),
+        Column("server_pod_namespace", "TEXT", "Namespace of server_pod (live)."),
+        Column("asked_name", "TEXT COLLATE NOCASE",
+               "The name the application asked: the leading labels every candidate shares (the shortest name that "
+               "explains the expansions); with one candidate, that name as sent."),
+        Column("candidates", "TEXT", "Names tried, in the order first sent, as a JSON list."),
+        Column("qtypes", "TEXT", "Query types asked, in the order first sent, as a JSON list ('A', 'AAAA')."),
+        Column("answered_name", "TEXT COLLATE NOCASE", "First candidate answered NOERROR with records; NULL if none."),
+        Column("rcode", "TEXT", "Final rcode: of the answered candidate, else of the last candidate's last response; "
+               "NULL when nothing was answered."),
+        Column("queries", "INTEGER", "Queries sent, retransmissions included (sum of queries.attempts)."),
+        Column("wasted", "INTEGER", "Queries for candidates other than the final one (answered_name, else the last "
+               "tried) that came back NXDOMAIN or empty: what the search path cost."),
+        Column("tcp", "INTEGER", "1 when a truncated answer made the client ask again over TCP."),
+        Column("total_ms", "REAL", "First query sent to final response, in milliseconds; NULL if none came."),
+        Column("upstream_lookup_id", "INTEGER", "The server's own lookup forwarding this question upstream (hop)."),
+        Column("upstream_server", "TEXT", "Address the server forwarded to."),
+        Column("upstream_latency_ms", "REAL", "The upstream's response time, in milliseconds (of total_ms, the rest "
+               "is the server's own time and the client's search path)."),
+        Column("forwarded_for", "INTEGER", "On a server's lookup that forwarded a client's question upstream: the "
+               "client's lookup_id (search --lookups shows the client's lookup, not this hop)."),
+    ),
+    (Index("lookups_ts", "ts"), Index("lookups_pod", "pod_namespace, pod, ts", "pod IS NOT NULL")),
 )
 
 SHAPE_COLUMNS: Tuple[Column, ...] = tuple(c for c in QUERIES.columns if c.store == "shape")
@@ -361,7 +437,7 @@ PASSIVE_DNS = Table(
 )
 
 # Documented (dnswatch schema) in this order; ``queries`` is a view over LOG_TABLE.
-TABLES = (QUERIES, CAPTURES, MALFORMED, PASSIVE_DNS, ROLLUPS, KEY_HOURS, NAMES, STRINGS, SHAPES, SENDERS,
+TABLES = (QUERIES, CAPTURES, MALFORMED, LOOKUPS, PASSIVE_DNS, ROLLUPS, KEY_HOURS, NAMES, STRINGS, SHAPES, SENDERS,
           ANSWER_SETS, ANSWER_ITEMS, META)
 LOG_TABLE = "query_log"
 # PRAGMA user_version of a log in this layout. Columns added to a table's definition need no new version: opening
@@ -430,6 +506,7 @@ def physical(table: Table) -> Tuple[str, List[Column]]:
     if table is QUERIES:
         return LOG_TABLE, LOG_COLUMNS
     return table.name, list(table.columns)
+LOOKUP_COLUMNS: List[str] = [c.name for c in LOOKUPS.columns]
 
 
 def create_sql(table: Table) -> List[str]:

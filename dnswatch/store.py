@@ -211,6 +211,7 @@ class Store:
         self._width = len(QUERY_COLUMNS) if live_columns else LIVE_ONLY_FROM
         self._rows: List[Sequence[Any]] = []
         self._malformed: List[Sequence[Any]] = []
+        self._lookups: List[Sequence[Any]] = []  # lookups rows (LOOKUP_COLUMNS order), written after the rows
         self._batch_bytes = 0  # malformed payloads and large answers in the batch
         self.early_flushes = 0  # batches written before BATCH_ROWS because of BATCH_BYTES
         self._last_flush = time.monotonic()
@@ -299,10 +300,13 @@ class Store:
             self.early_flushes += 1
             self._write_batch()
 
+    def add_lookup(self, row: Sequence[Any]) -> None:
+        self._lookups.append(row)
+
     def maybe_flush(self) -> None:
         """Flush when the batch is old enough (for live capture, where rows trickle in)."""
         now = time.monotonic()
-        if (self._rows or self._malformed) and now - self._last_flush >= BATCH_SECONDS:
+        if (self._rows or self._malformed or self._lookups) and now - self._last_flush >= BATCH_SECONDS:
             self._write_batch()  # the rollups' sums follow within layout.AGG_SECONDS
         elif self._writer is None and self._log.sums_due():  # rows stopped coming: still write their sums
             try:
@@ -342,15 +346,19 @@ class Store:
     def _write_batch(self, force: bool = False) -> None:
         rows, self._rows = self._rows, []
         malformed, self._malformed = self._malformed, []
+        lookups, self._lookups = self._lookups, []
         self._batch_bytes = 0
         if self._writer is not None:
             if rows or malformed:
                 self._writer.send(("rows", rows, malformed))
+            if lookups:
+                self._writer.send(("lookups", lookups))
         else:
             try:
                 if self._checkpointer is not None:
                     self._checkpointer.check()
                 self._log.write(rows, malformed, force)
+                self._log.write_lookups(lookups)
             except sqlite3.Error as exc:
                 if not _is_full(exc):
                     raise _friendly(self.path, exc)
@@ -606,6 +614,8 @@ def _writer_main(path: str, width: int, inbox: Connection, outbox: Connection) -
             checkpointer.check()
             if kind == "rows":
                 log.write(message[1], message[2])
+            elif kind == "lookups":
+                log.write_lookups(message[1])
             elif kind == "update":
                 log.update(message[1], message[2])
             elif kind == "start":

@@ -170,7 +170,7 @@ def test_schema_lists_every_column(runner):
             assert column.name in result.output
     as_json = json.loads(runner.invoke(cli, ["schema", "--json"]).output)
     assert {t["table"] for t in as_json} == {t.name for t in TABLES}
-    assert {"queries", "captures", "malformed", "passive_dns", "rollups_hourly"} <= {t["table"] for t in as_json}
+    assert {"queries", "captures", "malformed", "passive_dns", "rollups_hourly", "lookups"} <= {t["table"] for t in as_json}
 
 
 def test_contract_columns_exist(db):

@@ -78,3 +78,49 @@ def test_ttl_cache_bounds_and_expiry():
     assert cache.get(1) is None and cache.get(3) == "c"
     now[0] = 6
     assert cache.get(3) is None
+
+
+def _fake_process(proc, pid: int, start: int, exe: str, ppid: int, comm: str = "x (y) z") -> None:
+    d = proc / str(pid)
+    d.mkdir(parents=True, exist_ok=True)
+    # comm may hold spaces and parentheses: fields are counted after the last ')'
+    (d / "stat").write_text(f"{pid} ({comm}) S {ppid} {pid} {pid} 0 -1 4194560 " + "0 " * 12 + f"{start} 0 0\n")
+    link = d / "exe"
+    if link.is_symlink():
+        link.unlink()
+    link.symlink_to(exe)
+
+
+def test_reused_pid_does_not_carry_the_old_executable(tmp_path):
+    from dnswatch.enrich import ProcessContexts
+
+    proc = tmp_path / "proc"
+    _fake_process(proc, 1, 1, "/sbin/init", 0, "systemd")
+    (proc / "1" / "comm").write_text("systemd\n")
+    _fake_process(proc, 7, 1, "/usr/sbin/containerd-shim", 1)
+    (proc / "7" / "comm").write_text("containerd-shim\n")
+    _fake_process(proc, 4242, 5000, "/usr/bin/curl", 1)
+    contexts = ProcessContexts(str(proc))
+    assert contexts.context(4242) == ("/usr/bin/curl", 1, "systemd")
+    # curl exits, pid 4242 goes to a new process (another start time) with another parent
+    _fake_process(proc, 4242, 9000, "/usr/bin/wget", 7)
+    assert contexts.context(4242) == ("/usr/bin/wget", 7, "containerd-shim")
+    # and the cache is by (pid, start time): the same process again is not read again
+    (proc / "7" / "comm").write_text("renamed\n")
+    assert contexts.context(4242).parent_comm == "containerd-shim"
+    import shutil
+    shutil.rmtree(proc / "4242")
+    assert contexts.context(4242) == ("/usr/bin/wget", 7, "containerd-shim")  # gone: its last identity, not curl's
+
+
+def test_process_context_of_a_real_process():
+    import os
+    import sys
+
+    from dnswatch.enrich import ProcessContexts
+
+    ctx = ProcessContexts().context(os.getpid())
+    assert ctx.exe == os.path.realpath(sys.executable) or os.path.basename(ctx.exe).startswith("python")
+    assert ctx.ppid == os.getppid()
+    with open(f"/proc/{os.getppid()}/comm") as f:
+        assert ctx.parent_comm == f.read().strip()

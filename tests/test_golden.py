@@ -20,7 +20,7 @@ UPDATE = os.environ.get("DNSWATCH_UPDATE_GOLDEN") == "1"
 def snapshot(db_path) -> dict:
     db = sqlite_utils.Database(db_path)
     queries = [
-        {k: v for k, v in row.items() if k not in ("id", "capture_id") and v is not None}
+        {k: v for k, v in row.items() if k not in ("id", "capture_id", "lookup_id") and v is not None}
         for row in db.query("select * from queries order by ts, src, sport, dns_id, qname, id")
     ]
     for row in queries:

@@ -352,6 +352,8 @@ def damaged_captures(draw):
     if draw(st.booleans()):
         data = bytearray(gzip.compress(bytes(data), 6))
     for _ in range(draw(st.integers(0, 8))):
+        if not data:  # deleted to nothing: no position left to damage
+            break
         at = draw(st.integers(0, len(data) - 1))
         kind = draw(st.sampled_from(["flip", "set", "insert", "delete"]))
         if kind == "flip":

@@ -117,10 +117,11 @@ def test_queries_are_attributed_to_pods(node, tmp_path):
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             node.run_in(api, "dig", "+tries=1", "+time=1", f"@{SERVER}", "warmup.example.test")
-            if rows(db, "qname = 'warmup.example.test' and pod = ?", (api["name"],)):
+            if rows(db, "qname = 'warmup.example.test' and pod = ? and pid is not null", (api["name"],)):
                 break
             time.sleep(0.5)
-        assert rows(db, "qname = 'warmup.example.test' and pod = ?", (api["name"],)), "new pod never picked up"
+        assert rows(db, "qname = 'warmup.example.test' and pod = ? and pid is not null", (api["name"],)), \
+            "new pod never picked up"
         dig_pid, _ = node.run_in(web, "dig", "+tries=1", "+time=2", f"@{SERVER}", "www.example.test", "A")
         getent_pid, _ = node.run_in(api, "getent", "ahosts", "api.example.test")
         py_pid, _ = node.run_in(api, sys.executable, "-c",

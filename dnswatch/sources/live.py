@@ -472,6 +472,7 @@ class LiveCapture:
         # called with the sender's pid as each event is read (before the reorder window holds it): what must be
         # looked up while the sender still exists (enrich.ProcessNames.name: /proc/PID/comm) is looked up then
         self.on_task: Optional[Callable[[int], object]] = None
+        self.on_process: Optional[Callable[[int], object]] = None  # every sender: its exe etc. read while it exists
         self._ts_offset = 0.0
         self._task_meta = 0
 
@@ -646,6 +647,8 @@ class LiveCapture:
             tm = self._task_meta
             if self.on_task is not None and tm & TASK_PID and pid_tgid >> 32 != pid_tgid & 0xFFFFFFFF:
                 self.on_task(pid_tgid >> 32)  # sent by a thread: the process's name is read from /proc, now
+            if self.on_process is not None and tm & TASK_PID:
+                self.on_process(pid_tgid >> 32)
             meta = PacketMeta(
                 kt, ifindex, pkt_type, ns, ifname,
                 pid_tgid >> 32 if tm & TASK_PID else None,
