@@ -113,10 +113,13 @@ def cli() -> None:
               help="Seconds (capture time) a query waits for its response before it is unanswered.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.option("--lookups", "with_lookups", is_flag=True,
+              help="Group queries into lookups (resolver calls: search-path candidates, A/AAAA, retries, NAT copies, "
+                   "upstream hops): queries.lookup_id and the lookups table. Off by default: it costs ~5-9 us a row.")
 @click.option("--skip-existing", is_flag=True,
               help="Skip files already replayed into this log (same size and first 64 KiB); default: warn and replay.")
 def replay(files: Sequence[str], db_path: Optional[str], ports: Sequence[int], timeout: float,
-           progress: Optional[bool], as_json: bool, skip_existing: bool) -> None:
+           progress: Optional[bool], as_json: bool, skip_existing: bool, with_lookups: bool) -> None:
     """Decode pcap/pcapng captures (.gz too; - for stdin) into the log.
 
     \b
@@ -154,7 +157,7 @@ def replay(files: Sequence[str], db_path: Optional[str], ports: Sequence[int], t
                                f"{earlier[1]} UTC): its rows will be there twice; --skip-existing skips such files",
                                err=True)
                 try:
-                    summary, error = _replay_one(store, path, ports, timeout, progress, stop, fingerprint)
+                    summary, error = _replay_one(store, path, ports, timeout, progress, stop, fingerprint, with_lookups)
                 except CaptureFormatError as exc:  # not a capture at all: nothing was recorded
                     failures += 1
                     click.echo(f"Error: {safe_text(exc)}", err=True)
@@ -249,7 +252,8 @@ def _total(summaries) -> Summary:
 
 
 def _replay_one(store: Store, path: str, ports: Sequence[int], timeout: float, progress: bool,
-                stop: StopSignals, fingerprint: Optional[str] = None) -> Tuple[Summary, Optional[BaseException]]:
+                stop: StopSignals, fingerprint: Optional[str] = None, with_lookups: bool = False
+                ) -> Tuple[Summary, Optional[BaseException]]:
     """Replay one file. Every way it ends records a status ('complete', 'interrupted', 'failed', 'damaged') and
     returns the summary, with the error that ended it, if any. Raises CaptureFormatError only before it started."""
     reader = PcapReader(path)
@@ -257,7 +261,7 @@ def _replay_one(store: Store, path: str, ports: Sequence[int], timeout: float, p
     if fingerprint:
         options["fingerprint"] = fingerprint
     pipeline = Pipeline(store, "pcap", path, ports, timeout, options=options,
-                        enrich=restore_attribution if reader.format == "pcapng" else None)
+                        enrich=restore_attribution if reader.format == "pcapng" else None, lookups=with_lookups)
     size = file_size(path)
     status, error = "complete", None
     try:
@@ -853,6 +857,9 @@ def _terminal_width(stream) -> Optional[int]:
               metavar="N", help="At most N label sets (pod/container or process) in the metrics; the rest are "
                                 "counted under 'other'.")
 @click.option("--metrics-server-label", is_flag=True, help="Add the resolver's address as a 'server' label.")
+@click.option("--lookups", "with_lookups", is_flag=True,
+              help="Group queries into lookups (resolver calls: search-path candidates, A/AAAA, retries, NAT copies, "
+                   "upstream hops): queries.lookup_id and the lookups table. Off by default: it costs ~5-9 us a row.")
 @click.option("--wide", is_flag=True, help="Whole lines, never truncated to the terminal's width.")
 @click.option("--duration", type=SECONDS, metavar="SECONDS", help="Stop after this many seconds.")
 @click.option("--count", "-c", type=COUNT, metavar="N", help="Stop after N queries shown.")
@@ -871,7 +878,7 @@ def _terminal_width(stream) -> Optional[int]:
               help="Touch FILE every second while capturing, for `dnswatch health` (default: $DNSWATCH_HEARTBEAT).")
 def watch(interfaces, ports, netns_specs, all_netns, host_only, timeout, k8s_log_dir, debug, responses, db_path,
           no_db, retain, max_size, retain_rollups, write_path, as_json, json_format, metrics_listen, metrics_max_series,
-          metrics_server_label, wide, duration, count, pids, comms, names, types, pods, pod_namespaces, containers, quiet,
+          metrics_server_label, with_lookups, wide, duration, count, pids, comms, names, types, pods, pod_namespaces, containers, quiet,
           heartbeat_path) -> None:
     """Watch DNS queries live (needs root and bcc), storing them in the log.
 
@@ -974,8 +981,9 @@ def watch(interfaces, ports, netns_specs, all_netns, host_only, timeout, k8s_log
                                  "all_netns": live.all_netns, "write": write_path},
                         on_query=lambda row: show("Q", row),
                         on_response=(lambda row: show("R", row)) if responses else None,
-                        enrich=enricher, expect_responses=responses, sinks=sinks)
-    pipeline.lookups.server_pod_of = enricher.server_pod
+                        enrich=enricher, expect_responses=responses, sinks=sinks, lookups=with_lookups)
+    if pipeline.lookups is not None:
+        pipeline.lookups.server_pod_of = enricher.server_pod
     where = f", logging to {safe_text(store.path)}" if store else ", storing nothing (--no-db)"
     if write_path:
         where += f", packets to {safe_text(write_path)}"

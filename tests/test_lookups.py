@@ -121,7 +121,7 @@ def cluster_db(tmp_path):
     pcap = tmp_path / "cluster.pcap"
     cluster_capture(pcap)
     db = tmp_path / "l.db"
-    replay(db, pcap)
+    replay(db, pcap, extra=("--lookups",))
     return db
 
 

@@ -84,7 +84,7 @@ def test_search_path_lookups_live_and_replayed(node, tmp_path):  # noqa: F811
     pcap = tmp_path / "node.pcap"
     dump = lab.spawn(node.node, "tcpdump", "-i", "any", "-U", "-w", str(pcap), "-s", "0", "udp port 53 or tcp port 53",
                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    watch = Watch(lab, None, db, "--all-netns", "--responses", "--k8s-log-dir", str(node.logs), "-q")
+    watch = Watch(lab, None, db, "--all-netns", "--responses", "--lookups", "--k8s-log-dir", str(node.logs), "-q")
     try:
         time.sleep(2.5)  # the pods' namespaces are picked up
         runs = {}
@@ -135,7 +135,7 @@ def test_search_path_lookups_live_and_replayed(node, tmp_path):  # noqa: F811
 
     # replay of the node's capture: the same lookups, from addresses and ports alone
     rdb = tmp_path / "replay.db"
-    replay(rdb, pcap)
+    replay(rdb, pcap, extra=("--lookups",))
     replayed = {lk["asked_name"]: lk for lk in lookups(rdb, "src = ?", (client["ip"],))}
     for who, asked in expanded.items():
         live, again = by_pid[runs[who]], replayed[asked]
