@@ -467,9 +467,11 @@ def _rollup_stats(conn, since: Optional[float], until: Optional[float]) -> Optio
     first, last = conn.execute("SELECT min(ts), max(ts) FROM queries WHERE ts >= ? AND ts <= ?", (lo, hi)).fetchone()
     per_hour = conn.execute(f"SELECT hour, sum(count) FROM {ROLLUPS.name} WHERE hour >= ? AND hour < ? GROUP BY hour",
                             (h0, h1)).fetchall()
-    if per_hour:
-        first = per_hour[0][0] if first is None else min(first, per_hour[0][0])
-        last = per_hour[-1][0] + 3600 if last is None else max(last, per_hour[-1][0] + 3600)
+    if per_hour:  # an hour whose raw rows are gone (retention): its bound stands for them
+        if first is None or first >= per_hour[0][0] + 3600:
+            first = per_hour[0][0]
+        if last is None or last < per_hour[-1][0]:
+            last = per_hour[-1][0] + 3600
     stats = TopStats(live=False, span=(first, last) if first is not None else None)
     stats.rollup_hours = (h0, h1)
     stats.first_ts, stats.last_ts = first, last

@@ -187,3 +187,17 @@ def test_whole_hours_come_from_the_rollups(log, tmp_path):
     after = log_stats(open_readonly(copy).conn, lo, hi, rollups=True).snapshot(by="name", limit=0)
     assert [k.__dict__ for k in after.keys] == [k.__dict__ for k in before.keys]
     assert after.total == before.total
+
+
+def test_window_times_and_open_ends(log):
+    """first/last times are the rows' own (raw rows kept), and --log / no --until work over the rollups."""
+    conn = open_readonly(log).conn
+    con = sqlite3.connect(log)
+    lo, hi = con.execute("select min(ts), max(ts) from queries").fetchone()
+    for since, until in ((None, None), (T0 + 100.0, None)):
+        stats = log_stats(conn, since, until, rollups=True)
+        assert stats.rollup_hours is not None
+        snap = stats.snapshot(limit=0)
+        want = con.execute("select count(*), min(ts) from queries where ts >= ?", (since or 0,)).fetchone()
+        assert (snap.total, snap.first_ts, snap.last_ts) == (want[0], want[1], hi)
+        assert snap.rate == pytest.approx(snap.total / (hi - want[1]))
