@@ -1043,7 +1043,7 @@ def top(interfaces, ports, netns_specs, all_netns, host_only, timeout, k8s_log_d
     Over a window of two whole hours or more, those hours come from the hourly rollups (fast on a big log)
     and only the partial hours at both ends from raw rows, for --by name, domain, process, pod, qtype and
     rcode (client and server always read raw rows). The counts, NXDOMAIN, SERVFAIL and unanswered are exact;
-    the rollups keep no latency distribution, so p50/p95/p99 show '-' and the key column is "max ms" (the
+    the rollups keep no latency distribution, so p50/p95/p99 show '-' and the last column is "max ms" (the
     largest latency); processes without a name count as '-' rather than "pid N".
 
     On a terminal the view refreshes; keys: b group by, s sort, r reverse, / filter, p pause, q quit
