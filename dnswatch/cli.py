@@ -1074,6 +1074,12 @@ def top(interfaces, ports, netns_specs, all_netns, host_only, timeout, k8s_log_d
     Live (the default; needs root): captures queries and responses like `watch --responses`, storing them
     unless --no-db. Over a log: --since/--until (or --log for all of it), with --db.
 
+    Over a window of two whole hours or more, those hours come from the hourly rollups (fast on a big log)
+    and only the partial hours at both ends from raw rows, for --by name, domain, process, pod, qtype and
+    rcode (client and server always read raw rows). The counts, NXDOMAIN, SERVFAIL and unanswered are exact;
+    the rollups keep no latency distribution, so p50/p95/p99 show '-' and the last column is "max ms" (the
+    largest latency); processes without a name count as '-' rather than "pid N".
+
     On a terminal the view refreshes; keys: b group by, s sort, r reverse, / filter, p pause, q quit
     (1-8 pick a grouping). --once, --json, or a stdout that is not a terminal print one snapshot.
 
@@ -1084,7 +1090,7 @@ def top(interfaces, ports, netns_specs, all_netns, host_only, timeout, k8s_log_d
       dnswatch top --db node.db --since 1h
       dnswatch top --db node.db --since 1d --once --by domain
     """
-    from dnswatch.top import TopStats, log_stats
+    from dnswatch.top import ROLLUP_GROUPS, TopStats, log_stats
     from dnswatch.topview import Interactive, TopScreen
 
     once = once or as_json or not sys.stdout.isatty() or not sys.stdin.isatty()  # keys need a terminal
@@ -1100,22 +1106,23 @@ def top(interfaces, ports, netns_specs, all_netns, host_only, timeout, k8s_log_d
             check_window(*window, since, until)
         except SearchError as exc:
             raise click.ClickException(str(exc))
-        state = {"stats": None, "at": 0.0}
+        state = {}  # rollups or not -> (stats, when read)
         source = f"{db_path or default_db_path()}" + (f" since {since}" if since else "") + \
             (f" until {until}" if until else "")
 
-        def stats():
+        def stats(by):
             import time as _time
 
+            rollups = by in ROLLUP_GROUPS  # client and server are not in the rollups: raw rows
             now = _time.monotonic()
-            if state["stats"] is None or now - state["at"] >= interval:
+            if rollups not in state or now - state[rollups][1] >= interval:
                 lo = parse_time(since) if since else None  # relative times slide with the clock
                 hi = parse_time(until) if until else None
-                state["stats"], state["at"] = log_stats(db.conn, lo, hi), now
-            return state["stats"]
+                state[rollups] = (log_stats(db.conn, lo, hi, rollups=rollups), now)
+            return state[rollups][0]
 
         def snapshot(**kw):
-            return stats().snapshot(source=source, **kw)
+            return stats(kw.get("by", "name")).snapshot(source=source, **kw)
 
         if once:
             _print_top(snapshot(by=by, sort=sort, filter=key_filter, reverse=reverse, limit=limit), as_json)

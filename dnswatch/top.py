@@ -87,11 +87,17 @@ def percentile(counts: Counter, n: int, p: float) -> Optional[float]:
 
 
 class _Agg:
-    __slots__ = ("count", "nxdomain", "servfail", "unanswered", "latencies", "answered")
+    __slots__ = ("count", "nxdomain", "servfail", "unanswered", "latencies", "answered", "max_ms")
 
     def __init__(self) -> None:
         self.count = self.nxdomain = self.servfail = self.unanswered = self.answered = 0
         self.latencies: Counter = Counter()
+        self.max_ms: Optional[float] = None  # only set from rollups (raw rows: the largest of latencies)
+
+    def largest(self) -> Optional[float]:
+        if self.max_ms is not None:
+            return self.max_ms
+        return max(self.latencies) if self.latencies else None
 
     def p(self, q: float) -> Optional[float]:
         return percentile(self.latencies, self.answered, q)
@@ -105,7 +111,8 @@ class KeyRow:
     nxdomain: int
     servfail: int
     unanswered: int
-    p95_ms: Optional[float]
+    p95_ms: Optional[float]  # None over rollups: they keep only the sum and the largest latency
+    max_ms: Optional[float] = None
 
 
 @dataclass
@@ -131,13 +138,17 @@ class Snapshot:
     source: str = ""
     first_ts: Optional[float] = None
     last_ts: Optional[float] = None
+    max_ms: Optional[float] = None
+    rollup_hours: Optional[Tuple[int, int]] = None  # [start, end) served by the hourly rollups, else None
 
     def as_dict(self) -> Dict[str, Any]:
         return {
             "by": self.by, "sort": self.sort, "filter": self.filter or None, "source": self.source,
             "total": self.total, "rate_qps": round(self.rate, 3), "seconds": round(self.seconds, 3),
             "first_ts": self.first_ts, "last_ts": self.last_ts,
-            "rcodes": self.rcodes, "latency_ms": {"p50": self.p50_ms, "p95": self.p95_ms, "p99": self.p99_ms},
+            "rcodes": self.rcodes, "latency_ms": {"p50": self.p50_ms, "p95": self.p95_ms, "p99": self.p99_ms,
+                                                 "max": self.max_ms},
+            "rollup_hours": list(self.rollup_hours) if self.rollup_hours else None,
             "unanswered": self.unanswered, "losses": self.losses, "distinct_keys": self.distinct_keys,
             "keys": [k.__dict__ for k in self.keys],
         }
@@ -166,6 +177,7 @@ class TopStats:
         self.losses = 0
         self._per_second: Deque[Tuple[int, int]] = deque()  # (second, count) for the live sparkline
         self._times: List[float] = []  # over a log: every row's time, for the sparkline
+        self.rollup_hours: Optional[Tuple[int, int]] = None  # set by log_stats when rollups served these hours
 
     def add(self, row: Row) -> None:
         # one row updates nine aggregates (all, and each grouping): what they need is worked out once
@@ -225,6 +237,46 @@ class TopStats:
             else:
                 self._times.append(ts)
 
+    def add_cell(self, qname: Optional[str], qtype: Optional[str], rc: Optional[str], comm: Optional[str],
+                 ns: Optional[str], pod: Optional[str], n: int, unanswered: int, answered: int,
+                 lat_max: Optional[float]) -> None:
+        """``n`` rows that share these values (a rollup cell): every grouping the rollups carry, no latency
+        distribution (only its largest value). ``rc``: the rcode key as ``_rcode`` gives it."""
+        if not n:
+            return
+        keys = {
+            "name": (qname or "").lower() or None,
+            "domain": registered_domain(qname) if qname else None,
+            "process": comm,
+            "pod": f"{ns or '-'}/{pod}" if pod else None,
+            "qtype": qtype,
+            "rcode": rc,
+        }
+        self.rcodes[rc or NONE_KEY] += n
+        aggs = [self.all]
+        for g, key in keys.items():
+            key = NONE_KEY if key is None else key
+            table = self.groups[g]
+            agg = table.get(key)
+            if agg is None:
+                if len(table) >= MAX_KEYS:
+                    key = OTHER
+                    agg = table.get(key)
+                if agg is None:
+                    agg = table[key] = _Agg()
+            aggs.append(agg)
+        nx, sf = rc == "NXDOMAIN", rc == "SERVFAIL"
+        for agg in aggs:
+            agg.count += n
+            if nx:
+                agg.nxdomain += n
+            elif sf:
+                agg.servfail += n
+            agg.unanswered += unanswered
+            agg.answered += answered
+            if lat_max is not None and (agg.max_ms is None or lat_max > agg.max_ms):
+                agg.max_ms = lat_max
+
     def add_all(self, rows: Iterable[Row]) -> None:
         for row in rows:
             self.add(row)
@@ -238,18 +290,28 @@ class TopStats:
             needle = filter.lower()
             items = [(k, a) for k, a in items if needle in k.lower()]
         total = self.all.count
+        rollups = self.rollup_hours is not None
         rows = [KeyRow(k, a.count, round(100.0 * a.count / total, 1) if total else 0.0, a.nxdomain, a.servfail,
-                       a.unanswered, a.p(95)) for k, a in items]
+                       a.unanswered, None if rollups else a.p(95), a.largest()) for k, a in items]
         rows.sort(key=_sort_key(sort))
         if reverse:
             rows.reverse()
         spark, bucket, seconds, rate = self._spark()
+        if rollups:  # percentiles need every latency: the rollups have only their sum and maximum
+            return Snapshot(
+                by=by, total=total, rate=rate, seconds=seconds, rcodes=dict(self.rcodes.most_common()),
+                p50_ms=None, p95_ms=None, p99_ms=None, unanswered=self.all.unanswered, losses=self.losses,
+                spark=spark, spark_seconds=bucket, keys=rows[:limit] if limit else rows,
+                distinct_keys=len(self.groups[by]), sort=sort, filter=filter, source=source,
+                first_ts=self.first_ts, last_ts=self.last_ts, max_ms=self.all.largest(),
+                rollup_hours=self.rollup_hours)
         return Snapshot(
             by=by, total=total, rate=rate, seconds=seconds,
             rcodes=dict(self.rcodes.most_common()), p50_ms=self.all.p(50), p95_ms=self.all.p(95),
             p99_ms=self.all.p(99), unanswered=self.all.unanswered, losses=self.losses, spark=spark,
             spark_seconds=bucket, keys=rows[:limit] if limit else rows, distinct_keys=len(self.groups[by]),
             sort=sort, filter=filter, source=source, first_ts=self.first_ts, last_ts=self.last_ts,
+            max_ms=self.all.largest(),
         )
 
     def _spark(self) -> Tuple[List[int], float, float, float]:
@@ -266,7 +328,10 @@ class TopStats:
             return [], 0.0, 0.0, 0.0
         span = self.last_ts - self.first_ts
         bucket = max(span, 1e-9) / SPARK_WIDTH
-        if self.span is not None:  # rows a writer added meanwhile went to the last bucket
+        if self.rollup_hours is not None and self.span is not None:
+            counts = [round(c) for c in self._buckets]  # whole hours were spread evenly: fractions
+            bucket = max(self.span[1] - self.span[0], 1e-9) / SPARK_WIDTH
+        elif self.span is not None:  # rows a writer added meanwhile went to the last bucket
             counts = list(self._buckets)
             bucket = max(self.span[1] - self.span[0], 1e-9) / SPARK_WIDTH
         else:
@@ -293,11 +358,21 @@ _LOG_COLUMNS = {"ts": I_TS, "src": I_SRC, "dst": I_DST, "qname": I_QNAME, "qtype
                 "pod": I_POD, "pod_namespace": I_POD_NS}
 
 
-def log_stats(conn, since: Optional[float] = None, until: Optional[float] = None) -> TopStats:
+ROLLUP_GROUPS = ("name", "domain", "process", "pod", "qtype", "rcode")  # what rollups_hourly can answer
+ROLLUP_MIN_HOURS = 2  # whole hours in the window before the rollups take over from the raw rows
+
+
+def log_stats(conn, since: Optional[float] = None, until: Optional[float] = None, rollups: bool = False) -> TopStats:
     """A ``TopStats`` over the log's rows with ``since <= ts <= until`` (the ``queries_ts`` index).
 
-    The one place top reads the log: when rollups are available this is where they take over for the
-    windows they cover."""
+    ``rollups``: when the window holds at least ROLLUP_MIN_HOURS whole hours and the log's rollups cover them,
+    those hours come from rollups_hourly and only the partial hours at both ends from raw rows. Only the
+    ROLLUP_GROUPS are filled then, and no percentiles (``snapshot`` gives None; max_ms is the largest latency).
+    Otherwise (and always with rollups=False) every row is read: exact, percentiles included."""
+    if rollups:
+        stats = _rollup_stats(conn, since, until)
+        if stats is not None:
+            return stats
     from dnswatch.schema import QUERY_COLUMNS
 
     where, params = [], []
@@ -323,6 +398,11 @@ def log_stats(conn, since: Optional[float] = None, until: Optional[float] = None
         for i, v in zip(positions, values):
             row[i] = v
         add(row)
+    stats.losses = _losses(conn, since, until)
+    return stats
+
+
+def _losses(conn, since: Optional[float], until: Optional[float]) -> int:
     cond, cparams = [], []
     if since is not None:
         cond.append("(last_ts IS NULL OR last_ts >= ?)")
@@ -330,10 +410,98 @@ def log_stats(conn, since: Optional[float] = None, until: Optional[float] = None
     if until is not None:
         cond.append("(first_ts IS NULL OR first_ts <= ?)")
         cparams.append(until)
-    sql = f"SELECT coalesce(sum(dropped), 0) FROM captures" + (" WHERE " + " AND ".join(cond) if cond else "")
-    stats.losses = int(conn.execute(sql, cparams).fetchone()[0])
+    sql = "SELECT coalesce(sum(dropped), 0) FROM captures" + (" WHERE " + " AND ".join(cond) if cond else "")
+    return int(conn.execute(sql, cparams).fetchone()[0])
+
+
+def _rollup_hours(conn, since: Optional[float], until: Optional[float]) -> Optional[Tuple[float, float, int, int]]:
+    """(since, until, first whole hour, end of the last whole hour) when the rollups can serve the window."""
+    from dnswatch.schema import LOG_TABLE, ROLLUPS
+
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'view')")}
+    if ROLLUPS.name not in tables or LOG_TABLE not in tables or "meta" not in tables:
+        return None  # an older log: raw rows only
+    if since is None:
+        lo_raw = conn.execute("SELECT min(ts) FROM queries").fetchone()[0]
+        lo_roll = conn.execute(f"SELECT min(hour) FROM {ROLLUPS.name}").fetchone()[0]
+        found = [x for x in (lo_raw, lo_roll) if x is not None]
+        if not found:
+            return None
+        since = float(min(found))
+    hi = time.time() if until is None else until
+    h0 = int(math.ceil(since / 3600.0)) * 3600
+    h1 = int(hi // 3600) * 3600  # the hour starting at h1 is partial (rows up to until): raw rows
+    if h1 - h0 < ROLLUP_MIN_HOURS * 3600:
+        return None
+    # rows a killed writer left above aggregated_id are not in the rollups yet: then read raw rows
+    done = conn.execute("SELECT value FROM meta WHERE key = 'aggregated_id'").fetchone()
+    pending = conn.execute(f"SELECT min(ts) FROM {LOG_TABLE} WHERE id >= ?", (done[0] if done else 1,)).fetchone()[0]
+    if pending is not None and pending < h1:
+        return None
+    return since, until if until is not None else math.inf, h0, h1
+
+
+def _rollup_stats(conn, since: Optional[float], until: Optional[float]) -> Optional[TopStats]:
+    from dnswatch.aggregate import _resolve
+    from dnswatch.schema import ROLLUPS
+
+    plan = _rollup_hours(conn, since, until)
+    if plan is None:
+        return None
+    lo, hi, h0, h1 = plan
+    dims = "qname, qtype, rcode, comm, pod_namespace, pod"
+    sums = "sum(count), sum(unanswered), sum(answered), max(latency_max)"
+    cells = conn.execute(f"SELECT {dims}, {sums} FROM {ROLLUPS.name} WHERE hour >= ? AND hour < ? GROUP BY {dims}",
+                         (h0, h1)).fetchall()
+    names = _resolve(conn, "qname", sorted({c[0] for c in cells if c[0]}))
+    strings = _resolve(conn, "strings", sorted({x for c in cells for x in c[1:6] if x}))
+    name = lambda i: names.get(i) if i else None  # noqa: E731  (0: none)
+    text = lambda i: strings.get(i) if i else None  # noqa: E731
+    # the partial hours at both ends: raw rows through the ts index, summed the same way
+    edge_where = "(ts >= ? AND ts < ?) OR (ts >= ? AND ts <= ?)"
+    edge_params = (lo, h0, h1, hi)
+    edges = conn.execute(
+        f"SELECT {dims}, count(*), total(status = 'unanswered'), count(latency_ms), max(latency_ms) FROM queries "
+        f"WHERE {edge_where} GROUP BY {dims}", edge_params).fetchall()
+    # the window's real first and last times: raw rows where they are kept, else the rollup hours' bounds
+    first, last = conn.execute("SELECT min(ts), max(ts) FROM queries WHERE ts >= ? AND ts <= ?", (lo, hi)).fetchone()
+    per_hour = conn.execute(f"SELECT hour, sum(count) FROM {ROLLUPS.name} WHERE hour >= ? AND hour < ? GROUP BY hour",
+                            (h0, h1)).fetchall()
+    if per_hour:  # an hour whose raw rows are gone (retention): its bound stands for them
+        if first is None or first >= per_hour[0][0] + 3600:
+            first = per_hour[0][0]
+        if last is None or last < per_hour[-1][0]:
+            last = per_hour[-1][0] + 3600
+    stats = TopStats(live=False, span=(first, last) if first is not None else None)
+    stats.rollup_hours = (h0, h1)
+    stats.first_ts, stats.last_ts = first, last
+
+    def add(qn, qtype, rcode, comm, ns, pod, n, un, answered, lat_max) -> None:
+        n, un = int(n), int(un)
+        if rcode is None:  # no rcode: unanswered, or a query seen without responses (query_only)
+            stats.add_cell(qn, qtype, "unanswered", comm, ns, pod, un, un, 0, None)
+            stats.add_cell(qn, qtype, "query_only", comm, ns, pod, n - un, 0, 0, None)
+        else:
+            stats.add_cell(qn, qtype, rcode, comm, ns, pod, n, un, int(answered), lat_max)
+
+    for qn, qtype, rcode, comm, ns, pod, n, un, answered, lat_max in cells:
+        add(name(qn), text(qtype), text(rcode), text(comm), text(ns), text(pod), n, un, answered, lat_max)
+    for cell in edges:
+        add(*cell)
+    # the sparkline: whole hours spread evenly over their minutes, partial hours by minute
+    if stats.span is not None:
+        minutes = [(hour + 60 * k + 30, n / 60.0) for hour, n in per_hour for k in range(60)]
+        minutes += conn.execute(f"SELECT CAST(ts / 60 AS INTEGER) * 60 + 30, count(*) FROM queries WHERE {edge_where} "
+                                "GROUP BY 1", edge_params).fetchall()
+        a, b = stats.span
+        width = max(b - a, 1e-9) / SPARK_WIDTH
+        buckets = [0.0] * SPARK_WIDTH
+        for t, n in minutes:
+            buckets[min(SPARK_WIDTH - 1, max(0, int((t - a) / width)))] += n
+        stats._buckets = buckets
+    stats.losses = _losses(conn, since, until)
     return stats
 
 
 __all__ = ["GROUPS", "SORTS", "KEYS", "TopStats", "Snapshot", "KeyRow", "log_stats", "registered_domain",
-           "percentile"]
+           "percentile", "ROLLUP_GROUPS"]

@@ -66,7 +66,11 @@ def render(snap: Snapshot, width: int, height: Optional[int] = None, footer: Opt
 
     totals = Text(f"total {snap.total:,}  unanswered {snap.unanswered:,}  losses {snap.losses:,}  "
                   f"{snap.by} keys {snap.distinct_keys:,}")
-    latency = Text(f"latency ms  p50 {_ms(snap.p50_ms)}  p95 {_ms(snap.p95_ms)}  p99 {_ms(snap.p99_ms)}")
+    if snap.rollup_hours:  # the rollups keep no latency distribution: no percentiles, the maximum instead
+        latency = Text(f"latency ms  p50 -  p95 -  p99 -  max {_ms(snap.max_ms)}  (whole hours "
+                       f"{_utc(snap.rollup_hours[0])} .. {_utc(snap.rollup_hours[1])} from hourly rollups)")
+    else:
+        latency = Text(f"latency ms  p50 {_ms(snap.p50_ms)}  p95 {_ms(snap.p95_ms)}  p99 {_ms(snap.p99_ms)}")
 
     mix = Text("rcodes ")
     total = snap.total or 1
@@ -88,7 +92,8 @@ def render(snap: Snapshot, width: int, height: Optional[int] = None, footer: Opt
     table = Table(box=None, pad_edge=False, expand=False, show_edge=False, header_style="bold reverse",
                   width=width)
     table.add_column(snap.by, no_wrap=True, overflow="ellipsis", ratio=1, min_width=12)
-    for name in ("count", "share%", "NXDOMAIN", "SERVFAIL", "unanswered", "p95 ms"):
+    last = "max ms" if snap.rollup_hours else "p95 ms"
+    for name in ("count", "share%", "NXDOMAIN", "SERVFAIL", "unanswered", last):
         table.add_column(name, justify="right", no_wrap=True)
     rows = snap.keys if height is None else snap.keys[:max(0, height)]
     if not rows:
@@ -99,7 +104,7 @@ def render(snap: Snapshot, width: int, height: Optional[int] = None, footer: Opt
                       Text(f"{k.nxdomain:,}", style="yellow" if k.nxdomain else ""),
                       Text(f"{k.servfail:,}", style="red" if k.servfail else ""),
                       Text(f"{k.unanswered:,}", style="bold red" if k.unanswered else ""),
-                      _ms(k.p95_ms))
+                      _ms(k.max_ms if snap.rollup_hours else k.p95_ms))
     parts = lines + [Text(""), table]
     if footer is not None:
         footer.no_wrap = True
