@@ -154,6 +154,17 @@ class Snapshot:
         }
 
 
+def _new_agg(table: Dict[str, "_Agg"], key: str) -> "_Agg":
+    """The aggregate of a key not in ``table`` yet: a new one, or past MAX_KEYS keys the shared OTHER one."""
+    if len(table) >= MAX_KEYS:
+        key = OTHER
+        agg = table.get(key)
+        if agg is not None:
+            return agg
+    agg = table[key] = _Agg()
+    return agg
+
+
 class TopStats:
     """Counters for every group-by at once (switching the grouping on the screen needs no re-read).
 
@@ -203,13 +214,7 @@ class TopStats:
             key = NONE_KEY if key is None else key if key.__class__ is str else str(key)
             table = groups[g]
             agg = table.get(key)
-            if agg is None:
-                if len(table) >= MAX_KEYS:
-                    key = OTHER
-                    agg = table.get(key)
-                if agg is None:
-                    agg = table[key] = _Agg()
-            aggs.append(agg)
+            aggs.append(agg if agg is not None else _new_agg(table, key))
         for agg in aggs:
             agg.count += 1
             if nx:
@@ -258,13 +263,7 @@ class TopStats:
             key = NONE_KEY if key is None else key
             table = self.groups[g]
             agg = table.get(key)
-            if agg is None:
-                if len(table) >= MAX_KEYS:
-                    key = OTHER
-                    agg = table.get(key)
-                if agg is None:
-                    agg = table[key] = _Agg()
-            aggs.append(agg)
+            aggs.append(agg if agg is not None else _new_agg(table, key))
         nx, sf = rc == "NXDOMAIN", rc == "SERVFAIL"
         for agg in aggs:
             agg.count += n
