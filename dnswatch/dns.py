@@ -42,37 +42,24 @@ TYPE_MX, TYPE_TXT, TYPE_SOA, TYPE_SRV, TYPE_SPF = 15, 16, 6, 33, 99
 _FLAG_BITS = (("aa", 0x0400), ("tc", 0x0200), ("rd", 0x0100), ("ra", 0x0080), ("ad", 0x0020), ("cd", 0x0010))
 
 
-def _escape_table() -> List[str]:
+def _escape_table(escaped: Tuple[int, ...], lowest_plain: int) -> List[str]:
+    """Presentation form of each byte: ``escaped`` bytes with a backslash, bytes from ``lowest_plain`` to '~' as
+    they are, every other byte as decimal ``\\DDD`` (as dig writes them)."""
     table = []
     for b in range(256):
-        if b in (0x2E, 0x5C):  # '.' and '\'
+        if b in escaped:
             table.append("\\" + chr(b))
-        elif 0x21 <= b <= 0x7E:
+        elif lowest_plain <= b <= 0x7E:
             table.append(chr(b))
         else:
             table.append("\\%03d" % b)
     return table
 
 
-_ESCAPE = _escape_table()
+_ESCAPE = _escape_table((0x2E, 0x5C), 0x21)  # labels: '.' and '\' escaped, no space
 _PLAIN = frozenset(b for b in range(0x21, 0x7F) if b not in (0x2E, 0x5C))
-
-
-def _string_escape_table() -> List[str]:
-    """<character-string> in presentation form as dig writes it: printable ASCII (space included) as is,
-    ``"`` and ``\\`` with a backslash, every other byte as decimal ``\\DDD``."""
-    table = []
-    for b in range(256):
-        if b in (0x22, 0x5C):
-            table.append("\\" + chr(b))
-        elif 0x20 <= b <= 0x7E:
-            table.append(chr(b))
-        else:
-            table.append("\\%03d" % b)
-    return table
-
-
-_STRING_ESCAPE = _string_escape_table()
+# <character-string> (TXT, SPF): '"' and '\' escaped, printable ASCII with the space as is
+_STRING_ESCAPE = _escape_table((0x22, 0x5C), 0x20)
 
 
 def string_text(data: bytes) -> str:
