@@ -383,10 +383,8 @@ def log_stats(conn, since: Optional[float] = None, until: Optional[float] = None
         params.append(until)
     present = {r[1] for r in conn.execute("PRAGMA table_info(queries)")}
     cols = [c for c in _LOG_COLUMNS if c in present]  # an older log may lack some
-    sql = f"SELECT {', '.join(cols)} FROM queries"  # WHERE on ts: SQLite walks the queries_ts index
-    if where:
-        sql += " WHERE " + " AND ".join(where)
-    where_sql = " WHERE " + " AND ".join(where) if where else ""
+    where_sql = " WHERE " + " AND ".join(where) if where else ""  # on ts: a range of query_log, ordered by ts
+    sql = f"SELECT {', '.join(cols)} FROM queries{where_sql}"
     lo, hi = conn.execute(f"SELECT min(ts), max(ts) FROM queries{where_sql}", params).fetchone()
     stats = TopStats(live=False, span=(lo, hi) if lo is not None else None)
     add = stats.add
