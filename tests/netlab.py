@@ -14,8 +14,9 @@ import sys
 import tempfile
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, Iterator, List, Optional
 
 import pytest
 
@@ -162,6 +163,19 @@ class Lab:
             sh("ip", "netns", "del", ns, check=False)
             shutil.rmtree(Path("/etc/netns") / ns, ignore_errors=True)
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+@contextmanager
+def server_and_client() -> Iterator["Lab"]:
+    """A lab of two hosts joined by one veth: ``lab.server`` (198.18.1.1, fd00:18:1::1) and ``lab.client``
+    (198.18.1.2, fd00:18:1::2). Everything in it is removed afterwards, on failure too."""
+    lab = Lab()
+    try:
+        lab.server, lab.client = lab.netns("S"), lab.netns("C")
+        lab.link(lab.server, lab.client, 1)
+        yield lab
+    finally:
+        lab.close()
 
 
 class Watch:

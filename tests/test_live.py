@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from netlab import Lab, Watch, require_privileges
+from netlab import Lab, Watch, require_privileges, server_and_client
 
 pytestmark = pytest.mark.privileged
 
@@ -25,17 +25,10 @@ PY_COMM = Path(sys.executable).name[:15]
 @pytest.fixture
 def lab():
     require_privileges()
-    lab = Lab()
-    try:
-        server = lab.netns("S")
-        client = lab.netns("C")
-        lab.link(server, client, 1)
-        lab.unbound(server, ["198.18.1.1", "fd00:18:1::1"])
-        lab.resolv_conf(client, "198.18.1.1")
-        lab.server, lab.client = server, client
+    with server_and_client() as lab:
+        lab.unbound(lab.server, ["198.18.1.1", "fd00:18:1::1"])
+        lab.resolv_conf(lab.client, "198.18.1.1")
         yield lab
-    finally:
-        lab.close()
 
 
 def rows(db: Path, where: str = "1", params=()) -> list:

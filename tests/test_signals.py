@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from netlab import Lab, Watch, require_privileges
+from netlab import Lab, Watch, require_privileges, server_and_client
 
 pytestmark = pytest.mark.privileged
 
@@ -58,15 +58,8 @@ while time.monotonic() < deadline:
 @pytest.fixture
 def lab():
     require_privileges()
-    lab = Lab()
-    try:
-        server = lab.netns("S")
-        client = lab.netns("C")
-        lab.link(server, client, 1)
-        lab.server, lab.client = server, client
+    with server_and_client() as lab:
         yield lab
-    finally:
-        lab.close()
 
 
 def _flood_rows(db: Path):

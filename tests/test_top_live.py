@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from netlab import ROOT, Lab, Watch, require_privileges, sh
+from netlab import ROOT, Lab, Watch, require_privileges, server_and_client, sh
 from test_pods import SERVER, assert_pod
 from test_pods import node  # noqa: F401 - fixture
 from test_pods import rows as pod_rows
@@ -22,17 +22,10 @@ pytestmark = pytest.mark.privileged
 @pytest.fixture
 def lab():
     require_privileges()
-    lab = Lab()
-    try:
-        server = lab.netns("S")
-        client = lab.netns("C")
-        lab.link(server, client, 1)
-        lab.unbound(server, ["198.18.1.1"])
-        lab.run(server, "ip", "addr", "add", "198.18.1.99/32", "dev", "lo")  # reachable, but no server: unanswered
-        lab.server, lab.client = server, client
+    with server_and_client() as lab:
+        lab.unbound(lab.server, ["198.18.1.1"])
+        lab.run(lab.server, "ip", "addr", "add", "198.18.1.99/32", "dev", "lo")  # reachable, but no server: unanswered
         yield lab
-    finally:
-        lab.close()
 
 
 def dig(lab: Lab, *args: str) -> None:
