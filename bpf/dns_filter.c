@@ -33,6 +33,12 @@
  * NAMESPACES: one raw socket per network namespace; each has a tiny dispatcher program
  *   (built by user space) that stores its netns inode in skb->cb[0] and tail-calls
  *   progs[0] = this program. Attached directly, cb[0] is 0 (the kernel clears cb).
+ *
+ * COPIES: a packet seen at several capture points reaches user space once where the kernel can tell.
+ *   Loopback (rule 5, LOOPBACK_DEDUP): only the outgoing copy. Other capture points (rule 6,
+ *   copy_elsewhere(); settings COPY_WINDOW_NS, 0 = off, and COPY_ENTRIES): the first sighting of an
+ *   unfragmented UDP packet is kept, the same packet at another (netns, ifindex, direction) within the
+ *   window is dropped and counted in CNT_COPIES (not a loss); at the same point it is a retry, kept.
  */
 #ifndef DNS_PORTS
 #define DNS_PORTS 53
@@ -118,7 +124,8 @@ struct frag_key {
  * must say how many it never saw): a UDP payload shorter than a DNS header, more questions than the bound.
  * Order = _COUNTERS in dnswatch/sources/live.py. */
 enum { CNT_SEEN, CNT_KEPT, CNT_EMIT_FAIL, CNT_SLOW_LOAD, CNT_SKIP_SHORT, CNT_SKIP_QDCOUNT, CNT_EMIT_FAIL_RESP,
-       CNT_MAX };   /* CNT_EMIT_FAIL_RESP: the part of CNT_EMIT_FAIL that were responses */
+       CNT_COPIES, CNT_MAX };   /* CNT_EMIT_FAIL_RESP: the part of CNT_EMIT_FAIL that were responses;
+                                   CNT_COPIES: rule 6's drops (copy_elsewhere) */
 
 BPF_PERF_OUTPUT(events);
 BPF_PERCPU_ARRAY(counters, u64, CNT_MAX);
@@ -272,6 +279,64 @@ static __always_inline int tcp_too_many_questions(struct pkt *p, struct l4 *t, i
     return !(m[4] & 0x80) && qd > 16 && !be16(m + 8) && !be16(m + 10) && be16(m) >= 12 + 5 * qd;
 }
 
+/* Rule 6, copies at another capture point (docs/keep-contract.md "Copies"). With every namespace watched,
+ * one packet is seen in its sender's namespace and again on the far side of the veth (and wherever it is
+ * routed or bridged on). The first sighting is kept (on the way out of the sender's namespace it is the one
+ * that carries the task); a sighting of the same packet at ANOTHER capture point (netns, ifindex, direction:
+ * correlate.py's) within COPY_WINDOW_NS of it is dropped and counted in CNT_COPIES, not as a loss. The same
+ * bytes again at the same point are a retry (or a new query reusing the id): kept, and the window restarts.
+ * "The same packet": addresses, UDP header (ports, length, checksum), DNS header and the start of the
+ * question. NAT rewrites an address: a new packet, kept (lookups.py pairs it with the client's as nat_dst).
+ * UDP, unfragmented only: TCP segments and fragments go up, user space recognises their copies. A copy of a
+ * packet the buffer had no room for is dropped too (the loss is counted once, on the first). Bounded: an
+ * LRU of COPY_ENTRIES; an entry evicted early only lets a copy through to user space, which drops it. */
+#ifndef COPY_WINDOW_NS
+#define COPY_WINDOW_NS 50000000   /* correlate.COPY_WINDOW; 0: rule 6 off */
+#endif
+#ifndef COPY_ENTRIES
+#define COPY_ENTRIES 16384        /* > 3 windows of 100k kept packets/s */
+#endif
+#define COPY_HEAD 64              /* UDP header 8 + DNS header 12 + 44 bytes of the question (name, type) */
+
+struct copy_key {
+    u8 addrs[32];         /* source then destination (IPv4: the first 8 bytes) */
+    u8 head[COPY_HEAD];   /* from the UDP header on; zero past the datagram's end */
+    u16 len;              /* UDP bytes the IP header declares */
+    u16 family;
+};
+
+struct copy_seen {
+    u64 ktime_ns;
+    u64 point;            /* netns << 32 | ifindex << 3 | pkt_type */
+};
+
+BPF_TABLE("lru_hash", struct copy_key, struct copy_seen, copies, COPY_ENTRIES);
+
+/* 1 if this kept packet is a copy of one kept at another capture point (drop it), else 0 (remembered). */
+static __always_inline int copy_elsewhere(struct __sk_buff *skb, struct pkt *p, u32 l3off, int v6, struct l4 *t)
+{
+    if (!COPY_WINDOW_NS || t->proto != IPPROTO_UDP_ || t->frag != FRAG_NONE)
+        return 0;
+    struct copy_key k = {};
+    if (v6 ? ld(p, l3off + 8, k.addrs, 32) : ld(p, l3off + 12, k.addrs, 8))
+        return 0;
+    u32 n = t->len < COPY_HEAD ? t->len : COPY_HEAD;   /* >= 20: keep_transport saw both headers */
+    if (n < 1 || ld(p, t->off, k.head, n))
+        return 0;
+    k.len = t->len;
+    k.family = v6 ? 6 : 4;
+    u64 now = bpf_ktime_get_ns();
+    u64 point = ((u64)skb->cb[0] << 32) | ((u64)skb->ifindex << 3) | (skb->pkt_type & 7);
+    struct copy_seen *seen = copies.lookup(&k);
+    if (seen && (s64)(now - seen->ktime_ns) < COPY_WINDOW_NS && seen->point != point) {
+        count(CNT_COPIES);
+        return 1;
+    }
+    struct copy_seen v = {.ktime_ns = now, .point = point};
+    copies.update(&k, &v);
+    return 0;
+}
+
 /* Rules 3 and 4 on the transport header. Lengths are what the IP header declares for this
  * packet (the UDP length field is not consulted, as in user space). */
 static __always_inline int keep_transport(struct pkt *p, struct l4 *t)
@@ -363,6 +428,8 @@ static __always_inline int dns_verdict(struct __sk_buff *skb)
     }
     if (!keep_transport(&p, &t))
         return 0;
+    if (copy_elsewhere(skb, &p, off, proto == ETH_P_IPV6_, &t))
+        return 0;   /* rule 6 */
     u8 kind = 1 + t.resp;
     if (t.frag == FRAG_FIRST)
         frags.update(&k, &kind);

@@ -107,6 +107,7 @@ class Pipeline:
         self.summary = Summary()
         self.source_losses: Dict[str, int] = {}  # losses the source counted, by stage (live: the kernel's)
         self.source_lost_responses: Dict[str, int] = {}  # the part of those that were responses, where known
+        self.source_duplicates = 0  # copies the source dropped itself (live: the kernel's rule 6)
         self._malformed_reasons: Counter = Counter()
         self.malformed_truncated = 0  # malformed messages stored with only their first MALFORMED_MAX_DATA bytes
         self._started = time.monotonic()
@@ -227,7 +228,7 @@ class Pipeline:
     def counters(self) -> Summary:
         s = self.summary
         c = self.correlator
-        s.queries, s.responses, s.duplicates = c.queries, c.responses, c.duplicates
+        s.queries, s.responses, s.duplicates = c.queries, c.responses, c.duplicates + self.source_duplicates
         s.unanswered, s.response_only = c.unanswered, c.response_only
         s.retries, s.repeated_responses = c.retries, c.repeated_responses
         if self._rows_from is not None:

@@ -174,7 +174,9 @@ CAPTURES = Table(
                "Events lost, each counted once at the stage where it was lost: the sum of notes.losses. A gap in a "
                "TCP stream (a segment never captured) is a decode loss, never a memory bound."),
         Column("duplicates", "INTEGER",
-               "Copies of a message seen again at another capture point within 50 ms (see queries), stored once."),
+               "Copies of a message seen again at another capture point within 50 ms (see queries), stored once. "
+               "Live, most never reach user space: the kernel drops them (docs/keep-contract.md, rule 6) and they "
+               "are counted here too."),
         Column("options", "TEXT", "Options of the run as JSON (ports, interfaces, timeout...)."),
         Column("notes", "TEXT",
                "JSON: counts of frames skipped by reason (frames), malformed messages by reason, warnings about "

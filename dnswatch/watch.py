@@ -142,7 +142,7 @@ def run_watch(
                 # kernel counters, timeouts, flushes and rescans: every 100 ms, not after every wakeup
                 if now >= next_housekeeping:
                     next_housekeeping = now + HOUSEKEEPING_INTERVAL
-                    pipeline.source_losses, pipeline.source_lost_responses = _losses(capture)
+                    _kernel_counts(capture, pipeline)
                     pipeline.tick()
                     if tracker is not None:
                         tracker.tick()
@@ -166,7 +166,7 @@ def run_watch(
             raise
         # detach, then everything the kernel had already kept (and the reorder window holds): stored and counted
         pipeline.feed_all(_last_frames(capture))
-        pipeline.source_losses, pipeline.source_lost_responses = _losses(capture)
+        _kernel_counts(capture, pipeline)
         capture.close()
         return pipeline.finish(status)
     finally:
@@ -181,7 +181,7 @@ def _record_failure(capture, pipeline: Pipeline, exc: BaseException) -> None:
     pipeline.summary.error = f"{type(exc).__name__}: {exc}"
     try:
         pipeline.feed_all(_last_frames(capture))
-        pipeline.source_losses, pipeline.source_lost_responses = _losses(capture)
+        _kernel_counts(capture, pipeline)
     except Exception:  # noqa: BLE001 - the original error is the one to report
         pass
     try:
@@ -201,11 +201,20 @@ def _last_frames(capture) -> List:
     return frames
 
 
-def _losses(capture) -> Tuple[Dict[str, int], Dict[str, int]]:
+def _kernel_counts(capture, pipeline: Pipeline) -> None:
+    """The kernel's counters into the pipeline's summary: its losses, and the copies it dropped (keep contract
+    rule 6: a packet seen in several namespaces goes up once), which count as duplicates, as user space's do."""
+    stats = capture.stats()
+    pipeline.source_losses, pipeline.source_lost_responses = _losses(capture, stats)
+    pipeline.source_duplicates = int(stats.get("kernel_copies", 0))
+
+
+def _losses(capture, stats: Optional[Dict[str, int]] = None) -> Tuple[Dict[str, int], Dict[str, int]]:
     """The kernel's losses by stage, and how many of them were responses. A full perf buffer is counted by the
     filter (emit_failures) and again by the buffer's lost records (lost_samples): the same events, so only the
     first is used."""
-    stats = capture.stats()
+    if stats is None:
+        stats = capture.stats()
     return ({"kernel_perf_buffer": int(stats.get("emit_failures", 0)),
              "kernel_short_payload": int(stats.get("kernel_skip_short", 0)),
              "kernel_too_many_questions": int(stats.get("kernel_skip_qdcount", 0))},

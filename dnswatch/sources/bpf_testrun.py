@@ -274,7 +274,8 @@ class FilterRunner:
     def __init__(self, ports: Sequence[int] = (53,), responses: bool = False, max_capture: int = 256):
         from dnswatch.sources import live  # bcc lives there only
 
-        self.filter = live.load_filter(ports, responses, max_capture=max_capture, loopback_dedup=False)
+        self.filter = live.load_filter(ports, responses, max_capture=max_capture, loopback_dedup=False,
+                                       copy_window_ns=0)
         self._seq = 0
         self._kept: set = set()
         self._events: List[Tuple[int, bytes]] = []
@@ -339,7 +340,7 @@ def verdicts(frames: Iterable[bytes], ports: Sequence[int] = (53,), responses: b
 
     Loads the filter once; fragment state carries across frames as it does live. Frames are
     Ethernet unless ``linktype`` says otherwise (raw IP, Linux cooked, BSD loopback get an Ethernet
-    header first). The loopback rule (5) is live-only and not applied.
+    header first). The copy rules (5: loopback, 6: other capture points) are live-only and not applied.
     """
     with FilterRunner(ports, responses) as runner:
         return runner.run(frames, linktype)

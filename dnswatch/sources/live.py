@@ -71,7 +71,11 @@ _FIX_PRIV = "run as root, or grant CAP_BPF, CAP_NET_RAW and CAP_PERFMON (e.g. se
 # the kernel's counters, in dns_filter.c's CNT_* order. emit_failures: events the perf buffer had no room for
 # (the loss); skip_*: DNS-port packets the keep rule drops, by reason.
 _COUNTERS = ("kernel_seen", "kernel_kept", "emit_failures", "kernel_slow_loads", "kernel_skip_short",
-             "kernel_skip_qdcount", "emit_failures_responses")
+             "kernel_skip_qdcount", "emit_failures_responses", "kernel_copies")
+
+# Rule 6 of the keep contract: a copy of a kept packet at another capture point within this window is dropped in
+# the kernel (kernel_copies). The same window as correlate.COPY_WINDOW, which recognises the copies it lets through.
+COPY_WINDOW_NS = 50_000_000
 
 _ETH_P_ALL = 0x0003
 _SO_ATTACH_BPF = 50
@@ -187,7 +191,8 @@ def _check_ports(ports: Sequence[int]) -> Tuple[int, ...]:
 class LoadedFilter:
     """dns_filter compiled and loaded (not attached). Built by :func:`load_filter`."""
 
-    def __init__(self, bpf, fn, ports, responses, max_capture, loopback_dedup, task_meta, task_missing, fallback, log):
+    def __init__(self, bpf, fn, ports, responses, max_capture, loopback_dedup, task_meta, task_missing, fallback, log,
+                 copy_window_ns=COPY_WINDOW_NS):
         self.bpf = bpf
         self.fn = fn
         self.prog_fd: int = fn.fd
@@ -195,6 +200,7 @@ class LoadedFilter:
         self.responses: bool = responses
         self.max_capture: int = max_capture
         self.loopback_dedup: bool = loopback_dedup
+        self.copy_window_ns: int = copy_window_ns  # rule 6; 0: every copy goes up
         self.task_meta: int = task_meta  # TASK_* bits compiled in
         self.task_missing: Dict[str, str] = task_missing  # helper name -> why it does not load
         self.fallback: Optional[str] = fallback  # set when task metadata had to be compiled out
@@ -250,12 +256,14 @@ def parse_event(address: int, size: int) -> Tuple[tuple, bytes]:
 
 
 def load_filter(ports: Sequence[int] = (53,), responses: bool = False, max_capture: int = DEFAULT_MAX_CAPTURE,
-                loopback_dedup: bool = True, task_meta: Optional[int] = None, debug: bool = False) -> LoadedFilter:
+                loopback_dedup: bool = True, task_meta: Optional[int] = None, debug: bool = False,
+                copy_window_ns: int = COPY_WINDOW_NS) -> LoadedFilter:
     """Compile and load dns_filter with these settings.
 
     Task helpers are probed first (a tiny program per helper); those the kernel refuses in socket
     filters are compiled out. If the filter still fails to load with task metadata, it is retried
-    without, and ``fallback`` says so. Raises LiveCaptureError.
+    without, and ``fallback`` says so. ``loopback_dedup`` and ``copy_window_ns`` (0: off) are the keep contract's
+    copy rules 5 and 6 (BPF_PROG_TEST_RUN turns them off: its frames all look alike). Raises LiveCaptureError.
     """
     ports = _check_ports(ports)
     if not 64 <= max_capture <= MAX_CAPTURE_LIMIT:
@@ -287,6 +295,7 @@ def load_filter(ports: Sequence[int] = (53,), responses: bool = False, max_captu
             f"-DRESPONSES={int(bool(responses))}",
             f"-DMAX_CAPTURE={int(max_capture)}",
             f"-DLOOPBACK_DEDUP={int(bool(loopback_dedup))}",
+            f"-DCOPY_WINDOW_NS={max(0, int(copy_window_ns))}",
             f"-DTASK_META={mask}",
         ]
         b = None
@@ -309,7 +318,7 @@ def load_filter(ports: Sequence[int] = (53,), responses: bool = False, max_captu
         if debug and log.strip():
             sys.stderr.write(log)
         return LoadedFilter(b, fn, ports, bool(responses), int(max_capture), bool(loopback_dedup), mask, missing,
-                            fallback, log)
+                            fallback, log, max(0, int(copy_window_ns)))
 
     log = "".join(logs)
     if debug and log.strip():
@@ -442,12 +451,14 @@ class LiveCapture:
     ``interfaces``: names to capture on (None: all interfaces). ``netns``: paths of network
     namespaces to capture in (``/var/run/netns/NAME``, ``/proc/PID/ns/net``); None: only ours. Each
     namespace gets its own sockets and a dispatcher program tagging its packets with the namespace
-    inode (``PacketMeta.netns``); all share one loaded filter.
+    inode (``PacketMeta.netns``); all share one loaded filter. A packet seen in several namespaces comes up
+    once (the first sighting; keep contract rule 6) unless ``copy_window_ns`` is 0.
     """
 
     def __init__(self, interfaces: Optional[List[str]] = None, ports: Sequence[int] = (53,), responses: bool = False,
                  max_capture: int = DEFAULT_MAX_CAPTURE, debug: bool = False, netns: Optional[Sequence[str]] = None,
-                 page_cnt: Optional[int] = None, wakeup_events: int = WAKEUP_EVENTS):
+                 page_cnt: Optional[int] = None, wakeup_events: int = WAKEUP_EVENTS,
+                 copy_window_ns: int = COPY_WINDOW_NS):
         self.interfaces = list(interfaces) if interfaces else None
         self.ports = _check_ports(ports)
         self.responses = bool(responses)
@@ -460,6 +471,7 @@ class LiveCapture:
         if self.page_cnt & (self.page_cnt - 1):
             raise ValueError(f"page_cnt must be a power of two, got {page_cnt}")
         self.wakeup_events = max(1, int(wakeup_events))
+        self.copy_window_ns = copy_window_ns  # keep contract rule 6 (0: off, every copy comes up)
         self.filter: Optional[LoadedFilter] = None
         self._taps: Dict[int, _NetnsTaps] = {}
         self._own_inode = netns_inode()
@@ -481,7 +493,8 @@ class LiveCapture:
     def open(self) -> None:
         if self.filter is not None:
             return
-        self.filter = load_filter(self.ports, self.responses, self.max_capture, debug=self.debug)
+        self.filter = load_filter(self.ports, self.responses, self.max_capture, debug=self.debug,
+                                  copy_window_ns=self.copy_window_ns)
         self._task_meta = self.filter.task_meta
         try:
             if self.netns_paths is None:
@@ -669,7 +682,8 @@ class LiveCapture:
     def stats(self) -> Dict[str, int]:
         """Counters. The loss is ``emit_failures`` (each event the perf buffer had no room for, once);
         ``lost_samples`` is what the buffers' lost records said about the same events (a cross-check:
-        never add the two). ``kernel_skip_*``: DNS-port packets the keep rule drops, by reason."""
+        never add the two). ``kernel_skip_*``: DNS-port packets the keep rule drops, by reason. ``kernel_copies``:
+        copies of a kept packet at another capture point the kernel dropped (rule 6: stored once, not a loss)."""
         out = {"lost_samples": self._lost, "reorder_late": self.reorder_late, "reorder_forced": self.reorder_forced}
         if self.filter is not None:
             out.update(self.filter.counters())
