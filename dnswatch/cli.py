@@ -276,7 +276,7 @@ def _replay_one(store: Store, path: str, ports: Sequence[int], timeout: float, p
                     now = reader.position()
                     bar.update(now - done[0])
                     done[0] = now
-            if not pipeline.feed_file(reader.frames(), lambda: stop.requested, advance):
+            if not pipeline.feed_reader(reader, lambda: stop.requested, advance):
                 status = "interrupted"
     except Exception as exc:  # noqa: BLE001 - recorded as 'failed' with its reason, then the caller reports it
         status, error = "failed", exc

@@ -9,6 +9,7 @@ age, and what is given up is counted in ``FrameDecoder.stats``.
 """
 from __future__ import annotations
 
+import functools
 import socket
 import struct
 from collections import OrderedDict, defaultdict
@@ -79,11 +80,24 @@ _ipv4 = struct.Struct("!BBHHHBB").unpack_from  # ver/ihl tos total id frag ttl p
 # field, protocol, both addresses, UDP ports and length.
 _eth_ipv4_udp = struct.Struct("!12xHBxH2xHxB2x8sHHH").unpack_from
 _new_segment = tuple.__new__  # Segment(...) goes through a Python-level __new__; this is ~3x cheaper
+_new_frame = tuple.__new__
+# decode_records' look at a frame, per link type: where its ethertype and its IP header are
+_L2_OFFSETS = {LINKTYPE_ETHERNET: (12, 14), LINKTYPE_LINUX_SLL: (14, 16), LINKTYPE_LINUX_SLL2: (0, 20)}
 _ntoa = socket.inet_ntoa
 _ntop = socket.inet_ntop
 _AF_INET6 = socket.AF_INET6
 
 TCP_FIN, TCP_SYN, TCP_RST = 0x01, 0x02, 0x04
+
+
+@functools.lru_cache(maxsize=None)
+def _l2_unpacks(linktype: int):
+    """decode_records' unpacks for a link type: ethertype, IPv4 (ver/ihl, total length, fragment field, protocol,
+    both addresses) and UDP (ports, length); IPv6 (version byte, payload length, next header, both addresses) and
+    UDP."""
+    at, ip = _L2_OFFSETS[linktype]
+    ipv4 = struct.Struct("!%dxH%dxBxH2xHxB2x8sHHH" % (at, ip - at - 2))
+    return ipv4.unpack_from, struct.Struct("!%dxB3xHBx32sHHH" % ip).unpack_from
 
 
 def _walk_ipv6_ext(nh: int, data: bytes, pos: int, limit: int) -> Tuple[int, int]:
@@ -177,9 +191,7 @@ class FrameDecoder:
                     return []
                 pair = self._addr_pairs.get(addrs)
                 if pair is None:
-                    if len(self._addr_pairs) > 65536:
-                        self._addr_pairs.clear()
-                    pair = self._addr_pairs[addrs] = (self._addr4(addrs[:4]), self._addr4(addrs[4:]))
+                    pair = self._addr_pair(addrs)
                 stop = 34 + ulen if 8 <= ulen <= end - 34 else end
                 return [_new_segment(Segment, (ts, pair[0], sport, pair[1], dport, "udp", data[42:stop], ifname, meta))]
         try:
@@ -235,6 +247,93 @@ class FrameDecoder:
         except (struct.error, IndexError, ValueError, OSError):
             self.stats["truncated_l3_l4"] += 1
             return []
+
+    def decode_records(self, data: bytes, pos: int, limit: int, layout: tuple) -> Tuple[List[Segment], int, int, float, float]:
+        """Replay's fast path: decode up to ``limit`` classic-pcap records from ``data[pos:]``, each a header
+        (``layout``: its unpack giving seconds, fraction, captured and original length; the fraction's divisor;
+        the link type; the largest record that is not damage) and the frame. The result is what ``decode`` gives
+        for each record as a Frame, but an Ethernet or Linux cooked frame holding an unfragmented UDP datagram
+        in IPv4 without options or IPv6 without extension headers is read where it lies in ``data``: two struct
+        unpacks and one slice (the DNS payload). Other frames are built and go through ``decode``. Stops before
+        a record that is not wholly in ``data``. Returns (segments, position after the records read, records
+        read, the first one's time, the highest time); no records: (.., 0, None, None)."""
+        unpack_record, divisor, linktype, max_record = layout
+        at = _L2_OFFSETS.get(linktype) if not self.track_verdict else None  # verdicts: decode() for each frame
+        if at is None:
+            ip, need4, need6 = 0, 1 << 62, 1 << 62  # no frame takes the fast path
+            unpack4 = unpack6 = None
+        else:
+            ip = at[1]
+            need4, need6 = ip + 28, ip + 48
+            unpack4, unpack6 = _l2_unpacks(linktype)
+        ports = self.ports
+        pairs = self._addr_pairs
+        decode = self.decode
+        out: List[Segment] = []
+        append = out.append
+        size = len(data)
+        sweep = self._since_sweep
+        n = 0
+        first = last = None
+        while n < limit and pos + 16 <= size:
+            sec, frac, incl, _orig = unpack_record(data, pos)
+            f = pos + 16  # the frame
+            fend = f + incl
+            if fend > size or incl > max_record:
+                break
+            n += 1
+            pos = fend
+            ts = sec + frac / divisor
+            if last is None:
+                first = last = ts
+            elif ts > last:
+                last = ts
+            sweep += 1
+            if incl >= need4 and sweep < EXPIRE_EVERY:  # (the sweep runs in decode())
+                etype, vihl, total, frag, proto, addrs, sport, dport, ulen = unpack4(data, f)
+                if etype == ETH_P_IP and vihl == 0x45 and proto == IPPROTO_UDP and not frag & 0x3FFF:
+                    u = f + ip + 20  # the UDP header
+                    end = u - 20 + total if total >= 20 else fend  # trims Ethernet padding
+                elif etype == ETH_P_IPV6 and incl >= need6:
+                    vihl, plen, proto, addrs, sport, dport, ulen = unpack6(data, f)
+                    if vihl >> 4 != 6 or proto != IPPROTO_UDP:
+                        end = -1
+                    else:
+                        u = f + ip + 40
+                        end = u + plen if plen else fend  # plen 0: jumbogram
+                else:
+                    end = -1
+                if end >= 0:
+                    if end > fend:
+                        end = fend  # snaplen cut; use what is there
+                    if end - u < 8 or (sport not in ports and dport not in ports):
+                        continue
+                    pair = pairs.get(addrs)
+                    if pair is None:
+                        pair = self._addr_pair(addrs)
+                    stop = u + ulen if 8 <= ulen <= end - u else end
+                    append(_new_segment(Segment, (ts, pair[0], sport, pair[1], dport, "udp", data[u + 8:stop],
+                                                  None, None)))
+                    continue
+            self._since_sweep = sweep - 1  # decode() counts this frame
+            segs = decode(_new_frame(Frame, (ts, linktype, data[f:fend], None, None)))
+            sweep = self._since_sweep
+            if segs:
+                out += segs
+        self._since_sweep = sweep
+        return out, pos, n, first, last
+
+    def _addr_pair(self, addrs: bytes) -> Tuple[str, str]:
+        """Both addresses of an IPv4 (8 bytes) or IPv6 (32 bytes) source+destination, as text (cached)."""
+        if len(self._addr_pairs) > 65536:
+            self._addr_pairs.clear()
+        half = len(addrs) // 2
+        if half == 4:
+            pair = (self._addr4(addrs[:4]), self._addr4(addrs[4:]))
+        else:
+            pair = (self._addr6(addrs[:16]), self._addr6(addrs[16:]))
+        self._addr_pairs[addrs] = pair
+        return pair
 
     def unknown_linktypes(self) -> Dict[int, int]:
         """Link types this decoder could not read: {link type: frames skipped}."""

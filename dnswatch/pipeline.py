@@ -13,10 +13,11 @@ from itertools import islice
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional
 
 from dnswatch.correlate import DEFAULT_TIMEOUT, Correlator, Row
-from dnswatch.dns import Malformed, parse_message
+from dnswatch.dns import DECODED, Malformed, parse_message
 from dnswatch.frames import FrameDecoder
 from dnswatch.lookups import LookupStage
 from dnswatch.model import Frame, Segment
+from dnswatch.sources.pcap import PcapReader
 from dnswatch.store import Store
 
 EXPIRE_EVERY_FRAMES = 2048
@@ -61,6 +62,15 @@ class Summary:
     @property
     def rate(self) -> float:
         return self.frames / self.seconds if self.seconds > 0 else 0.0
+
+
+def _pause_gc() -> bool:
+    """Pause the cyclic garbage collector while frames are fed (True: it ran, the caller enables it again).
+    Nothing there makes reference cycles, and with several short-lived containers per frame it would spend
+    ~7% of the time rescanning them."""
+    collecting = gc.isenabled()
+    gc.disable()
+    return collecting
 
 
 class Pipeline:
@@ -126,18 +136,16 @@ class Pipeline:
         self.feed_all((frame,))
 
     def feed_all(self, frames: Iterable[Frame]) -> None:
-        """Feed every frame of ``frames``. Replay passes a whole file: the per-frame counters live in locals
-        meanwhile (written back to ``summary`` at the end, even on an exception).
-
-        The cyclic garbage collector is paused meanwhile: nothing here makes reference cycles, and with several
-        short-lived containers per frame it would spend ~7% of the time rescanning them."""
+        """Feed every frame of ``frames``. The messages of up to EXPIRE_EVERY_FRAMES frames are decoded, then
+        read and correlated together (``_messages``), then the correlator's clock advances: the same order of
+        events as one frame at a time, with fewer calls. Replay passes a whole file: the per-frame counters live
+        in locals meanwhile (written back to ``summary`` at the end, even on an exception)."""
         s = self.summary
         decode = self.decoder.decode
-        query, response, expire = self.correlator.query, self.correlator.response, self.correlator.expire
-        n = messages = 0
+        n = 0
         first, last, since = s.first_ts, s.last_ts, self._since_expire
-        collecting = gc.isenabled()
-        gc.disable()
+        segments: List[Segment] = []
+        collecting = _pause_gc()
         try:
             for frame in frames:
                 n += 1
@@ -146,43 +154,112 @@ class Pipeline:
                     first = ts
                 if last is None or ts > last:
                     last = ts
-                for seg in decode(frame):
-                    messages += 1
-                    payload = seg[6]
-                    msg = parse_message(payload)
-                    if msg.__class__ is Malformed:
-                        self._malformed(seg, msg.reason)
-                    elif msg.qr:
-                        response(seg, msg, (payload[0] << 8) | payload[1])
-                    elif msg.questions:
-                        query(seg, msg, (payload[0] << 8) | payload[1])
-                    else:
-                        self._malformed(seg, "query without a question")
+                segs = decode(frame)
+                if segs:
+                    segments += segs
                 since += 1
                 if since >= EXPIRE_EVERY_FRAMES:
                     since = 0
-                    s.last_ts = last
-                    expire(last)
-                    if self.lookups is not None:
-                        self.lookups.advance(last)
+                    self._messages(segments)
+                    segments = []
+                    self._advance(last)
+            self._messages(segments)
         finally:
             if collecting:
                 gc.enable()
             s.frames += n
-            s.dns_messages += messages
             s.first_ts, s.last_ts, self._since_expire = first, last, since
+
+    def feed_reader(self, reader: PcapReader, stop: Callable[[], bool] = lambda: False,
+                    progress: Optional[Callable[[], None]] = None) -> bool:
+        """Replay ``reader`` as ``feed_file(reader.frames(), ...)`` does. A classic pcap is read from the file's
+        bytes instead (``PcapReader.windows`` and ``FrameDecoder.decode_records``): the common frames never become
+        Frame objects."""
+        if reader.format != "pcap" or self.decoder.track_verdict:
+            return self.feed_file(reader.frames(), stop, progress)
+        windows = reader.windows()
+        window: List[Any] = [None]  # the current one; None: ask the reader for the next
+
+        def feed(limit: int) -> None:
+            collecting = _pause_gc()
+            try:
+                feed_records(limit)
+            finally:
+                if collecting:
+                    gc.enable()
+
+        def feed_records(limit: int) -> None:
+            s = self.summary
+            decode_records = self.decoder.decode_records
+            while limit > 0:
+                buf = window[0]
+                if buf is None:
+                    buf = window[0] = next(windows, None)
+                    if buf is None:
+                        return
+                want = min(limit, EXPIRE_EVERY_FRAMES - self._since_expire)
+                segments, buf.pos, n, first, last = decode_records(buf.data, buf.pos, want, reader.layout)
+                reader.frames_read += n
+                if n < want:
+                    window[0] = None  # the window's edge: the reader reads on (or ends)
+                if n:
+                    limit -= n
+                    s.frames += n
+                    if s.first_ts is None:
+                        s.first_ts = first
+                    if s.last_ts is None or last > s.last_ts:
+                        s.last_ts = last
+                    self._messages(segments)
+                    self._since_expire += n
+                    if self._since_expire >= EXPIRE_EVERY_FRAMES:
+                        self._since_expire = 0
+                        self._advance(s.last_ts)
+        return self._chunks(feed, stop, progress)
+
+    def _messages(self, segments: List[Segment]) -> None:
+        """Read and correlate DNS messages."""
+        if not segments:
+            return
+        query, response = self.correlator.query, self.correlator.response
+        cached = DECODED.get  # parse_message's own cache, looked up here first: one call less per message
+        try:
+            for seg in segments:
+                payload = seg[6]
+                msg = cached(payload[2:]) or parse_message(payload)
+                if msg.__class__ is Malformed:
+                    self._malformed(seg, msg.reason)
+                elif msg.qr:
+                    response(seg, msg, (payload[0] << 8) | payload[1])
+                elif msg.questions:
+                    query(seg, msg, (payload[0] << 8) | payload[1])
+                else:
+                    self._malformed(seg, "query without a question")
+        finally:
+            self.summary.dns_messages += len(segments)
+
+    def _advance(self, now: float) -> None:
+        """Capture time reached ``now``: queries time out, held lookups go on."""
+        self.summary.last_ts = now
+        self.correlator.expire(now)
+        if self.lookups is not None:
+            self.lookups.advance(now)
 
     def feed_file(self, frames: Iterator[Frame], stop: Callable[[], bool] = lambda: False,
                   progress: Optional[Callable[[], None]] = None) -> bool:
         """Replay: feed ``frames`` in chunks, so that the counters in ``captures`` stay current while rows are
         stored (updated every RECORD_EVERY seconds) and ``stop()`` is asked every few milliseconds.
         ``progress()`` runs after each chunk. Returns False when ``stop()`` ended it early."""
+        return self._chunks(lambda n: self.feed_all(islice(frames, n)), stop, progress)
+
+    def _chunks(self, feed: Callable[[int], None], stop: Callable[[], bool],
+                progress: Optional[Callable[[], None]]) -> bool:
+        """``feed(n)`` feeds up to n more frames (fewer: the input ended) until the input ends or ``stop()``."""
         next_record = time.monotonic() + RECORD_EVERY
         chunk = CHUNK_FRAMES
         while True:
             before = self.summary.frames
             started = time.monotonic()
-            self.feed_all(islice(frames, chunk))
+            feed(chunk)
             if self.summary.frames == before:
                 return True
             if progress is not None:
@@ -271,19 +348,7 @@ class Pipeline:
     def finish(self, status: str = "complete") -> Summary:
         """End of input: pending queries become unanswered, everything is written."""
         self.summary.status = status
-        for seg in self.decoder.finish():  # TCP messages that only the end of the input completed
-            s = self.summary
-            s.dns_messages += 1
-            payload = seg[6]
-            msg = parse_message(payload)
-            if msg.__class__ is Malformed:
-                self._malformed(seg, msg.reason)
-            elif msg.qr:
-                self.correlator.response(seg, msg, (payload[0] << 8) | payload[1])
-            elif msg.questions:
-                self.correlator.query(seg, msg, (payload[0] << 8) | payload[1])
-            else:
-                self._malformed(seg, "query without a question")
+        self._messages(self.decoder.finish())  # TCP messages that only the end of the input completed
         self.correlator.flush()
         if self.lookups is not None:
             self.lookups.flush()

@@ -242,6 +242,7 @@ def test_an_exception_in_replay_records_failed(tmp_path, monkeypatch):
         return real(payload)
 
     monkeypatch.setattr(pipeline_module, "parse_message", breaks)
+    monkeypatch.setattr(pipeline_module, "DECODED", {})  # no message found decoded already: each goes to breaks()
     db = tmp_path / "e.db"
     result = CliRunner().invoke(cli, ["replay", str(PCAPS / "udp_v4_dig.pcap"), "--db", str(db)])
     assert isinstance(result.exception, RuntimeError)

@@ -219,6 +219,7 @@ class PcapReader:
         self.dropped = 0
         self.stats: Dict[str, int] = {}
         self._more_warnings = 0
+        self.layout: Optional[Tuple] = None  # classic pcap, once its header is read: see windows()
         self._stream, self._raw = open_capture(path)
         try:
             self._check_head()
@@ -266,12 +267,23 @@ class PcapReader:
         self.close()
 
     def frames(self) -> Iterator[Frame]:
+        yield from self._read(self._pcap if self.format == "pcap" else self._pcapng)
+
+    def windows(self) -> Iterator[_Buffer]:
+        """Classic pcap only, for a consumer that reads the records itself (replay's fast path, which decodes
+        frames straight from the file's bytes). Each window is a buffer whose ``data[pos:]`` starts at a record;
+        the consumer reads whole records from ``pos`` (``layout`` says how: the record header's unpack, the
+        timestamp divisor, the link type, MAX_RECORD: a longer record is damage, left to the reader), moves ``pos`` past them and adds them to ``frames_read``, then asks
+        for the next window. What it leaves, the reader handles: a record across the window's edge (more input
+        is read), a record over MAX_RECORD (damage), the end of the file."""
+        if self.format != "pcap":
+            raise ValueError(f"{self.path}: windows() reads classic pcap, not {self.format}")
+        yield from self._read(self._pcap_windows)
+
+    def _read(self, records) -> Iterator:
         buf = _Buffer(self._stream, self._head)
         try:
-            if self.format == "pcap":
-                yield from self._pcap(buf)
-            else:
-                yield from self._pcapng(buf)
+            yield from records(buf)
         except _StreamError as exc:
             self._damage(f"{self.path}: read error at byte {buf.offset} after frame {self.frames_read}: {exc}; "
                          f"kept the {self.frames_read:,} frames before it")
@@ -308,6 +320,23 @@ class PcapReader:
 
     # -- classic pcap ---------------------------------------------------------------------------
     def _pcap(self, buf: _Buffer) -> Iterator[Frame]:
+        for buf in self._pcap_windows(buf):
+            # Records wholly inside the window: no method call per record.
+            unpack, divisor, linktype, _max = self.layout
+            data, pos, size = buf.data, buf.pos, len(buf.data)
+            n = 0
+            while pos + 16 <= size:
+                sec, frac, incl, _orig = unpack(data, pos)
+                end = pos + 16 + incl
+                if end > size or incl > MAX_RECORD:
+                    break
+                n += 1
+                yield _new_frame(Frame, (sec + frac / divisor, linktype, data[pos + 16:end], None, None))
+                pos = end
+            buf.pos = pos
+            self.frames_read += n
+
+    def _pcap_windows(self, buf: _Buffer) -> Iterator[_Buffer]:
         if not buf.ensure(24):
             self.damaged = True
             raise CaptureFormatError(f"{self.path}: pcap file header is truncated")
@@ -322,30 +351,18 @@ class PcapReader:
                 "raw IP and BSD loopback captures"
             )
         buf.pos = 24
-        rec = struct.Struct(endian + "IIII")
-        unpack = rec.unpack_from
-        n = 0
+        unpack = struct.Struct(endian + "IIII").unpack_from  # seconds, fraction, captured and original length
+        self.layout = (unpack, divisor, linktype, MAX_RECORD)
         while True:
-            # Records wholly inside the window: no method call per record (the hot loop of replay).
-            data, pos, size = buf.data, buf.pos, len(buf.data)
-            while pos + 16 <= size:
-                sec, frac, incl, _orig = unpack(data, pos)
-                end = pos + 16 + incl
-                if end > size or incl > MAX_RECORD:
-                    break
-                n += 1
-                yield _new_frame(Frame, (sec + frac / divisor, linktype, data[pos + 16:end], None, None))
-                pos = end
-            buf.pos = pos
-            self.frames_read = n
-            # The window's edge (or damage): one record the careful way, reading more input.
+            yield buf  # the consumer reads the records wholly inside it
+            # The window's edge (or damage): make the next record whole in the window, reading more input.
             if not buf.ensure(16):
                 if len(buf.data) > buf.pos:
                     self._damage(
                         f"{self.path}: truncated record header at byte {buf.offset}; kept the frames before it"
                     )
                 return
-            sec, frac, incl, _orig = unpack(buf.data, buf.pos)
+            incl = unpack(buf.data, buf.pos)[2]
             if incl > MAX_RECORD:
                 self._damage(
                     f"{self.path}: damaged record at byte {buf.offset} (length {incl}); kept the frames before it"
@@ -357,11 +374,6 @@ class PcapReader:
                     f"({len(buf.data) - buf.pos - 16} of {incl} bytes); kept the frames before it"
                 )
                 return
-            start = buf.pos + 16
-            buf.pos = start + incl
-            n += 1
-            self.frames_read = n
-            yield _new_frame(Frame, (sec + frac / divisor, linktype, buf.data[start:buf.pos], None, None))
 
     # -- pcapng ---------------------------------------------------------------------------------
     def _pcapng(self, buf: _Buffer) -> Iterator[Frame]:
