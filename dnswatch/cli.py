@@ -113,9 +113,10 @@ def cli() -> None:
               help="Seconds (capture time) a query waits for its response before it is unanswered.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-@click.option("--lookups", "with_lookups", is_flag=True,
+@click.option("--lookups/--no-lookups", "with_lookups", default=True, show_default=True,
               help="Group queries into lookups (resolver calls: search-path candidates, A/AAAA, retries, NAT copies, "
-                   "upstream hops): queries.lookup_id and the lookups table. Off by default: it costs ~5-9 us a row.")
+                   "upstream hops): queries.lookup_id and the lookups table. --no-lookups leaves lookup_id and "
+                   "nat_dst empty, stores DNAT copies twice, and saves its cost (see README, Lookups).")
 @click.option("--skip-existing", is_flag=True,
               help="Skip files already replayed into this log (same size and first 64 KiB); default: warn and replay.")
 def replay(files: Sequence[str], db_path: Optional[str], ports: Sequence[int], timeout: float,
@@ -252,7 +253,7 @@ def _total(summaries) -> Summary:
 
 
 def _replay_one(store: Store, path: str, ports: Sequence[int], timeout: float, progress: bool,
-                stop: StopSignals, fingerprint: Optional[str] = None, with_lookups: bool = False
+                stop: StopSignals, fingerprint: Optional[str] = None, with_lookups: bool = True
                 ) -> Tuple[Summary, Optional[BaseException]]:
     """Replay one file. Every way it ends records a status ('complete', 'interrupted', 'failed', 'damaged') and
     returns the summary, with the error that ended it, if any. Raises CaptureFormatError only before it started."""
@@ -857,9 +858,10 @@ def _terminal_width(stream) -> Optional[int]:
               metavar="N", help="At most N label sets (pod/container or process) in the metrics; the rest are "
                                 "counted under 'other'.")
 @click.option("--metrics-server-label", is_flag=True, help="Add the resolver's address as a 'server' label.")
-@click.option("--lookups", "with_lookups", is_flag=True,
+@click.option("--lookups/--no-lookups", "with_lookups", default=True, show_default=True,
               help="Group queries into lookups (resolver calls: search-path candidates, A/AAAA, retries, NAT copies, "
-                   "upstream hops): queries.lookup_id and the lookups table. Off by default: it costs ~5-9 us a row.")
+                   "upstream hops): queries.lookup_id and the lookups table. --no-lookups leaves lookup_id and "
+                   "nat_dst empty, stores DNAT copies twice, and saves its cost (see README, Lookups).")
 @click.option("--wide", is_flag=True, help="Whole lines, never truncated to the terminal's width.")
 @click.option("--duration", type=SECONDS, metavar="SECONDS", help="Stop after this many seconds.")
 @click.option("--count", "-c", type=COUNT, metavar="N", help="Stop after N queries shown.")
