@@ -114,9 +114,10 @@ def cli() -> None:
               help="Seconds (capture time) a query waits for its response before it is unanswered.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-@click.option("--lookups", "with_lookups", is_flag=True,
+@click.option("--lookups/--no-lookups", "with_lookups", default=True, show_default=True,
               help="Group queries into lookups (resolver calls: search-path candidates, A/AAAA, retries, NAT copies, "
-                   "upstream hops): queries.lookup_id and the lookups table. Off by default: it costs ~5-9 us a row.")
+                   "upstream hops): queries.lookup_id and the lookups table. --no-lookups leaves lookup_id and "
+                   "nat_dst empty, stores DNAT copies twice, and saves its cost (see README, Lookups).")
 @click.option("--skip-existing", is_flag=True,
               help="Skip files already replayed into this log (same size and first 64 KiB); default: warn and replay.")
 def replay(files: Sequence[str], db_path: Optional[str], ports: Sequence[int], timeout: float,
@@ -253,7 +254,7 @@ def _total(summaries) -> Summary:
 
 
 def _replay_one(store: Store, path: str, ports: Sequence[int], timeout: float, progress: bool,
-                stop: StopSignals, fingerprint: Optional[str] = None, with_lookups: bool = False
+                stop: StopSignals, fingerprint: Optional[str] = None, with_lookups: bool = True
                 ) -> Tuple[Summary, Optional[BaseException]]:
     """Replay one file. Every way it ends records a status ('complete', 'interrupted', 'failed', 'damaged') and
     returns the summary, with the error that ended it, if any. Raises CaptureFormatError only before it started."""
@@ -858,9 +859,10 @@ def _terminal_width(stream) -> Optional[int]:
               metavar="N", help="At most N label sets (pod/container or process) in the metrics; the rest are "
                                 "counted under 'other'.")
 @click.option("--metrics-server-label", is_flag=True, help="Add the resolver's address as a 'server' label.")
-@click.option("--lookups", "with_lookups", is_flag=True,
+@click.option("--lookups/--no-lookups", "with_lookups", default=True, show_default=True,
               help="Group queries into lookups (resolver calls: search-path candidates, A/AAAA, retries, NAT copies, "
-                   "upstream hops): queries.lookup_id and the lookups table. Off by default: it costs ~5-9 us a row.")
+                   "upstream hops): queries.lookup_id and the lookups table. --no-lookups leaves lookup_id and "
+                   "nat_dst empty, stores DNAT copies twice, and saves its cost (see README, Lookups).")
 @click.option("--wide", is_flag=True, help="Whole lines, never truncated to the terminal's width.")
 @click.option("--duration", type=SECONDS, metavar="SECONDS", help="Stop after this many seconds.")
 @click.option("--count", "-c", type=COUNT, metavar="N", help="Stop after N queries shown.")
@@ -1057,7 +1059,8 @@ def watch(interfaces, ports, netns_specs, all_netns, host_only, timeout, k8s_log
 @click.option("--log", "whole_log", is_flag=True, help="Over the whole log (without --since/--until).")
 @click.option("--by", type=click.Choice(GROUPS), default="name", show_default=True,
               help="Group by: query name, registered domain (public suffix list), client (pod, else process, "
-                   "else address), process, pod, server, qtype or rcode.")
+                   "else address), process, pod, server, qtype or rcode; or lookup: each client's lookups (resolver "
+                   "calls), their queries and those wasted on search-path expansions (sort count: most wasted).")
 @click.option("--sort", type=click.Choice(SORTS_TOP), default="count", show_default=True, help="Order of the keys.")
 @click.option("--reverse", is_flag=True, help="Reverse the order.")
 @click.option("--filter", "key_filter", default="", metavar="TEXT", help="Only keys containing TEXT.")
@@ -1071,7 +1074,7 @@ def watch(interfaces, ports, netns_specs, all_netns, host_only, timeout, k8s_log
               help="Seconds between screen refreshes (over a log: re-reads).")
 def top(interfaces, ports, netns_specs, all_netns, host_only, timeout, k8s_log_dir, debug, db_path, no_db, since,
         until, whole_log, by, sort, reverse, key_filter, limit, once, as_json, duration, interval) -> None:
-    """Top names, domains, clients, processes, pods, servers, types or rcodes: rate, rcode mix, latency.
+    """Top names, domains, clients, processes, pods, servers, types, rcodes or lookups: rate, rcode mix, latency.
 
     Live (the default; needs root): captures queries and responses like `watch --responses`, storing them
     unless --no-db. Over a log: --since/--until (or --log for all of it), with --db.
@@ -1082,8 +1085,12 @@ def top(interfaces, ports, netns_specs, all_netns, host_only, timeout, k8s_log_d
     the rollups keep no latency distribution, so p50/p95/p99 show '-' and the last column is "max ms" (the
     largest latency); processes without a name count as '-' rather than "pid N".
 
+    --by lookup ranks clients by the queries their search paths wasted (NXDOMAIN expansions before the answer):
+    lookups, queries, wasted, unresolved lookups and the p95 of the lookups' total time. It reads the lookups
+    table (raw, never rollups); live, a lookup counts once it ends (1 s after its last query, plus --timeout).
+
     On a terminal the view refreshes; keys: b group by, s sort, r reverse, / filter, p pause, q quit
-    (1-8 pick a grouping). --once, --json, or a stdout that is not a terminal print one snapshot.
+    (1-9 pick a grouping). --once, --json, or a stdout that is not a terminal print one snapshot.
 
     \b
     Examples:
@@ -1091,6 +1098,7 @@ def top(interfaces, ports, netns_specs, all_netns, host_only, timeout, k8s_log_d
       sudo dnswatch top --all-netns --by pod
       dnswatch top --db node.db --since 1h
       dnswatch top --db node.db --since 1d --once --by domain
+      dnswatch top --db node.db --log --by lookup
     """
     from dnswatch.top import ROLLUP_GROUPS, TopStats, log_stats
     from dnswatch.topview import Interactive, TopScreen
@@ -1148,7 +1156,15 @@ def top(interfaces, ports, netns_specs, all_netns, host_only, timeout, k8s_log_d
     pipeline = Pipeline(store, "live", live.capture.describe(), ports, timeout,
                         options={"interfaces": list(interfaces), "responses": True, "netns": list(netns_specs),
                                  "all_netns": live.all_netns, "top": True},
-                        enrich=enricher, expect_responses=True, sinks=(stats.add,))
+                        enrich=enricher, expect_responses=True, sinks=(stats.add,), lookups=True)
+    to_store = pipeline.lookups.add_lookup
+
+    def add_lookup(lookup) -> None:  # --by lookup: each lookup as it ends, and to the log
+        stats.add_lookup(lookup)
+        if to_store is not None:
+            to_store(lookup)
+
+    pipeline.lookups.add_lookup = add_lookup
     source = "live" + (f", logging to {store.path}" if store else "")
 
     def snapshot(**kw):

@@ -3,19 +3,28 @@
     correlate.Correlator --rows--> LookupStage --rows with lookup_id--> store / sinks
                                               \\--lookups rows (when a lookup ends)--> store.add_lookup
 
-The stage holds each row for HOLD seconds (capture time in replay, wall clock live) so that the copy of a query
-seen after DNAT (a service VIP rewritten to a server pod) can be merged into the client's row before either is
-stored. Then the row joins a lookup of its client, or opens one, and goes on. A lookup's summary row is written
-once it can gain no more queries. Memory is bounded: MAX_OPEN lookups, MAX_QUERIES rows each, MAX_HOLD rows held,
-MAX_QUESTIONS recent questions remembered for hops.
+The correlator appends its rows to the stage (``take``: a list's append, no call of ours per row); the stage
+looks at them in batches, when the pipeline advances its clock (every chunk of frames, every live poll and tick).
+Each row waits HOLD seconds (capture time in replay, wall clock live) so that the copy of a query seen after DNAT
+(a service VIP rewritten to a server pod) can be merged into the client's row before either is stored. Then the
+row joins a lookup of its client, or opens one, and goes on. A lookup's summary row is written once it can gain
+no more queries.
+
+Memory is bounded in bytes (issue 8): held rows by MAX_HOLD_BYTES (what their answers take, plus ROW_BYTES each),
+open lookups by MAX_OPEN_BYTES (LOOKUP_BYTES each plus their candidate names), the hop index by MAX_QUESTIONS
+entries of at most QUESTION_BYTES. What a bound gives up is counted (``bounded``): rows let go before HOLD (a NAT
+copy arriving after could not merge), lookups ended early (a later candidate opens a new lookup), questions
+forgotten (a hop arriving after is not linked).
 """
 from __future__ import annotations
 
 import json
-from collections import OrderedDict, deque
+from collections import deque
+from itertools import islice
+from operator import itemgetter
 from typing import Callable, Deque, Dict, List, Optional, Tuple
 
-from dnswatch.correlate import (DEFAULT_TIMEOUT, I_ANCOUNT, I_ATTEMPTS, I_COMM, I_CONTAINER, I_ID,
+from dnswatch.correlate import (DEFAULT_TIMEOUT, I_ANCOUNT, I_ANSWERS, I_ATTEMPTS, I_COMM, I_CONTAINER, I_ID,
                                 I_DST, I_LATENCY, I_NETNS, I_PID, I_POD, I_POD_NS, I_PROTO, I_QNAME, I_QTYPE,
                                 I_QTYPE_NUM, I_RCODE, I_RFLAGS, I_RTS, I_SPORT, I_SRC, I_STATUS, I_TS, Row)
 from dnswatch.schema import Q
@@ -25,44 +34,57 @@ I_NAT_DST = Q["nat_dst"]
 I_EXE = Q["exe"]
 I_SERVER_POD = Q["server_pod"]
 I_SERVER_POD_NS = Q["server_pod_namespace"]
+# what a lookups row takes from its first query: src dst pid comm exe netns pod pod_namespace container
+_CLIENT_COLUMNS = itemgetter(I_SRC, I_DST, I_PID, I_COMM, I_EXE, I_NETNS, I_POD, I_POD_NS, I_CONTAINER)
 # the response's columns, taken from the server-side copy when the client side saw no response
 _RESPONSE_COLUMNS = [Q[c] for c in ("status", "rcode", "rcode_num", "answers", "ancount", "latency_ms", "response_ts",
                                     "first_attempt_latency_ms", "response_flags", "response_size")]
 
 GAP = 1.0  # seconds: the next candidate or query of a lookup is sent within this of the last response
 NAT_WINDOW = 0.05  # seconds between a query and its DNATed copy (microseconds in practice; as correlate's copies)
-HOLD = 0.1  # seconds a row waits for its NAT copy before it goes on
-MAX_OPEN = 50_000
+HOLD = 0.1  # seconds a row waits for its NAT copy before it goes on (replay: capture time)
+HOLD_LIVE = 0.05  # live: both copies' responses reach us within microseconds; what JSON/metrics lines wait
 MAX_PER_CLIENT = 4  # a client's most recent lookups that may still gain a query (older ones only wait to end)
 MAX_QUERIES = 64  # rows of one lookup; the next one opens a new lookup
-MAX_HOLD = 100_000
-MAX_QUESTIONS = 100_000
+# memory bounds, in bytes: a row held is its list (~45 slots) and strings, ~ROW_BYTES plus its answers; an open
+# lookup is its object, dicts and lists, ~LOOKUP_BYTES, plus QUERY_BYTES and the name for each query it took
+ROW_BYTES = 1_000
+LOOKUP_BYTES = 700
+QUERY_BYTES = 250  # plus twice its name (as sent, lower case)
+MAX_HOLD_BYTES = 32 << 20
+MAX_OPEN_BYTES = 64 << 20
+MAX_QUESTIONS = 20_000  # hop index keys, each at most QUESTION_BYTES: (name <= 255, type, role, address) and 4 entries
+QUESTION_BYTES = 1_200
 ID_BASE = 10 ** 12  # lookup_id = capture_id * ID_BASE + n: unique in the log without asking it
 _EMPTY_RCODES = ("NXDOMAIN", "NOERROR")
 _RETRY_RCODES = (None, "SERVFAIL", "REFUSED")
 
 
 class _Lookup:
-    __slots__ = ("id", "client", "first", "ts", "activity", "last_response", "names", "order", "qtypes", "rows",
-                 "prefix", "upstream", "nat_dst", "server_pod", "answered", "forwarded_for")
+    """An open lookup. Kept small (an object, a list of its queries' states, a tuple of the client's columns): at
+    40k queries a second a few seconds of them are open."""
+    __slots__ = ("id", "client", "cols", "lower", "names", "ts", "born", "activity", "last_response", "rows",
+                 "prefix", "upstream", "nat_dst", "server_pod", "answered", "forwarded_for", "open", "bytes")
 
-    def __init__(self, lookup_id: int, client: tuple, row: Row):
+    def __init__(self, lookup_id: int, client: object, row: Row, lower: str):
         self.id = lookup_id
         self.client = client
-        self.first = row  # the client's columns come from its first row
-        self.ts = row[I_TS]
-        self.activity = row[I_TS]
+        self.cols = _CLIENT_COLUMNS(row)  # the client's columns come from its first row
+        self.lower = lower  # the first candidate, lower case (most lookups have one)
+        self.names: Optional[set] = None  # with a second candidate: every candidate, lower case
+        self.ts = self.born = self.activity = row[I_TS]
         self.last_response: Optional[float] = None
-        self.names: Dict[str, Dict[int, list]] = {}  # candidate (lower case) -> qtype -> its rows' states
-        self.order: List[Tuple[float, str]] = []  # (first sent, candidate as sent)
-        self.qtypes: List[str] = []
-        self.rows: List[tuple] = []  # (ts, name lower, rcode, ancount, attempts, response_ts, tc)
-        self.prefix: Optional[List[str]] = None  # the leading labels every candidate shares
+        # per query, in the order they came: (ts, name lower, rcode, ancount, attempts, response_ts, tc, qtype
+        # number, proto, client port, name as sent, qtype)
+        self.rows: List[tuple] = []
+        self.prefix: Optional[List[str]] = None  # the leading labels every candidate shares (once asked)
         self.upstream: Optional[tuple] = None  # (lookup id, server, latency)
         self.nat_dst: Optional[str] = None
         self.server_pod: Optional[Tuple[Optional[str], Optional[str]]] = None
         self.answered = False  # a candidate came back NOERROR with records
         self.forwarded_for: Optional[int] = None  # a server's lookup: the client lookup it forwarded
+        self.open = True
+        self.bytes = LOOKUP_BYTES
 
 
 def _labels(name: str) -> List[str]:
@@ -81,68 +103,56 @@ def _common(a: List[str], b: List[str]) -> List[str]:
 class LookupStage:
     def __init__(self, emit: Callable[[Row], None], capture_id: Optional[int] = None,
                  add_lookup: Optional[Callable[[list], None]] = None, timeout: float = DEFAULT_TIMEOUT,
-                 live: bool = False):
+                 live: bool = False, expect_responses: bool = True):
         self.emit = emit
         self.capture_id = capture_id or 0
         self.add_lookup = add_lookup
-        self.timeout = timeout
         self.live = live
+        self.hold = HOLD_LIVE if live else HOLD
+        # a lookup ends GAP after its last activity, plus the timeout when its next query may still come as an
+        # unanswered row that long after it was sent (without responses rows come as their query is seen)
+        self.wait = GAP + (timeout if expect_responses else 0.0)
+        self.timeout = timeout
         self.clock = float("-inf")
         self._n = 0
-        self._held: Deque[list] = deque()  # [release time, row or None once merged into its client's copy]
+        # rows from the correlator not looked at yet: the pipeline looks at them at least every chunk of frames
+        # (replay: 2048), every live poll and tick, so they are bounded by what the correlator emits meanwhile
+        self._incoming: List[Row] = []
+        self.take = self._incoming.append
+        self._held: Deque[list] = deque()  # [release time, row or None once merged into its client's copy, key, lower]
+        self._held_bytes = 0
         self._nat: Dict[tuple, list] = {}  # NAT key -> its held entry
-        self._open: "OrderedDict[int, _Lookup]" = OrderedDict()  # oldest activity first
-        self._by_client: Dict[tuple, List[_Lookup]] = {}
-        self._questions: "OrderedDict[tuple, List[tuple]]" = OrderedDict()  # (name, qtype) -> recent rows, for hops
+        self._open: Deque[_Lookup] = deque()  # open lookups, oldest first (a lookup still active goes round again)
+        self._open_bytes = 0
+        self._by_client: Dict[object, List[_Lookup]] = {}
+        self._questions: Dict[tuple, List[tuple]] = {}  # (name, qtype, role, address) -> recent rows, oldest first
         self.lookups = 0
         self.nat_copies = 0
         self.hops = 0
+        self.bounded = {"rows_released_early": 0, "lookups_ended_early": 0, "questions_forgotten": 0}
         # live: (pod, namespace) holding an address, for the server side of a NAT copy seen on the node side only
         self.server_pod_of: Optional[Callable[[str], Tuple[Optional[str], Optional[str]]]] = None
         # addresses clients asked (learnt as rows arrive, before they are released): only a query from one of
-        # them can be a server's upstream hop; a client asking a local server (loopback) makes any query one
+        # them can be a server's upstream hop; a client asking a local server (loopback) makes any query one.
+        # Addresses that sent queries: only a client's query to one of them (or to loopback) can have a hop.
         self._servers: Dict[str, bool] = {}
+        self._senders: Dict[str, bool] = {}
         self._local_server = False
 
     # -- rows in ---------------------------------------------------------------------------------
     def __call__(self, row: Row) -> None:
-        t = row[I_RTS] or row[I_TS]
-        if t is not None and t > self.clock:
-            self.clock = t
-        lower = (row[I_QNAME] or "").lower()
-        dst = row[I_DST]
-        if dst not in self._servers:
-            if len(self._servers) >= MAX_QUESTIONS:
-                self._servers.clear()
-            self._servers[dst] = True
-            if dst.startswith("127.") or dst == "::1":
-                self._local_server = True
-        key = (row[I_SRC], row[I_SPORT], row[I_PROTO], row[I_ID], lower, row[I_QTYPE_NUM])
-        entry = self._nat.get(key)
-        if entry is not None and entry[1] is not None:
-            other = entry[1]
-            if _nat_copies(other, row):
-                self.nat_copies += 1
-                client, server = (row, other) if _is_client_side(row, other) else (other, row)
-                _merge_nat(client, server)
-                if self.server_pod_of is not None:  # live: the pod holding the address (the copy may be the node's)
-                    client[I_SERVER_POD], client[I_SERVER_POD_NS] = self.server_pod_of(client[I_NAT_DST])
-                entry[1] = client
-                return
-        entry = [self.clock + HOLD, row, key, lower]
-        self._nat[key] = entry
-        held = self._held
-        held.append(entry)
-        if len(held) > MAX_HOLD:
-            self._release_one()
-        now = self.clock
-        while held[0][0] <= now:
-            self._release_one()
-            if not held:
-                break
+        self._incoming.append(row)
+
+    @property
+    def holding(self) -> bool:
+        """Rows wait here (live: the loop polls sooner, so that they reach the sinks within HOLD_LIVE)."""
+        return bool(self._held or self._incoming)
 
     def advance(self, now: float) -> None:
-        """Time passes (capture time in replay, wall clock live): release held rows, end quiet lookups."""
+        """Time passes (capture time in replay, wall clock live): look at the rows that came, release the held
+        rows whose time is up, end quiet lookups."""
+        if self._incoming:
+            self._arrive()
         if now > self.clock:
             self.clock = now
         self._release(self.clock)
@@ -150,23 +160,91 @@ class LookupStage:
 
     def flush(self) -> None:
         """End of the capture: every row goes on, every lookup ends."""
-        while self._held:
-            self._release_one()
+        if self._incoming:
+            self._arrive()
+        self._release(float("inf"))
         while self._open:
-            self._end(next(iter(self._open)))
+            self._end(self._open.popleft())
         self._questions.clear()
 
     # -- holding -----------------------------------------------------------------------------------
+    def _arrive(self) -> None:
+        """The rows that came since the last look: learn their addresses, merge NAT copies, hold the rest."""
+        batch = self._incoming[:]
+        del self._incoming[:]
+        clock, hold = self.clock, self.hold
+        nat, held, servers, senders = self._nat, self._held, self._servers, self._senders
+        nat_get, hold_row = nat.get, held.append
+        size = 0
+        for row in batch:
+            t = row[I_RTS] or row[I_TS]
+            if t is not None and t > clock:
+                clock = t
+            lower = (row[I_QNAME] or "").lower()
+            dst, src = row[I_DST], row[I_SRC]
+            if dst not in servers:
+                self._learn(servers, dst)
+            if src not in senders:
+                self._learn(senders, src)
+            key = (src, row[I_SPORT], row[I_PROTO], row[I_ID], lower, row[I_QTYPE_NUM])
+            entry = nat_get(key)
+            if entry is not None and entry[1] is not None and _nat_copies(entry[1], row):
+                self._merge(entry, row)
+                continue
+            entry = [clock + hold, row, key, lower]
+            nat[key] = entry
+            hold_row(entry)
+            answers = row[I_ANSWERS]
+            size += ROW_BYTES if answers is None else ROW_BYTES + len(answers)
+        self.clock = clock
+        self._held_bytes += size
+        if self._held_bytes > MAX_HOLD_BYTES:
+            while held and self._held_bytes > MAX_HOLD_BYTES:
+                self.bounded["rows_released_early"] += 1
+                self._release_one(held.popleft())
+
+    def _learn(self, seen: Dict[str, bool], address: str) -> None:
+        if len(seen) >= MAX_QUESTIONS:
+            seen.clear()
+        seen[address] = True
+        if seen is self._servers and (address.startswith("127.") or address == "::1"):
+            self._local_server = True
+
+    def _merge(self, entry: list, row: Row) -> None:
+        other = entry[1]
+        self.nat_copies += 1
+        client, server = (row, other) if _is_client_side(row, other) else (other, row)
+        _merge_nat(client, server)
+        if self.server_pod_of is not None:  # live: the pod holding the address (the copy may be the node's)
+            client[I_SERVER_POD], client[I_SERVER_POD_NS] = self.server_pod_of(client[I_NAT_DST])
+        entry[1] = client
+
     def _release(self, now: float) -> None:
         held = self._held
+        if not held or held[0][0] > now:
+            return
+        nat, group, emit, popleft = self._nat, self._group, self.emit, held.popleft
+        size = 0
         while held and held[0][0] <= now:
-            self._release_one()
+            entry = popleft()
+            row = entry[1]
+            if row is None:
+                continue
+            answers = row[I_ANSWERS]
+            size += ROW_BYTES if answers is None else ROW_BYTES + len(answers)
+            key = entry[2]
+            if nat.get(key) is entry:
+                del nat[key]
+            group(row, entry[3])
+            emit(row)
+        self._held_bytes -= size
 
-    def _release_one(self) -> None:
-        entry = self._held.popleft()
+    def _release_one(self, entry: list) -> None:
         row = entry[1]
         if row is None:
             return
+        answers = row[I_ANSWERS]
+        self._held_bytes -= ROW_BYTES if answers is None else ROW_BYTES + len(answers)
         key = entry[2]
         if self._nat.get(key) is entry:
             del self._nat[key]
@@ -175,14 +253,18 @@ class LookupStage:
 
     # -- grouping ----------------------------------------------------------------------------------
     def _group(self, row: Row, lower: str) -> None:
-        client = (row[I_NETNS], row[I_PID]) if row[I_PID] is not None else (row[I_NETNS], row[I_SRC])
-        name = row[I_QNAME] or ""
-        ts = row[I_TS]
+        netns, pid = row[I_NETNS], row[I_PID]
+        if netns is None and pid is None:
+            client = row[I_SRC]  # replay: the address alone (a str never equals a live client's tuple)
+        else:
+            client = (netns, pid) if pid is not None else (netns, row[I_SRC])
         lookups = self._by_client.get(client)
         lookup = None
         if lookups:
+            ts = row[I_TS]
             for candidate in reversed(lookups):
-                if candidate.answered and lower not in candidate.names:
+                if candidate.answered and lower != candidate.lower and (
+                        candidate.names is None or lower not in candidate.names):
                     continue  # the usual case, decided without a call: an answered lookup takes no new name
                 if self._accepts(candidate, row, lower, ts):
                     lookup = candidate
@@ -190,36 +272,55 @@ class LookupStage:
         if lookup is None:
             self._n += 1
             self.lookups += 1
-            lookup = _Lookup(self.capture_id * ID_BASE + self._n, client, row)
-            self._open[lookup.id] = lookup
-            recent = self._by_client.setdefault(client, [])
-            recent.append(lookup)
-            if len(recent) > MAX_PER_CLIENT:
-                del recent[0]
-            if len(self._open) > MAX_OPEN:
-                self._end(next(iter(self._open)))
-        self._add(lookup, row, name, lower)
+            lookup = _Lookup(self.capture_id * ID_BASE + self._n, client, row, lower)
+            self._open.append(lookup)
+            self._open_bytes += LOOKUP_BYTES
+            if lookups is None:
+                self._by_client[client] = [lookup]
+            else:
+                lookups.append(lookup)
+                if len(lookups) > MAX_PER_CLIENT:
+                    del lookups[0]
+            if self._open_bytes > MAX_OPEN_BYTES:
+                self._evict()
+        self._add(lookup, row, lower)
         row[I_LOOKUP] = lookup.id
-        self._hop(row, lower, lookup)
+        # the hop index: only a query that could be a server's (from an address clients asked) or a client's
+        # query to an address that sends queries itself (a forwarder) or to a local server
+        if self._local_server:
+            self._hop(row, lower, lookup)
+        else:
+            nat = row[I_NAT_DST]
+            if row[I_SRC] in self._servers or row[I_DST] in self._senders or (
+                    nat is not None and (nat in self._servers or nat in self._senders)):
+                self._hop(row, lower, lookup)
 
     def _accepts(self, lookup: _Lookup, row: Row, lower: str, ts: float) -> bool:
-        if len(lookup.rows) >= MAX_QUERIES or ts > lookup.activity + GAP or ts < lookup.ts - NAT_WINDOW:
+        rows = lookup.rows
+        if len(rows) >= MAX_QUERIES or ts > lookup.activity + GAP or ts < lookup.ts - NAT_WINDOW:
             return False
-        tried = lookup.names.get(lower)
-        if tried is None and lookup.answered:
+        tried = lower == lookup.lower or (lookup.names is not None and lower in lookup.names)
+        if not tried and lookup.answered:
             return False  # answered: a lookup takes no further candidate
-        if tried is not None:  # (a) the same candidate: another type, TCP after tc, or a retry after no answer
-            states = tried.get(row[I_QTYPE_NUM])
-            if states is None:
+        if tried:  # (a) the same candidate: another type, TCP after tc, or a retry after no answer
+            qtype, sport = row[I_QTYPE_NUM], row[I_SPORT]
+            last = None
+            same_port = False
+            for r in rows:
+                if r[1] == lower:
+                    if r[7] == qtype:
+                        last = r
+                    if r[9] == sport:
+                        same_port = True
+            if last is None:
                 # the other type of a pair: without a process (replay) only from the same socket, as glibc and
                 # musl send it (dnsperf-like senders on one address ask A and AAAA of a name as separate lookups)
-                return row[I_PID] is not None or row[I_SPORT] in tried[-1]
-            last = states[-1]  # (rcode, tc, proto)
-            if last[1] and row[I_PROTO] == "tcp" and last[2] != "tcp":
+                return row[I_PID] is not None or same_port
+            if last[6] and row[I_PROTO] == "tcp" and last[8] != "tcp":
                 return True
-            return last[0] in _RETRY_RCODES and row[I_STATUS] != "query_only"
+            return last[2] in _RETRY_RCODES and row[I_STATUS] != "query_only"
         # (b) the next search-path candidate: every earlier one came back empty, this one sent after that
-        for r in lookup.rows:
+        for r in rows:
             if r[2] is None and r[5] is None and row[I_STATUS] != "query_only":
                 return False  # still waiting for an earlier candidate: not a sequential search
             if r[2] not in _EMPTY_RCODES and r[2] is not None:
@@ -228,38 +329,44 @@ class LookupStage:
                 return False  # answered: the lookup is done
         if lookup.last_response is not None and ts < lookup.last_response - 0.001:
             return False
-        prefix = _common(lookup.prefix or _labels(lookup.order[0][1]), _labels(lower))
+        if lookup.prefix is None:  # kept: the labels of its one candidate so far (those of every candidate after)
+            lookup.prefix = _labels(rows[0][10])
+        prefix = _common(lookup.prefix, _labels(lower))
         if not prefix or prefix == [""]:
             return False
         return True
 
-    def _add(self, lookup: _Lookup, row: Row, name: str, lower: str) -> None:
-        ts, rts, rcode = row[I_TS], row[I_RTS], row[I_RCODE]
-        tc = "tc" in (row[I_RFLAGS] or "").split()
-        per_type = lookup.names.get(lower)
-        if per_type is None:
-            per_type = lookup.names[lower] = {-1: set()}  # -1 (no qtype): the client ports that asked this name
-            lookup.order.append((ts, name))
-            if lookup.order[1:]:  # a second candidate: the labels they share (one candidate needs none)
-                lookup.prefix = _common(lookup.prefix or _labels(lookup.order[0][1]), _labels(lower))
-        per_type.setdefault(row[I_QTYPE_NUM], []).append((rcode, tc, row[I_PROTO]))
-        per_type[-1].add(row[I_SPORT])
-        if row[I_QTYPE] not in lookup.qtypes:
-            lookup.qtypes.append(row[I_QTYPE])
-        lookup.rows.append((ts, lower, rcode, row[I_ANCOUNT], row[I_ATTEMPTS] or 0, rts, tc))
-        if rcode == "NOERROR" and row[I_ANCOUNT]:
+    def _add(self, lookup: _Lookup, row: Row, lower: str) -> None:
+        ts, rts, rcode, ancount, name = row[I_TS], row[I_RTS], row[I_RCODE], row[I_ANCOUNT], row[I_QNAME] or ""
+        flags = row[I_RFLAGS]
+        tc = flags is not None and "tc" in flags.split()
+        rows = lookup.rows
+        grown = QUERY_BYTES
+        if rows and lower != lookup.lower and (lookup.names is None or lower not in lookup.names):
+            if lookup.names is None:  # a second candidate: the labels they share (one candidate needs none)
+                lookup.names = {lookup.lower}
+            lookup.names.add(lower)
+            lookup.prefix = _common(lookup.prefix or _labels(rows[0][10]), _labels(lower))
+        grown += 2 * len(lower)
+        lookup.bytes += grown
+        self._open_bytes += grown
+        rows.append((ts, lower, rcode, ancount, row[I_ATTEMPTS] or 0, rts, tc, row[I_QTYPE_NUM], row[I_PROTO],
+                     row[I_SPORT], name, row[I_QTYPE]))
+        if ancount and rcode == "NOERROR":
             lookup.answered = True
         if ts < lookup.ts:
             lookup.ts = ts
-        activity = rts if rts is not None else ts + (self.timeout if row[I_STATUS] == "unanswered" else 0.0)
-        if rts is not None and (lookup.last_response is None or rts > lookup.last_response):
-            lookup.last_response = rts
+        if rts is not None:
+            activity = rts
+            if lookup.last_response is None or rts > lookup.last_response:
+                lookup.last_response = rts
+        else:
+            activity = ts + (self.timeout if row[I_STATUS] == "unanswered" else 0.0)
         if activity > lookup.activity:
             lookup.activity = activity
-        if row[I_NAT_DST] is not None and lookup.nat_dst is None:
+        if lookup.nat_dst is None and row[I_NAT_DST] is not None:
             lookup.nat_dst = row[I_NAT_DST]
             lookup.server_pod = (row[I_SERVER_POD], row[I_SERVER_POD_NS])
-        self._open.move_to_end(lookup.id)
 
     # -- hops --------------------------------------------------------------------------------------
     def _hop(self, row: Row, lower: str, lookup: _Lookup) -> None:
@@ -292,20 +399,22 @@ class LookupStage:
                     if _is_upstream(mine, other):
                         self._link(other[6], mine)
         for key in keys:
-            seen = get(key)
+            seen = questions.pop(key, None)  # re-inserted: the dict keeps the most recently seen last
             if seen is None:
                 questions[key] = [mine]
             else:
-                questions.move_to_end(key)
+                questions[key] = seen
                 seen.append(mine)
                 if len(seen) > 4:
                     del seen[0]
         if len(questions) > MAX_QUESTIONS:
-            while len(questions) > MAX_QUESTIONS:
-                questions.popitem(last=False)
+            forgotten = len(questions) - MAX_QUESTIONS
+            for key in list(islice(questions, forgotten)):  # the least recently seen
+                del questions[key]
+            self.bounded["questions_forgotten"] += forgotten
 
     def _link(self, client: _Lookup, upstream: tuple) -> None:
-        if client is upstream[6] or client.id not in self._open:
+        if client is upstream[6] or not client.open:
             return
         if client.upstream is None:
             self.hops += 1
@@ -314,22 +423,38 @@ class LookupStage:
 
     # -- ending ------------------------------------------------------------------------------------
     def _close(self, now: float) -> None:
-        limit = now - self.timeout - GAP
-        while self._open:
-            lookup = next(iter(self._open.values()))
-            if lookup.activity > limit:
-                break
-            self._end(lookup.id)
-        cutoff = now - self.timeout - GAP
+        """End the lookups quiet for ``wait`` seconds. Oldest first; one still active goes round again, so the
+        walk stops at the first lookup opened after the limit (all behind it were opened later)."""
+        limit = now - self.wait
+        opened = self._open
+        turns = len(opened)
+        while turns and opened[0].born <= limit:
+            turns -= 1
+            lookup = opened.popleft()
+            if lookup.activity <= limit:
+                self._end(lookup)
+            else:
+                opened.append(lookup)
         questions = self._questions
-        while questions:
-            key, rows = next(iter(questions.items()))
-            if rows[-1][0] > cutoff:
-                break
-            del questions[key]
+        if questions:
+            stale = []
+            for key, rows in questions.items():
+                if rows[-1][0] > limit:
+                    break
+                stale.append(key)
+            for key in stale:
+                del questions[key]
 
-    def _end(self, lookup_id: int) -> None:
-        lookup = self._open.pop(lookup_id)
+    def _evict(self) -> None:
+        """Over MAX_OPEN_BYTES: the oldest lookups end now."""
+        opened = self._open
+        while opened and self._open_bytes > MAX_OPEN_BYTES:
+            self.bounded["lookups_ended_early"] += 1
+            self._end(opened.popleft())
+
+    def _end(self, lookup: _Lookup) -> None:
+        lookup.open = False
+        self._open_bytes -= lookup.bytes
         same = self._by_client.get(lookup.client)
         if same is not None and lookup in same:
             same.remove(lookup)
@@ -341,39 +466,45 @@ class LookupStage:
 
 def lookup_row(lookup: _Lookup, capture_id: Optional[int]) -> list:
     """The lookups row (schema.LOOKUP_COLUMNS order) of a lookup that ended."""
-    first = lookup.first
+    src, dst, pid, comm, exe, netns, pod, pod_ns, container = lookup.cols
     upstream = lookup.upstream or (None, None, None)
     server_pod = lookup.server_pod or (None, None)
-    if len(lookup.rows) == 1:  # most lookups: one query (a name asked in full, one type)
-        ts, lower, rcode, ancount, attempts, rts, tc = lookup.rows[0]
-        name = lookup.order[0][1]
-        wasted = 0
+    rows = lookup.rows
+    if len(rows) == 1:  # most lookups: one query (a name asked in full, one type)
+        ts, lower, rcode, ancount, attempts, rts, tc, _qn, _proto, _port, name, qtype = rows[0]
         return [
-            lookup.id, capture_id, ts, rts if rts is not None else ts, first[I_SRC], first[I_DST], lookup.nat_dst,
-            first[I_PID], first[I_COMM], first[I_EXE], first[I_NETNS], first[I_POD], first[I_POD_NS],
-            first[I_CONTAINER], server_pod[0], server_pod[1], name, _json_name(name), _json_types(lookup.qtypes),
-            name if rcode == "NOERROR" and ancount else None, rcode, attempts, wasted, int(tc),
+            lookup.id, capture_id, ts, rts if rts is not None else ts, src, dst, lookup.nat_dst, pid, comm, exe,
+            netns, pod, pod_ns, container, server_pod[0], server_pod[1], name, _json_name(name),
+            _json_types((qtype,)), name if rcode == "NOERROR" and ancount else None, rcode, attempts, 0, int(tc),
             round((rts - ts) * 1000.0, 3) if rts is not None else None, upstream[0], upstream[1], upstream[2],
             lookup.forwarded_for,
         ]
-    order = sorted(lookup.order)
+    first: Dict[str, Tuple[float, str]] = {}  # candidate (lower) -> (first sent, as sent), in the order they came
+    qtypes: List[str] = []
+    for r in rows:
+        if r[1] not in first:
+            first[r[1]] = (r[0], r[10])
+        if r[11] not in qtypes:
+            qtypes.append(r[11])
+    order = sorted(first.values())
     candidates = [name for _ts, name in order]
-    rows = sorted(lookup.rows)
+    rows = sorted(rows, key=itemgetter(0))
     answered = None
-    for ts, lower, rcode, ancount, _attempts, rts, tc in rows:
-        if rcode == "NOERROR" and ancount:
-            answered = lower
+    for r in rows:
+        if r[2] == "NOERROR" and r[3]:
+            answered = r[1]
             break
     final = answered if answered is not None else (order[-1][1].lower() if order else None)
     rcode = None
-    for ts, lower, rc, ancount, _attempts, rts, tc in rows:
+    for r in rows:
+        lower, rc, ancount, tc = r[1], r[2], r[3], r[6]
         if lower == final and rc is not None and not tc:
             if answered is None or (rc == "NOERROR" and ancount) or rcode is None:
                 rcode = rc
                 if answered is not None and rc == "NOERROR" and ancount:
                     break
     if rcode is None:  # only a truncated answer came back
-        rcode = next((rc for _t, lower, rc, *_rest in rows if lower == final and rc is not None), None)
+        rcode = next((r[2] for r in rows if r[1] == final and r[2] is not None), None)
     queries = sum(r[4] for r in rows)
     wasted = sum(r[4] for r in rows if r[1] != final and (r[2] == "NXDOMAIN" or (r[2] == "NOERROR" and not r[3])))
     responses = [r[5] for r in rows if r[5] is not None]
@@ -389,10 +520,9 @@ def lookup_row(lookup: _Lookup, capture_id: Optional[int]) -> list:
         asked = candidates[0] if candidates else None
     answered_name = next((name for name in candidates if name.lower() == answered), None)
     return [
-        lookup.id, capture_id, lookup.ts, end, first[I_SRC], first[I_DST], lookup.nat_dst, first[I_PID],
-        first[I_COMM], first[I_EXE], first[I_NETNS], first[I_POD], first[I_POD_NS], first[I_CONTAINER],
-        server_pod[0], server_pod[1], asked, json.dumps(candidates), _json_types(lookup.qtypes), answered_name, rcode,
-        queries, wasted, int(any(r[6] for r in rows)), total, upstream[0], upstream[1], upstream[2],
+        lookup.id, capture_id, lookup.ts, end, src, dst, lookup.nat_dst, pid, comm, exe, netns, pod, pod_ns,
+        container, server_pod[0], server_pod[1], asked, json.dumps(candidates), _json_types(qtypes), answered_name,
+        rcode, queries, wasted, int(any(r[6] for r in rows)), total, upstream[0], upstream[1], upstream[2],
         lookup.forwarded_for,
     ]
 
@@ -410,7 +540,7 @@ def _nat_copies(a: Row, b: Row) -> bool:
 _TYPES_JSON: Dict[tuple, str] = {}
 
 
-def _json_types(qtypes: List[str]) -> str:
+def _json_types(qtypes) -> str:
     key = tuple(qtypes)
     text = _TYPES_JSON.get(key)
     if text is None:

@@ -105,12 +105,13 @@ class Pipeline:
         self._rows_from: Optional[int] = None
         if store is not None and row_filter is None and not self.sinks:
             emit, self._rows_from = store.add, store.rows_added
-        # the lookups stage: rows get their lookup_id (and NAT copies merge) before they are stored
-        # (opt-in, --lookups: it costs ~5-9 us a row and delays each row by 0.1 s; issue 13 is to make it cheap)
+        # the lookups stage: rows get their lookup_id (and NAT copies merge) before they are stored; the
+        # correlator appends to it, and it looks at its rows when the clock advances (each chunk, poll and tick)
         self.lookups: Optional[LookupStage] = None
         if lookups:
-            self.lookups = LookupStage(emit, self.capture_id, store.add_lookup if store is not None else None, timeout)
-            emit = self.lookups
+            self.lookups = LookupStage(emit, self.capture_id, store.add_lookup if store is not None else None, timeout,
+                                       live=kind == "live", expect_responses=expect_responses)
+            emit = self.lookups.take
         self.correlator = Correlator(emit, self.capture_id, timeout, on_query=on_query,
                                      on_response=on_response, enrich=enrich,
                                      expect_responses=expect_responses)
@@ -164,6 +165,9 @@ class Pipeline:
                     segments = []
                     self._advance(last)
             self._messages(segments)
+            lookups = self.lookups
+            if lookups is not None and (n or lookups.holding):  # live: after every poll, so that rows wait HOLD_LIVE
+                lookups.advance(time.time() if lookups.live else last)
         finally:
             if collecting:
                 gc.enable()
@@ -296,9 +300,15 @@ class Pipeline:
     def tick(self, now: Optional[float] = None) -> None:
         """Periodic work for live capture: time out queries (wall clock), flush and record counters."""
         now = time.time() if now is None else now
-        self.correlator.expire(now)
-        if self.lookups is not None:
-            self.lookups.advance(now)
+        collecting = gc.isenabled()
+        gc.disable()  # as in feed_all: the stage makes many short-lived containers, and keeps many lookups
+        try:
+            self.correlator.expire(now)
+            if self.lookups is not None:
+                self.lookups.advance(now)
+        finally:
+            if collecting:
+                gc.enable()
         if self.store is not None:
             self.store.maybe_flush()
 

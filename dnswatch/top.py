@@ -11,12 +11,16 @@ import math
 import time
 from collections import Counter, deque
 from dataclasses import dataclass
-from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from dnswatch.correlate import (I_COMM, I_DST, I_LATENCY, I_PID, I_POD, I_POD_NS, I_QNAME, I_QTYPE, I_RCODE,
                                 I_RTS, I_SRC, I_STATUS, I_TS, Row)
+from dnswatch.schema import LOOKUP_COLUMNS
 
-GROUPS = ("name", "domain", "client", "process", "pod", "server", "qtype", "rcode")
+GROUPS = ("name", "domain", "client", "process", "pod", "server", "qtype", "rcode", "lookup")
+# --by lookup: lookups (the lookups table; live, as they end) by client, ranked by the queries their search paths
+# wasted. The sorts map onto its columns: count and nxdomain rank by wasted queries, servfail and unanswered by
+# lookups left without an answer, p95 by the lookups' total time.
 SORTS = ("count", "nxdomain", "servfail", "unanswered", "p95", "key")
 MAX_KEYS = 50_000  # beyond this many keys, new ones are counted under OTHER (bounded memory in live top)
 OTHER = "(other keys)"
@@ -116,6 +120,20 @@ class KeyRow:
 
 
 @dataclass
+class LookupKeyRow:
+    """A client's lookups (``--by lookup``): the queries they took and what the search path wasted."""
+    key: str
+    count: int  # lookups
+    share: float  # percent of all lookups
+    queries: int
+    wasted: int
+    wasted_pct: float  # of its queries
+    unresolved: int  # lookups that got no answer (no candidate came back with records)
+    p95_ms: Optional[float]  # of the lookups' total time (first query to final response)
+    max_ms: Optional[float] = None
+
+
+@dataclass
 class Snapshot:
     """What top shows: one moment's numbers, whatever fed them (live rows or the log)."""
 
@@ -140,6 +158,9 @@ class Snapshot:
     last_ts: Optional[float] = None
     max_ms: Optional[float] = None
     rollup_hours: Optional[Tuple[int, int]] = None  # [start, end) served by the hourly rollups, else None
+    lookups: int = 0  # lookups counted (--by lookup), their queries and the part wasted on search-path expansions
+    lookup_queries: int = 0
+    wasted: int = 0
 
     def as_dict(self) -> Dict[str, Any]:
         return {
@@ -151,18 +172,34 @@ class Snapshot:
             "rollup_hours": list(self.rollup_hours) if self.rollup_hours else None,
             "unanswered": self.unanswered, "losses": self.losses, "distinct_keys": self.distinct_keys,
             "keys": [k.__dict__ for k in self.keys],
+            **({"lookups": self.lookups, "lookup_queries": self.lookup_queries, "wasted": self.wasted}
+               if self.by == "lookup" else {}),
         }
 
 
-def _new_agg(table: Dict[str, "_Agg"], key: str) -> "_Agg":
+class _LookupAgg:
+    __slots__ = ("count", "queries", "wasted", "unresolved", "totals")
+
+    def __init__(self) -> None:
+        self.count = self.queries = self.wasted = self.unresolved = 0
+        self.totals: Counter = Counter()  # total_ms (rounded to the microsecond) -> lookups
+
+
+def _new_agg(table: Dict[str, Any], key: str, make: Callable[[], Any] = _Agg) -> Any:
     """The aggregate of a key not in ``table`` yet: a new one, or past MAX_KEYS keys the shared OTHER one."""
     if len(table) >= MAX_KEYS:
         key = OTHER
         agg = table.get(key)
         if agg is not None:
             return agg
-    agg = table[key] = _Agg()
+    agg = table[key] = make()
     return agg
+
+
+# lookups rows (schema.LOOKUP_COLUMNS order, as the lookups stage writes them and the log holds them)
+_L = {c: i for i, c in enumerate(LOOKUP_COLUMNS)}
+_LOOKUP_READ = ("src", "comm", "pod", "pod_namespace", "queries", "wasted", "total_ms", "answered_name",
+                "forwarded_for", "ts")
 
 
 class TopStats:
@@ -189,6 +226,7 @@ class TopStats:
         self._per_second: Deque[Tuple[int, int]] = deque()  # (second, count) for the live sparkline
         self._times: List[float] = []  # over a log: every row's time, for the sparkline
         self.rollup_hours: Optional[Tuple[int, int]] = None  # set by log_stats when rollups served these hours
+        self.lookups = _LookupAgg()  # every lookup counted (--by lookup)
 
     def add(self, row: Row) -> None:
         # one row updates nine aggregates (all, and each grouping): what they need is worked out once
@@ -276,6 +314,29 @@ class TopStats:
             if lat_max is not None and (agg.max_ms is None or lat_max > agg.max_ms):
                 agg.max_ms = lat_max
 
+    def add_lookup(self, lookup: Sequence[Any]) -> None:
+        """A lookups row (LOOKUP_COLUMNS order): live, the stage's as each lookup ends; over a log, the table's.
+        A server's own lookup forwarding a client's question (a hop) is left out, as in ``search --lookups``."""
+        if lookup[_L["forwarded_for"]] is not None:
+            return
+        pod, comm = lookup[_L["pod"]], lookup[_L["comm"]]
+        key = f"{lookup[_L['pod_namespace']] or '-'}/{pod}" if pod else str(comm) if comm else str(lookup[_L["src"]])
+        table = self.groups["lookup"]
+        agg = table.get(key)
+        if agg is None:
+            agg = _new_agg(table, key, _LookupAgg)
+        queries, wasted, total = lookup[_L["queries"]] or 0, lookup[_L["wasted"]] or 0, lookup[_L["total_ms"]]
+        self.lookups.count += 1
+        self.lookups.queries += queries
+        self.lookups.wasted += wasted
+        agg.count += 1
+        agg.queries += queries
+        agg.wasted += wasted
+        if lookup[_L["answered_name"]] is None:
+            agg.unresolved += 1
+        if total is not None:
+            agg.totals[round(total, 3)] += 1
+
     def add_all(self, rows: Iterable[Row]) -> None:
         for row in rows:
             self.add(row)
@@ -290,9 +351,17 @@ class TopStats:
             items = [(k, a) for k, a in items if needle in k.lower()]
         total = self.all.count
         rollups = self.rollup_hours is not None
-        rows = [KeyRow(k, a.count, round(100.0 * a.count / total, 1) if total else 0.0, a.nxdomain, a.servfail,
-                       a.unanswered, None if rollups else a.p(95), a.largest()) for k, a in items]
-        rows.sort(key=_sort_key(sort))
+        if by == "lookup":
+            n = self.lookups.count
+            rows = [LookupKeyRow(k, a.count, round(100.0 * a.count / n, 1) if n else 0.0, a.queries, a.wasted,
+                                 round(100.0 * a.wasted / a.queries, 1) if a.queries else 0.0, a.unresolved,
+                                 percentile(a.totals, sum(a.totals.values()), 95),
+                                 max(a.totals) if a.totals else None) for k, a in items]
+            rows.sort(key=_lookup_sort_key(sort))
+        else:
+            rows = [KeyRow(k, a.count, round(100.0 * a.count / total, 1) if total else 0.0, a.nxdomain, a.servfail,
+                           a.unanswered, None if rollups else a.p(95), a.largest()) for k, a in items]
+            rows.sort(key=_sort_key(sort))
         if reverse:
             rows.reverse()
         spark, bucket, seconds, rate = self._spark()
@@ -310,7 +379,8 @@ class TopStats:
             p99_ms=self.all.p(99), unanswered=self.all.unanswered, losses=self.losses, spark=spark,
             spark_seconds=bucket, keys=rows[:limit] if limit else rows, distinct_keys=len(self.groups[by]),
             sort=sort, filter=filter, source=source, first_ts=self.first_ts, last_ts=self.last_ts,
-            max_ms=self.all.largest(),
+            max_ms=self.all.largest(), lookups=self.lookups.count, lookup_queries=self.lookups.queries,
+            wasted=self.lookups.wasted,
         )
 
     def _spark(self) -> Tuple[List[int], float, float, float]:
@@ -347,6 +417,18 @@ def _sort_key(sort: str):
         return lambda r: (-(r.p95_ms if r.p95_ms is not None else -1.0), r.key)
     if sort in ("count", "nxdomain", "servfail", "unanswered"):
         return lambda r: (-getattr(r, sort), r.key)
+    raise ValueError(f"unknown sort {sort!r}; use one of {', '.join(SORTS)}")
+
+
+def _lookup_sort_key(sort: str):
+    if sort == "key":
+        return lambda r: r.key
+    if sort == "p95":
+        return lambda r: (-(r.p95_ms if r.p95_ms is not None else -1.0), r.key)
+    if sort in ("servfail", "unanswered"):
+        return lambda r: (-r.unresolved, -r.count, r.key)
+    if sort in ("count", "nxdomain"):
+        return lambda r: (-r.wasted, -r.queries, r.key)
     raise ValueError(f"unknown sort {sort!r}; use one of {', '.join(SORTS)}")
 
 
@@ -395,8 +477,23 @@ def log_stats(conn, since: Optional[float] = None, until: Optional[float] = None
         for i, v in zip(positions, values):
             row[i] = v
         add(row)
+    _log_lookups(conn, stats, where_sql, params)
     stats.losses = _losses(conn, since, until)
     return stats
+
+
+def _log_lookups(conn, stats: TopStats, where_sql: str, params: List[Any]) -> None:
+    """--by lookup over a log: the lookups that started in the window (an older log has no lookups table)."""
+    if not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'lookups'").fetchone():
+        return
+    width = len(LOOKUP_COLUMNS)
+    positions = [_L[c] for c in _LOOKUP_READ]
+    add = stats.add_lookup
+    for values in conn.execute(f"SELECT {', '.join(_LOOKUP_READ)} FROM lookups{where_sql}", params):
+        lookup: List[Any] = [None] * width
+        for i, v in zip(positions, values):
+            lookup[i] = v
+        add(lookup)
 
 
 def _losses(conn, since: Optional[float], until: Optional[float]) -> int:

@@ -64,8 +64,14 @@ def render(snap: Snapshot, width: int, height: Optional[int] = None, footer: Opt
         rate.append("  ")
         rate.append(spark, style="cyan")
 
-    totals = Text(f"total {snap.total:,}  unanswered {snap.unanswered:,}  losses {snap.losses:,}  "
-                  f"{snap.by} keys {snap.distinct_keys:,}")
+    if snap.by == "lookup":  # what the search paths cost first: a narrow screen cuts the end of the line
+        wasted = 100.0 * snap.wasted / snap.lookup_queries if snap.lookup_queries else 0.0
+        totals = Text(f"lookups {snap.lookups:,}  wasted {snap.wasted:,} of {snap.lookup_queries:,} queries "
+                      f"({wasted:.1f}%)  clients {snap.distinct_keys:,}  total {snap.total:,}  "
+                      f"unanswered {snap.unanswered:,}  losses {snap.losses:,}")
+    else:
+        totals = Text(f"total {snap.total:,}  unanswered {snap.unanswered:,}  losses {snap.losses:,}  "
+                      f"{snap.by} keys {snap.distinct_keys:,}")
     if snap.rollup_hours:  # the rollups keep no latency distribution: no percentiles, the maximum instead
         latency = Text(f"latency ms  p50 -  p95 -  p99 -  max {_ms(snap.max_ms)}  (whole hours "
                        f"{_utc(snap.rollup_hours[0])} .. {_utc(snap.rollup_hours[1])} from hourly rollups)")
@@ -91,20 +97,30 @@ def render(snap: Snapshot, width: int, height: Optional[int] = None, footer: Opt
 
     table = Table(box=None, pad_edge=False, expand=False, show_edge=False, header_style="bold reverse",
                   width=width)
-    table.add_column(snap.by, no_wrap=True, overflow="ellipsis", ratio=1, min_width=12)
-    last = "max ms" if snap.rollup_hours else "p95 ms"
-    for name in ("count", "share%", "NXDOMAIN", "SERVFAIL", "unanswered", last):
+    lookups = snap.by == "lookup"
+    table.add_column("client (lookups)" if lookups else snap.by, no_wrap=True, overflow="ellipsis", ratio=1,
+                     min_width=12)
+    if lookups:  # what each client's search path cost: its lookups' queries and the expansions wasted
+        columns = ("lookups", "share%", "queries", "wasted", "wasted%", "unresolved", "p95 ms")
+    else:
+        columns = ("count", "share%", "NXDOMAIN", "SERVFAIL", "unanswered", "max ms" if snap.rollup_hours else "p95 ms")
+    for name in columns:
         table.add_column(name, justify="right", no_wrap=True)
     rows = snap.keys if height is None else snap.keys[:max(0, height)]
     if not rows:
         table.add_row(Text("(no keys" + (" match the filter)" if snap.filter else ")"), style="dim"),
                       "", "", "", "", "", "")
     for k in rows:
-        table.add_row(Text(safe_text(k.key)), f"{k.count:,}", f"{k.share:.1f}",
-                      Text(f"{k.nxdomain:,}", style="yellow" if k.nxdomain else ""),
-                      Text(f"{k.servfail:,}", style="red" if k.servfail else ""),
-                      Text(f"{k.unanswered:,}", style="bold red" if k.unanswered else ""),
-                      _ms(k.max_ms if snap.rollup_hours else k.p95_ms))
+        if lookups:
+            cells = (f"{k.queries:,}", Text(f"{k.wasted:,}", style="yellow" if k.wasted else ""),
+                     f"{k.wasted_pct:.1f}", Text(f"{k.unresolved:,}", style="red" if k.unresolved else ""),
+                     _ms(k.p95_ms))
+        else:
+            cells = (Text(f"{k.nxdomain:,}", style="yellow" if k.nxdomain else ""),
+                     Text(f"{k.servfail:,}", style="red" if k.servfail else ""),
+                     Text(f"{k.unanswered:,}", style="bold red" if k.unanswered else ""),
+                     _ms(k.max_ms if snap.rollup_hours else k.p95_ms))
+        table.add_row(Text(safe_text(k.key)), f"{k.count:,}", f"{k.share:.1f}", *cells)
     parts = lines + [Text(""), table]
     if footer is not None:
         footer.no_wrap = True
@@ -136,7 +152,7 @@ class TopScreen:
         for key, what in FOOTER_KEYS:
             text.append(key, style="reverse")
             text.append(f" {'resume' if key == 'p' and self.paused else what}  ")
-        text.append("1-8 group", style="dim")
+        text.append(f"1-{len(GROUPS)} group", style="dim")
         return text
 
     def key(self, ch: str) -> None:

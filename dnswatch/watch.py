@@ -17,6 +17,7 @@ from dnswatch.schema import QUERY_COLUMNS
 from dnswatch.stop import OUTPUT_CLOSED, StopSignals
 
 POLL_MS = 100
+HELD_POLL_MS = 20
 HOUSEKEEPING_INTERVAL = 0.1
 
 
@@ -137,7 +138,10 @@ def run_watch(
     try:
         try:
             while not stop.requested:
-                pipeline.feed_all(capture.poll(POLL_MS))
+                # rows held for their NAT copy (lookups) go on within HOLD_LIVE even when no packet comes
+                lookups = getattr(pipeline, "lookups", None)
+                held = lookups is not None and lookups.holding
+                pipeline.feed_all(capture.poll(HELD_POLL_MS if held else POLL_MS))
                 now = time.monotonic()
                 # kernel counters, timeouts, flushes and rescans: every 100 ms, not after every wakeup
                 if now >= next_housekeeping:
