@@ -936,6 +936,7 @@ def watch(interfaces, ports, netns_specs, all_netns, host_only, timeout, k8s_log
         raise
     enricher = Enricher(k8s_log_dir=k8s_log_dir)
     live.capture.on_task = enricher.process_names.name  # while the sender exists, not once the reorder window is past
+    enricher.veth_peers.link_socket = live.capture.link_socket  # the pod at the other end of a node-side veth
     capture = live.capture
     if write_path:
         try:
@@ -1152,6 +1153,7 @@ def top(interfaces, ports, netns_specs, all_netns, host_only, timeout, k8s_log_d
     stats = TopStats(live=True)
     enricher = Enricher(k8s_log_dir=k8s_log_dir)
     live.capture.on_task = enricher.process_names.name
+    enricher.veth_peers.link_socket = live.capture.link_socket
     store = _open_store(no_db, db_path, live.capture)
     pipeline = Pipeline(store, "live", live.capture.describe(), ports, timeout,
                         options={"interfaces": list(interfaces), "responses": True, "netns": list(netns_specs),

@@ -8,7 +8,12 @@ its namespace and the container:
     /var/log/containers/<pod>_<namespace>_<container>-<container id>.log
 
 When the kernel could not name the sending task (a packet handled in softirq), the network namespace
-stands in: a pod's network namespace belongs to its pod.
+stands in: a pod's network namespace belongs to its pod. A query seen only on the node side of a pod's veth
+(its namespace not picked up yet) belongs to the pod owning the namespace at the other end of that veth
+(``VethPeers``), else to the pod holding its source address (``PodAddresses``). ``pod_via`` records which.
+
+A miss walks /proc, the cgroup tree or the log folders again at most once a second, but at once (up to ten
+times a second) for a key no walk has missed yet: the first query of a pod created a moment ago finds it.
 
 Every cache is bounded and expires, and a folder that is gone is looked up again, so a container that
 went away never lends its name to a newcomer.
@@ -20,19 +25,23 @@ import os
 import re
 import time
 from collections import OrderedDict
-from typing import Callable, Dict, Generic, Iterator, NamedTuple, Optional, Tuple, TypeVar
+from typing import Callable, Dict, Generic, Iterator, List, NamedTuple, Optional, Tuple, TypeVar
 
 from dnswatch.correlate import (I_CGROUP, I_COMM, I_CONTAINER, I_CONTAINER_ID, I_NETNS, I_PID, I_POD, I_POD_NS,
                                 I_POD_UID, I_SRC, I_TID, Row)
 from dnswatch.model import Segment
+from dnswatch.netns import PEER_KINDS, LinkSocket
 from dnswatch.schema import Q
 
-I_EXE, I_PPID, I_PARENT_COMM = Q["exe"], Q["ppid"], Q["parent_comm"]
+I_EXE, I_PPID, I_PARENT_COMM, I_POD_VIA = Q["exe"], Q["ppid"], Q["parent_comm"], Q["pod_via"]
+PACKET_OUTGOING = 4
 
 CGROUP_MOUNTS = ("/sys/fs/cgroup/unified", "/sys/fs/cgroup")  # hybrid hosts mount v2 at .../unified
 CACHE_SIZE = 8192
 CACHE_TTL = 30.0
 RESCAN_INTERVAL = 1.0  # at most one walk of the cgroup tree per second, however many misses
+FIRST_MISS_INTERVAL = 0.1  # ...except for a key no walk missed yet: then at most ten walks a second
+LINK_TTL = 2.0  # a veth's peer namespace is asked again after this (a link moved to another namespace)
 
 _ID = r"([0-9a-f]{12,64})"
 _UID = r"([0-9a-f]{8}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{12})"
@@ -63,6 +72,26 @@ class Container(NamedTuple):
 class Pod(NamedTuple):
     namespace: str
     name: str
+
+
+class Rescans:
+    """When a cache miss may walk its source again: once per RESCAN_INTERVAL; at once (at most every
+    FIRST_MISS_INTERVAL) for a key that no walk has missed yet, as it may be new since the last walk."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic):
+        self.clock = clock
+        self.last = -RESCAN_INTERVAL
+        self._missed: "TTLCache[object, bool]" = TTLCache(size=4096, ttl=CACHE_TTL, clock=clock)
+
+    def due(self, key: object) -> bool:
+        since = self.clock() - self.last
+        return since >= RESCAN_INTERVAL or (since >= FIRST_MISS_INTERVAL and self._missed.get(key) is None)
+
+    def scanned(self) -> None:
+        self.last = self.clock()
+
+    def missed(self, key: object) -> None:
+        self._missed.put(key, True)
 
 
 class TTLCache(Generic[K, V]):
@@ -126,9 +155,8 @@ class CgroupPaths:
 
     def __init__(self, root: Optional[str] = None, clock: Callable[[], float] = time.monotonic):
         self.root = root if root is not None else cgroup_root()
-        self.clock = clock
         self._paths: Dict[int, str] = {}
-        self._last_scan = -RESCAN_INTERVAL
+        self._rescans = Rescans(clock)
 
     def path(self, cgroup_id: int) -> Optional[str]:
         if self.root is None:
@@ -138,12 +166,14 @@ class CgroupPaths:
             if os.path.isdir(self.root + p):
                 return p
             del self._paths[cgroup_id]  # gone: never reuse its name
-        now = self.clock()
-        if now - self._last_scan < RESCAN_INTERVAL:
+        if not self._rescans.due(cgroup_id):
             return None
-        self._last_scan = now
+        self._rescans.scanned()
         self._paths = dict(self._walk())
-        return self._paths.get(cgroup_id)
+        p = self._paths.get(cgroup_id)
+        if p is None:
+            self._rescans.missed(cgroup_id)
+        return p
 
     def _walk(self) -> Iterator[Tuple[int, str]]:
         root = self.root
@@ -161,16 +191,14 @@ class KubeletLogs:
 
     def __init__(self, log_dir: str = "/var/log", clock: Callable[[], float] = time.monotonic):
         self.log_dir = log_dir
-        self.clock = clock
         self._containers: Dict[str, Tuple[Pod, str]] = {}  # container id -> (pod, container name)
         self._pods: Dict[str, Pod] = {}  # pod uid -> pod
-        self._last_scan = -RESCAN_INTERVAL
+        self._rescans = Rescans(clock)
 
-    def _scan(self) -> None:
-        now = self.clock()
-        if now - self._last_scan < RESCAN_INTERVAL:
-            return
-        self._last_scan = now
+    def _scan(self, key: str) -> bool:
+        if not self._rescans.due(key):
+            return False
+        self._rescans.scanned()
         containers: Dict[str, Tuple[Pod, str]] = {}
         pods: Dict[str, Pod] = {}
         try:
@@ -188,12 +216,14 @@ class KubeletLogs:
         except OSError:
             pass
         self._containers, self._pods = containers, pods
+        return True
 
     def container(self, container_id: str) -> Optional[Tuple[Pod, str]]:
         hit = self._lookup_container(container_id)
-        if hit is None:
-            self._scan()
+        if hit is None and self._scan(container_id):
             hit = self._lookup_container(container_id)
+            if hit is None:
+                self._rescans.missed(container_id)
         return hit
 
     def _lookup_container(self, container_id: str) -> Optional[Tuple[Pod, str]]:
@@ -205,9 +235,10 @@ class KubeletLogs:
 
     def pod(self, pod_uid: str) -> Optional[Pod]:
         hit = self._pods.get(pod_uid)
-        if hit is None:
-            self._scan()
+        if hit is None and self._scan(pod_uid):
             hit = self._pods.get(pod_uid)
+            if hit is None:
+                self._rescans.missed(pod_uid)
         return hit
 
 
@@ -220,22 +251,37 @@ class NetnsOwners:
 
     def __init__(self, proc: str = "/proc", clock: Callable[[], float] = time.monotonic):
         self.proc = proc
-        self.clock = clock
         self._owners: Dict[int, Tuple[str, str]] = {}  # netns inode -> (pid, cgroup path)
-        self._last_scan = -RESCAN_INTERVAL
+        self.rescans = Rescans(clock)
 
     def cgroup_path(self, netns: int) -> Optional[str]:
+        hit = self._owner(netns)
+        if hit is None and self.rescans.due(netns):
+            self.rescan()
+            hit = self._owners.get(netns)
+            if hit is None:
+                self.rescans.missed(netns)
+        return hit[1] if hit is not None else None
+
+    def _owner(self, netns: int) -> Optional[Tuple[str, str]]:
         hit = self._owners.get(netns)
         if hit is not None and self._netns_of(hit[0]) != netns:
             del self._owners[netns]
             hit = None
-        if hit is None:
-            now = self.clock()
-            if now - self._last_scan >= RESCAN_INTERVAL:
-                self._last_scan = now
-                self._owners = self._scan()
-                hit = self._owners.get(netns)
-        return hit[1] if hit is not None else None
+        return hit
+
+    def pid(self, netns: int) -> Optional[int]:
+        """The process we know lives in namespace ``netns`` (checked again), without walking /proc."""
+        hit = self._owner(netns)
+        return int(hit[0]) if hit is not None else None
+
+    def pids(self) -> List[Tuple[int, int]]:
+        """(netns inode, pid) of every pod or container namespace found by the last walk."""
+        return [(ino, int(pid)) for ino, (pid, _path) in self._owners.items()]
+
+    def rescan(self) -> None:
+        self.rescans.scanned()
+        self._owners = self._scan()
 
     def _netns_of(self, pid: str) -> Optional[int]:
         try:
@@ -274,20 +320,21 @@ class PodAddresses:
 
     def __init__(self, owners: NetnsOwners, clock: Callable[[], float] = time.monotonic):
         self.owners = owners
-        self.clock = clock
         self._netns: Dict[str, int] = {}
-        self._last_scan = -RESCAN_INTERVAL
+        self._rescans = Rescans(clock)
 
     def netns(self, address: str) -> Optional[int]:
         hit = self._netns.get(address)
-        if hit is None or self.owners.cgroup_path(hit) is None:
-            now = self.clock()
-            if now - self._last_scan < RESCAN_INTERVAL:
+        if hit is None or self.owners.pid(hit) is None:
+            if not self._rescans.due(address):
                 return None
-            self._last_scan = now
-            self.owners.cgroup_path(-1)  # refresh the owners if their rescan is due
+            self._rescans.scanned()
+            if self.owners.rescans.due(address):
+                self.owners.rescan()
             self._netns = self._scan()
             hit = self._netns.get(address)
+            if hit is None:
+                self._rescans.missed(address)
         return hit
 
     def _scan(self) -> Dict[str, int]:
@@ -296,6 +343,63 @@ class PodAddresses:
             for address in _local_addresses(f"{self.owners.proc}/{pid}/net"):
                 found.setdefault(address, ino)
         return found
+
+
+class VethPeers:
+    """(capture namespace, ifindex) -> the pod namespace at the other end of that veth, for a query seen only on
+    the node side of a pod's veth before its namespace was picked up.
+
+    rtnetlink in the capture namespace (``link_socket(inode)``: the live capture keeps one per namespace it
+    captures in; sysfs would show the namespace that mounted it, not the one asked about) gives the link's kind
+    and IFLA_LINK_NETNSID, the capture namespace's id for the peer's namespace. Ids map to inodes by asking the id
+    of each pod namespace's process (RTM_GETNSID by pid): an id is freed with its namespace and may be given to
+    a new one, so a known id is checked against its process on every use.
+    """
+
+    def __init__(self, owners: NetnsOwners, clock: Callable[[], float] = time.monotonic):
+        self.owners = owners
+        self.link_socket: Optional[Callable[[int], Optional[LinkSocket]]] = None  # set by the live capture's user
+        self._links: TTLCache[Tuple[int, int], int] = TTLCache(size=CACHE_SIZE, ttl=LINK_TTL, clock=clock)
+        self._ids: TTLCache[int, Dict[int, int]] = TTLCache(size=1024, ttl=CACHE_TTL, clock=clock)
+        self._rescans = Rescans(clock)
+
+    def peer(self, netns: int, ifindex: int) -> Optional[int]:
+        """The inode of the pod namespace at the other end; 0 when the link is a veth whose other end holds no
+        pod that we know of; None when it is no veth to another namespace (or the namespace cannot be asked)."""
+        sock = self.link_socket(netns) if self.link_socket is not None else None
+        if sock is None:
+            return None
+        key = (netns, ifindex)
+        nsid = self._links.get(key)
+        if nsid is None:
+            link = sock.link(ifindex)
+            ok = link is not None and link.kind in PEER_KINDS and link.peer_nsid is not None
+            nsid = link.peer_nsid if ok else -1  # type: ignore[union-attr]
+            self._links.put(key, nsid)
+        return self._namespace(netns, sock, nsid) if nsid >= 0 else None
+
+    def _namespace(self, netns: int, sock: LinkSocket, nsid: int) -> int:
+        ids = self._ids.get(netns) or {}
+        inode = ids.get(nsid)
+        if inode is not None:
+            pid = self.owners.pid(inode)
+            if pid is not None and sock.nsid_of_pid(pid) == nsid:
+                return inode
+        key = (netns, nsid)
+        if not self._rescans.due(key):
+            return 0
+        self._rescans.scanned()
+        if self.owners.rescans.due(key):
+            self.owners.rescan()
+        ids = {}
+        for inode, pid in self.owners.pids():
+            got = sock.nsid_of_pid(pid)
+            if got is not None:
+                ids[got] = inode
+        self._ids.put(netns, ids)
+        if nsid not in ids:
+            self._rescans.missed(key)
+        return ids.get(nsid, 0)
 
 
 def _local_addresses(net: str) -> Iterator[str]:
@@ -418,8 +522,8 @@ class ProcessContexts:
 
 
 class Enricher:
-    """Fills comm (the process's name), container_id, container, pod, pod_namespace and pod_uid of a row
-    (called by the correlator when a query is first seen)."""
+    """Fills comm (the process's name), container_id, container, pod, pod_namespace, pod_uid and pod_via of a
+    row (called by the correlator when a query is first seen)."""
 
     def __init__(self, k8s_log_dir: str = "/var/log", cgroup_root_dir: Optional[str] = None,
                  proc: str = "/proc", clock: Callable[[], float] = time.monotonic):
@@ -429,6 +533,7 @@ class Enricher:
         self.process_names = ProcessNames(proc, clock)
         self.processes = ProcessContexts(proc, clock=clock)
         self.pod_addresses = PodAddresses(self.netns_owners, clock)
+        self.veth_peers = VethPeers(self.netns_owners, clock)  # its link_socket is the live capture's
         self._by_cgroup: TTLCache[int, Tuple] = TTLCache(clock=clock)  # cgroup ids are never reused
 
     def __call__(self, row: Row, seg: Optional[Segment] = None) -> None:
@@ -443,6 +548,7 @@ class Enricher:
                 row[I_EXE], row[I_PPID], row[I_PARENT_COMM] = ctx
         cgroup_id = row[I_CGROUP]
         info = None
+        via = "cgroup"
         if cgroup_id:
             info = self._by_cgroup.get(cgroup_id)
             if info is None:
@@ -452,20 +558,36 @@ class Enricher:
                     self._by_cgroup.put(cgroup_id, info)
         no_container = info is None or (info[0] is None and info[2] is None)  # neither container id nor pod
         if no_container and row[I_NETNS]:
-            path = self.netns_owners.cgroup_path(row[I_NETNS])
-            info = self._describe(path) if path is not None else None
-        if (info is None or info[4] is None) and row[I_SRC]:
-            # seen only on the node side of a pod's veth (its namespace not picked up yet): the pod at the other end
-            info = self._by_address(row[I_SRC]) or info
+            info, via = self._by_netns(row[I_NETNS]), "netns"
+        if info is None or info[4] is None:
+            # seen only on the node side of a pod's veth (its namespace not picked up yet): the pod at the other
+            # end of the veth it came in on; the link decides, so a namespace holding no pod lends no address's pod
+            peer = self._peer(seg.meta) if seg is not None and seg.meta is not None else None
+            if peer is not None:
+                found, how = (self._by_netns(peer) if peer else None), "veth"
+            else:
+                found, how = (self._by_address(row[I_SRC]) if row[I_SRC] else None), "address"
+            if found is not None:
+                info, via = found, how
         if info is not None:
             (row[I_CONTAINER_ID], row[I_CONTAINER], row[I_POD_UID], row[I_POD_NS], row[I_POD]) = info
+            if info[0] is not None or info[2] is not None:
+                row[I_POD_VIA] = via
+
+    def _peer(self, meta) -> Optional[int]:
+        """The namespace at the other end of the veth a query came in on (not one it left by: the node's own
+        queries to a pod go out on that pod's veth)."""
+        if meta.pkt_type == PACKET_OUTGOING or not meta.netns:
+            return None
+        return self.veth_peers.peer(meta.netns, meta.ifindex)
+
+    def _by_netns(self, netns: int) -> Optional[Tuple]:
+        path = self.netns_owners.cgroup_path(netns)
+        return self._describe(path) if path is not None else None
 
     def _by_address(self, address: str) -> Optional[Tuple]:
         netns = self.pod_addresses.netns(address)
-        if netns is None:
-            return None
-        path = self.netns_owners.cgroup_path(netns)
-        return self._describe(path) if path is not None else None
+        return self._by_netns(netns) if netns is not None else None
 
     def server_pod(self, address: str) -> Tuple[Optional[str], Optional[str]]:
         """(pod, namespace) holding ``address`` (a NAT copy's destination), for the lookups stage."""

@@ -130,6 +130,13 @@ QUERIES = Table(
         Column("pod", "TEXT", "Kubernetes pod name (live).", store="sender"),
         Column("pod_namespace", "TEXT", "Kubernetes namespace of the pod (live).", store="sender"),
         Column("pod_uid", "TEXT", "Kubernetes pod UID (live).", store="sender"),
+        Column("pod_via", "TEXT",
+               "How container and pod were found (live): 'cgroup' (the sending process's cgroup), 'netns' (a "
+               "process of the pod's network namespace, for packets the kernel saw in softirq), 'veth' (seen only "
+               "on the node side of a pod's veth, its namespace not picked up yet: the pod owning the namespace at "
+               "the other end of the veth it came in on; a veth from a namespace holding no pod gives no pod, "
+               "whatever the address) or 'address' (the pod holding the source address, when it came in on no "
+               "veth, e.g. through a bridge). NULL when no container or pod was found.", store="sender"),
         Column("exe", "TEXT", "Executable path of the sending process (/proc/PID/exe), read once per process "
                "(pid and start time, so a reused pid never inherits it) (live).", store="sender"),
         Column("ppid", "INTEGER", "Parent process id of the sender (live).", store="sender"),

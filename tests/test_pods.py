@@ -73,6 +73,20 @@ class Node:
         for d in sorted(self.logs.glob(f"pods/{pod['namespace']}_{pod['name']}_*/**/*"), reverse=True):
             d.unlink() if d.is_file() else d.rmdir()
 
+    def pause(self, pod: dict) -> None:
+        """The pod's sandbox process (the kubelet's pause container): in its cgroup and namespace until the end."""
+        script = f'echo $$ > {pod["cgroup"]}/cgroup.procs && exec ip netns exec {pod["netns"]} sleep 120'
+        proc = self.lab.spawn(None, "sh", "-c", script)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                if os.stat(f"/proc/{proc.pid}/ns/net").st_ino == pod["netns_inode"]:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.02)
+        raise RuntimeError("the pause process never entered the pod's namespace")
+
     def run_in(self, pod: dict, *cmd: str) -> tuple:
         """Start cmd inside the pod's cgroup and network namespace; (pid, stdout). The shell joins the cgroup,
         then execs `ip netns exec`, which execs the client: one pid throughout."""
@@ -195,3 +209,35 @@ def test_deleted_pod_leaves_nothing_stale(node, tmp_path):
     for r in got:
         assert_pod(r, new, new_pid, "dig")
     assert not rows(db, "qname = 'api.example.test' and pod = 'old-pod'")
+
+
+def test_pod_not_picked_up_is_found_through_its_veth(node, tmp_path):
+    """dnswatch captures in the node namespace only, so pods' queries are seen on the node side of their veth
+    (softirq: no process). A pod created after watch started is found through the veth it came in on, at once;
+    a namespace holding no pod gives no pod, even sending from a pod's address (the link decides)."""
+    db = tmp_path / "veth.db"
+    watch = Watch(node.lab, None, db, "--netns", node.node, "--k8s-log-dir", str(node.logs))
+    try:
+        router = node.lab.netns("r")
+        link = node.lab.link(node.node, router, 30)
+        node.lab.run(router, "ip", "route", "add", "default", "via", link["a4"])
+        node.lab.run(router, "dig", "+tries=1", "+time=1", f"@{SERVER}", "nopod.example.test", check=False)
+        new = node.pod("fresh-6c4d", "shop", "web", "systemd")  # after watch started, and asked at once
+        node.pause(new)
+        node.run_in(new, "dig", "+tries=1", "+time=2", f"@{SERVER}", "www.example.test", "A")
+        node.lab.run(router, "ip", "addr", "add", f"{new['ip']}/32", "dev", "lo")
+        node.lab.run(router, "dig", "+tries=1", "+time=1", "-b", new["ip"], f"@{SERVER}", "spoofed.example.test",
+                     check=False)
+        time.sleep(0.5)
+    finally:
+        assert watch.stop() == 0, "".join(watch.stderr)
+    node_inode = os.stat(f"/var/run/netns/{node.node}").st_ino
+    (r,) = rows(db, "qname = 'www.example.test'")
+    got = (r["pod"], r["pod_namespace"], r["container"], r["container_id"], r["pod_uid"], r["netns"], r["pid"],
+           r["pod_via"], r["src"])
+    assert got == (new["name"], new["namespace"], new["container"], new["cid"], new["uid"], node_inode, None,
+                   "veth", new["ip"])
+    (r,) = rows(db, "qname = 'nopod.example.test'")
+    assert (r["pod"], r["container_id"], r["pod_via"], r["src"]) == (None, None, None, link["b4"])
+    (r,) = rows(db, "qname = 'spoofed.example.test'")
+    assert (r["pod"], r["container_id"], r["pod_via"], r["src"]) == (None, None, None, new["ip"])

@@ -265,6 +265,9 @@ class FakeLive(FakeCapture):
     def describe(self):
         return "fake"
 
+    def link_socket(self, _inode):
+        return None
+
 
 @pytest.mark.parametrize("how", ["signal", "error"])
 def test_watch_prints_its_summary_however_it_ends(tmp_path, monkeypatch, how):

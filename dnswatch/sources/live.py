@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from dnswatch.model import LINKTYPE_ETHERNET, LINKTYPE_RAW, Frame, PacketMeta
+from dnswatch.netns import LinkSocket
 from dnswatch.sources import bpf_testrun as _sys
 from dnswatch.sources.bpf_testrun import TASK_ALL, TASK_CGROUP, TASK_COMM, TASK_HELPERS, TASK_PID, TASK_UID
 
@@ -418,6 +419,7 @@ class _NetnsTaps:
         self.dispatcher_fd: Optional[int] = None
         self.ifaces: Dict[int, Tuple[Optional[str], int]] = {}
         self._misses: Dict[int, float] = {}
+        self.links: Optional[LinkSocket] = None  # rtnetlink in this namespace (enrich.VethPeers)
 
     def iface(self, ifindex: int) -> Tuple[Optional[str], int]:
         hit = self.ifaces.get(ifindex)
@@ -437,6 +439,8 @@ class _NetnsTaps:
         for s in self.sockets:
             s.close()
         self.sockets = []
+        if self.links is not None:
+            self.links.close()
         if self.dispatcher_fd is not None:
             os.close(self.dispatcher_fd)
             self.dispatcher_fd = None
@@ -550,6 +554,11 @@ class LiveCapture:
     def netns_inodes(self) -> List[int]:
         return [t.inode for t in self._taps.values()]
 
+    def link_socket(self, inode: int) -> Optional[LinkSocket]:
+        """rtnetlink opened in a captured namespace (the other end of a veth: enrich.VethPeers)."""
+        taps = self._taps.get(inode) or self._taps.get(0)
+        return taps.links if taps is not None and taps.inode == inode else None
+
     def _open_sockets(self, taps: _NetnsTaps, prog_fd: int) -> None:
         for ifname in self.interfaces or [None]:
             taps.sockets.append(_open_tap(prog_fd, ifname))
@@ -557,6 +566,7 @@ class LiveCapture:
             info = _ifinfo(taps.sockets[0], ifindex)
             if info is not None:
                 taps.ifaces[ifindex] = info
+        taps.links = LinkSocket()
 
     def detach(self) -> None:
         """Stop taking packets, at once: every socket is re-bound to protocol 0, so the kernel delivers it nothing
