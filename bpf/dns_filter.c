@@ -2,12 +2,14 @@
  * messages and sends them to user space. The rule it implements is docs/keep-contract.md.
  *
  * RETURN CONTRACT: dns_filter() always returns 0 ("queue nothing on the socket").
- *   A kept packet is delivered as ONE perf event on `events`: struct event_meta followed
- *   by the first meta.cap_len bytes of the packet from skb->data. Since nothing is ever
- *   queued on the raw socket, a full socket buffer cannot drop anything; the only loss is
- *   a full perf buffer. CNT_EMIT_FAIL counts each such event once (user space's lost callback
- *   sees the same events again, later: it is a cross-check, never added to it).
- *   The verdict is "a perf event was emitted" (or CNT_EMIT_FAIL counted). Tests
+ *   A kept packet is delivered as ONE record on the ring buffer `events` (one for all CPUs,
+ *   so records are in nearly kernel-time order, and user space reads them in batches from
+ *   its own mmap of it): struct event_meta followed by the first meta.cap_len bytes of the
+ *   packet from skb->data, copied through a per-CPU scratch slot (bpf_ringbuf_reserve wants
+ *   a constant size). Since nothing is ever queued on the raw socket, a full socket buffer
+ *   cannot drop anything; the only loss is a full ring. CNT_EMIT_FAIL counts each such
+ *   record once (the ring itself keeps no lost count).
+ *   The verdict is "a record was emitted" (or CNT_EMIT_FAIL counted). Tests
  *   (BPF_PROG_TEST_RUN) observe exactly that: they tag each frame through skb->cb[0],
  *   which comes back as meta.netns (dnswatch/sources/bpf_testrun.py).
  *
@@ -28,7 +30,11 @@
  *
  * SETTINGS (-D): DNS_PORTS (comma list, <= 16), RESPONSES (0/1), MAX_CAPTURE (bytes),
  *   LOOPBACK_DEDUP (0/1: on ifindex 1 keep only the outgoing copy), TASK_META (bitmask of
- *   task helpers the kernel allows here: 1 pid_tgid, 2 uid_gid, 4 comm, 8 cgroup_id).
+ *   task helpers the kernel allows here: 1 pid_tgid, 2 uid_gid, 4 comm, 8 cgroup_id),
+ *   RING_PAGES (ring size in pages, a power of two), RING_WAKEUP (0: the kernel wakes the
+ *   reader only when it had caught up, i.e. at once when idle and never while it works
+ *   through a batch; 1 = BPF_RB_NO_WAKEUP: the reader polls on its own timeout),
+ *   NR_CPUS (possible CPUs: scratch slots).
  *
  * NAMESPACES: one raw socket per network namespace; each has a tiny dispatcher program
  *   (built by user space) that stores its netns inode in skb->cb[0] and tail-calls
@@ -55,9 +61,21 @@
 #ifndef TASK_META
 #define TASK_META 15
 #endif
-/* perf_event_header.size is a u16: 8 + roundup8(4 + sizeof(meta) + cap) must fit. */
+#ifndef RING_PAGES
+#define RING_PAGES 1024
+#endif
+#ifndef RING_WAKEUP
+#define RING_WAKEUP 0
+#endif
+#ifndef NR_CPUS
+#define NR_CPUS 64
+#endif
+/* (65400: the bound perf events had, whose size was a u16; kept as the contract.) */
 #if MAX_CAPTURE > 65400 || MAX_CAPTURE < 64
 #error "MAX_CAPTURE must be within [64, 65400]"
+#endif
+#if (RING_PAGES & (RING_PAGES - 1)) || RING_PAGES < 2
+#error "RING_PAGES must be a power of two >= 2"
 #endif
 
 #define TASK_PID    1
@@ -78,8 +96,10 @@
 #define MAX_IPV6_EXT 8
 
 #define META_TASK_VALID 1
+#define META_MAC_BASE   2   /* l4_off/dns_off count from the MAC header (VLAN), else the network header */
 
-/* Event header; user space parses it with struct.Struct("<QQQQIIIIII16s"). */
+/* Event header; user space parses it with struct.Struct("<QQQQIIIIII16sHHHHBB6x")
+ * (EVENT_META in dnswatch/sources/live.py; docs/keep-contract.md "Events"). */
 struct event_meta {
     u64 ktime_ns;   /* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
     u64 pid_tgid;   /* task fields: only when flags & META_TASK_VALID */
@@ -92,6 +112,21 @@ struct event_meta {
     u32 netns;      /* skb->cb[0], set by the per-namespace dispatcher; 0 if none */
     u32 flags;
     char comm[16];
+    /* what the rule already parsed, so user space need not again */
+    u16 l4_off;     /* transport header (from the base META_MAC_BASE says) */
+    u16 dns_off;    /* UDP: the DNS message (its id at dns_off); TCP: 0 */
+    u16 dns_id;     /* UDP only, host order */
+    u16 dns_flags;  /* UDP only: wire bytes 2-3 (QR is 0x8000) */
+    u8 l4_proto;    /* IPPROTO_UDP / IPPROTO_TCP */
+    u8 kind;        /* 1 query, 2 response */
+    u8 pad[6];
+};
+
+/* cap_len in [1, 65536] for the verifier as ((cap - 1) & CAP_MASK) + 1, which equals cap in [1, 65400] */
+#define CAP_MASK 0xffff
+struct event {
+    struct event_meta m;
+    u8 data[CAP_MASK + 1];
 };
 
 /* DNS header (RFC 1035 4.1.1). Counts are big-endian on the wire. */
@@ -127,7 +162,8 @@ enum { CNT_SEEN, CNT_KEPT, CNT_EMIT_FAIL, CNT_SLOW_LOAD, CNT_SKIP_SHORT, CNT_SKI
        CNT_COPIES, CNT_MAX };   /* CNT_EMIT_FAIL_RESP: the part of CNT_EMIT_FAIL that were responses;
                                    CNT_COPIES: rule 6's drops (copy_elsewhere) */
 
-BPF_PERF_OUTPUT(events);
+BPF_RINGBUF_OUTPUT(events, RING_PAGES);
+BPF_ARRAY(scratch, struct event, NR_CPUS);   /* one record being built per CPU (the filter never nests) */
 BPF_PERCPU_ARRAY(counters, u64, CNT_MAX);
 BPF_TABLE("lru_hash", struct frag_key, u8, frags, 4096);
 BPF_PROG_ARRAY(progs, 1);   /* progs[0] = dns_filter, the dispatchers' tail-call target */
@@ -189,6 +225,8 @@ struct l4 {
     u8 proto;
     u8 frag;      /* FRAG_*; the key is filled when not FRAG_NONE */
     u8 resp;      /* set by keep_transport: a response (server to client), for the loss counters */
+    u16 dns_id;   /* set by keep_transport for UDP: the header it judged */
+    u16 dns_flags;
 };
 
 /* IPv4 header at off (rule 1). 0 if it is one. */
@@ -359,6 +397,8 @@ static __always_inline int keep_transport(struct pkt *p, struct l4 *t)
             return 0;
         }
         t->resp = dns.flags.qr;
+        t->dns_id = bpf_ntohs(dns.id);
+        t->dns_flags = ((u16)((u8 *)&dns)[2] << 8) | ((u8 *)&dns)[3];
         return !dns.flags.qr || RESPONSES;
     }
     if (t->proto == IPPROTO_TCP_) {
@@ -381,8 +421,14 @@ static __always_inline int keep_transport(struct pkt *p, struct l4 *t)
     return 0;
 }
 
+/* What the rule parsed of a kept unfragmented packet, for struct event_meta (fragments: all 0). */
+struct parsed {
+    u16 l4_off, dns_off, dns_id, dns_flags;
+    u8 l4_proto, mac_base;
+};
+
 /* The whole rule (docs/keep-contract.md): 0 drop, 1 keep a query, 2 keep a response. */
-static __always_inline int dns_verdict(struct __sk_buff *skb)
+static __always_inline int dns_verdict(struct __sk_buff *skb, struct parsed *out)
 {
     if (LOOPBACK_DEDUP && skb->ifindex == LOOPBACK_IFINDEX && skb->pkt_type != PKT_OUTGOING)
         return 0;   /* rule 5: loopback packets are seen twice; the sender is known on the way out */
@@ -431,50 +477,84 @@ static __always_inline int dns_verdict(struct __sk_buff *skb)
     if (copy_elsewhere(skb, &p, off, proto == ETH_P_IPV6_, &t))
         return 0;   /* rule 6 */
     u8 kind = 1 + t.resp;
-    if (t.frag == FRAG_FIRST)
+    if (t.frag == FRAG_FIRST) {
         frags.update(&k, &kind);
+        return kind;
+    }
+    out->mac_base = p.start == BPF_HDR_START_MAC;
+    out->l4_off = t.off;
+    out->l4_proto = t.proto;
+    if (t.proto == IPPROTO_UDP_) {
+        out->dns_off = t.off + 8;
+        out->dns_id = t.dns_id;
+        out->dns_flags = t.dns_flags;
+    }
     return kind;
+}
+
+static __always_inline void emit_failed(int kind)
+{
+    count(CNT_EMIT_FAIL);
+    if (kind == 2)
+        count(CNT_EMIT_FAIL_RESP);
 }
 
 int dns_filter(struct __sk_buff *skb)
 {
     count(CNT_SEEN);
-    int kind = dns_verdict(skb);
+    struct parsed pr = {};
+    int kind = dns_verdict(skb, &pr);
     if (!kind)
         return 0;
     count(CNT_KEPT);
 
-    struct event_meta m = {};
-    m.ktime_ns = bpf_ktime_get_ns();
-    m.ifindex = skb->ifindex;
-    m.pkt_type = skb->pkt_type;
-    m.orig_len = skb->len;
-    m.cap_len = skb->len < MAX_CAPTURE ? skb->len : MAX_CAPTURE;
-    m.netns = skb->cb[0];
+    u32 cpu = bpf_get_smp_processor_id();
+    struct event *e = scratch.lookup(&cpu);
+    if (!e) {
+        emit_failed(kind);   /* cannot happen: NR_CPUS slots */
+        return 0;
+    }
+    struct event_meta *m = &e->m;
+    __builtin_memset(m, 0, sizeof(*m));   /* the slot holds the last record */
+    m->kind = kind;
+    m->l4_off = pr.l4_off;
+    m->dns_off = pr.dns_off;
+    m->dns_id = pr.dns_id;
+    m->dns_flags = pr.dns_flags;
+    m->l4_proto = pr.l4_proto;
+    if (pr.mac_base)
+        m->flags = META_MAC_BASE;
+    m->ktime_ns = bpf_ktime_get_ns();
+    m->ifindex = skb->ifindex;
+    m->pkt_type = skb->pkt_type;
+    m->orig_len = skb->len;
+    u32 cap = skb->len < MAX_CAPTURE ? skb->len : MAX_CAPTURE;
+    m->netns = skb->cb[0];
     if (skb->pkt_type == PKT_OUTGOING && skb->ingress_ifindex == 0) {
         /* Only a locally sent packet runs the filter in its sender's context. A forwarded one
          * (routed through this namespace: it came in on ingress_ifindex) also leaves as
          * OUTGOING, but in softirq, where the current task is whoever was interrupted. */
-        m.flags = META_TASK_VALID;
+        m->flags |= META_TASK_VALID;
 #if TASK_META & TASK_PID
-        m.pid_tgid = bpf_get_current_pid_tgid();
+        m->pid_tgid = bpf_get_current_pid_tgid();
 #endif
 #if TASK_META & TASK_UID
-        m.uid_gid = bpf_get_current_uid_gid();
+        m->uid_gid = bpf_get_current_uid_gid();
 #endif
 #if TASK_META & TASK_COMM
-        bpf_get_current_comm(m.comm, sizeof(m.comm));
+        bpf_get_current_comm(m->comm, sizeof(m->comm));
 #endif
 #if TASK_META & TASK_CGROUP
-        m.cgroup_id = bpf_get_current_cgroup_id();
+        m->cgroup_id = bpf_get_current_cgroup_id();
 #endif
     }
-    /* bcc rewrites this call into a statement, so it cannot sit inside an if (). */
-    int rc = events.perf_submit_skb(skb, m.cap_len, &m, sizeof(m));
-    if (rc < 0) {
-        count(CNT_EMIT_FAIL);
-        if (kind == 2)
-            count(CNT_EMIT_FAIL_RESP);
+    int rc = -1;
+    cap = ((cap - 1) & CAP_MASK) + 1;   /* (a kept packet has an IP header: cap >= 20) */
+    if (bpf_skb_load_bytes(skb, 0, e->data, cap) == 0) {
+        m->cap_len = cap;
+        rc = events.ringbuf_output(e, sizeof(*m) + cap, RING_WAKEUP);
     }
+    if (rc < 0)
+        emit_failed(kind);
     return 0;
 }

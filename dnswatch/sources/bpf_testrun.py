@@ -267,7 +267,7 @@ def to_ethernet(linktype: int, data: bytes) -> Optional[bytes]:
 class FilterRunner:
     """The production filter loaded once for BPF_PROG_TEST_RUN; keeps fragment state across runs.
 
-    A frame is kept iff the run emitted a perf event (dns_filter always returns 0). Each run puts
+    A frame is kept iff the run emitted a ring record (dns_filter always returns 0). Each run puts
     its sequence number in skb->cb[0], which comes back as the event's netns field.
     """
 
@@ -275,22 +275,11 @@ class FilterRunner:
         from dnswatch.sources import live  # bcc lives there only
 
         self.filter = live.load_filter(ports, responses, max_capture=max_capture, loopback_dedup=False,
-                                       copy_window_ns=0)
+                                       copy_window_ns=0,
+                                       page_cnt=256 // (os.cpu_count() or 1) or 1, wakeup_events=4096)
+        self.filter.open_events()
         self._seq = 0
-        self._kept: set = set()
-        self._events: List[Tuple[int, bytes]] = []
-        self._lost = 0
-        self.filter.open_events(self._on_event, self._on_lost, page_cnt=256, wakeup_events=4096)
-
-    def _on_event(self, cpu: int, address: int, size: int) -> None:
-        from dnswatch.sources.live import parse_event
-
-        meta, payload = parse_event(address, size)
-        self._kept.add(meta[8])
-        self._events.append((meta, payload))
-
-    def _on_lost(self, n: int) -> None:
-        self._lost += n
+        self._events: List[Tuple[tuple, bytes]] = []
 
     def run(self, frames: Iterable[bytes], linktype: int = LINKTYPE_ETHERNET) -> List[bool]:
         out: List[bool] = []
@@ -305,20 +294,20 @@ class FilterRunner:
             self._seq = (self._seq % 0xFFFFFFF0) + 1
             prog_test_run(self.filter.prog_fd, eth, cb0=self._seq)
             batch.append(self._seq)
-            pending += len(eth) + 96
-            if pending > 256 * 4096 // 4:  # drain well before a per-CPU buffer can fill
+            pending += len(eth) + 136
+            if pending > 256 * 4096 // 4:  # drain well before the ring can fill
                 out.extend(self._collect(batch))
                 batch, pending = [], 0
         out.extend(self._collect(batch))
         return out
 
     def _collect(self, batch: List[int]) -> List[bool]:
-        self.filter.consume()
-        if self._lost:
-            raise RuntimeError(f"perf buffer lost {self._lost} events during test runs")
-        res = [seq in self._kept for seq in batch]
-        self._kept.clear()
-        return res
+        events = self.filter.read()
+        self._events += events
+        kept = {meta[8] for meta, _ in events}
+        if self.filter.counters()["emit_failures"]:
+            raise RuntimeError("the ring buffer was full during test runs")
+        return [seq in kept for seq in batch]
 
     def take_events(self) -> List[Tuple[tuple, bytes]]:
         ev, self._events = self._events, []

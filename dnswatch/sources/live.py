@@ -10,7 +10,9 @@ import bisect
 import contextlib
 import ctypes
 import fcntl
+import mmap
 import os
+import select
 import socket
 import struct
 import sys
@@ -25,16 +27,15 @@ from dnswatch.netns import LinkSocket
 from dnswatch.sources import bpf_testrun as _sys
 from dnswatch.sources.bpf_testrun import TASK_ALL, TASK_CGROUP, TASK_COMM, TASK_HELPERS, TASK_PID, TASK_UID
 
-# perf_event_header.size is a u16, so one event (header + meta + packet) must stay below 64 KiB.
+# The bound perf events had (their size was a u16), kept as the contract for --max-capture.
 MAX_CAPTURE_LIMIT = 65400
 DEFAULT_MAX_CAPTURE = MAX_CAPTURE_LIMIT
 MAX_PORTS = 16
 
 
 def default_page_cnt() -> int:
-    """Pages per CPU for the perf buffer: 2 MiB (~8k typical DNS events, >200 ms of a 20k qps burst
-    with responses landing on one CPU) on small hosts, scaled down to keep the total near 64 MiB on
-    many-CPU ones, never below 512 KiB."""
+    """Ring pages per CPU: 2 MiB (~8k typical DNS events, >200 ms of a 20k qps burst with responses) on
+    small hosts, scaled down to keep the total near 64 MiB on many-CPU ones, never below 512 KiB."""
     ncpu = os.cpu_count() or 1
     pages = 512
     while pages > 128 and pages * 4096 * ncpu > 64 << 20:
@@ -42,25 +43,43 @@ def default_page_cnt() -> int:
     return pages
 
 
-# Perf wakeups: 1 = user space hears of every kept packet at once. That is what enrichment needs
-# (it reads /proc/PID while the sender still exists), but each wakeup costs the sending task an
-# irq_work self-IPI: ~7 us per kept packet on a VM (BPF_PROG_TEST_RUN: 6.7 us at 1, 0.24 us at 64).
-# LiveCapture(wakeup_events=64) trades that for delivery at poll()'s timeout under light traffic.
+def ring_pages(page_cnt: int) -> int:
+    """Pages of the one ring buffer all CPUs share: page_cnt per online CPU, up to a power of two."""
+    want = max(2, page_cnt * (os.cpu_count() or 1))
+    return 1 << (want - 1).bit_length()
+
+
+def possible_cpus() -> int:
+    """How many CPU ids the kernel can hand out (bpf_get_smp_processor_id() < this): the scratch slots."""
+    try:
+        text = Path("/sys/devices/system/cpu/possible").read_text().strip()
+        return max(int(part.split("-")[-1]) for part in text.split(",")) + 1
+    except (OSError, ValueError):
+        return max(64, os.cpu_count() or 1)
+
+
+# Wakeups. By default the kernel wakes the reader only for a record written while it had read everything
+# (BPF ring buffer's own rule): at once under light traffic (enrichment reads /proc/PID while the sender
+# still exists), and not at all while it works through a batch, so a busy reader costs the senders no
+# irq_work per packet. LiveCapture(wakeup_events > 1) compiles in BPF_RB_NO_WAKEUP: the reader then hears
+# of records at poll()'s timeout only.
 WAKEUP_EVENTS = 1
 
-# Reorder window. Perf buffers are per CPU and read one after the other, so a response written on CPU 1
-# can be read before its query written on CPU 0 just after that buffer was read (about 1 transaction in
-# 1,400 at 20k q/s). poll() therefore hands on only the frames whose kernel time is older than the moment
-# the last read began, less REORDER_MARGIN_NS (the time between the filter's ktime and its write into the
-# buffer: microseconds), in kernel time order; younger ones wait for the next poll, which returns within
-# REORDER_POLL_MS while any wait. Bounded in bytes too: past REORDER_MAX_BYTES the oldest go on at once.
+# Reorder window. One ring holds the records of every CPU in the order they were reserved, which is kernel
+# time order but for the microseconds between a filter's ktime and its reservation, and a record reserved
+# on one CPU but not yet committed stops the read at it while younger ones after it wait. poll() therefore
+# hands on only the frames whose kernel time is older than the moment the read began, less
+# REORDER_MARGIN_NS, in kernel time order; younger ones wait, and poll() sleeps until the oldest of them is
+# due (at most REORDER_POLL_MS), REORDER_BATCH_NS more so that a busy ring is read in batches. Bounded in bytes too: past REORDER_MAX_BYTES the oldest go on at once.
 REORDER_MARGIN_NS = 2_000_000
+REORDER_BATCH_NS = 2_000_000
 REORDER_POLL_MS = 5
 REORDER_MAX_BYTES = 8 << 20
 
 # struct event_meta in dns_filter.c
-EVENT_META = struct.Struct("<QQQQIIIIII16s")
+EVENT_META = struct.Struct("<QQQQIIIIII16sHHHHBB6x")
 META_TASK_VALID = 1
+META_MAC_BASE = 2
 _META_SIZE = EVENT_META.size
 
 _FIX_BCC = (
@@ -193,7 +212,7 @@ class LoadedFilter:
     """dns_filter compiled and loaded (not attached). Built by :func:`load_filter`."""
 
     def __init__(self, bpf, fn, ports, responses, max_capture, loopback_dedup, task_meta, task_missing, fallback, log,
-                 copy_window_ns=COPY_WINDOW_NS):
+                 ring_pages, copy_window_ns=COPY_WINDOW_NS):
         self.bpf = bpf
         self.fn = fn
         self.prog_fd: int = fn.fd
@@ -207,36 +226,30 @@ class LoadedFilter:
         self.fallback: Optional[str] = fallback  # set when task metadata had to be compiled out
         self.log: str = log
         self.prog_array_fd: int = bpf[b"progs"].map_fd
+        self.ring_pages = ring_pages
+        self.ring: Optional[EventRing] = None
         self._closed = False
 
-    def open_events(self, raw_callback: Callable[[int, int, int], None], lost_callback: Callable[[int], None],
-                    page_cnt: Optional[int] = None, wakeup_events: int = WAKEUP_EVENTS) -> None:
-        """raw_callback(cpu, address, size) per event: EVENT_META then cap_len packet bytes.
-
-        The kernel wakes the reader every ``wakeup_events`` events; :meth:`poll` also drains
-        what is left when its timeout expires.
-        """
-        page_cnt = page_cnt or default_page_cnt()
+    def open_events(self) -> None:
+        """Map the ring buffer for :meth:`poll` / :meth:`read`."""
         try:
-            self.bpf[b"events"].open_perf_buffer(raw_callback, page_cnt=page_cnt, lost_cb=lost_callback,
-                                                 wakeup_events=wakeup_events)
-        except Exception as e:
-            raise LiveCaptureError(
-                f"cannot map the perf buffers ({page_cnt} pages per CPU: {e})",
-                "run as root or grant CAP_IPC_LOCK, or raise sysctl kernel.perf_event_mlock_kb") from None
+            self.ring = EventRing(self.bpf[b"events"].map_fd, self.ring_pages * mmap.PAGESIZE)
+        except OSError as e:
+            raise LiveCaptureError(f"cannot map the ring buffer ({self.ring_pages} pages: {e})",
+                                   "run as root or grant CAP_BPF and CAP_PERFMON") from None
 
-    def poll(self, timeout_ms: int) -> int:
-        """Wait up to timeout_ms for a wakeup, then read every buffer (also those below the mark).
+    def poll(self, timeout_ms: int) -> Tuple[int, List[Tuple[tuple, bytes]]]:
+        """Wait up to timeout_ms for a record (not at all if one is there), then read what the ring holds.
 
-        Returns CLOCK_MONOTONIC (the clock of bpf_ktime_get_ns) taken just before the final read of every
-        buffer: each event written before it has been read by the time this returns."""
-        self.bpf.perf_buffer_poll(timeout_ms)
+        Returns (mark, records): mark is CLOCK_MONOTONIC (the clock of bpf_ktime_get_ns) taken just before
+        the read, records are (EVENT_META fields, packet bytes) in ring order."""
+        self.ring.wait(timeout_ms)
         mark = time.monotonic_ns()
-        self.bpf.perf_buffer_consume()
-        return mark
+        return mark, self.ring.read()
 
-    def consume(self) -> None:
-        self.bpf.perf_buffer_consume()
+    def read(self) -> List[Tuple[tuple, bytes]]:
+        """What the ring holds now, without waiting."""
+        return self.ring.read()
 
     def counters(self) -> Dict[str, int]:
         table = self.bpf[b"counters"]
@@ -246,22 +259,92 @@ class LoadedFilter:
     def close(self) -> None:
         if not self._closed:
             self._closed = True
+            if self.ring is not None:
+                self.ring.close()
+                self.ring = None
             self.bpf.cleanup()
 
 
-def parse_event(address: int, size: int) -> Tuple[tuple, bytes]:
-    """(EVENT_META fields, packet bytes) of one raw perf event."""
-    raw = ctypes.string_at(address, size)
-    meta = EVENT_META.unpack_from(raw)
-    return meta, raw[EVENT_META.size:EVENT_META.size + meta[7]]
+_U64 = struct.Struct("<Q")
+_U32 = struct.Struct("<I")
+_RB_BUSY = 1 << 31  # struct bpf_ringbuf_hdr.len: reserved, not committed yet
+_RB_DISCARD = 1 << 30
+_RB_HDR = 8
+
+
+class EventRing:
+    """Our own mmap of a BPF ring buffer (what libbpf's ring_buffer does, without a C callback per record):
+    the consumer page read-write, then the producer page and the data pages, mapped twice in a row so that a
+    record wrapping around the end reads as one piece. Records are parsed with struct straight from the map.
+
+    x86 orders loads with loads and stores with stores, which is the acquire/release pairing libbpf needs
+    barriers for; the position and header reads here are single aligned loads."""
+
+    def __init__(self, map_fd: int, size: int):
+        psz = mmap.PAGESIZE
+        self.size = size
+        self._mask = size - 1
+        self._base = psz
+        self._cons = mmap.mmap(map_fd, psz, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=0)
+        try:
+            self._data = mmap.mmap(map_fd, psz + 2 * size, mmap.MAP_SHARED, mmap.PROT_READ, offset=psz)
+        except BaseException:
+            self._cons.close()
+            raise
+        self._epoll = select.epoll()
+        self._epoll.register(map_fd, select.EPOLLIN)
+
+    def pending(self) -> bool:
+        return _U64.unpack_from(self._data, 0)[0] != _U64.unpack_from(self._cons, 0)[0]
+
+    def wait(self, timeout_ms: int) -> None:
+        if timeout_ms > 0 and not self.pending():
+            try:
+                self._epoll.poll(timeout_ms / 1000)
+            except InterruptedError:  # a signal: the caller looks at its flag
+                pass
+
+    def read(self) -> List[Tuple[tuple, bytes]]:
+        """(EVENT_META fields, packet bytes) of each committed record, up to the first one still being
+        written; their space goes back to the kernel once they are copied. Bounded by the ring's size."""
+        data, cons_map = self._data, self._cons
+        cons = _U64.unpack_from(cons_map, 0)[0]
+        prod = _U64.unpack_from(data, 0)[0]
+        out: List[Tuple[tuple, bytes]] = []
+        append = out.append
+        unpack_meta = EVENT_META.unpack_from
+        unpack_u32 = _U32.unpack_from
+        base, mask = self._base, self._mask
+        pos = cons
+        while pos < prod:
+            off = base + (pos & mask)
+            length = unpack_u32(data, off)[0]
+            if length & _RB_BUSY:
+                break
+            if not length & _RB_DISCARD:
+                m = unpack_meta(data, off + _RB_HDR)
+                start = off + _RB_HDR + _META_SIZE
+                append((m, data[start:start + m[7]]))
+            pos += ((length & 0x3FFFFFFF) + _RB_HDR + 7) & ~7
+        if pos != cons:
+            _U64.pack_into(cons_map, 0, pos)
+        return out
+
+    def close(self) -> None:
+        self._epoll.close()
+        self._data.close()
+        self._cons.close()
+
 
 
 def load_filter(ports: Sequence[int] = (53,), responses: bool = False, max_capture: int = DEFAULT_MAX_CAPTURE,
                 loopback_dedup: bool = True, task_meta: Optional[int] = None, debug: bool = False,
-                copy_window_ns: int = COPY_WINDOW_NS) -> LoadedFilter:
+                copy_window_ns: int = COPY_WINDOW_NS, page_cnt: Optional[int] = None,
+                wakeup_events: int = WAKEUP_EVENTS) -> LoadedFilter:
     """Compile and load dns_filter with these settings.
 
-    Task helpers are probed first (a tiny program per helper); those the kernel refuses in socket
+    The ring buffer gets ``page_cnt`` pages per CPU (:func:`ring_pages`); ``wakeup_events`` > 1: no wakeups
+    (see WAKEUP_EVENTS). Task helpers are probed first (a tiny program per helper); those the kernel refuses in socket
     filters are compiled out. If the filter still fails to load with task metadata, it is retried
     without, and ``fallback`` says so. ``loopback_dedup`` and ``copy_window_ns`` (0: off) are the keep contract's
     copy rules 5 and 6 (BPF_PROG_TEST_RUN turns them off: its frames all look alike). Raises LiveCaptureError.
@@ -288,6 +371,7 @@ def load_filter(ports: Sequence[int] = (53,), responses: bool = False, max_captu
     fallback = None
     if task_meta != TASK_ALL and missing:
         fallback = "kernel refuses " + ", ".join(sorted(missing)) + " in socket filters"
+    pages = ring_pages(page_cnt or default_page_cnt())
     logs: List[str] = []
     last_err: Optional[Exception] = None
     for mask in ([task_meta, 0] if task_meta else [0]):
@@ -298,6 +382,9 @@ def load_filter(ports: Sequence[int] = (53,), responses: bool = False, max_captu
             f"-DLOOPBACK_DEDUP={int(bool(loopback_dedup))}",
             f"-DCOPY_WINDOW_NS={max(0, int(copy_window_ns))}",
             f"-DTASK_META={mask}",
+            f"-DRING_PAGES={pages}",
+            f"-DRING_WAKEUP={int(wakeup_events > 1)}",
+            f"-DNR_CPUS={possible_cpus()}",
         ]
         b = None
         try:
@@ -319,7 +406,7 @@ def load_filter(ports: Sequence[int] = (53,), responses: bool = False, max_captu
         if debug and log.strip():
             sys.stderr.write(log)
         return LoadedFilter(b, fn, ports, bool(responses), int(max_capture), bool(loopback_dedup), mask, missing,
-                            fallback, log, max(0, int(copy_window_ns)))
+                            fallback, log, pages, max(0, int(copy_window_ns)))
 
     log = "".join(logs)
     if debug and log.strip():
@@ -479,12 +566,11 @@ class LiveCapture:
         self.filter: Optional[LoadedFilter] = None
         self._taps: Dict[int, _NetnsTaps] = {}
         self._own_inode = netns_inode()
-        self._out: List[Frame] = []
         self._held: List[Frame] = []  # read, but younger than the reorder window's mark
         self._released_kt = 0  # kernel time of the last frame handed on
         self.reorder_late = 0  # frames read after a younger one was handed on (0 unless the margin is too short)
         self.reorder_forced = 0  # frames handed on early because the window hit REORDER_MAX_BYTES
-        self._lost = 0
+        self._where: Dict[int, Tuple[int, Optional[str], int]] = {}  # netns << 32 | ifindex -> (inode, name, linktype)
         # called with the sender's pid as each event is read (before the reorder window holds it): what must be
         # looked up while the sender still exists (enrich.ProcessNames.name: /proc/PID/comm) is looked up then
         self.on_task: Optional[Callable[[int], object]] = None
@@ -498,7 +584,8 @@ class LiveCapture:
         if self.filter is not None:
             return
         self.filter = load_filter(self.ports, self.responses, self.max_capture, debug=self.debug,
-                                  copy_window_ns=self.copy_window_ns)
+                                  copy_window_ns=self.copy_window_ns, page_cnt=self.page_cnt,
+                                  wakeup_events=self.wakeup_events)
         self._task_meta = self.filter.task_meta
         try:
             if self.netns_paths is None:
@@ -509,7 +596,7 @@ class LiveCapture:
                 for path in self.netns_paths:
                     self.add_netns(path)
             self._ts_offset = _realtime_offset()
-            self.filter.open_events(self._on_event, self._on_lost, self.page_cnt, self.wakeup_events)
+            self.filter.open_events()
         except LiveCaptureError:
             self.close()
             raise
@@ -550,6 +637,7 @@ class LiveCapture:
         taps = self._taps.pop(inode, None)
         if taps is not None:
             taps.close()
+        self._where.clear()
 
     def netns_inodes(self) -> List[int]:
         return [t.inode for t in self._taps.values()]
@@ -610,37 +698,47 @@ class LiveCapture:
         """Frames that arrived, in kernel time order, waiting at most timeout_ms for the first (with
         wakeup_events > 1, light traffic is returned when the timeout expires). Call from one thread.
 
-        A frame is handed on once no frame older than it can still be unread in another CPU's buffer
-        (see REORDER_MARGIN_NS), so the order does not depend on which buffer was read first.
+        A frame is handed on once no frame older than it can still be unwritten in the ring (see
+        REORDER_MARGIN_NS), so the order does not depend on which CPU wrote first.
         """
         if self.filter is None:
             raise RuntimeError("LiveCapture.poll() before open()")
         self._ts_offset = _realtime_offset()
-        timeout_ms = max(0, int(timeout_ms))
-        if self._held:
-            timeout_ms = min(timeout_ms, REORDER_POLL_MS)
-        mark = self.filter.poll(timeout_ms) - REORDER_MARGIN_NS
-        return self._release(mark)
+        deadline = time.monotonic_ns() + max(0, int(timeout_ms)) * 1_000_000
+        while True:
+            now = time.monotonic_ns()
+            if self._held:
+                # nothing held goes on before it is REORDER_MARGIN_NS old: sleep till then (and REORDER_BATCH_NS
+                # more, so that a busy ring is read in batches rather than a record per wakeup)
+                pause = min(self._held[0].meta.ktime_ns + REORDER_MARGIN_NS + REORDER_BATCH_NS - now,
+                            REORDER_POLL_MS * 1_000_000, deadline - now)
+                if pause > 0:
+                    time.sleep(pause * 1e-9)
+                mark, records = self.filter.poll(0)
+            else:
+                mark, records = self.filter.poll(max(0, (deadline - now) // 1_000_000))
+            out = self._release(records, mark - REORDER_MARGIN_NS)
+            if out or not self._held or time.monotonic_ns() >= deadline:
+                return out
 
     def drain(self) -> List[Frame]:
         """Every frame read so far, the reorder window's too (the end of a capture)."""
-        if self.filter is not None:
-            self.filter.consume()
-        return self._release(None)
+        records = self.filter.read() if self.filter is not None else []
+        return self._release(records, None)
 
-    def _release(self, mark: Optional[int]) -> List[Frame]:
-        new, self._out = self._out, []
-        if self._held:
-            new += self._held
+    def _release(self, records: List[Tuple[tuple, bytes]], mark: Optional[int]) -> List[Frame]:
+        held = self._held
+        new, ordered = self._frames(records, held[-1].meta.ktime_ns if held else 0)
+        if held:
+            new = held + new
         if not new:
-            self._held = []
             return new
-        if len(new) > 1:
+        if not ordered:
             new.sort(key=_by_ktime)
         if mark is None:
             cut = len(new)
         else:
-            cut = bisect.bisect_left(new, mark, key=_by_ktime)
+            cut = len(new) if new[-1].meta.ktime_ns < mark else bisect.bisect_left(new, mark, key=_by_ktime)
             if cut < len(new):
                 size = 0
                 for i in range(len(new) - 1, cut - 1, -1):
@@ -649,7 +747,10 @@ class LiveCapture:
                         self.reorder_forced += i + 1 - cut
                         cut = i + 1
                         break
-        out, self._held = new[:cut], new[cut:]
+        if cut == len(new):
+            out, self._held = new, []
+        else:
+            out, self._held = new[:cut], new[cut:]
         if out:
             first = out[0].meta.ktime_ns
             if first < self._released_kt:
@@ -657,44 +758,63 @@ class LiveCapture:
             self._released_kt = out[-1].meta.ktime_ns
         return out
 
-    def _on_event(self, cpu: int, address: int, size: int) -> None:
-        raw = ctypes.string_at(address, size)
-        kt, pid_tgid, uid_gid, cgroup_id, ifindex, pkt_type, _orig, cap, ns, flags, comm = EVENT_META.unpack_from(raw)
-        taps = self._taps.get(ns) or self._taps.get(0)
-        if taps is not None:
-            ifname, linktype = taps.iface(ifindex)
-            ns = taps.inode
-        else:
-            ifname, linktype = None, LINKTYPE_ETHERNET
-        if flags & META_TASK_VALID:
-            tm = self._task_meta
-            if self.on_task is not None and tm & TASK_PID and pid_tgid >> 32 != pid_tgid & 0xFFFFFFFF:
-                self.on_task(pid_tgid >> 32)  # sent by a thread: the process's name is read from /proc, now
-            if self.on_process is not None and tm & TASK_PID:
-                self.on_process(pid_tgid >> 32)
-            meta = PacketMeta(
-                kt, ifindex, pkt_type, ns, ifname,
-                pid_tgid >> 32 if tm & TASK_PID else None,
-                pid_tgid & 0xFFFFFFFF if tm & TASK_PID else None,
-                comm.split(b"\0", 1)[0].decode(errors="replace") if tm & TASK_COMM else None,
-                uid_gid & 0xFFFFFFFF if tm & TASK_UID else None,
-                cgroup_id if tm & TASK_CGROUP else None,
-            )
-        else:
-            meta = PacketMeta(kt, ifindex, pkt_type, ns, ifname)
-        self._out.append(Frame(kt * 1e-9 + self._ts_offset, linktype, raw[_META_SIZE:_META_SIZE + cap], ifname, meta))
+    def _frames(self, records: List[Tuple[tuple, bytes]], last_kt: int) -> Tuple[List[Frame], bool]:
+        """Frames of ring records, and whether their kernel times never go back from last_kt on (the usual
+        case: one ring is written in nearly time order, so sorting is seldom needed)."""
+        out: List[Frame] = []
+        append = out.append
+        where, ts_offset, tm = self._where, self._ts_offset, self._task_meta
+        on_task, on_process = self.on_task, self.on_process
+        ordered = True
+        for m, data in records:
+            kt, pid_tgid, uid_gid, cgroup_id, ifindex, pkt_type = m[:6]
+            flags = m[9]
+            if kt < last_kt:
+                ordered = False
+            last_kt = kt
+            key = m[8] << 32 | ifindex
+            hit = where.get(key)
+            if hit is None:
+                hit = self._lookup_where(m[8], ifindex)
+            ns, ifname, linktype = hit
+            if flags & META_TASK_VALID:
+                pid = pid_tgid >> 32
+                if on_task is not None and tm & TASK_PID and pid != pid_tgid & 0xFFFFFFFF:
+                    on_task(pid)  # sent by a thread: the process's name is read from /proc, now
+                if on_process is not None and tm & TASK_PID:
+                    on_process(pid)
+                meta = _new_tuple(PacketMeta, (
+                    kt, ifindex, pkt_type, ns, ifname,
+                    pid if tm & TASK_PID else None,
+                    pid_tgid & 0xFFFFFFFF if tm & TASK_PID else None,
+                    m[10].split(b"\0", 1)[0].decode(errors="replace") if tm & TASK_COMM else None,
+                    uid_gid & 0xFFFFFFFF if tm & TASK_UID else None,
+                    cgroup_id if tm & TASK_CGROUP else None,
+                    None))
+            else:
+                meta = _new_tuple(PacketMeta, (kt, ifindex, pkt_type, ns, ifname, None, None, None, None, None, None))
+            append(_new_tuple(Frame, (kt * 1e-9 + ts_offset, linktype, data, ifname, meta)))
+        return out, ordered
 
-    def _on_lost(self, count: int) -> None:
-        self._lost += count
+    def _lookup_where(self, netns_tag: int, ifindex: int) -> Tuple[int, Optional[str], int]:
+        """(namespace inode, interface name, linktype) of an event's netns tag and ifindex; cached once known."""
+        taps = self._taps.get(netns_tag) or self._taps.get(0)
+        if taps is None:
+            return netns_tag, None, LINKTYPE_ETHERNET
+        ifname, linktype = taps.iface(ifindex)
+        hit = (taps.inode, ifname, linktype)
+        if ifname is not None:
+            self._where[netns_tag << 32 | ifindex] = hit
+        return hit
 
     # -- reporting
 
     def stats(self) -> Dict[str, int]:
-        """Counters. The loss is ``emit_failures`` (each event the perf buffer had no room for, once);
-        ``lost_samples`` is what the buffers' lost records said about the same events (a cross-check:
-        never add the two). ``kernel_skip_*``: DNS-port packets the keep rule drops, by reason. ``kernel_copies``:
-        copies of a kept packet at another capture point the kernel dropped (rule 6: stored once, not a loss)."""
-        out = {"lost_samples": self._lost, "reorder_late": self.reorder_late, "reorder_forced": self.reorder_forced}
+        """Counters. The loss is ``emit_failures`` (each record the ring had no room for, once: the ring
+        itself keeps no count). ``kernel_skip_*``: DNS-port packets the keep rule drops, by reason.
+        ``kernel_copies``: copies of a kept packet at another capture point the kernel dropped (rule 6:
+        stored once, not a loss)."""
+        out = {"reorder_late": self.reorder_late, "reorder_forced": self.reorder_forced}
         if self.filter is not None:
             out.update(self.filter.counters())
         else:
@@ -725,6 +845,9 @@ class LiveCapture:
         if self.filter is not None and self.filter.fallback:
             text += " (no process info: " + self.filter.fallback + ")"
         return text
+
+
+_new_tuple = tuple.__new__  # a NamedTuple from all its fields, without its Python-level __new__
 
 
 def _by_ktime(frame: Frame) -> int:
