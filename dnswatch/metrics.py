@@ -245,8 +245,8 @@ def _health_metrics(h: Dict[str, object]) -> Iterable:
         m = CounterMetricFamily("dnswatch_lost",
                                 "Events lost, by the stage where they were lost (each counted once): "
                                 "kernel_perf_buffer (perf ring full), kernel_* (skipped by the filter), decode "
-                                "(frames that could not be read), memory_bounds (fragments or TCP streams given up "
-                                "at a bound).",
+                                "(frames that could not be read), memory_bounds (fragments, TCP streams or waiting "
+                                "queries given up at a bound).",
                                 labels=["stage"])
         for stage, n in sorted(losses.items()):
             m.add_metric([stage], n)

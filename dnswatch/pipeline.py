@@ -323,7 +323,8 @@ class Pipeline:
         stats = self.decoder.stats
         losses = dict(self.source_losses)
         losses["decode"] = sum(stats.get(k, 0) for k in DECODE_LOSSES)
-        losses["memory_bounds"] = self.decoder.dropped() + self.source_losses.get("memory_bounds", 0)
+        # queries the correlator gave up before their timeout (its table full) are lost there too
+        losses["memory_bounds"] = self.decoder.dropped() + c.evicted + self.source_losses.get("memory_bounds", 0)
         s.losses = losses
         s.lost_responses = dict(self.source_lost_responses)
         s.dropped = sum(losses.values())  # each lost event is counted at one stage only

@@ -158,3 +158,40 @@ def test_memory_of_answers_is_bounded(n):
         run.q(i * 1e-3, query(i % 65536, f"n{i}.example.test"), sport=1024 + i)
         run.r(i * 1e-3 + 1e-4, answer(i % 65536, f"n{i}.example.test"), sport=1024 + i)
     assert len(run.c.recent) <= 100 and len(run.done()) == n
+
+
+def _counted(c) -> int:
+    return sum(c._cost(entry) for entry in c.pending.values())
+
+
+def test_waiting_queries_are_bounded_in_bytes_and_what_the_bound_gives_up_is_counted(monkeypatch):
+    """A flood of distinct queries never answered: the table stays within its byte budget (each entry counted
+    for what it holds: its Message too once parse_message's cache no longer shares it), the oldest go first as
+    unanswered rows, and each is counted in ``evicted`` (the pipeline's memory_bounds loss)."""
+    from dnswatch import correlate, dns
+    run = Run(max_pending_bytes=200 * correlate.ENTRY_COST)
+    for i in range(1000):
+        if i % 300 == 0:
+            monkeypatch.setitem(dns.cache_stats, "clears", dns.cache_stats["clears"] + 1)  # the cache starts over
+        run.q(i * 1e-3, query(i % 65536, f"n{i}.example.test"), sport=1024 + i)
+        assert run.c.pending_bytes == _counted(run.c) <= run.c.max_pending_bytes
+    run.r(1.0, answer(999, "n999.example.test"), sport=1024 + 999)  # the newest still waits: answered
+    assert run.c.evicted > 0 and len(run.c.pending) < 200
+    rows = run.done()
+    assert run.c.pending_bytes == 0 and run.c._shared == 0
+    assert len(rows) == 1000 and sum(r["status"] == "unanswered" for r in rows) == 999
+    assert [r["qname"] for r in rows[:3]] == ["n0.example.test", "n1.example.test", "n2.example.test"]
+
+
+def test_retries_copies_and_answers_keep_the_byte_count_exact():
+    run = Run()
+    for i in range(50):
+        run.q(1.0 + i, query(i), POD)
+        run.q(1.00001 + i, query(i), NODE)  # copy
+        run.q(2.0 + i, query(i), POD)  # retry
+        assert run.c.pending_bytes == _counted(run.c)
+        if i % 2:
+            run.r(2.001 + i, answer(i), POD)
+        assert run.c.pending_bytes == _counted(run.c)
+    run.c.expire(100.0)
+    assert run.c.pending_bytes == 0 and len(run.done()) == 50
