@@ -12,11 +12,11 @@ import json
 import sqlite3
 import sys
 import time
-from hashlib import blake2b
 from collections import Counter
-from itertools import chain
-from operator import add, itemgetter
-from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
+from hashlib import blake2b
+from itertools import chain, repeat
+from operator import add, is_not, itemgetter
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from dnswatch.schema import (
     ANSWER_ITEMS, KEY_HOURS, KEY_KINDS, LOG_COLUMNS, LOG_TABLE, LOOKUP_COLUMNS, MALFORMED_COLUMNS, PASSIVE_DNS, Q, QUERIES,
@@ -67,6 +67,28 @@ class _Template(NamedTuple):
     set_id: Optional[int]  # answer_sets id
     items: List[Tuple[str, str, str]]  # the answers' (name, type, data)
     resolver: tuple  # passive_dns.first_* of a row
+
+
+class _Layout(NamedTuple):
+    """How the query_log tuples of a batch are made and inserted (LogWriter._layout)."""
+    plain: Callable[[Sequence[Any]], tuple]  # a row's plain values (those not left out)
+    template: Optional[Callable[[tuple], tuple]]  # a template's ids not left out (None: all)
+    inserts: List[Tuple[int, str]]  # (rows per statement, INSERT)
+
+
+class _Encoded(list):
+    """query_log tuples, with the INSERTs of their layout."""
+    inserts: List[Tuple[int, str]] = []
+
+
+def _getter(positions: Sequence[int]) -> Callable[[Sequence[Any]], tuple]:
+    """The values at ``positions`` as a tuple (also for one or none, unlike itemgetter)."""
+    if len(positions) > 1:
+        return itemgetter(*positions)
+    if positions:
+        p = positions[0]
+        return lambda r: (r[p],)
+    return lambda r: ()
 
 
 class _Ids(dict):
@@ -125,27 +147,17 @@ class LogWriter:
         self._after = [p for p in self._row_pos if kinds.get(p) == "after_ts"]
         plain = [p for p in self._row_pos if p not in kinds]
         self._ids_of = [(p, kinds[p]) for p in self._row_pos if kinds.get(p) in ("str", "name", "answers")]
-        self._plain = itemgetter(*plain) if len(plain) > 1 else lambda r: (r[plain[0]],)
         keyed = [p for p, _kind in self._ids_of] + [p for c in self._combos for p in c[1]]
         self._key_of = itemgetter(*keyed)  # a template's key: every value whose id the template holds
         self._keyed = {p: i for i, p in enumerate(keyed)}
-        cols = (["id"] + [QUERY_COLUMNS[p] for p in self._ms + self._after + plain + [p for p, _k in self._ids_of]]
-                + [c[0] for c in self._combos])
-        values = f"({', '.join('?' for _ in cols)})"
-        # Many rows per INSERT: each execution opens a cursor on the table and every index, which costs more
-        # than binding a row. Bounded by SQLite's limit on parameters (999 before 3.32). The rest of a batch
-        # goes in statements of 1/8 as many rows, and so on down to one.
+        self._plain_pos = plain
+        self._first_cols = ["id"] + [QUERY_COLUMNS[p] for p in self._ms + self._after]
+        self._template_cols = [QUERY_COLUMNS[p] for p, _k in self._ids_of] + [c[0] for c in self._combos]
         if hasattr(conn, "getlimit"):  # Python 3.11+
-            limit = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+            self._max_params = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
         else:
-            limit = 32766 if sqlite3.sqlite_version_info >= (3, 32, 0) else 999
-        k = max(1, min(ROWS_PER_INSERT, limit // len(cols)))
-        self._inserts: List[Tuple[int, str]] = []
-        while True:
-            self._inserts.append((k, f"INSERT INTO {LOG_TABLE} ({', '.join(cols)}) VALUES {', '.join([values] * k)}"))
-            if k == 1:
-                break
-            k = max(1, k // 8)
+            self._max_params = 32766 if sqlite3.sqlite_version_info >= (3, 32, 0) else 999
+        self._layouts: Dict[tuple, _Layout] = {}
         self._insert_malformed = (
             f"INSERT INTO malformed ({', '.join(MALFORMED_COLUMNS)}) VALUES ({', '.join('?' for _ in MALFORMED_COLUMNS)})"
         )
@@ -293,10 +305,34 @@ class LogWriter:
         if self._pending or self._lost_sums:
             self.write([], [], force=True)
 
-    def _insert(self, out: List[tuple]) -> None:
+    def _layout(self, plain: tuple, template: tuple) -> "_Layout":
+        """The INSERTs of query_log tuples with the plain columns ``plain`` and the template columns ``template``
+        (indexes): columns NULL on every row of a batch are left out (binding a NULL costs more than an int).
+        Many rows per INSERT: each execution opens a cursor on the table and every index, which costs more
+        than binding a row. Bounded by SQLite's limit on parameters (999 before 3.32). The rest of a batch
+        goes in statements of 1/8 as many rows, and so on down to one."""
+        found = self._layouts.get((plain, template))
+        if found is not None:
+            return found
+        cols = (self._first_cols + [QUERY_COLUMNS[self._plain_pos[j]] for j in plain]
+                + [self._template_cols[j] for j in template])
+        values = f"({', '.join('?' for _ in cols)})"
+        k = max(1, min(ROWS_PER_INSERT, self._max_params // len(cols)))
+        inserts = []
+        while True:
+            inserts.append((k, f"INSERT INTO {LOG_TABLE} ({', '.join(cols)}) VALUES {', '.join([values] * k)}"))
+            if k == 1:
+                break
+            k = max(1, k // 8)
+        found = self._layouts[(plain, template)] = _Layout(
+            _getter([self._plain_pos[j] for j in plain]),
+            None if len(template) == len(self._template_cols) else _getter(template), inserts)
+        return found
+
+    def _insert(self, out: "_Encoded") -> None:
         conn = self.conn
         done, n = 0, len(out)
-        for k, sql in self._inserts:
+        for k, sql in out.inserts:
             end = done + (n - done) // k * k
             if end == done:
                 continue
@@ -307,12 +343,16 @@ class LogWriter:
             done = end
 
     def _encode(self, rows: List[Sequence[Any]], first_id: Optional[int], ids: Optional[Sequence[int]] = None
-                ) -> List[tuple]:
+                ) -> "_Encoded":
         """Rows as query_log tuples (id first), ids ``first_id``... (or ``ids``); their sums added to the
-        pending ones."""
+        pending ones.
+
+        Most values of a row repeat those of many others (the question, the client, the answers...): each
+        combination is a template that holds their ids, found once per row with one key at C speed, and the sums
+        are added per template, except for what differs on every row (latencies, first and last times)."""
         n = len(rows)
         if not n:
-            return []
+            return _Encoded()
         ts_col = list(map(itemgetter(_I_TS), rows))
         try:
             lo, hi = min(ts_col), max(ts_col)
@@ -324,41 +364,50 @@ class LogWriter:
             lo, hi = min(ts_col), max(ts_col)
         if ids is None:
             ids = range(first_id, first_id + n)
+        if len(self._template_info) + n > CACHE_ENTRIES // 4:  # (never while the rows of a batch refer to them)
+            self._forget_templates()
+        t_col = list(map(self._templates.__getitem__, map(self._key_of, rows)))
+        used = dict.fromkeys(t_col)  # in the order of their first rows
+        tids = self._template_ids
+        layout = self._layout(
+            tuple(j for j, p in enumerate(self._plain_pos) if any(map(is_not, map(itemgetter(p), rows), repeat(None)))),
+            tuple(j for j in range(len(self._template_cols))
+                  if any(map(is_not, map(itemgetter(j), map(tids.__getitem__, used)), repeat(None)))))
         hour = int(lo // 3600) * 3600
         if int(hi // 3600) * 3600 == hour:
-            out = self._encode_hour(rows, ids, ts_col, hour)
+            out = _Encoded(self._encode_hour(rows, ids, ts_col, t_col, hour, layout))
         else:  # the sums are hourly: the rows of each hour apart (passive DNS in the rows' order, as ties go)
-            for t in dict.fromkeys(map(self._templates.__getitem__, map(self._key_of, rows))):
+            for t in used:
                 tp = self._template_info[t]
                 if tp.items and tp.set_id not in self._pdns:
                     self._pdns_entry(tp)
             by_hour: Dict[int, List[int]] = {}
             for i, t in enumerate(ts_col):
                 by_hour.setdefault(int(t // 3600) * 3600, []).append(i)
-            out = []
+            out = _Encoded()
             for h, idx in by_hour.items():
-                out += self._encode_hour([rows[i] for i in idx], [ids[i] for i in idx], [ts_col[i] for i in idx], h)
+                out += self._encode_hour([rows[i] for i in idx], [ids[i] for i in idx], [ts_col[i] for i in idx],
+                                         [t_col[i] for i in idx], h, layout)
+        out.inserts = layout.inserts
         min_ts = self._pending_min_ts
         self._pending_min_ts = lo if min_ts is None or lo < min_ts else min_ts
         self._pending += n
         return out
 
-    def _encode_hour(self, rows: List[Sequence[Any]], ids: Sequence[int], ts_col: List[float], hour: int
-                     ) -> List[tuple]:
-        """_encode for rows of one hour. Most values of a row repeat those of many others (the question, the
-        client, the answers...): each combination is a template that holds their ids, found once per row with
-        one key (C speed), and the sums are added per template, except for what differs on every row."""
+    def _encode_hour(self, rows: List[Sequence[Any]], ids: Sequence[int], ts_col: List[float], t_col: List[int],
+                     hour: int, layout: "_Layout") -> List[tuple]:
+        """_encode for rows of one hour, of templates ``t_col``."""
         info = self._template_info
-        if len(info) + len(rows) > CACHE_ENTRIES // 4:  # (never while the rows of a batch refer to them)
-            self._forget_templates()
-        t_col = list(map(self._templates.__getitem__, map(self._key_of, rows)))
         conv = []
         for p in self._ms:
             conv.append([x if x is None or (d := round(x * 1000)) / 1000 != x else d for x in map(itemgetter(p), rows)])
         for p in self._after:
             conv.append([x if x is None or t + (d := round((x - t) * 1e6)) / 1e6 != x else d
                          for x, t in zip(map(itemgetter(p), rows), ts_col)])
-        out = list(map(add, map(add, zip(ids, *conv), map(self._plain, rows)), map(self._template_ids.__getitem__, t_col)))
+        template = map(self._template_ids.__getitem__, t_col)
+        if layout.template is not None:
+            template = map(layout.template, template)
+        out = list(map(add, map(add, zip(ids, *conv), map(layout.plain, rows)), template))
 
         # the sums: per template, then the latencies and first and last times row by row
         roll, clients, pdns, pairs = self._roll, self._clients, self._pdns, self._pairs

@@ -3,12 +3,15 @@ empty, give the same log as rows written one at a time; and the sums agree with 
 from __future__ import annotations
 
 import json
+import os
 import random
 import sqlite3
+import time
 
 import pytest
 
 import dnswatch.layout as layout
+import dnswatch.store as store
 from dnswatch.schema import LIVE_ONLY_FROM, QUERY_COLUMNS, Q
 from dnswatch.store import Store
 
@@ -110,3 +113,31 @@ def test_sums_agree_with_the_rows(tmp_path):
         assert (src, pid) == conn.execute(
             "select src, pid from queries, json_each(answers) a where a.value->>'data' = ? and a.value->>'name' "
             "is ? order by ts, queries.id limit 1", (data, name)).fetchone()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="bulk mode needs fork")
+def test_waiting_batches_share_a_transaction(tmp_path, monkeypatch):
+    """The writer process of a bulk load inserts the batches that wait for it in one transaction, in order."""
+    sizes = tmp_path / "sizes"
+    real = store._Log.write
+
+    def slow(self, rows, malformed, force=False):  # the child inherits this through fork
+        with open(sizes, "a") as f:
+            f.write(f"{len(rows)}\n")
+        time.sleep(0.2)  # meanwhile the parent sends the next batches
+        real(self, rows, malformed, force)
+
+    monkeypatch.setattr(store._Log, "write", slow)
+    db = str(tmp_path / "w.db")
+    n = store.BATCH_ROWS * 6 + 7
+    s = Store(db, live_columns=False, bulk=True)
+    cid = s.start_capture("pcap", "x", {})
+    for i, r in enumerate(rows(n)):
+        r[Q["capture_id"]], r[Q["dns_id"]] = cid, i
+        s.add(r)
+    s.close()
+    written = [int(x) for x in sizes.read_text().split() if int(x)]
+    assert sum(written) == n and max(written) > store.BATCH_ROWS
+    conn = sqlite3.connect(db)
+    assert [r[0] for r in conn.execute("select dns_id from queries order by id")] == list(range(n))
+    assert conn.execute("select sum(count) from rollups_hourly").fetchone()[0] == n
