@@ -26,6 +26,7 @@ from dnswatch.schema import (
 
 ROWS_PER_INSERT = 512  # rows bound to one INSERT statement (at most)
 CACHE_ENTRIES = 100_000  # texts -> ids remembered per lookup table (cleared when full): ~15 MB at most
+TEMPLATE_BYTES = 16 << 20  # answers text the templates (CACHE_ENTRIES // 4 at most) hold: cleared beyond it
 AGG_ROWS = 50_000  # rows whose sums are kept in memory at most before they are written (~10 MB)
 AGG_SECONDS = 10.0  # ... and seconds
 PRUNE_CHUNK = 2000  # rows deleted per transaction: a few ms, so a live capture never waits long
@@ -167,6 +168,7 @@ class LogWriter:
         self._templates = _Ids(self._template)  # template key -> its number: index in _template_info (never None)
         self._template_info: List[_Template] = []
         self._template_ids: List[tuple] = []  # _template_info[t].ids
+        self._template_bytes = 0  # of the answers in their keys
         self._pairs: set = set()  # (answer set, name) pairs already in answer_items
         self._shape_dims: Dict[int, tuple] = {}
         self._sender_dims: Dict[int, tuple] = {}
@@ -364,8 +366,8 @@ class LogWriter:
             lo, hi = min(ts_col), max(ts_col)
         if ids is None:
             ids = range(first_id, first_id + n)
-        if len(self._template_info) + n > CACHE_ENTRIES // 4:  # (never while the rows of a batch refer to them)
-            self._forget_templates()
+        if len(self._template_info) + n > CACHE_ENTRIES // 4 or self._template_bytes > TEMPLATE_BYTES:
+            self._forget_templates()  # (never while the rows of a batch refer to them)
         t_col = list(map(self._templates.__getitem__, map(self._key_of, rows)))
         used = dict.fromkeys(t_col)  # in the order of their first rows
         tids = self._template_ids
@@ -456,6 +458,7 @@ class LogWriter:
         return p
 
     def _forget_templates(self) -> None:
+        self._template_bytes = 0
         self._templates.reset()
         self._template_info.clear()
         self._template_ids.clear()
@@ -474,6 +477,8 @@ class LogWriter:
         by_pos = dict(zip((p for p, _k in self._ids_of), ids)).get
         combo = dict(zip((c[0] for c in self._combos), ids[len(self._ids_of):])).get
         answers = value(_I_ANSWERS)
+        if answers is not None:
+            self._template_bytes += len(answers)
         resolver = (value(_I_QNAME), value(_I_SRC), value(_I_PID), value(_I_COMM), value(_I_NS), value(_I_POD))
         self._template_ids.append(tuple(ids))
         self._template_info.append(_Template(

@@ -81,6 +81,7 @@ def test_batches_and_small_caches_change_nothing(tmp_path, monkeypatch, live):
     write(str(tmp_path / "one.db"), [[r] for r in data], live)
     write(str(tmp_path / "big.db"), [data[:2500], data[2500:]], live)
     monkeypatch.setattr(layout, "CACHE_ENTRIES", 40)  # every cache and the templates fill and empty many times
+    monkeypatch.setattr(layout, "TEMPLATE_BYTES", 2000)
     write(str(tmp_path / "small.db"), [data[i:i + 700] for i in range(0, len(data), 700)], live)
     one = contents(str(tmp_path / "one.db"))
     assert len(one["queries"]) == 3000 and one["pdns"] and one["items"]
