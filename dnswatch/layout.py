@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import sys
 import time
+from collections import Counter
 from hashlib import blake2b
-from itertools import chain
-from operator import itemgetter
-from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
+from itertools import chain, repeat
+from operator import add, is_not, itemgetter
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from dnswatch.schema import (
     ANSWER_ITEMS, KEY_HOURS, KEY_KINDS, LOG_COLUMNS, LOG_TABLE, LOOKUP_COLUMNS, MALFORMED_COLUMNS, PASSIVE_DNS, Q, QUERIES,
@@ -22,8 +24,9 @@ from dnswatch.schema import (
     stored_type, view_sql,
 )
 
-ROWS_PER_INSERT = 64  # rows bound to one INSERT statement
+ROWS_PER_INSERT = 512  # rows bound to one INSERT statement (at most)
 CACHE_ENTRIES = 100_000  # texts -> ids remembered per lookup table (cleared when full): ~15 MB at most
+TEMPLATE_BYTES = 16 << 20  # answers text the templates (CACHE_ENTRIES // 4 at most) hold: cleared beyond it
 AGG_ROWS = 50_000  # rows whose sums are kept in memory at most before they are written (~10 MB)
 AGG_SECONDS = 10.0  # ... and seconds
 PRUNE_CHUNK = 2000  # rows deleted per transaction: a few ms, so a live capture never waits long
@@ -33,7 +36,7 @@ START_CAPTURE = (
     "malformed, dropped, duplicates, options, dnswatch_version) VALUES (?, ?, ?, ?, 'running', 0, 0, 0, 0, "
     "0, 0, 0, ?, ?)"
 )
-_I_STATUS, _I_LAT = Q["status"], Q["latency_ms"]
+_I_TS, _I_STATUS, _I_LAT, _I_ANSWERS = Q["ts"], Q["status"], Q["latency_ms"], Q["answers"]
 _I_QNAME, _I_SRC = Q["qname"], Q["src"]
 _I_PID, _I_COMM, _I_NS, _I_POD = Q["pid"], Q["comm"], Q["pod_namespace"], Q["pod"]
 
@@ -50,18 +53,64 @@ def _hash(text: str) -> int:
     return int.from_bytes(blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "big", signed=True)
 
 
-def _resolver(r: Sequence[Any], live: bool) -> tuple:
-    """passive_dns.first_*: who got an answer first."""
-    if live:
-        return (r[_I_QNAME], r[_I_SRC], r[_I_PID], r[_I_COMM], r[_I_NS], r[_I_POD])
-    return (r[_I_QNAME], r[_I_SRC], None, None, None, None)
-
-
 def _items(answers: str) -> List[Tuple[str, str, str]]:
     try:
         return [(str(a.get("name")), str(a.get("type")), str(a.get("data"))) for a in json.loads(answers)]
     except (ValueError, AttributeError, TypeError):
         return []
+
+
+class _Template(NamedTuple):
+    """What the rows with the same repeated values share, for the sums (LogWriter._encode_hour)."""
+    rollup: tuple  # (names id, shape id, sender id or None): the rollup key but for the hour
+    unanswered: bool
+    src: Optional[int]  # strings id of the client
+    set_id: Optional[int]  # answer_sets id
+    items: List[Tuple[str, str, str]]  # the answers' (name, type, data)
+    resolver: tuple  # passive_dns.first_* of a row
+
+
+class _Layout(NamedTuple):
+    """How the query_log tuples of a batch are made and inserted (LogWriter._layout)."""
+    plain: Callable[[Sequence[Any]], tuple]  # a row's plain values (those not left out)
+    template: Optional[Callable[[tuple], tuple]]  # a template's ids not left out (None: all)
+    inserts: List[Tuple[int, str]]  # (rows per statement, INSERT)
+
+
+class _Encoded(list):
+    """query_log tuples, with the INSERTs of their layout."""
+    inserts: List[Tuple[int, str]] = []
+
+
+def _getter(positions: Sequence[int]) -> Callable[[Sequence[Any]], tuple]:
+    """The values at ``positions`` as a tuple (also for one or none, unlike itemgetter)."""
+    if len(positions) > 1:
+        return itemgetter(*positions)
+    if positions:
+        p = positions[0]
+        return lambda r: (r[p],)
+    return lambda r: ()
+
+
+class _Ids(dict):
+    """Ids by value (in a lookup table, or of templates): a dict that makes a missing one itself with ``find``, so
+    that rows map to ids at C speed with ``map(ids.__getitem__, ...)``. ``none`` (no value: None, or a combination
+    of Nones) maps to None. At most ``limit`` entries: cleared when full."""
+
+    def __init__(self, find, limit: int = sys.maxsize, none: Any = None):
+        super().__init__()
+        self.find, self.limit, self.none = find, limit, none
+        self[none] = None
+
+    def __missing__(self, key: Any) -> Any:
+        if len(self) >= self.limit:
+            self.reset()
+        value = self[key] = self.find(key)
+        return value
+
+    def reset(self) -> None:
+        self.clear()
+        self[self.none] = None
 
 
 _INSERT_LOOKUP = (f"INSERT OR REPLACE INTO lookups ({', '.join(LOOKUP_COLUMNS)}) "
@@ -82,41 +131,44 @@ class LogWriter:
         self.width = width
         self.live = width > _I_POD
         self._row_pos = [Q[c.name] for c in LOG_COLUMNS if c.name != "id" and c.name in Q and Q[c.name] < width]
-        # combination tables (shapes, senders) whose columns this writer's rows carry
-        self._combos = []
+        # combination tables (shapes, senders) whose columns this writer's rows carry: (kind, positions, ids)
+        self._combos: List[Tuple[str, List[int], _Ids]] = []
         for kind, table in COMBOS.items():
             positions = [Q[c.name] for c in table.columns[2:]]
             if positions[0] < width:
                 names = [c.name for c in table.columns[2:]]
-                self._combos.append((kind, table.name, itemgetter(*positions), {},
-                                     f"SELECT id, {', '.join(names)} FROM {table.name} WHERE hash = ?",
-                                     f"INSERT INTO {table.name} (hash, {', '.join(names)}) VALUES "
-                                     f"(?, {', '.join('?' for _ in names)})"))
-        cols = ["id"] + [QUERY_COLUMNS[i] for i in self._row_pos] + [c[0] for c in self._combos]
-        self._ncols = len(cols)
-        values = f"({', '.join('?' for _ in cols)})"
-        self._insert_one = f"INSERT INTO {LOG_TABLE} ({', '.join(cols)}) VALUES {values}"
-        # Several rows per INSERT: each execution opens a cursor on the table and every index, which costs more
-        # than binding a row. Bounded by SQLite's limit on parameters (999 before 3.32).
+                find = self._combo_finder(f"SELECT id, {', '.join(names)} FROM {table.name} WHERE hash = ?",
+                                          f"INSERT INTO {table.name} (hash, {', '.join(names)}) VALUES "
+                                          f"(?, {', '.join('?' for _ in names)})")
+                self._combos.append((kind, positions, _Ids(find, CACHE_ENTRIES // 4, (None,) * len(positions))))
+        # A query_log tuple: id, the columns converted row by row (ms, after_ts), the other per-row values, then the
+        # ids of the repeated values (strings, names, answer sets, combinations): those come from a row's template
+        kinds = {p: kind for kind in ("str", "name", "answers", "ms", "after_ts") for p in STORED_AS[kind]}
+        self._ms = [p for p in self._row_pos if kinds.get(p) == "ms"]
+        self._after = [p for p in self._row_pos if kinds.get(p) == "after_ts"]
+        plain = [p for p in self._row_pos if p not in kinds]
+        self._ids_of = [(p, kinds[p]) for p in self._row_pos if kinds.get(p) in ("str", "name", "answers")]
+        keyed = [p for p, _kind in self._ids_of] + [p for c in self._combos for p in c[1]]
+        self._key_of = itemgetter(*keyed)  # a template's key: every value whose id the template holds
+        self._keyed = {p: i for i, p in enumerate(keyed)}
+        self._plain_pos = plain
+        self._first_cols = ["id"] + [QUERY_COLUMNS[p] for p in self._ms + self._after]
+        self._template_cols = [QUERY_COLUMNS[p] for p, _k in self._ids_of] + [c[0] for c in self._combos]
         if hasattr(conn, "getlimit"):  # Python 3.11+
-            limit = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+            self._max_params = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
         else:
-            limit = 32766 if sqlite3.sqlite_version_info >= (3, 32, 0) else 999
-        self._per_insert = max(1, min(ROWS_PER_INSERT, limit // len(cols)))
-        self._insert_many = f"INSERT INTO {LOG_TABLE} ({', '.join(cols)}) VALUES {', '.join([values] * self._per_insert)}"
+            self._max_params = 32766 if sqlite3.sqlite_version_info >= (3, 32, 0) else 999
+        self._layouts: Dict[tuple, _Layout] = {}
         self._insert_malformed = (
             f"INSERT INTO malformed ({', '.join(MALFORMED_COLUMNS)}) VALUES ({', '.join('?' for _ in MALFORMED_COLUMNS)})"
         )
-        where = {QUERY_COLUMNS[p]: j + 1 for j, p in enumerate(self._row_pos)}  # position in an encoded row
-        self._j_str = [where[QUERY_COLUMNS[p]] for p in STORED_AS["str"] if p < width]
-        self._j_name, self._j_answers = where["qname"], where["answers"]
-        self._j_ms = [where[QUERY_COLUMNS[p]] for p in STORED_AS["ms"]]
-        self._j_after = [where[QUERY_COLUMNS[p]] for p in STORED_AS["after_ts"]]
-        self._j = where
-        self._get = itemgetter(*self._row_pos)
-        self._strings: Dict[str, int] = {}
-        self._names: Dict[str, int] = {}
-        self._sets: Dict[str, Tuple[int, List[Tuple[str, str, str]]]] = {}
+        self._strings = _Ids(self._find_string, CACHE_ENTRIES)
+        self._names = _Ids(self._find_name, CACHE_ENTRIES)
+        self._sets = _Ids(self._find_set, CACHE_ENTRIES // 4)
+        self._templates = _Ids(self._template)  # template key -> its number: index in _template_info (never None)
+        self._template_info: List[_Template] = []
+        self._template_ids: List[tuple] = []  # _template_info[t].ids
+        self._template_bytes = 0  # of the answers in their keys
         self._pairs: set = set()  # (answer set, name) pairs already in answer_items
         self._shape_dims: Dict[int, tuple] = {}
         self._sender_dims: Dict[int, tuple] = {}
@@ -165,64 +217,42 @@ class LogWriter:
             self.conn.execute(sql, params)
 
     # -- lookups -------------------------------------------------------------------------------
-    def _string(self, text: str) -> int:
-        conn = self.conn
-        found = conn.execute("SELECT id FROM strings WHERE s = ?", (text,)).fetchone()
-        sid = found[0] if found else conn.execute("INSERT INTO strings (s) VALUES (?)", (text,)).lastrowid
-        if len(self._strings) >= CACHE_ENTRIES:
-            self._strings.clear()
-        self._strings[text] = sid
-        return sid
+    def _find_string(self, text: str) -> int:
+        found = self.conn.execute("SELECT id FROM strings WHERE s = ?", (text,)).fetchone()
+        return found[0] if found else self.conn.execute("INSERT INTO strings (s) VALUES (?)", (text,)).lastrowid
 
-    def _name(self, name: str) -> int:
+    def _combo_finder(self, select: str, insert: str):
+        """The id of a combination of values (shapes, senders), found by its hash, added if new."""
         conn = self.conn
-        found = conn.execute("SELECT id FROM names WHERE name = ?", (name,)).fetchone()
-        nid = found[0] if found else conn.execute(
+
+        def find(values: tuple) -> int:
+            h = _hash(repr(values))
+            for found in conn.execute(select, (h,)):
+                if tuple(found[1:]) == values:
+                    return found[0]
+            return conn.execute(insert, (h, *values)).lastrowid
+        return find
+
+    def _find_name(self, name: str) -> int:
+        found = self.conn.execute("SELECT id FROM names WHERE name = ?", (name,)).fetchone()
+        return found[0] if found else self.conn.execute(
             "INSERT INTO names (name, rname) VALUES (?, ?)", (name, reverse_name(name))).lastrowid
-        if len(self._names) >= CACHE_ENTRIES:
-            self._names.clear()
-        self._names[name] = nid
-        return nid
 
-    def _combo(self, combo: tuple, values: tuple) -> int:
-        """The id of ``values`` in a combination table (shapes, senders), added if new."""
-        _kind, _table, _get, cache, select, insert = combo
-        conn = self.conn
-        h = _hash(repr(values))
-        cid = None
-        for found in conn.execute(select, (h,)):
-            if tuple(found[1:]) == values:
-                cid = found[0]
-                break
-        if cid is None:
-            cid = conn.execute(insert, (h, *values)).lastrowid
-        if len(cache) >= CACHE_ENTRIES // 4:
-            cache.clear()
-        cache[values] = cid
-        return cid
-
-    def _answer_set(self, answers: str) -> Tuple[int, List[Tuple[str, str, str]]]:
-        conn = self.conn
+    def _find_set(self, answers: str) -> int:
         h = _hash(answers)
-        sid = None
-        for row_id, text in conn.execute("SELECT id, answers FROM answer_sets WHERE hash = ?", (h,)):
+        for row_id, text in self.conn.execute("SELECT id, answers FROM answer_sets WHERE hash = ?", (h,)):
             if text == answers:
-                sid = row_id
-                break
-        if sid is None:
-            sid = conn.execute("INSERT INTO answer_sets (hash, answers) VALUES (?, ?)", (h, answers)).lastrowid
-        if len(self._sets) >= CACHE_ENTRIES // 4:
-            self._sets.clear()
-        entry = self._sets[answers] = (sid, _items(answers))
-        return entry
+                return row_id
+        return self.conn.execute("INSERT INTO answer_sets (hash, answers) VALUES (?, ?)", (h, answers)).lastrowid
 
     def forget(self) -> None:
         """After a rolled-back transaction: ids handed out in it no longer exist, nor do the sums of its rows."""
-        self._strings.clear()
-        self._names.clear()
-        for combo in self._combos:
-            combo[3].clear()
-        self._sets.clear()
+        self._strings.reset()
+        self._names.reset()
+        for _kind, _positions, ids in self._combos:
+            ids.reset()
+        self._sets.reset()
+        self._forget_templates()
         self._pairs.clear()
         self._shape_dims.clear()
         self._sender_dims.clear()
@@ -277,112 +307,185 @@ class LogWriter:
         if self._pending or self._lost_sums:
             self.write([], [], force=True)
 
-    def _insert(self, out: List[tuple]) -> None:
-        conn = self.conn
-        k = self._per_insert
-        whole = len(out) // k * k
-        if whole:
-            conn.executemany(self._insert_many, [tuple(chain.from_iterable(out[i:i + k]))
-                                                 for i in range(0, whole, k)])
-        if whole < len(out):
-            conn.executemany(self._insert_one, out[whole:])
+    def _layout(self, plain: tuple, template: tuple) -> "_Layout":
+        """The INSERTs of query_log tuples with the plain columns ``plain`` and the template columns ``template``
+        (indexes): columns NULL on every row of a batch are left out (binding a NULL costs more than an int).
+        Many rows per INSERT: each execution opens a cursor on the table and every index, which costs more
+        than binding a row. Bounded by SQLite's limit on parameters (999 before 3.32). The rest of a batch
+        goes in statements of 1/8 as many rows, and so on down to one."""
+        found = self._layouts.get((plain, template))
+        if found is not None:
+            return found
+        cols = (self._first_cols + [QUERY_COLUMNS[self._plain_pos[j]] for j in plain]
+                + [self._template_cols[j] for j in template])
+        values = f"({', '.join('?' for _ in cols)})"
+        k = max(1, min(ROWS_PER_INSERT, self._max_params // len(cols)))
+        inserts = []
+        while True:
+            inserts.append((k, f"INSERT INTO {LOG_TABLE} ({', '.join(cols)}) VALUES {', '.join([values] * k)}"))
+            if k == 1:
+                break
+            k = max(1, k // 8)
+        found = self._layouts[(plain, template)] = _Layout(
+            _getter([self._plain_pos[j] for j in plain]),
+            None if len(template) == len(self._template_cols) else _getter(template), inserts)
+        return found
 
-    def _encode(self, rows: List[Sequence[Any]], first_id: Optional[int], ids: Optional[List[int]] = None
-                ) -> List[tuple]:
-        """Rows as query_log tuples (id first), ids ``first_id``... (or ``ids``); their sums added to the
-        pending ones."""
-        strings, string = self._strings, self._string
-        names, name_id = self._names, self._name
-        sets, answer_set = self._sets, self._answer_set
-        combos, combo_id = self._combos, self._combo
-        get = self._get
-        j_str, j_name, j_answers, j_ms, j_after = self._j_str, self._j_name, self._j_answers, self._j_ms, self._j_after
-        pairs, new_pairs = self._pairs, self._new_pairs
-        rollups, pdns = self._roll, self._pdns
-        live = self.live
-        j_src = self._j["src"]
-        j_shape = 1 + len(self._row_pos)
-        j_sender = j_shape + 1
-        clients = self._clients
-        out = []
-        min_ts = self._pending_min_ts
-        for n, r in enumerate(rows):
-            v = [first_id + n if ids is None else ids[n], *get(r)]
-            for combo in combos:
-                cv = combo[2](r)
-                if cv.count(None) == len(cv):
-                    v.append(None)
-                else:
-                    v.append(combo[3].get(cv) or combo_id(combo, cv))
-            for j in j_str:
-                x = v[j]
-                if x is not None:
-                    v[j] = strings.get(x) or string(x)
-            qn = v[j_name]
-            if qn is not None:
-                qn = v[j_name] = names.get(qn) or name_id(qn)
-            ans = v[j_answers]
-            aset = None
-            if ans is not None:
-                aset = sets.get(ans) or answer_set(ans)
-                v[j_answers] = aset[0]
-            ts = v[1]
-            if ts is None:  # the pipeline always sets it; a row without a time goes first in a log ordered by time
-                ts = v[1] = 0.0
-            for j in j_ms:
-                x = v[j]
-                if x is not None:
-                    d = round(x * 1000)
-                    if d / 1000 == x:
-                        v[j] = d
-            for j in j_after:
-                x = v[j]
-                if x is not None:
-                    d = round((x - ts) * 1e6)
-                    if ts + d / 1e6 == x:
-                        v[j] = d
-            out.append(v)
-            # the sums, with texts as ids
-            if min_ts is None or ts < min_ts:
-                min_ts = ts
-            hour = int(ts // 3600) * 3600
-            status = r[_I_STATUS]
-            lat = r[_I_LAT]
-            # keyed by shape and sender ids here; _write_sums turns them into type, rcode, process and pod
-            key = (hour, qn, v[j_shape], v[j_sender] if live else None)
-            agg = rollups.get(key)
-            if agg is None:
-                rollups[key] = [1, int(status == "unanswered"), int(lat is not None), lat or 0.0, lat]
+    def _insert(self, out: "_Encoded") -> None:
+        conn = self.conn
+        done, n = 0, len(out)
+        for k, sql in out.inserts:
+            end = done + (n - done) // k * k
+            if end == done:
+                continue
+            if k == 1:
+                conn.executemany(sql, out[done:end])
             else:
-                agg[0] += 1
-                if status == "unanswered":
-                    agg[1] += 1
-                if lat is not None:
-                    agg[2] += 1
-                    agg[3] += lat
-                    if agg[4] is None or lat > agg[4]:
-                        agg[4] = lat
-            src = v[j_src]
-            if src is not None:
-                kk = (hour, src)
-                clients[kk] = clients.get(kk, 0) + 1
-            if aset is not None and aset[1]:
-                sid = aset[0]
-                p = pdns.get(sid)
-                if p is None:
-                    pdns[sid] = [1, ts, ts, _resolver(r, live), aset[1]]
-                else:
-                    p[0] += 1
-                    if ts < p[1]:
-                        p[1], p[3] = ts, _resolver(r, live)
-                    elif ts > p[2]:
-                        p[2] = ts
-                if qn is not None and (sid, qn) not in pairs:
-                    pairs.add((sid, qn))
-                    new_pairs.extend((d, sid, qn) for _n, _t, d in aset[1])
-        self._pending += len(rows)
-        self._pending_min_ts = min_ts
+                conn.executemany(sql, [tuple(chain.from_iterable(out[i:i + k])) for i in range(done, end, k)])
+            done = end
+
+    def _encode(self, rows: List[Sequence[Any]], first_id: Optional[int], ids: Optional[Sequence[int]] = None
+                ) -> "_Encoded":
+        """Rows as query_log tuples (id first), ids ``first_id``... (or ``ids``); their sums added to the
+        pending ones.
+
+        Most values of a row repeat those of many others (the question, the client, the answers...): each
+        combination is a template that holds their ids, found once per row with one key at C speed, and the sums
+        are added per template, except for what differs on every row (latencies, first and last times)."""
+        n = len(rows)
+        if not n:
+            return _Encoded()
+        ts_col = list(map(itemgetter(_I_TS), rows))
+        try:
+            lo, hi = min(ts_col), max(ts_col)
+        except TypeError:
+            lo = hi = None
+        if lo is None or hi is None:  # the pipeline always sets it; a row without a time goes first in a log by time
+            rows = [r if r[_I_TS] is not None else [*r[:_I_TS], 0.0, *r[_I_TS + 1:]] for r in rows]
+            ts_col = [0.0 if t is None else t for t in ts_col]
+            lo, hi = min(ts_col), max(ts_col)
+        if ids is None:
+            ids = range(first_id, first_id + n)
+        if len(self._template_info) + n > CACHE_ENTRIES // 4 or self._template_bytes > TEMPLATE_BYTES:
+            self._forget_templates()  # (never while the rows of a batch refer to them)
+        t_col = list(map(self._templates.__getitem__, map(self._key_of, rows)))
+        used = dict.fromkeys(t_col)  # in the order of their first rows
+        tids = self._template_ids
+        layout = self._layout(
+            tuple(j for j, p in enumerate(self._plain_pos) if any(map(is_not, map(itemgetter(p), rows), repeat(None)))),
+            tuple(j for j in range(len(self._template_cols))
+                  if any(map(is_not, map(itemgetter(j), map(tids.__getitem__, used)), repeat(None)))))
+        hour = int(lo // 3600) * 3600
+        if int(hi // 3600) * 3600 == hour:
+            out = _Encoded(self._encode_hour(rows, ids, ts_col, t_col, hour, layout))
+        else:  # the sums are hourly: the rows of each hour apart (passive DNS in the rows' order, as ties go)
+            for t in used:
+                tp = self._template_info[t]
+                if tp.items and tp.set_id not in self._pdns:
+                    self._pdns_entry(tp)
+            by_hour: Dict[int, List[int]] = {}
+            for i, t in enumerate(ts_col):
+                by_hour.setdefault(int(t // 3600) * 3600, []).append(i)
+            out = _Encoded()
+            for h, idx in by_hour.items():
+                out += self._encode_hour([rows[i] for i in idx], [ids[i] for i in idx], [ts_col[i] for i in idx],
+                                         [t_col[i] for i in idx], h, layout)
+        out.inserts = layout.inserts
+        min_ts = self._pending_min_ts
+        self._pending_min_ts = lo if min_ts is None or lo < min_ts else min_ts
+        self._pending += n
         return out
+
+    def _encode_hour(self, rows: List[Sequence[Any]], ids: Sequence[int], ts_col: List[float], t_col: List[int],
+                     hour: int, layout: "_Layout") -> List[tuple]:
+        """_encode for rows of one hour, of templates ``t_col``."""
+        info = self._template_info
+        conv = []
+        for p in self._ms:
+            conv.append([x if x is None or (d := round(x * 1000)) / 1000 != x else d for x in map(itemgetter(p), rows)])
+        for p in self._after:
+            conv.append([x if x is None or t + (d := round((x - t) * 1e6)) / 1e6 != x else d
+                         for x, t in zip(map(itemgetter(p), rows), ts_col)])
+        template = map(self._template_ids.__getitem__, t_col)
+        if layout.template is not None:
+            template = map(layout.template, template)
+        out = list(map(add, map(add, zip(ids, *conv), map(layout.plain, rows)), template))
+
+        # the sums: per template, then the latencies and first and last times row by row
+        roll, clients, pdns, pairs = self._roll, self._clients, self._pdns, self._pairs
+        aggs: Dict[int, list] = {}
+        sets: Dict[int, list] = {}
+        for t, count in Counter(t_col).items():
+            tp = info[t]
+            key = (hour, *tp.rollup)
+            agg = roll.get(key)
+            if agg is None:
+                agg = roll[key] = [0, 0, 0, 0.0, None]
+            agg[0] += count
+            if tp.unanswered:
+                agg[1] += count
+            aggs[t] = agg
+            if tp.src is not None:
+                key = (hour, tp.src)
+                clients[key] = clients.get(key, 0) + count
+            if tp.items:
+                p = pdns.get(tp.set_id) or self._pdns_entry(tp)
+                p[0] += count
+                sets[t] = p
+                qn = tp.rollup[0]
+                if qn is not None and (tp.set_id, qn) not in pairs:
+                    pairs.add((tp.set_id, qn))
+                    self._new_pairs.extend((d, tp.set_id, qn) for _n, _t, d in tp.items)
+        lat_col = map(itemgetter(_I_LAT), rows)
+        for t, ts, lat in zip(t_col, ts_col, lat_col):
+            if lat is not None:
+                agg = aggs[t]
+                agg[2] += 1
+                agg[3] += lat
+                if agg[4] is None or lat > agg[4]:
+                    agg[4] = lat
+            if sets:
+                p = sets.get(t)
+                if p is not None:
+                    if ts < p[1]:
+                        p[1], p[3] = ts, info[t].resolver
+                    if ts > p[2]:
+                        p[2] = ts
+        return out
+
+    def _pdns_entry(self, tp: _Template) -> list:
+        p = self._pdns[tp.set_id] = [0, float("inf"), float("-inf"), None, tp.items]
+        return p
+
+    def _forget_templates(self) -> None:
+        self._template_bytes = 0
+        self._templates.reset()
+        self._template_info.clear()
+        self._template_ids.clear()
+
+    def _template(self, key: tuple) -> int:
+        """A new template: the ids (and what the sums need) of the values of ``key`` (see _encode_hour)."""
+        at = self._keyed
+        ids = []
+        for p, kind in self._ids_of:
+            x = key[at[p]]
+            found = self._strings if kind == "str" else self._names if kind == "name" else self._sets
+            ids.append(found[x])
+        for _kind, positions, found in self._combos:
+            ids.append(found[tuple(key[at[p]] for p in positions)])
+        value = dict(zip(at, key)).get
+        by_pos = dict(zip((p for p, _k in self._ids_of), ids)).get
+        combo = dict(zip((c[0] for c in self._combos), ids[len(self._ids_of):])).get
+        answers = value(_I_ANSWERS)
+        if answers is not None:
+            self._template_bytes += len(answers)
+        resolver = (value(_I_QNAME), value(_I_SRC), value(_I_PID), value(_I_COMM), value(_I_NS), value(_I_POD))
+        self._template_ids.append(tuple(ids))
+        self._template_info.append(_Template(
+            (by_pos(_I_QNAME), combo("shape"), combo("sender") if self.live else None),
+            value(_I_STATUS) == "unanswered", by_pos(_I_SRC), by_pos(_I_ANSWERS),
+            _items(answers) if answers is not None else [], resolver))
+        return len(self._template_ids) - 1
 
     def _dims(self, table: str, columns: str, cid: Optional[int], cache: Dict[int, tuple]) -> tuple:
         """strings ids of ``columns`` of combination ``cid`` (0 for none), as the rollups key them."""
@@ -391,7 +494,7 @@ class LogWriter:
         found = cache.get(cid)
         if found is None:
             values = self.conn.execute(f"SELECT {columns} FROM {table} WHERE id = ?", (cid,)).fetchone()
-            found = cache[cid] = tuple(0 if x is None else self._strings.get(x) or self._string(x) for x in values)
+            found = cache[cid] = tuple(0 if x is None else self._strings[x] for x in values)
         return found
 
     def _write_sums(self) -> None:

@@ -51,7 +51,8 @@ _I_ANSWERS = Q["answers"]
 BATCH_SECONDS = 1.0
 BUSY_TIMEOUT_MS = 30_000
 PIPE_BYTES = 1 << 20  # a batch of replay rows is ~0.8 MB marshalled
-WRITER_QUEUE = 1  # batches the writer process holds besides the one it inserts (and one in the pipe)
+WRITER_QUEUE = 3  # batches the writer process holds besides the one it inserts (and one in the pipe)
+GROUP_ROWS = 4 * BATCH_ROWS  # rows of waiting batches the writer process inserts in one transaction, at most
 CHECKPOINT_EVERY = 4  # batches between checkpoints (~5 MiB of WAL; SQLite's default is 4 MiB)
 CACHE_KIB = 64 * 1024  # SQLite page cache of a writer
 PRUNE_EVERY = 1.0  # seconds between retention steps of a live capture
@@ -599,9 +600,13 @@ def _writer_main(path: str, width: int, inbox: Connection, outbox: Connection) -
         log.recover()
         reply("ok", 0, None)
         threading.Thread(target=pump, name="dnswatch-writer-pump", daemon=True).start()
+        ahead: List[Optional[Tuple]] = []  # a message taken from the queue early (see "rows")
         while True:
-            blob = inbox_queue.get()
-            message = None if blob is None else marshal.loads(blob)
+            if ahead:
+                message = ahead.pop()
+            else:
+                blob = inbox_queue.get()
+                message = None if blob is None else marshal.loads(blob)
             if message is None or message[0] == "close":  # without "close", the parent is gone: all it sent is in
                 log.flush()
                 checkpointer.close()
@@ -613,7 +618,21 @@ def _writer_main(path: str, width: int, inbox: Connection, outbox: Connection) -
             kind = message[0]
             checkpointer.check()
             if kind == "rows":
-                log.write(message[1], message[2])
+                # Batches waiting (this process is the slower one): one transaction for several, as each commit
+                # writes every page it changed and consecutive batches change many of the same (the indexes').
+                rows, malformed = message[1], message[2]
+                while len(rows) < GROUP_ROWS and not ahead:
+                    try:
+                        blob = inbox_queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    message = None if blob is None else marshal.loads(blob)
+                    if message is None or message[0] != "rows":
+                        ahead.append(message)
+                        break
+                    rows.extend(message[1])
+                    malformed.extend(message[2])
+                log.write(rows, malformed)
             elif kind == "lookups":
                 log.write_lookups(message[1])
             elif kind == "update":
