@@ -66,25 +66,41 @@ class _Lookup:
     __slots__ = ("id", "client", "cols", "lower", "names", "ts", "born", "activity", "last_response", "rows",
                  "prefix", "upstream", "nat_dst", "server_pod", "answered", "forwarded_for", "open", "bytes")
 
-    def __init__(self, lookup_id: int, client: object, row: Row, lower: str):
+    def __init__(self, lookup_id: int, client: object, row: Row, lower: str, timeout: float):
+        """A lookup opened by ``row`` (LookupStage._add adds the next ones)."""
         self.id = lookup_id
         self.client = client
         self.cols = _CLIENT_COLUMNS(row)  # the client's columns come from its first row
         self.lower = lower  # the first candidate, lower case (most lookups have one)
         self.names: Optional[set] = None  # with a second candidate: every candidate, lower case
-        self.ts = self.born = self.activity = row[I_TS]
-        self.last_response: Optional[float] = None
+        ts, rts, rcode, ancount = row[I_TS], row[I_RTS], row[I_RCODE], row[I_ANCOUNT]
+        self.ts = self.born = ts
         # per query, in the order they came: (ts, name lower, rcode, ancount, attempts, response_ts, tc, qtype
         # number, proto, client port, name as sent, qtype)
-        self.rows: List[tuple] = []
+        self.rows: List[tuple] = [_state(row, ts, lower, rcode, ancount, rts)]
+        self.last_response: Optional[float] = rts
+        if rts is not None:
+            self.activity = rts if rts > ts else ts
+        else:
+            self.activity = ts + (timeout if row[I_STATUS] == "unanswered" else 0.0)
+        self.answered = bool(ancount) and rcode == "NOERROR"  # a candidate came back NOERROR with records
         self.prefix: Optional[List[str]] = None  # the leading labels every candidate shares (once asked)
         self.upstream: Optional[tuple] = None  # (lookup id, server, latency)
-        self.nat_dst: Optional[str] = None
-        self.server_pod: Optional[Tuple[Optional[str], Optional[str]]] = None
-        self.answered = False  # a candidate came back NOERROR with records
+        nat = row[I_NAT_DST]
+        self.nat_dst: Optional[str] = nat
+        self.server_pod = None if nat is None else (row[I_SERVER_POD], row[I_SERVER_POD_NS])
         self.forwarded_for: Optional[int] = None  # a server's lookup: the client lookup it forwarded
         self.open = True
-        self.bytes = LOOKUP_BYTES
+        self.bytes = LOOKUP_BYTES + QUERY_BYTES + 2 * len(lower)
+
+
+def _state(row: Row, ts: float, lower: str, rcode: Optional[str], ancount: Optional[int],
+           rts: Optional[float]) -> tuple:
+    """What a lookup keeps of one of its queries (see _Lookup.rows)."""
+    flags = row[I_RFLAGS]
+    tc = flags is not None and "tc" in flags and "tc" in flags.split()
+    return (ts, lower, rcode, ancount, row[I_ATTEMPTS] or 0, rts, tc, row[I_QTYPE_NUM], row[I_PROTO],
+            row[I_SPORT], row[I_QNAME] or "", row[I_QTYPE])
 
 
 def _labels(name: str) -> List[str]:
@@ -126,7 +142,6 @@ class LookupStage:
         self._open_bytes = 0
         self._by_client: Dict[object, List[_Lookup]] = {}
         self._questions: Dict[tuple, List[tuple]] = {}  # (name, qtype, role, address) -> recent rows, oldest first
-        self.lookups = 0
         self.nat_copies = 0
         self.hops = 0
         self.bounded = {"rows_released_early": 0, "lookups_ended_early": 0, "questions_forgotten": 0}
@@ -138,6 +153,11 @@ class LookupStage:
         self._servers: Dict[str, bool] = {}
         self._senders: Dict[str, bool] = {}
         self._local_server = False
+
+    @property
+    def lookups(self) -> int:
+        """Lookups opened so far."""
+        return self._n
 
     # -- rows in ---------------------------------------------------------------------------------
     def __call__(self, row: Row) -> None:
@@ -271,10 +291,9 @@ class LookupStage:
                     break
         if lookup is None:
             self._n += 1
-            self.lookups += 1
-            lookup = _Lookup(self.capture_id * ID_BASE + self._n, client, row, lower)
+            lookup = _Lookup(self.capture_id * ID_BASE + self._n, client, row, lower, self.timeout)
             self._open.append(lookup)
-            self._open_bytes += LOOKUP_BYTES
+            self._open_bytes += lookup.bytes
             if lookups is None:
                 self._by_client[client] = [lookup]
             else:
@@ -283,7 +302,8 @@ class LookupStage:
                     del lookups[0]
             if self._open_bytes > MAX_OPEN_BYTES:
                 self._evict()
-        self._add(lookup, row, lower)
+        else:
+            self._add(lookup, row, lower)
         row[I_LOOKUP] = lookup.id
         # the hop index: only a query that could be a server's (from an address clients asked) or a client's
         # query to an address that sends queries itself (a forwarder) or to a local server
@@ -329,29 +349,27 @@ class LookupStage:
                 return False  # answered: the lookup is done
         if lookup.last_response is not None and ts < lookup.last_response - 0.001:
             return False
-        if lookup.prefix is None:  # kept: the labels of its one candidate so far (those of every candidate after)
-            lookup.prefix = _labels(rows[0][10])
-        prefix = _common(lookup.prefix, _labels(lower))
-        if not prefix or prefix == [""]:
-            return False
-        return True
+        prefix = lookup.prefix
+        if prefix is None:  # kept: the labels of its one candidate so far (those of every candidate after)
+            prefix = lookup.prefix = _labels(rows[0][10])
+        # sharing leading labels (a non-empty first one) is all it takes: _add works out how many
+        head = prefix[0]
+        n = len(head)
+        return n > 0 and lower.startswith(head) and (len(lower) == n or lower[n] == ".")
 
     def _add(self, lookup: _Lookup, row: Row, lower: str) -> None:
-        ts, rts, rcode, ancount, name = row[I_TS], row[I_RTS], row[I_RCODE], row[I_ANCOUNT], row[I_QNAME] or ""
-        flags = row[I_RFLAGS]
-        tc = flags is not None and "tc" in flags.split()
+        """``row`` joins ``lookup`` (its second query or later)."""
+        ts, rts, rcode, ancount = row[I_TS], row[I_RTS], row[I_RCODE], row[I_ANCOUNT]
         rows = lookup.rows
-        grown = QUERY_BYTES
-        if rows and lower != lookup.lower and (lookup.names is None or lower not in lookup.names):
+        if lower != lookup.lower and (lookup.names is None or lower not in lookup.names):
             if lookup.names is None:  # a second candidate: the labels they share (one candidate needs none)
                 lookup.names = {lookup.lower}
             lookup.names.add(lower)
             lookup.prefix = _common(lookup.prefix or _labels(rows[0][10]), _labels(lower))
-        grown += 2 * len(lower)
+        grown = QUERY_BYTES + 2 * len(lower)
         lookup.bytes += grown
         self._open_bytes += grown
-        rows.append((ts, lower, rcode, ancount, row[I_ATTEMPTS] or 0, rts, tc, row[I_QTYPE_NUM], row[I_PROTO],
-                     row[I_SPORT], name, row[I_QTYPE]))
+        rows.append(_state(row, ts, lower, rcode, ancount, rts))
         if ancount and rcode == "NOERROR":
             lookup.answered = True
         if ts < lookup.ts:
