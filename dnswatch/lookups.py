@@ -1,7 +1,10 @@
 """Lookups: the queries one resolver call made, grouped after correlation (schema.LOOKUPS documents the rule).
 
     correlate.Correlator --rows--> LookupStage --rows with lookup_id--> store / sinks
-                                              \\--lookups rows (when a lookup ends)--> store.add_lookup
+                                              \\--lookups rows (when a lookup ends)--> store.add_lookup, on_lookup
+
+A lookup of one query with no hop (most of them) is not written: the log's lookups view reads it from its
+queries row. ``on_lookup`` (live top) gets every lookup's row.
 
 The correlator appends its rows to the stage (``take``: a list's append, no call of ours per row); the stage
 looks at them in batches, when the pipeline advances its clock (every chunk of frames, every live poll and tick).
@@ -41,6 +44,9 @@ _RESPONSE_COLUMNS = [Q[c] for c in ("status", "rcode", "rcode_num", "answers", "
                                     "first_attempt_latency_ms", "response_flags", "response_size")]
 
 GAP = 1.0  # seconds: the next candidate or query of a lookup is sent within this of the last response
+# live without responses (watch without --responses): the next candidate follows the unseen response, so within
+# the server's latency of the last query; a shorter window keeps fewer lookups open at a high rate
+QUERIES_ONLY_GAP = 0.25
 NAT_WINDOW = 0.05  # seconds between a query and its DNATed copy (microseconds in practice; as correlate's copies)
 HOLD = 0.1  # seconds a row waits for its NAT copy before it goes on (replay: capture time)
 HOLD_LIVE = 0.05  # live: both copies' responses reach us within microseconds; what JSON/metrics lines wait
@@ -51,9 +57,9 @@ MAX_QUERIES = 64  # rows of one lookup; the next one opens a new lookup
 ROW_BYTES = 1_000
 LOOKUP_BYTES = 700
 QUERY_BYTES = 250  # plus twice its name (as sent, lower case)
-MAX_HOLD_BYTES = 32 << 20
-MAX_OPEN_BYTES = 64 << 20
-MAX_QUESTIONS = 20_000  # hop index keys, each at most QUESTION_BYTES: (name <= 255, type, role, address) and 4 entries
+MAX_HOLD_BYTES = 16 << 20
+MAX_OPEN_BYTES = 48 << 20
+MAX_QUESTIONS = 10_000  # hop index keys, each at most QUESTION_BYTES: (name <= 255, type, role, address) and 4 entries
 QUESTION_BYTES = 1_200
 ID_BASE = 10 ** 12  # lookup_id = capture_id * ID_BASE + n: unique in the log without asking it
 _EMPTY_RCODES = ("NXDOMAIN", "NOERROR")
@@ -122,12 +128,14 @@ class LookupStage:
                  live: bool = False, expect_responses: bool = True):
         self.emit = emit
         self.capture_id = capture_id or 0
-        self.add_lookup = add_lookup
+        self.add_lookup = add_lookup  # the lookups to store: those of two queries or more, or with a hop
+        self.on_lookup: Optional[Callable[[list], None]] = None  # every lookup as it ends (live top)
         self.live = live
         self.hold = HOLD_LIVE if live else HOLD
-        # a lookup ends GAP after its last activity, plus the timeout when its next query may still come as an
+        self.gap = GAP if expect_responses else QUERIES_ONLY_GAP
+        # a lookup ends gap after its last activity, plus the timeout when its next query may still come as an
         # unanswered row that long after it was sent (without responses rows come as their query is seen)
-        self.wait = GAP + (timeout if expect_responses else 0.0)
+        self.wait = self.gap + (timeout if expect_responses else 0.0)
         self.timeout = timeout
         self.clock = float("-inf")
         self._n = 0
@@ -282,10 +290,13 @@ class LookupStage:
         lookup = None
         if lookups:
             ts = row[I_TS]
+            query_only = row[I_STATUS] == "query_only"
             for candidate in reversed(lookups):
-                if candidate.answered and lower != candidate.lower and (
-                        candidate.names is None or lower not in candidate.names):
-                    continue  # the usual case, decided without a call: an answered lookup takes no new name
+                if lower != candidate.lower:
+                    if candidate.answered and (candidate.names is None or lower not in candidate.names):
+                        continue  # the usual case, decided without a call: an answered lookup takes no new name
+                elif query_only and len(candidate.rows) == 1 and candidate.rows[0][7] == row[I_QTYPE_NUM]:
+                    continue  # the same question again without responses (a flood): never a retry of it
                 if self._accepts(candidate, row, lower, ts):
                     lookup = candidate
                     break
@@ -317,7 +328,7 @@ class LookupStage:
 
     def _accepts(self, lookup: _Lookup, row: Row, lower: str, ts: float) -> bool:
         rows = lookup.rows
-        if len(rows) >= MAX_QUERIES or ts > lookup.activity + GAP or ts < lookup.ts - NAT_WINDOW:
+        if len(rows) >= MAX_QUERIES or ts > lookup.activity + self.gap or ts < lookup.ts - NAT_WINDOW:
             return False
         tried = lower == lookup.lower or (lookup.names is not None and lower in lookup.names)
         if not tried and lookup.answered:
@@ -478,8 +489,15 @@ class LookupStage:
             same.remove(lookup)
             if not same:
                 del self._by_client[lookup.client]
+        if len(lookup.rows) == 1 and lookup.upstream is None and lookup.forwarded_for is None:
+            if self.on_lookup is not None:  # the log has it already: the view reads it from its queries row
+                self.on_lookup(lookup_row(lookup, self.capture_id))
+            return
+        row = lookup_row(lookup, self.capture_id)
         if self.add_lookup is not None:
-            self.add_lookup(lookup_row(lookup, self.capture_id))
+            self.add_lookup(row)
+        if self.on_lookup is not None:
+            self.on_lookup(row)
 
 
 def lookup_row(lookup: _Lookup, capture_id: Optional[int]) -> list:
