@@ -38,6 +38,7 @@ I_EXE = Q["exe"]
 I_SERVER_POD = Q["server_pod"]
 I_SERVER_POD_NS = Q["server_pod_namespace"]
 # what a lookups row takes from its first query: src dst pid comm exe netns pod pod_namespace container
+_BY_TS = itemgetter(0)
 _CLIENT_COLUMNS = itemgetter(I_SRC, I_DST, I_PID, I_COMM, I_EXE, I_NETNS, I_POD, I_POD_NS, I_CONTAINER)
 # the response's columns, taken from the server-side copy when the client side saw no response
 _RESPONSE_COLUMNS = [Q[c] for c in ("status", "rcode", "rcode_num", "answers", "ancount", "latency_ms", "response_ts",
@@ -515,16 +516,20 @@ def lookup_row(lookup: _Lookup, capture_id: Optional[int]) -> list:
             round((rts - ts) * 1000.0, 3) if rts is not None else None, upstream[0], upstream[1], upstream[2],
             lookup.forwarded_for,
         ]
-    first: Dict[str, Tuple[float, str]] = {}  # candidate (lower) -> (first sent, as sent), in the order they came
     qtypes: List[str] = []
     for r in rows:
-        if r[1] not in first:
-            first[r[1]] = (r[0], r[10])
         if r[11] not in qtypes:
             qtypes.append(r[11])
-    order = sorted(first.values())
+    if lookup.names is None:  # one candidate (the A/AAAA pair, a retry, TCP after tc)
+        order = [(min(r[0] for r in rows), rows[0][10])]
+    else:
+        first: Dict[str, Tuple[float, str]] = {}  # candidate (lower) -> (first sent, as sent), as they came
+        for r in rows:
+            if r[1] not in first:
+                first[r[1]] = (r[0], r[10])
+        order = sorted(first.values())
     candidates = [name for _ts, name in order]
-    rows = sorted(rows, key=itemgetter(0))
+    rows = sorted(rows, key=_BY_TS)
     answered = None
     for r in rows:
         if r[2] == "NOERROR" and r[3]:
@@ -557,7 +562,7 @@ def lookup_row(lookup: _Lookup, capture_id: Optional[int]) -> list:
     answered_name = next((name for name in candidates if name.lower() == answered), None)
     return [
         lookup.id, capture_id, lookup.ts, end, src, dst, lookup.nat_dst, pid, comm, exe, netns, pod, pod_ns,
-        container, server_pod[0], server_pod[1], asked, json.dumps(candidates), _json_types(qtypes), answered_name,
+        container, server_pod[0], server_pod[1], asked, _json_names(candidates), _json_types(qtypes), answered_name,
         rcode, queries, wasted, int(any(r[6] for r in rows)), total, upstream[0], upstream[1], upstream[2],
         lookup.forwarded_for,
     ]
@@ -584,6 +589,15 @@ def _json_types(qtypes) -> str:
         if len(_TYPES_JSON) < 1024:
             _TYPES_JSON[key] = text
     return text
+
+
+def _json_names(names: List[str]) -> str:
+    """json.dumps(names) for qnames, without the encoder's cost when they need no escape."""
+    if len(names) == 1:
+        return _json_name(names[0])
+    if all(name.isascii() and name.isprintable() and '"' not in name and "\\" not in name for name in names):
+        return '["' + '", "'.join(names) + '"]'
+    return json.dumps(names)
 
 
 def _json_name(name: str) -> str:
