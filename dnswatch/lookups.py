@@ -144,7 +144,7 @@ class LookupStage:
         # (replay: 2048), every live poll and tick, so they are bounded by what the correlator emits meanwhile
         self._incoming: List[Row] = []
         self.take = self._incoming.append
-        self._held: Deque[list] = deque()  # [release time, row or None once merged into its client's copy, key, lower]
+        self._held: Deque[list] = deque()  # [release time, row (its client's copy once merged), key, lower, bytes]
         self._held_bytes = 0
         self._nat: Dict[tuple, list] = {}  # NAT key -> its held entry
         self._open: Deque[_Lookup] = deque()  # open lookups, oldest first (a lookup still active goes round again)
@@ -220,17 +220,15 @@ class LookupStage:
             if entry is not None and entry[1] is not None and _nat_copies(entry[1], row):
                 self._merge(entry, row)
                 continue
-            entry = [clock + hold, row, key, lower]
+            answers = row[I_ANSWERS]
+            entry = [clock + hold, row, key, lower, ROW_BYTES if answers is None else ROW_BYTES + len(answers)]
+            size += entry[4]
             nat[key] = entry
             hold_row(entry)
-            answers = row[I_ANSWERS]
-            size += ROW_BYTES if answers is None else ROW_BYTES + len(answers)
         self.clock = clock
         self._held_bytes += size
-        if self._held_bytes > MAX_HOLD_BYTES:
-            while held and self._held_bytes > MAX_HOLD_BYTES:
-                self.bounded["rows_released_early"] += 1
-                self._release_one(held.popleft())
+        if self._held_bytes > MAX_HOLD_BYTES:  # the oldest go on now
+            self._release(float("-inf"), MAX_HOLD_BYTES)
 
     def _learn(self, seen: Dict[str, bool], address: str) -> None:
         if len(seen) >= MAX_QUESTIONS:
@@ -248,37 +246,28 @@ class LookupStage:
             client[I_SERVER_POD], client[I_SERVER_POD_NS] = self.server_pod_of(client[I_NAT_DST])
         entry[1] = client
 
-    def _release(self, now: float) -> None:
+    def _release(self, now: float, over: Optional[int] = None) -> None:
+        """Held rows go on: those whose time is up at ``now``; with ``over``, the oldest until the held rows take
+        at most ``over`` bytes (counted: they went on before their time)."""
         held = self._held
-        if not held or held[0][0] > now:
+        if not held or (over is None and held[0][0] > now):
             return
         nat, group, emit, popleft = self._nat, self._group, self.emit, held.popleft
-        size = 0
-        while held and held[0][0] <= now:
+        size = self._held_bytes
+        early = 0
+        while held and (held[0][0] <= now or (over is not None and size > over)):
             entry = popleft()
-            row = entry[1]
-            if row is None:
-                continue
-            answers = row[I_ANSWERS]
-            size += ROW_BYTES if answers is None else ROW_BYTES + len(answers)
+            if entry[0] > now:
+                early += 1
+            size -= entry[4]
             key = entry[2]
             if nat.get(key) is entry:
                 del nat[key]
+            row = entry[1]
             group(row, entry[3])
             emit(row)
-        self._held_bytes -= size
-
-    def _release_one(self, entry: list) -> None:
-        row = entry[1]
-        if row is None:
-            return
-        answers = row[I_ANSWERS]
-        self._held_bytes -= ROW_BYTES if answers is None else ROW_BYTES + len(answers)
-        key = entry[2]
-        if self._nat.get(key) is entry:
-            del self._nat[key]
-        self._group(row, entry[3])
-        self.emit(row)
+        self._held_bytes = size
+        self.bounded["rows_released_early"] += early
 
     # -- grouping ----------------------------------------------------------------------------------
     def _group(self, row: Row, lower: str) -> None:
