@@ -1159,14 +1159,7 @@ def top(interfaces, ports, netns_specs, all_netns, host_only, timeout, k8s_log_d
                         options={"interfaces": list(interfaces), "responses": True, "netns": list(netns_specs),
                                  "all_netns": live.all_netns, "top": True},
                         enrich=enricher, expect_responses=True, sinks=(stats.add,), lookups=True)
-    to_store = pipeline.lookups.add_lookup
-
-    def add_lookup(lookup) -> None:  # --by lookup: each lookup as it ends, and to the log
-        stats.add_lookup(lookup)
-        if to_store is not None:
-            to_store(lookup)
-
-    pipeline.lookups.add_lookup = add_lookup
+    pipeline.lookups.on_lookup = stats.add_lookup  # --by lookup: each lookup as it ends
     source = "live" + (f", logging to {store.path}" if store else "")
 
     def snapshot(**kw):

@@ -19,9 +19,9 @@ from operator import add, is_not, itemgetter
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from dnswatch.schema import (
-    ANSWER_ITEMS, KEY_HOURS, KEY_KINDS, LOG_COLUMNS, LOG_TABLE, LOOKUP_COLUMNS, MALFORMED_COLUMNS, PASSIVE_DNS, Q, QUERIES,
-    QUERY_COLUMNS, ROLLUPS, SCHEMA_VERSION, COMBOS, STORED_AS, TABLES, create_sql, physical, reverse_name,
-    stored_type, view_sql,
+    ANSWER_ITEMS, KEY_HOURS, KEY_KINDS, LOG_COLUMNS, LOG_TABLE, LOOKUP_COLUMNS, LOOKUP_TABLE, MALFORMED_COLUMNS,
+    PASSIVE_DNS, Q, QUERIES, QUERY_COLUMNS, ROLLUPS, SCHEMA_VERSION, COMBOS, STORED_AS, TABLES, create_sql, physical,
+    reverse_name, stored_type, view_sql,
 )
 
 ROWS_PER_INSERT = 512  # rows bound to one INSERT statement (at most)
@@ -113,7 +113,7 @@ class _Ids(dict):
         self[self.none] = None
 
 
-_INSERT_LOOKUP = (f"INSERT OR REPLACE INTO lookups ({', '.join(LOOKUP_COLUMNS)}) "
+_INSERT_LOOKUP = (f"INSERT OR REPLACE INTO {LOOKUP_TABLE} ({', '.join(LOOKUP_COLUMNS)}) "
                   f"VALUES ({', '.join('?' for _ in LOOKUP_COLUMNS)})")
 
 
@@ -667,6 +667,9 @@ def prepare(conn: sqlite3.Connection) -> None:
             conn.execute("ALTER TABLE queries RENAME TO queries_v1")
         conn.execute("DROP VIEW IF EXISTS queries")
         conn.execute("DROP VIEW IF EXISTS rollups")
+        if objects.get("lookups") == "table":  # every lookup was stored: they are lookup_groups now
+            conn.execute(f"ALTER TABLE lookups RENAME TO {LOOKUP_TABLE}")
+        conn.execute("DROP VIEW IF EXISTS lookups")
         for table in TABLES[1:] + (QUERIES,):
             name, columns = physical(table)
             for statement in create_sql(table):

@@ -1,7 +1,10 @@
 """Lookups: the queries one resolver call made, grouped after correlation (schema.LOOKUPS documents the rule).
 
     correlate.Correlator --rows--> LookupStage --rows with lookup_id--> store / sinks
-                                              \\--lookups rows (when a lookup ends)--> store.add_lookup
+                                              \\--lookups rows (when a lookup ends)--> store.add_lookup, on_lookup
+
+A lookup of one query with no hop (most of them) is not written: the log's lookups view reads it from its
+queries row. ``on_lookup`` (live top) gets every lookup's row.
 
 The correlator appends its rows to the stage (``take``: a list's append, no call of ours per row); the stage
 looks at them in batches, when the pipeline advances its clock (every chunk of frames, every live poll and tick).
@@ -35,12 +38,16 @@ I_EXE = Q["exe"]
 I_SERVER_POD = Q["server_pod"]
 I_SERVER_POD_NS = Q["server_pod_namespace"]
 # what a lookups row takes from its first query: src dst pid comm exe netns pod pod_namespace container
+_BY_TS = itemgetter(0)
 _CLIENT_COLUMNS = itemgetter(I_SRC, I_DST, I_PID, I_COMM, I_EXE, I_NETNS, I_POD, I_POD_NS, I_CONTAINER)
 # the response's columns, taken from the server-side copy when the client side saw no response
 _RESPONSE_COLUMNS = [Q[c] for c in ("status", "rcode", "rcode_num", "answers", "ancount", "latency_ms", "response_ts",
                                     "first_attempt_latency_ms", "response_flags", "response_size")]
 
 GAP = 1.0  # seconds: the next candidate or query of a lookup is sent within this of the last response
+# live without responses (watch without --responses): the next candidate follows the unseen response, so within
+# the server's latency of the last query; a shorter window keeps fewer lookups open at a high rate
+QUERIES_ONLY_GAP = 0.25
 NAT_WINDOW = 0.05  # seconds between a query and its DNATed copy (microseconds in practice; as correlate's copies)
 HOLD = 0.1  # seconds a row waits for its NAT copy before it goes on (replay: capture time)
 HOLD_LIVE = 0.05  # live: both copies' responses reach us within microseconds; what JSON/metrics lines wait
@@ -51,9 +58,9 @@ MAX_QUERIES = 64  # rows of one lookup; the next one opens a new lookup
 ROW_BYTES = 1_000
 LOOKUP_BYTES = 700
 QUERY_BYTES = 250  # plus twice its name (as sent, lower case)
-MAX_HOLD_BYTES = 32 << 20
-MAX_OPEN_BYTES = 64 << 20
-MAX_QUESTIONS = 20_000  # hop index keys, each at most QUESTION_BYTES: (name <= 255, type, role, address) and 4 entries
+MAX_HOLD_BYTES = 16 << 20
+MAX_OPEN_BYTES = 48 << 20
+MAX_QUESTIONS = 10_000  # hop index keys, each at most QUESTION_BYTES: (name <= 255, type, role, address) and 4 entries
 QUESTION_BYTES = 1_200
 ID_BASE = 10 ** 12  # lookup_id = capture_id * ID_BASE + n: unique in the log without asking it
 _EMPTY_RCODES = ("NXDOMAIN", "NOERROR")
@@ -66,25 +73,41 @@ class _Lookup:
     __slots__ = ("id", "client", "cols", "lower", "names", "ts", "born", "activity", "last_response", "rows",
                  "prefix", "upstream", "nat_dst", "server_pod", "answered", "forwarded_for", "open", "bytes")
 
-    def __init__(self, lookup_id: int, client: object, row: Row, lower: str):
+    def __init__(self, lookup_id: int, client: object, row: Row, lower: str, timeout: float):
+        """A lookup opened by ``row`` (LookupStage._add adds the next ones)."""
         self.id = lookup_id
         self.client = client
         self.cols = _CLIENT_COLUMNS(row)  # the client's columns come from its first row
         self.lower = lower  # the first candidate, lower case (most lookups have one)
         self.names: Optional[set] = None  # with a second candidate: every candidate, lower case
-        self.ts = self.born = self.activity = row[I_TS]
-        self.last_response: Optional[float] = None
+        ts, rts, rcode, ancount = row[I_TS], row[I_RTS], row[I_RCODE], row[I_ANCOUNT]
+        self.ts = self.born = ts
         # per query, in the order they came: (ts, name lower, rcode, ancount, attempts, response_ts, tc, qtype
         # number, proto, client port, name as sent, qtype)
-        self.rows: List[tuple] = []
+        self.rows: List[tuple] = [_state(row, ts, lower, rcode, ancount, rts)]
+        self.last_response: Optional[float] = rts
+        if rts is not None:
+            self.activity = rts if rts > ts else ts
+        else:
+            self.activity = ts + (timeout if row[I_STATUS] == "unanswered" else 0.0)
+        self.answered = bool(ancount) and rcode == "NOERROR"  # a candidate came back NOERROR with records
         self.prefix: Optional[List[str]] = None  # the leading labels every candidate shares (once asked)
         self.upstream: Optional[tuple] = None  # (lookup id, server, latency)
-        self.nat_dst: Optional[str] = None
-        self.server_pod: Optional[Tuple[Optional[str], Optional[str]]] = None
-        self.answered = False  # a candidate came back NOERROR with records
+        nat = row[I_NAT_DST]
+        self.nat_dst: Optional[str] = nat
+        self.server_pod = None if nat is None else (row[I_SERVER_POD], row[I_SERVER_POD_NS])
         self.forwarded_for: Optional[int] = None  # a server's lookup: the client lookup it forwarded
         self.open = True
-        self.bytes = LOOKUP_BYTES
+        self.bytes = LOOKUP_BYTES + QUERY_BYTES + 2 * len(lower)
+
+
+def _state(row: Row, ts: float, lower: str, rcode: Optional[str], ancount: Optional[int],
+           rts: Optional[float]) -> tuple:
+    """What a lookup keeps of one of its queries (see _Lookup.rows)."""
+    flags = row[I_RFLAGS]
+    tc = flags is not None and "tc" in flags and "tc" in flags.split()
+    return (ts, lower, rcode, ancount, row[I_ATTEMPTS] or 0, rts, tc, row[I_QTYPE_NUM], row[I_PROTO],
+            row[I_SPORT], row[I_QNAME] or "", row[I_QTYPE])
 
 
 def _labels(name: str) -> List[str]:
@@ -106,12 +129,14 @@ class LookupStage:
                  live: bool = False, expect_responses: bool = True):
         self.emit = emit
         self.capture_id = capture_id or 0
-        self.add_lookup = add_lookup
+        self.add_lookup = add_lookup  # the lookups to store: those of two queries or more, or with a hop
+        self.on_lookup: Optional[Callable[[list], None]] = None  # every lookup as it ends (live top)
         self.live = live
         self.hold = HOLD_LIVE if live else HOLD
-        # a lookup ends GAP after its last activity, plus the timeout when its next query may still come as an
+        self.gap = GAP if expect_responses else QUERIES_ONLY_GAP
+        # a lookup ends gap after its last activity, plus the timeout when its next query may still come as an
         # unanswered row that long after it was sent (without responses rows come as their query is seen)
-        self.wait = GAP + (timeout if expect_responses else 0.0)
+        self.wait = self.gap + (timeout if expect_responses else 0.0)
         self.timeout = timeout
         self.clock = float("-inf")
         self._n = 0
@@ -119,14 +144,13 @@ class LookupStage:
         # (replay: 2048), every live poll and tick, so they are bounded by what the correlator emits meanwhile
         self._incoming: List[Row] = []
         self.take = self._incoming.append
-        self._held: Deque[list] = deque()  # [release time, row or None once merged into its client's copy, key, lower]
+        self._held: Deque[list] = deque()  # [release time, row (its client's copy once merged), key, lower, bytes]
         self._held_bytes = 0
         self._nat: Dict[tuple, list] = {}  # NAT key -> its held entry
         self._open: Deque[_Lookup] = deque()  # open lookups, oldest first (a lookup still active goes round again)
         self._open_bytes = 0
         self._by_client: Dict[object, List[_Lookup]] = {}
         self._questions: Dict[tuple, List[tuple]] = {}  # (name, qtype, role, address) -> recent rows, oldest first
-        self.lookups = 0
         self.nat_copies = 0
         self.hops = 0
         self.bounded = {"rows_released_early": 0, "lookups_ended_early": 0, "questions_forgotten": 0}
@@ -138,6 +162,11 @@ class LookupStage:
         self._servers: Dict[str, bool] = {}
         self._senders: Dict[str, bool] = {}
         self._local_server = False
+
+    @property
+    def lookups(self) -> int:
+        """Lookups opened so far."""
+        return self._n
 
     # -- rows in ---------------------------------------------------------------------------------
     def __call__(self, row: Row) -> None:
@@ -191,17 +220,15 @@ class LookupStage:
             if entry is not None and entry[1] is not None and _nat_copies(entry[1], row):
                 self._merge(entry, row)
                 continue
-            entry = [clock + hold, row, key, lower]
+            answers = row[I_ANSWERS]
+            entry = [clock + hold, row, key, lower, ROW_BYTES if answers is None else ROW_BYTES + len(answers)]
+            size += entry[4]
             nat[key] = entry
             hold_row(entry)
-            answers = row[I_ANSWERS]
-            size += ROW_BYTES if answers is None else ROW_BYTES + len(answers)
         self.clock = clock
         self._held_bytes += size
-        if self._held_bytes > MAX_HOLD_BYTES:
-            while held and self._held_bytes > MAX_HOLD_BYTES:
-                self.bounded["rows_released_early"] += 1
-                self._release_one(held.popleft())
+        if self._held_bytes > MAX_HOLD_BYTES:  # the oldest go on now
+            self._release(float("-inf"), MAX_HOLD_BYTES)
 
     def _learn(self, seen: Dict[str, bool], address: str) -> None:
         if len(seen) >= MAX_QUESTIONS:
@@ -219,37 +246,28 @@ class LookupStage:
             client[I_SERVER_POD], client[I_SERVER_POD_NS] = self.server_pod_of(client[I_NAT_DST])
         entry[1] = client
 
-    def _release(self, now: float) -> None:
+    def _release(self, now: float, over: Optional[int] = None) -> None:
+        """Held rows go on: those whose time is up at ``now``; with ``over``, the oldest until the held rows take
+        at most ``over`` bytes (counted: they went on before their time)."""
         held = self._held
-        if not held or held[0][0] > now:
+        if not held or (over is None and held[0][0] > now):
             return
         nat, group, emit, popleft = self._nat, self._group, self.emit, held.popleft
-        size = 0
-        while held and held[0][0] <= now:
+        size = self._held_bytes
+        early = 0
+        while held and (held[0][0] <= now or (over is not None and size > over)):
             entry = popleft()
-            row = entry[1]
-            if row is None:
-                continue
-            answers = row[I_ANSWERS]
-            size += ROW_BYTES if answers is None else ROW_BYTES + len(answers)
+            if entry[0] > now:
+                early += 1
+            size -= entry[4]
             key = entry[2]
             if nat.get(key) is entry:
                 del nat[key]
+            row = entry[1]
             group(row, entry[3])
             emit(row)
-        self._held_bytes -= size
-
-    def _release_one(self, entry: list) -> None:
-        row = entry[1]
-        if row is None:
-            return
-        answers = row[I_ANSWERS]
-        self._held_bytes -= ROW_BYTES if answers is None else ROW_BYTES + len(answers)
-        key = entry[2]
-        if self._nat.get(key) is entry:
-            del self._nat[key]
-        self._group(row, entry[3])
-        self.emit(row)
+        self._held_bytes = size
+        self.bounded["rows_released_early"] += early
 
     # -- grouping ----------------------------------------------------------------------------------
     def _group(self, row: Row, lower: str) -> None:
@@ -262,19 +280,21 @@ class LookupStage:
         lookup = None
         if lookups:
             ts = row[I_TS]
+            query_only = row[I_STATUS] == "query_only"
             for candidate in reversed(lookups):
-                if candidate.answered and lower != candidate.lower and (
-                        candidate.names is None or lower not in candidate.names):
-                    continue  # the usual case, decided without a call: an answered lookup takes no new name
+                if lower != candidate.lower:
+                    if candidate.answered and (candidate.names is None or lower not in candidate.names):
+                        continue  # the usual case, decided without a call: an answered lookup takes no new name
+                elif query_only and len(candidate.rows) == 1 and candidate.rows[0][7] == row[I_QTYPE_NUM]:
+                    continue  # the same question again without responses (a flood): never a retry of it
                 if self._accepts(candidate, row, lower, ts):
                     lookup = candidate
                     break
         if lookup is None:
             self._n += 1
-            self.lookups += 1
-            lookup = _Lookup(self.capture_id * ID_BASE + self._n, client, row, lower)
+            lookup = _Lookup(self.capture_id * ID_BASE + self._n, client, row, lower, self.timeout)
             self._open.append(lookup)
-            self._open_bytes += LOOKUP_BYTES
+            self._open_bytes += lookup.bytes
             if lookups is None:
                 self._by_client[client] = [lookup]
             else:
@@ -283,7 +303,8 @@ class LookupStage:
                     del lookups[0]
             if self._open_bytes > MAX_OPEN_BYTES:
                 self._evict()
-        self._add(lookup, row, lower)
+        else:
+            self._add(lookup, row, lower)
         row[I_LOOKUP] = lookup.id
         # the hop index: only a query that could be a server's (from an address clients asked) or a client's
         # query to an address that sends queries itself (a forwarder) or to a local server
@@ -297,7 +318,7 @@ class LookupStage:
 
     def _accepts(self, lookup: _Lookup, row: Row, lower: str, ts: float) -> bool:
         rows = lookup.rows
-        if len(rows) >= MAX_QUERIES or ts > lookup.activity + GAP or ts < lookup.ts - NAT_WINDOW:
+        if len(rows) >= MAX_QUERIES or ts > lookup.activity + self.gap or ts < lookup.ts - NAT_WINDOW:
             return False
         tried = lower == lookup.lower or (lookup.names is not None and lower in lookup.names)
         if not tried and lookup.answered:
@@ -329,29 +350,27 @@ class LookupStage:
                 return False  # answered: the lookup is done
         if lookup.last_response is not None and ts < lookup.last_response - 0.001:
             return False
-        if lookup.prefix is None:  # kept: the labels of its one candidate so far (those of every candidate after)
-            lookup.prefix = _labels(rows[0][10])
-        prefix = _common(lookup.prefix, _labels(lower))
-        if not prefix or prefix == [""]:
-            return False
-        return True
+        prefix = lookup.prefix
+        if prefix is None:  # kept: the labels of its one candidate so far (those of every candidate after)
+            prefix = lookup.prefix = _labels(rows[0][10])
+        # sharing leading labels (a non-empty first one) is all it takes: _add works out how many
+        head = prefix[0]
+        n = len(head)
+        return n > 0 and lower.startswith(head) and (len(lower) == n or lower[n] == ".")
 
     def _add(self, lookup: _Lookup, row: Row, lower: str) -> None:
-        ts, rts, rcode, ancount, name = row[I_TS], row[I_RTS], row[I_RCODE], row[I_ANCOUNT], row[I_QNAME] or ""
-        flags = row[I_RFLAGS]
-        tc = flags is not None and "tc" in flags.split()
+        """``row`` joins ``lookup`` (its second query or later)."""
+        ts, rts, rcode, ancount = row[I_TS], row[I_RTS], row[I_RCODE], row[I_ANCOUNT]
         rows = lookup.rows
-        grown = QUERY_BYTES
-        if rows and lower != lookup.lower and (lookup.names is None or lower not in lookup.names):
+        if lower != lookup.lower and (lookup.names is None or lower not in lookup.names):
             if lookup.names is None:  # a second candidate: the labels they share (one candidate needs none)
                 lookup.names = {lookup.lower}
             lookup.names.add(lower)
             lookup.prefix = _common(lookup.prefix or _labels(rows[0][10]), _labels(lower))
-        grown += 2 * len(lower)
+        grown = QUERY_BYTES + 2 * len(lower)
         lookup.bytes += grown
         self._open_bytes += grown
-        rows.append((ts, lower, rcode, ancount, row[I_ATTEMPTS] or 0, rts, tc, row[I_QTYPE_NUM], row[I_PROTO],
-                     row[I_SPORT], name, row[I_QTYPE]))
+        rows.append(_state(row, ts, lower, rcode, ancount, rts))
         if ancount and rcode == "NOERROR":
             lookup.answered = True
         if ts < lookup.ts:
@@ -460,8 +479,15 @@ class LookupStage:
             same.remove(lookup)
             if not same:
                 del self._by_client[lookup.client]
+        if len(lookup.rows) == 1 and lookup.upstream is None and lookup.forwarded_for is None:
+            if self.on_lookup is not None:  # the log has it already: the view reads it from its queries row
+                self.on_lookup(lookup_row(lookup, self.capture_id))
+            return
+        row = lookup_row(lookup, self.capture_id)
         if self.add_lookup is not None:
-            self.add_lookup(lookup_row(lookup, self.capture_id))
+            self.add_lookup(row)
+        if self.on_lookup is not None:
+            self.on_lookup(row)
 
 
 def lookup_row(lookup: _Lookup, capture_id: Optional[int]) -> list:
@@ -479,16 +505,20 @@ def lookup_row(lookup: _Lookup, capture_id: Optional[int]) -> list:
             round((rts - ts) * 1000.0, 3) if rts is not None else None, upstream[0], upstream[1], upstream[2],
             lookup.forwarded_for,
         ]
-    first: Dict[str, Tuple[float, str]] = {}  # candidate (lower) -> (first sent, as sent), in the order they came
     qtypes: List[str] = []
     for r in rows:
-        if r[1] not in first:
-            first[r[1]] = (r[0], r[10])
         if r[11] not in qtypes:
             qtypes.append(r[11])
-    order = sorted(first.values())
+    if lookup.names is None:  # one candidate (the A/AAAA pair, a retry, TCP after tc)
+        order = [(min(r[0] for r in rows), rows[0][10])]
+    else:
+        first: Dict[str, Tuple[float, str]] = {}  # candidate (lower) -> (first sent, as sent), as they came
+        for r in rows:
+            if r[1] not in first:
+                first[r[1]] = (r[0], r[10])
+        order = sorted(first.values())
     candidates = [name for _ts, name in order]
-    rows = sorted(rows, key=itemgetter(0))
+    rows = sorted(rows, key=_BY_TS)
     answered = None
     for r in rows:
         if r[2] == "NOERROR" and r[3]:
@@ -521,7 +551,7 @@ def lookup_row(lookup: _Lookup, capture_id: Optional[int]) -> list:
     answered_name = next((name for name in candidates if name.lower() == answered), None)
     return [
         lookup.id, capture_id, lookup.ts, end, src, dst, lookup.nat_dst, pid, comm, exe, netns, pod, pod_ns,
-        container, server_pod[0], server_pod[1], asked, json.dumps(candidates), _json_types(qtypes), answered_name,
+        container, server_pod[0], server_pod[1], asked, _json_names(candidates), _json_types(qtypes), answered_name,
         rcode, queries, wasted, int(any(r[6] for r in rows)), total, upstream[0], upstream[1], upstream[2],
         lookup.forwarded_for,
     ]
@@ -548,6 +578,15 @@ def _json_types(qtypes) -> str:
         if len(_TYPES_JSON) < 1024:
             _TYPES_JSON[key] = text
     return text
+
+
+def _json_names(names: List[str]) -> str:
+    """json.dumps(names) for qnames, without the encoder's cost when they need no escape."""
+    if len(names) == 1:
+        return _json_name(names[0])
+    if all(name.isascii() and name.isprintable() and '"' not in name and "\\" not in name for name in names):
+        return '["' + '", "'.join(names) + '"]'
+    return json.dumps(names)
 
 
 def _json_name(name: str) -> str:

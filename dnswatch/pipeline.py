@@ -350,6 +350,9 @@ class Pipeline:
         }
         if s.error:
             update["notes"]["error"] = s.error
+        bounded = {k: v for k, v in self.lookups.bounded.items() if v} if self.lookups is not None else None
+        if bounded:  # what the lookups stage's memory bounds gave up (nothing is lost: see lookups.py)
+            update["notes"]["lookups_bounded"] = bounded
         if status is not None:
             update["status"] = status
             if status != "running":

@@ -236,7 +236,11 @@ MALFORMED = Table(
 
 LOOKUPS = Table(
     "lookups",
-    "One row per lookup: the queries one resolver call made (queries.lookup_id), written when the lookup ends.\n"
+    "One row per lookup: the queries one resolver call made (queries.lookup_id). A view: lookups of two queries "
+    "or more, or with a hop, are stored (in lookup_groups) when they end; a lookup of one query with no hop is "
+    "read from its queries row (asked_name = answered name = qname, wasted 0), so it costs nothing to store. "
+    "While a lookup is still open (live, up to 1 s plus the timeout after its last query) each of its queries "
+    "shows as a lookup of its own.\n"
     "Grouping rule: queries from one client (live: network namespace and process id; without a process, or in "
     "replay: the client address) join an open lookup when (a) they ask a name it already tried, for a query type "
     "not tried yet for that name (the A/AAAA pair; without a process, from the same client port, as glibc and musl "
@@ -245,11 +249,14 @@ LOOKUPS = Table(
     "sharing the lookup's leading labels (its asked name), sent after every earlier candidate came back without "
     "an answer (NXDOMAIN, or NOERROR with no records) and within 1 s of that response: the next search-path "
     "candidate. Retransmissions with the same id are attempts of one row already (queries.attempts). A lookup "
-    "ends 1 s after its last activity plus the query timeout (one of its queries may still be unanswered); only "
-    "a client's 4 most recent lookups can gain queries; a lookup also ends earlier when more than 50,000 are open "
-    "(the oldest ends), and a lookup takes at most 64 queries.\n"
+    "ends 1 s after its last activity plus the query timeout (one of its queries may still be unanswered; live "
+    "without --responses, where only queries are seen, candidates follow within 0.25 s of the last query and a "
+    "lookup ends 0.25 s after it); only a client's 4 most recent lookups can gain queries; a lookup also ends "
+    "earlier when the open ones take more than 48 MiB (the oldest end; captures.notes lookups_bounded counts "
+    "them), and a lookup takes at most 64 queries.\n"
     "NAT copies: the same query (client address and port, id, question) seen again within 50 ms with another "
-    "destination is one query: stored once with nat_dst and the server pod. Hops: a query for the same question "
+    "destination is one query: stored once with nat_dst and the server pod (each row waits 0.1 s of capture "
+    "time for its copy, live 50 ms). Hops: a query for the same question "
     "sent by another client (the server, usually from the address the client asked or its nat_dst) while the "
     "client's query was pending is its upstream hop (upstream_*).\n"
     "Limits (what packets alone cannot tell): the search list and ndots are not seen, so a lookup answered at its "
@@ -498,8 +505,23 @@ def column_expr(column: Column, alias: str = "l") -> str:
     return ref
 
 
+# lookups of one query with no hop are not stored: the lookups view reads them from their queries row
+_PLAIN_LOOKUP = {
+    "ts": "q.ts", "end_ts": "coalesce(q.response_ts, q.ts)", "asked_name": "q.qname",
+    "candidates": "json_array(q.qname)", "qtypes": "json_array(q.qtype)",
+    "answered_name": "CASE WHEN q.rcode = 'NOERROR' AND q.ancount > 0 THEN q.qname END", "queries": "q.attempts",
+    "wasted": "0", "tcp": "(' ' || coalesce(q.response_flags, '') || ' ') LIKE '% tc %'",
+    "total_ms": "round((q.response_ts - q.ts) * 1000.0, 3)", "upstream_lookup_id": "NULL",
+    "upstream_server": "NULL", "upstream_latency_ms": "NULL", "forwarded_for": "NULL",
+}
+LOOKUP_TABLE = "lookup_groups"
+
+
 def view_sql() -> List[str]:
-    """The views: ``queries`` (the column contract, over query_log) and ``rollups`` (texts for the ids)."""
+    """The views: ``queries`` (the column contract, over query_log), ``rollups`` (texts for the ids) and
+    ``lookups`` (the stored lookups, and those of one query from their queries row)."""
+    stored = ", ".join(f"g.[{c.name}]" for c in LOOKUPS.columns)
+    plain = ",\n    ".join(f"{_PLAIN_LOOKUP.get(c.name, f'q.[{c.name}]')} AS [{c.name}]" for c in LOOKUPS.columns)
     cols = ",\n    ".join(f"{column_expr(c)} AS [{c.name}]" for c in QUERIES.columns)
     rollup_cols = ",\n    ".join(
         "(SELECT name FROM names WHERE id = r.qname) AS qname" if c.name == "qname" else
@@ -508,6 +530,9 @@ def view_sql() -> List[str]:
     return [
         f"CREATE VIEW IF NOT EXISTS queries AS SELECT\n    {cols}\nFROM {LOG_TABLE} l",
         f"CREATE VIEW IF NOT EXISTS rollups AS SELECT\n    {rollup_cols}\nFROM {ROLLUPS.name} r",
+        f"CREATE VIEW IF NOT EXISTS lookups AS SELECT {stored} FROM {LOOKUP_TABLE} g\nUNION ALL SELECT\n    {plain}\n"
+        f"FROM queries q WHERE q.lookup_id IS NOT NULL AND NOT EXISTS "
+        f"(SELECT 1 FROM {LOOKUP_TABLE} s WHERE s.lookup_id = q.lookup_id)",
     ]
 
 
@@ -515,6 +540,8 @@ def physical(table: Table) -> Tuple[str, List[Column]]:
     """The stored table behind ``table`` and its columns (for queries: query_log)."""
     if table is QUERIES:
         return LOG_TABLE, LOG_COLUMNS
+    if table is LOOKUPS:
+        return LOOKUP_TABLE, list(table.columns)
     return table.name, list(table.columns)
 LOOKUP_COLUMNS: List[str] = [c.name for c in LOOKUPS.columns]
 
@@ -540,7 +567,7 @@ def create_sql(table: Table) -> List[str]:
 def describe() -> List[dict]:
     """Schema as data (for ``dnswatch schema --json``)."""
     return [
-        {"table": t.name, "kind": "view" if t is QUERIES else "table", "doc": t.doc,
+        {"table": t.name, "kind": "view" if t in (QUERIES, LOOKUPS) else "table", "doc": t.doc,
          "columns": [{"name": c.name, "type": c.type, "doc": c.doc} for c in t.columns]}
         for t in TABLES
     ]

@@ -6,6 +6,7 @@ import json
 import socket
 import sqlite3
 import struct
+import time
 from typing import List, Optional
 
 import dnslib
@@ -173,8 +174,8 @@ class Stage:
     def __init__(self):
         self.rows: List[dict] = []
         self.lookups: List[dict] = []
-        self.stage = LookupStage(lambda row: self.rows.append(dict(zip(QUERY_COLUMNS, row))), 1,
-                                 lambda row: self.lookups.append(dict(zip(LOOKUP_COLUMNS, row))))
+        self.stage = LookupStage(lambda row: self.rows.append(dict(zip(QUERY_COLUMNS, row))), 1)
+        self.stage.on_lookup = lambda row: self.lookups.append(dict(zip(LOOKUP_COLUMNS, row)))  # every lookup
         self.c = Correlator(self.stage, 1)
 
     def q(self, ts, payload, sport=40000, proto="udp", src=POD):
@@ -229,3 +230,125 @@ def test_unanswered_candidate_and_bounded_memory():
     s.stage.advance(60.0)
     assert len(s.lookups) == 1 and s.lookups[0]["rcode"] is None and s.lookups[0]["total_ms"] is None
     assert not s.stage._open and not s.stage._by_client and not s.stage._held
+
+
+def test_memory_bounds_end_lookups_early_and_count_it(monkeypatch):
+    import dnswatch.lookups as lk
+
+    monkeypatch.setattr(lk, "MAX_OPEN_BYTES", 3 * (lk.LOOKUP_BYTES + lk.QUERY_BYTES + 40))
+    monkeypatch.setattr(lk, "MAX_HOLD_BYTES", 2 * lk.ROW_BYTES)
+    s = Stage()
+    for i in range(10):  # ten names at once: more open lookups and held rows than the bounds allow
+        s.q(50.0 + i * 0.001, query(100 + i, f"n{i}.example.test"), sport=41000 + i)
+        s.r(50.0005 + i * 0.001, reply(100 + i, f"n{i}.example.test", answer="198.18.5.9"), sport=41000 + i)
+    s.stage.advance(50.02)
+    assert s.stage.bounded["lookups_ended_early"] > 0 and s.stage.bounded["rows_released_early"] > 0
+    assert s.stage._open_bytes <= lk.MAX_OPEN_BYTES and s.stage._held_bytes <= lk.MAX_HOLD_BYTES
+    got = s.done()  # nothing lost: every row and every lookup still comes out
+    assert len(s.rows) == 10 and len(got) == 10 and {r["lookup_id"] for r in s.rows} == {g["lookup_id"] for g in got}
+
+
+def test_live_rows_wait_only_for_a_nat_copy():
+    """Live, a row goes on HOLD_LIVE after it came (wall clock), and the watch loop polls sooner meanwhile."""
+    import dnswatch.lookups as lk
+    from dnswatch.watch import HELD_POLL_MS, POLL_MS, run_watch
+
+    rows = []
+    stage = LookupStage(rows.append, 1, live=True)
+    row = [None] * len(QUERY_COLUMNS)
+    for column, value in (("ts", 100.0), ("response_ts", 100.001), ("src", POD), ("sport", 40000), ("dst", SERVER),
+                          ("proto", "udp"), ("dns_id", 1), ("qname", "a.example.test"), ("qtype", "A"),
+                          ("qtype_num", 1), ("status", "answered"), ("rcode", "NOERROR"), ("ancount", 1),
+                          ("attempts", 1)):
+        row[QUERY_COLUMNS.index(column)] = value
+    stage.take(row)
+    stage.advance(100.001 + lk.HOLD_LIVE / 2)
+    assert rows == [] and stage.holding
+    stage.advance(100.001 + lk.HOLD_LIVE)
+    assert len(rows) == 1 and not stage.holding and lk.HOLD_LIVE <= 0.05
+
+    class Capture:
+        timeouts: List[int] = []
+
+        def poll(self, timeout_ms):
+            self.timeouts.append(timeout_ms)
+            time.sleep(timeout_ms / 1000)
+            return []
+
+        def stats(self):
+            return {}
+
+        def close(self):
+            pass
+
+    class Pipe:
+        lookups = type("Held", (), {"holding": True})()
+
+        def feed_all(self, frames):
+            pass
+
+        def tick(self):
+            pass
+
+        def record_counters(self, status):
+            pass
+
+        def finish(self, status):
+            return status
+
+    capture = Capture()
+    run_watch(capture, Pipe(), duration=0.05)
+    assert HELD_POLL_MS in capture.timeouts and POLL_MS not in capture.timeouts and HELD_POLL_MS < POLL_MS
+
+
+def test_one_query_lookups_are_read_from_their_rows(tmp_path):
+    """A lookup of one query with no hop is not stored: the lookups view gives the same row from the queries row
+    as the stage built (dnsperf: most lookups are one query)."""
+    from dnswatch.pipeline import Pipeline
+    from dnswatch.sources.pcap import read_frames
+    from dnswatch.store import Store
+
+    from conftest import PCAPS
+
+    path = tmp_path / "plain.db"
+    ended = []
+    with Store(str(path)) as store:
+        pipe = Pipeline(store, "pcap", "x", (53,), lookups=True)
+        pipe.lookups.on_lookup = ended.append
+        pipe.feed_all(read_frames(str(PCAPS / "dnsperf_small.pcap")))
+        pipe.finish()
+    conn = sqlite3.connect(path)
+    stored = conn.execute("select count(*) from lookup_groups").fetchone()[0]
+    view = {r[0]: r for r in conn.execute("select * from lookups")}
+    assert len(view) == len(ended) and stored < len(ended) / 2  # most were never written
+    for row in ended:
+        got = view[row[0]]
+        for column, a, b in zip(LOOKUP_COLUMNS, got, row):
+            if isinstance(b, float):
+                assert a == pytest.approx(b, abs=0.002), column
+            else:
+                assert a == b, (column, a, b)
+
+
+def test_a_log_whose_lookups_is_a_table_migrates(tmp_path):
+    """Logs written before the view stored every lookup in a table named lookups: it becomes lookup_groups, and
+    its rows are not seen twice (their queries rows' lookup_id is in it)."""
+    from conftest import PCAPS
+
+    db = tmp_path / "old.db"
+    replay(db, PCAPS / "dnsperf_small.pcap")
+    conn = sqlite3.connect(db)
+    before = conn.execute("select * from lookups order by lookup_id").fetchall()
+    conn.execute("drop view lookups")
+    conn.execute("alter table lookup_groups rename to lookups")
+    conn.execute("delete from lookups")
+    conn.executemany(f"insert into lookups values ({', '.join('?' for _ in LOOKUP_COLUMNS)})", before)  # all stored
+    conn.commit()
+    conn.close()
+    replay(db, PCAPS / "udp_v4_dig.pcap")
+    conn = sqlite3.connect(db)
+    kinds = dict(conn.execute("select name, type from sqlite_master where name in ('lookups', 'lookup_groups')"))
+    assert kinds == {"lookups": "view", "lookup_groups": "table"}
+    first = conn.execute("select * from lookups where capture_id = 1 order by lookup_id").fetchall()
+    assert first == before
+    assert conn.execute("select count(*) from lookups where capture_id = 2").fetchone()[0] > 0

@@ -56,8 +56,7 @@ def test_live_lookups_are_the_logs(capture, tmp_path):
     stats = TopStats()
     with Store(str(path)) as store:
         pipe = Pipeline(store, "pcap", "x", (53,), sinks=(stats.add,), lookups=True)
-        to_store = pipe.lookups.add_lookup
-        pipe.lookups.add_lookup = lambda lookup: (stats.add_lookup(lookup), to_store(lookup))
+        pipe.lookups.on_lookup = stats.add_lookup
         pipe.feed_all(read_frames(str(capture)))
         pipe.finish()
     a = stats.snapshot(by="lookup", limit=0)
