@@ -1,7 +1,7 @@
 """``watch -w FILE.pcapng``: the kept packets, each with its sender as a packet comment.
 
 The comment is ``dnswatch {json}`` (Wireshark shows it under "Packet comments"): pid, tid, thread, comm, uid,
-cgroup_id, netns and, when known, container_id, container, pod, pod_namespace, pod_uid. ``sources/pcap.py``
+cgroup_id, netns and, when known, container_id, container, pod, pod_namespace, pod_uid, pod_via. ``sources/pcap.py``
 reads it back into ``PacketMeta`` (``attribution``), and ``restore_attribution`` puts it in replayed rows.
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dnswatch import __version__
 from dnswatch.correlate import (I_CGROUP, I_COMM, I_CONTAINER, I_CONTAINER_ID, I_NETNS, I_PID, I_POD, I_POD_NS,
                                 I_POD_UID, I_TID, I_UID, Row)
 from dnswatch.model import Frame, Segment
-from dnswatch.schema import QUERY_COLUMNS
+from dnswatch.schema import Q, QUERY_COLUMNS
 
 COMMENT_PREFIX = "dnswatch "
 OPT_COMMENT = 1
@@ -24,7 +24,7 @@ IF_DESCRIPTION = 3
 IF_TSRESOL = 9
 # What a comment restores (besides the PacketMeta fields): filled by the enricher at capture time.
 ATTRIBUTION = (("comm", I_COMM), ("container_id", I_CONTAINER_ID), ("container", I_CONTAINER), ("pod", I_POD),
-               ("pod_namespace", I_POD_NS), ("pod_uid", I_POD_UID))
+               ("pod_namespace", I_POD_NS), ("pod_uid", I_POD_UID), ("pod_via", Q["pod_via"]))
 
 
 def _option(code: int, value: bytes) -> bytes:
@@ -74,7 +74,7 @@ class PcapngWriter:
             row: Row = [None] * len(QUERY_COLUMNS)
             row[I_PID], row[I_TID], row[I_COMM], row[I_UID] = meta.pid, meta.tid, meta.comm, meta.uid
             row[I_CGROUP], row[I_NETNS] = meta.cgroup_id, meta.netns
-            self.enrich(row, None)
+            self.enrich(row, Segment(frame.ts, "", 0, "", 0, "", b"", frame.ifname, meta))  # its meta: the veth's pod
             for name, i in ATTRIBUTION:
                 d[name] = row[i]
         else:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from netlab import Lab, Watch, require_privileges
+from netlab import ROOT, Lab, Watch, require_privileges, sh
 from dnswatch.enrich import cgroup_root
 
 pytestmark = pytest.mark.privileged
@@ -216,7 +216,8 @@ def test_pod_not_picked_up_is_found_through_its_veth(node, tmp_path):
     (softirq: no process). A pod created after watch started is found through the veth it came in on, at once;
     a namespace holding no pod gives no pod, even sending from a pod's address (the link decides)."""
     db = tmp_path / "veth.db"
-    watch = Watch(node.lab, None, db, "--netns", node.node, "--k8s-log-dir", str(node.logs))
+    kept = tmp_path / "veth.pcapng"
+    watch = Watch(node.lab, None, db, "--netns", node.node, "--k8s-log-dir", str(node.logs), "-w", str(kept))
     try:
         router = node.lab.netns("r")
         link = node.lab.link(node.node, router, 30)
@@ -241,3 +242,9 @@ def test_pod_not_picked_up_is_found_through_its_veth(node, tmp_path):
     assert (r["pod"], r["container_id"], r["pod_via"], r["src"]) == (None, None, None, link["b4"])
     (r,) = rows(db, "qname = 'spoofed.example.test'")
     assert (r["pod"], r["container_id"], r["pod_via"], r["src"]) == (None, None, None, new["ip"])
+    # the kept packets say so too: replay gives the same pods
+    replayed = tmp_path / "replayed.db"
+    sh(sys.executable, "-m", "dnswatch", "replay", str(kept), "--db", str(replayed), "--no-progress", cwd=str(ROOT))
+    got = {r["qname"]: (r["pod"], r["pod_uid"], r["pod_via"]) for r in rows(replayed, "1")}
+    assert got == {"www.example.test": (new["name"], new["uid"], "veth"), "nopod.example.test": (None, None, None),
+                   "spoofed.example.test": (None, None, None)}
