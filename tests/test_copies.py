@@ -65,14 +65,15 @@ def kernel():
     require_privileges()
     from dnswatch.sources.live import load_filter
 
-    f = load_filter((53,), True, loopback_dedup=False)  # test runs happen on lo: rule 5 would drop them all
-    seen = []
-    from dnswatch.sources.live import parse_event
-
-    f.open_events(lambda cpu, a, n: seen.append(parse_event(a, n)[0][8]), lambda n: None, page_cnt=16)
-    f.seen = seen
+    f = load_filter((53,), True, loopback_dedup=False, page_cnt=16)  # test runs on lo: rule 5 would drop them all
+    f.open_events()
     yield f
     f.close()
+
+
+def _points(f) -> list:
+    """The capture points (netns tags) of the records the ring holds."""
+    return [meta[8] for meta, _packet in f.read()]
 
 
 def _run(f, *sightings) -> list:
@@ -83,9 +84,7 @@ def _run(f, *sightings) -> list:
     before = f.counters()["kernel_copies"]
     for frame, point in sightings:
         prog_test_run(f.prog_fd, frame, cb0=point)
-    f.consume()
-    out, f.seen[:] = list(f.seen), []
-    return out, f.counters()["kernel_copies"] - before
+    return _points(f), f.counters()["kernel_copies"] - before
 
 
 def test_a_copy_at_another_point_is_dropped_once_counted(kernel):
@@ -126,19 +125,17 @@ def test_tcp_and_fragments_go_up_to_user_space(kernel):
 def test_a_sighting_after_the_window_goes_up():
     require_privileges()
     from dnswatch.sources.bpf_testrun import prog_test_run
-    from dnswatch.sources.live import load_filter, parse_event
+    from dnswatch.sources.live import load_filter
 
-    f = load_filter((53,), False, loopback_dedup=False, copy_window_ns=2_000_000)
+    f = load_filter((53,), False, loopback_dedup=False, copy_window_ns=2_000_000, page_cnt=16)
     try:
-        seen = []
-        f.open_events(lambda cpu, a, n: seen.append(parse_event(a, n)[0][8]), lambda n: None, page_cnt=16)
+        f.open_events()
         q = _frame(sport=41006)
         prog_test_run(f.prog_fd, q, cb0=1)
         prog_test_run(f.prog_fd, q, cb0=2)
         time.sleep(0.02)
         prog_test_run(f.prog_fd, q, cb0=2)
-        f.consume()
-        assert seen == [1, 2] and f.counters()["kernel_copies"] == 1
+        assert _points(f) == [1, 2] and f.counters()["kernel_copies"] == 1
     finally:
         f.close()
 
