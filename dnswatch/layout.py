@@ -167,7 +167,7 @@ class LogWriter:
         self._sets = _Ids(self._find_set, CACHE_ENTRIES // 4)
         self._templates = _Ids(self._template)  # template key -> its number: index in _template_info (never None)
         self._template_info: List[_Template] = []
-        self._template_ids: List[tuple] = []  # _template_info[t].ids
+        self._template_ids: List[tuple] = []  # template t's ids, as its rows' query_log tuples end
         self._template_bytes = 0  # of the answers in their keys
         self._pairs: set = set()  # (answer set, name) pairs already in answer_items
         self._shape_dims: Dict[int, tuple] = {}

@@ -1,7 +1,8 @@
 """The SQLite log: creation from ``schema``, batched writes, read-only access for queries.
 
-Crash safety: the database is in WAL mode and every batch is one transaction, so a ``kill -9`` loses at
-most the batch in flight and leaves a file that passes ``PRAGMA integrity_check``. Readers open the file
+Crash safety: the database is in WAL mode and every batch is one transaction (the batches waiting for a bulk
+load's writer process, when it falls behind, are one), so a ``kill -9`` loses at most the batch in flight and
+leaves a file that passes ``PRAGMA integrity_check``. Readers open the file
 read-only and wait (busy timeout) instead of failing while a writer commits.
 
 Bulk loads (``Store(..., bulk=True)``, used by replay) write from a child process: binding and inserting
