@@ -60,17 +60,32 @@ def _frame6(sport=40000, payload=None) -> bytes:
     return b"\x02\0\0\0\0\x02\x02\0\0\0\0\x01\x86\xdd" + ip + l4
 
 
+def _points(f):
+    """A function returning the capture points (netns tags) of what the filter sent up since it was last called
+    (records read from the ring buffer, or perf events through a callback)."""
+    if hasattr(f, "read"):
+        f.open_events()
+        return lambda: [meta[8] for meta, _ in f.read()]
+    from dnswatch.sources.live import parse_event
+
+    seen = []
+    f.open_events(lambda cpu, a, n: seen.append(parse_event(a, n)[0][8]), lambda n: None, page_cnt=16)
+
+    def drain():
+        f.consume()
+        out = list(seen)
+        seen.clear()
+        return out
+    return drain
+
+
 @pytest.fixture(scope="module")
 def kernel():
     require_privileges()
     from dnswatch.sources.live import load_filter
 
     f = load_filter((53,), True, loopback_dedup=False)  # test runs happen on lo: rule 5 would drop them all
-    seen = []
-    from dnswatch.sources.live import parse_event
-
-    f.open_events(lambda cpu, a, n: seen.append(parse_event(a, n)[0][8]), lambda n: None, page_cnt=16)
-    f.seen = seen
+    f.points = _points(f)
     yield f
     f.close()
 
@@ -83,9 +98,7 @@ def _run(f, *sightings) -> list:
     before = f.counters()["kernel_copies"]
     for frame, point in sightings:
         prog_test_run(f.prog_fd, frame, cb0=point)
-    f.consume()
-    out, f.seen[:] = list(f.seen), []
-    return out, f.counters()["kernel_copies"] - before
+    return f.points(), f.counters()["kernel_copies"] - before
 
 
 def test_a_copy_at_another_point_is_dropped_once_counted(kernel):
@@ -136,19 +149,17 @@ def test_tcp_and_fragments_go_up_to_user_space(kernel):
 def test_a_sighting_after_the_window_goes_up():
     require_privileges()
     from dnswatch.sources.bpf_testrun import prog_test_run
-    from dnswatch.sources.live import load_filter, parse_event
+    from dnswatch.sources.live import load_filter
 
     f = load_filter((53,), False, loopback_dedup=False, copy_window_ns=2_000_000)
     try:
-        seen = []
-        f.open_events(lambda cpu, a, n: seen.append(parse_event(a, n)[0][8]), lambda n: None, page_cnt=16)
+        points = _points(f)
         q = _frame(sport=41006)
         prog_test_run(f.prog_fd, q, cb0=1)
         prog_test_run(f.prog_fd, q, cb0=2)
         time.sleep(0.02)
         prog_test_run(f.prog_fd, q, cb0=2)
-        f.consume()
-        assert seen == [1, 2] and f.counters()["kernel_copies"] == 1
+        assert points() == [1, 2] and f.counters()["kernel_copies"] == 1
     finally:
         f.close()
 
