@@ -291,8 +291,8 @@ static __always_inline int tcp_too_many_questions(struct pkt *p, struct l4 *t, i
  * question. NAT rewrites an address: a new packet, kept (lookups.py pairs it with the client's as nat_dst).
  * UDP, unfragmented only: TCP segments and fragments go up, user space recognises their copies. A copy of a
  * packet the buffer had no room for is dropped too (the loss is counted once, on the first); so is a copy of
- * a packet rule 3 skips (CNT_SKIP_*, counted once: count_skip). Bounded: an
- * LRU of COPY_ENTRIES; an entry evicted early only lets a copy through to user space, which drops it. */
+ * a packet rule 3 skips (CNT_SKIP_*, counted once: count_skip). Bounded: an LRU of COPY_ENTRIES; an
+ * entry evicted early only lets a copy through to user space, which recognises it. */
 #ifndef COPY_WINDOW_NS
 #define COPY_WINDOW_NS 50000000   /* correlate.COPY_WINDOW; 0: rule 6 off */
 #endif
