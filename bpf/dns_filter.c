@@ -188,6 +188,8 @@ struct pkt {
     u32 start;   /* BPF_HDR_START_NET or BPF_HDR_START_MAC */
     u32 sp;      /* skb->protocol, host order (read once: the verifier rejects ctx loads
                     through a pointer clang has offset) */
+    u32 l3off;   /* the IP header, from start (for rule 6) */
+    u32 v6;
 };
 
 /* Read len bytes at off from p->start; 0 on success. */
@@ -326,8 +328,9 @@ static __always_inline int tcp_too_many_questions(struct pkt *p, struct l4 *t, i
  * "The same packet": addresses, UDP header (ports, length, checksum), DNS header and the start of the
  * question. NAT rewrites an address: a new packet, kept (lookups.py pairs it with the client's as nat_dst).
  * UDP, unfragmented only: TCP segments and fragments go up, user space recognises their copies. A copy of a
- * packet the buffer had no room for is dropped too (the loss is counted once, on the first). Bounded: an
- * LRU of COPY_ENTRIES; an entry evicted early only lets a copy through to user space, which drops it. */
+ * packet the buffer had no room for is dropped too (the loss is counted once, on the first); so is a copy of
+ * a packet rule 3 skips (CNT_SKIP_*, counted once: count_skip). Bounded: an LRU of COPY_ENTRIES; an
+ * entry evicted early only lets a copy through to user space, which recognises it. */
 #ifndef COPY_WINDOW_NS
 #define COPY_WINDOW_NS 50000000   /* correlate.COPY_WINDOW; 0: rule 6 off */
 #endif
@@ -350,19 +353,20 @@ struct copy_seen {
 
 BPF_TABLE("lru_hash", struct copy_key, struct copy_seen, copies, COPY_ENTRIES);
 
-/* 1 if this kept packet is a copy of one kept at another capture point (drop it), else 0 (remembered). */
-static __always_inline int copy_elsewhere(struct __sk_buff *skb, struct pkt *p, u32 l3off, int v6, struct l4 *t)
+/* 1 if this DNS-port packet is a copy of one seen at another capture point (drop it), else 0 (remembered). */
+static __always_inline int copy_elsewhere(struct pkt *p, struct l4 *t)
 {
     if (!COPY_WINDOW_NS || t->proto != IPPROTO_UDP_ || t->frag != FRAG_NONE)
         return 0;
     struct copy_key k = {};
-    if (v6 ? ld(p, l3off + 8, k.addrs, 32) : ld(p, l3off + 12, k.addrs, 8))
+    if (p->v6 ? ld(p, p->l3off + 8, k.addrs, 32) : ld(p, p->l3off + 12, k.addrs, 8))
         return 0;
-    u32 n = t->len < COPY_HEAD ? t->len : COPY_HEAD;   /* >= 20: keep_transport saw both headers */
+    u32 n = t->len < COPY_HEAD ? t->len : COPY_HEAD;   /* >= 8: keep_transport saw the UDP header */
     if (n < 1 || ld(p, t->off, k.head, n))
         return 0;
     k.len = t->len;
-    k.family = v6 ? 6 : 4;
+    k.family = p->v6 ? 6 : 4;
+    struct __sk_buff *skb = p->skb;
     u64 now = bpf_ktime_get_ns();
     u64 point = ((u64)skb->cb[0] << 32) | ((u64)skb->ifindex << 3) | (skb->pkt_type & 7);
     struct copy_seen *seen = copies.lookup(&k);
@@ -373,6 +377,13 @@ static __always_inline int copy_elsewhere(struct __sk_buff *skb, struct pkt *p, 
     struct copy_seen v = {.ktime_ns = now, .point = point};
     copies.update(&k, &v);
     return 0;
+}
+
+/* A DNS-port packet the rule drops (CNT_SKIP_*) is a loss counted once, not again at each point it is seen at. */
+static __always_inline void count_skip(struct pkt *p, struct l4 *t, u32 idx)
+{
+    if (!copy_elsewhere(p, t))
+        count(idx);
 }
 
 /* Rules 3 and 4 on the transport header. Lengths are what the IP header declares for this
@@ -387,13 +398,13 @@ static __always_inline int keep_transport(struct pkt *p, struct l4 *t)
         if (!port_in(be16(ports)) && !port_in(be16(ports + 2)))
             return 0;
         if (t->len < 8 + (int)sizeof(dns)) {
-            count(CNT_SKIP_SHORT);
+            count_skip(p, t, CNT_SKIP_SHORT);
             return 0;
         }
         if (ld(p, t->off + 8, &dns, sizeof(dns)))
             return 0;
         if (bpf_ntohs(dns.qdcount) > 16) {
-            count(CNT_SKIP_QDCOUNT);
+            count_skip(p, t, CNT_SKIP_QDCOUNT);
             return 0;
         }
         t->resp = dns.flags.qr;
@@ -455,6 +466,8 @@ static __always_inline int dns_verdict(struct __sk_buff *skb, struct parsed *out
             return 0;   /* more than MAX_VLAN_TAGS */
     }
 
+    p.l3off = off;
+    p.v6 = proto == ETH_P_IPV6_;
     struct l4 t = {};
     struct frag_key k = {};
     if (proto == ETH_P_IPV4) {
@@ -474,7 +487,7 @@ static __always_inline int dns_verdict(struct __sk_buff *skb, struct parsed *out
     }
     if (!keep_transport(&p, &t))
         return 0;
-    if (copy_elsewhere(skb, &p, off, proto == ETH_P_IPV6_, &t))
+    if (copy_elsewhere(&p, &t))
         return 0;   /* rule 6 */
     u8 kind = 1 + t.resp;
     if (t.frag == FRAG_FIRST) {

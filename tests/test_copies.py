@@ -97,6 +97,16 @@ def test_a_copy_at_another_point_is_dropped_once_counted(kernel):
     assert _run(kernel, (_frame6(sport=41001, payload=_query(0x4343)), 2)) == ([2], 0)
 
 
+def test_a_skipped_packet_is_counted_once(kernel):
+    before = kernel.counters()
+    short = _frame(sport=41007, payload=_query()[:10])
+    many = _frame(sport=41007, payload=struct.pack("!HHHHHH", 0x4242, 0x0100, 17, 0, 0, 0) + QUESTION * 17)
+    assert _run(kernel, (short, 1), (short, 2), (many, 1), (many, 2), (many, 1)) == ([], 2)
+    after = kernel.counters()
+    assert after["kernel_skip_short"] - before["kernel_skip_short"] == 1
+    assert after["kernel_skip_qdcount"] - before["kernel_skip_qdcount"] == 2  # the last one again at its point
+
+
 def test_the_same_bytes_at_the_same_point_are_a_retry(kernel):
     q = _frame(sport=41002)
     # dnsperf reusing an id at once, or a client retrying: every attempt goes up; each attempt's copy does not
