@@ -340,7 +340,17 @@ class LookupStage:
             if last[6] and row[I_PROTO] == "tcp" and last[8] != "tcp":
                 return True
             return last[2] in _RETRY_RCODES and row[I_STATUS] != "query_only"
-        # (b) the next search-path candidate: every earlier one came back empty, this one sent after that
+        # (b) the next search-path candidate: sharing the leading labels (a non-empty first one: _add works out
+        # how many; the cheapest test, first), sent after every earlier one came back empty
+        prefix = lookup.prefix
+        if prefix is None:  # kept: the labels of its one candidate so far (those of every candidate after)
+            prefix = lookup.prefix = _labels(rows[0][10])
+        head = prefix[0]
+        n = len(head)
+        if not (n > 0 and lower.startswith(head) and (len(lower) == n or lower[n] == ".")):
+            return False
+        if lookup.last_response is not None and ts < lookup.last_response - 0.001:
+            return False
         for r in rows:
             if r[2] is None and r[5] is None and row[I_STATUS] != "query_only":
                 return False  # still waiting for an earlier candidate: not a sequential search
@@ -348,15 +358,7 @@ class LookupStage:
                 return False
             if r[2] == "NOERROR" and r[3]:
                 return False  # answered: the lookup is done
-        if lookup.last_response is not None and ts < lookup.last_response - 0.001:
-            return False
-        prefix = lookup.prefix
-        if prefix is None:  # kept: the labels of its one candidate so far (those of every candidate after)
-            prefix = lookup.prefix = _labels(rows[0][10])
-        # sharing leading labels (a non-empty first one) is all it takes: _add works out how many
-        head = prefix[0]
-        n = len(head)
-        return n > 0 and lower.startswith(head) and (len(lower) == n or lower[n] == ".")
+        return True
 
     def _add(self, lookup: _Lookup, row: Row, lower: str) -> None:
         """``row`` joins ``lookup`` (its second query or later)."""
