@@ -859,10 +859,12 @@ def _terminal_width(stream) -> Optional[int]:
               metavar="N", help="At most N label sets (pod/container or process) in the metrics; the rest are "
                                 "counted under 'other'.")
 @click.option("--metrics-server-label", is_flag=True, help="Add the resolver's address as a 'server' label.")
-@click.option("--lookups/--no-lookups", "with_lookups", default=True, show_default=True,
+@click.option("--lookups/--no-lookups", "with_lookups", default=None,
               help="Group queries into lookups (resolver calls: search-path candidates, A/AAAA, retries, NAT copies, "
-                   "upstream hops): queries.lookup_id and the lookups table. --no-lookups leaves lookup_id and "
-                   "nat_dst empty, stores DNAT copies twice, and saves its cost (see README, Lookups).")
+                   "upstream hops): queries.lookup_id and the lookups table. Default: on with --responses; without "
+                   "them a lookup has no rcodes (nothing to count as wasted) and at 40k queries/s the stage still "
+                   "costs too much, so --lookups turns it on there. --no-lookups leaves lookup_id and nat_dst "
+                   "empty and stores DNAT copies twice (see README, Lookups).")
 @click.option("--wide", is_flag=True, help="Whole lines, never truncated to the terminal's width.")
 @click.option("--duration", type=SECONDS, metavar="SECONDS", help="Stop after this many seconds.")
 @click.option("--count", "-c", type=COUNT, metavar="N", help="Stop after N queries shown.")
@@ -986,7 +988,8 @@ def watch(interfaces, ports, netns_specs, all_netns, host_only, timeout, k8s_log
                                  "all_netns": live.all_netns, "write": write_path},
                         on_query=lambda row: show("Q", row),
                         on_response=(lambda row: show("R", row)) if responses else None,
-                        enrich=enricher, expect_responses=responses, sinks=sinks, lookups=with_lookups)
+                        enrich=enricher, expect_responses=responses, sinks=sinks,
+                        lookups=responses if with_lookups is None else with_lookups)
     if pipeline.lookups is not None:
         pipeline.lookups.server_pod_of = enricher.server_pod
     where = f", logging to {safe_text(store.path)}" if store else ", storing nothing (--no-db)"

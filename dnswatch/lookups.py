@@ -340,7 +340,17 @@ class LookupStage:
             if last[6] and row[I_PROTO] == "tcp" and last[8] != "tcp":
                 return True
             return last[2] in _RETRY_RCODES and row[I_STATUS] != "query_only"
-        # (b) the next search-path candidate: every earlier one came back empty, this one sent after that
+        # (b) the next search-path candidate: sharing the leading labels (a non-empty first one: _add works out
+        # how many; the cheapest test, first), sent after every earlier one came back empty
+        prefix = lookup.prefix
+        if prefix is None:  # kept: the labels of its one candidate so far (those of every candidate after)
+            prefix = lookup.prefix = _labels(rows[0][10])
+        head = prefix[0]
+        n = len(head)
+        if not (n > 0 and lower.startswith(head) and (len(lower) == n or lower[n] == ".")):
+            return False
+        if lookup.last_response is not None and ts < lookup.last_response - 0.001:
+            return False
         for r in rows:
             if r[2] is None and r[5] is None and row[I_STATUS] != "query_only":
                 return False  # still waiting for an earlier candidate: not a sequential search
@@ -348,15 +358,7 @@ class LookupStage:
                 return False
             if r[2] == "NOERROR" and r[3]:
                 return False  # answered: the lookup is done
-        if lookup.last_response is not None and ts < lookup.last_response - 0.001:
-            return False
-        prefix = lookup.prefix
-        if prefix is None:  # kept: the labels of its one candidate so far (those of every candidate after)
-            prefix = lookup.prefix = _labels(rows[0][10])
-        # sharing leading labels (a non-empty first one) is all it takes: _add works out how many
-        head = prefix[0]
-        n = len(head)
-        return n > 0 and lower.startswith(head) and (len(lower) == n or lower[n] == ".")
+        return True
 
     def _add(self, lookup: _Lookup, row: Row, lower: str) -> None:
         """``row`` joins ``lookup`` (its second query or later)."""
@@ -535,11 +537,20 @@ def lookup_row(lookup: _Lookup, capture_id: Optional[int]) -> list:
                     break
     if rcode is None:  # only a truncated answer came back
         rcode = next((r[2] for r in rows if r[1] == final and r[2] is not None), None)
-    queries = sum(r[4] for r in rows)
-    wasted = sum(r[4] for r in rows if r[1] != final and (r[2] == "NXDOMAIN" or (r[2] == "NOERROR" and not r[3])))
-    responses = [r[5] for r in rows if r[5] is not None]
-    end = max(responses) if responses else max(r[0] for r in rows)
-    total = round((end - lookup.ts) * 1000.0, 3) if responses else None
+    queries = wasted = tcp = 0
+    end = None  # the last response
+    for r in rows:
+        attempts, rc, rts = r[4], r[2], r[5]
+        queries += attempts
+        if r[1] != final and (rc == "NXDOMAIN" or (rc == "NOERROR" and not r[3])):
+            wasted += attempts
+        if rts is not None and (end is None or rts > end):
+            end = rts
+        if r[6]:
+            tcp = 1
+    total = round((end - lookup.ts) * 1000.0, 3) if end is not None else None
+    if end is None:
+        end = rows[-1][0]  # no response: the last query (rows are in time order)
     if len(candidates) > 1 and lookup.prefix:
         n = len(lookup.prefix)
         asked = ".".join(candidates[0].split(".")[:n])
@@ -552,7 +563,7 @@ def lookup_row(lookup: _Lookup, capture_id: Optional[int]) -> list:
     return [
         lookup.id, capture_id, lookup.ts, end, src, dst, lookup.nat_dst, pid, comm, exe, netns, pod, pod_ns,
         container, server_pod[0], server_pod[1], asked, _json_names(candidates), _json_types(qtypes), answered_name,
-        rcode, queries, wasted, int(any(r[6] for r in rows)), total, upstream[0], upstream[1], upstream[2],
+        rcode, queries, wasted, tcp, total, upstream[0], upstream[1], upstream[2],
         lookup.forwarded_for,
     ]
 
