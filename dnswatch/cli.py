@@ -13,7 +13,8 @@ import click
 
 from dnswatch import __version__
 from dnswatch.correlate import DEFAULT_TIMEOUT
-from dnswatch.output import EventFormatter, NeverWaitingOutput, colour_enabled, safe_message, safe_text, write_rows
+from dnswatch.output import (ClosableOutput, EventFormatter, NeverWaitingOutput, colour_enabled, safe_message, safe_text,
+                              write_rows)
 from dnswatch.pcapng import restore_attribution
 from dnswatch.probe import dns_on_other_ports, file_fingerprint
 from dnswatch.pipeline import Pipeline, Summary
@@ -21,7 +22,7 @@ from dnswatch.schema import LOG_TABLE, TABLES, describe
 from dnswatch.search import (DEFAULT_COLUMNS, SORT_HELP, SORTS, SearchError, SearchFilters, build_passive,
                              check_mnemonics, check_window, known_qtypes, parse_time, register_functions, run_search)
 from dnswatch.sources.pcap import CaptureFormatError, PcapReader, file_size
-from dnswatch.stop import StopSignals
+from dnswatch.stop import OUTPUT_CLOSED, StopSignals
 from dnswatch.store import Store, StoreError, default_db_path, open_readonly
 from dnswatch.top import GROUPS
 from dnswatch.top import SORTS as SORTS_TOP
@@ -949,8 +950,9 @@ def watch(interfaces, ports, netns_specs, all_netns, host_only, timeout, k8s_log
             metrics.close()
         raise
     shown = {"n": 0}
-    out = sys.stdout
-    formatter = EventFormatter(width=None if wide else _terminal_width(out), colour=colour_enabled(out),
+    stop = StopSignals()
+    out = ClosableOutput(sys.stdout, lambda: stop.request(OUTPUT_CLOSED))  # `watch | head` ends like --count
+    formatter = EventFormatter(width=None if wide else _terminal_width(sys.stdout), colour=colour_enabled(sys.stdout),
                                where=live.label if live.all_netns else None, timeout=timeout)
 
     def show(kind: str, row) -> None:
@@ -975,7 +977,7 @@ def watch(interfaces, ports, netns_specs, all_netns, host_only, timeout, k8s_log
         sinks.append(metrics.sink)
     if as_json:  # -q too: it silences the text lines and notes, not the JSON a pipe asked for
         sinks.append(JsonLinesSink(out, json_format or "native", row_filter=row_filter if row_filter.active else None))
-    stop = StopSignals().__enter__()  # from here on Ctrl-C, SIGTERM and SIGHUP end the capture cleanly
+    stop.__enter__()  # from here on Ctrl-C, SIGTERM and SIGHUP end the capture cleanly
     pipeline = Pipeline(store, "live", capture.describe(), ports, timeout,
                         options={"interfaces": list(interfaces), "responses": responses, "netns": list(netns_specs),
                                  "all_netns": live.all_netns, "write": write_path},

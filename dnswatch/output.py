@@ -15,7 +15,7 @@ import os
 import re
 import time
 import unicodedata
-from typing import IO, Any, Dict, Iterable, List, Optional, Sequence
+from typing import IO, Any, Callable, Dict, Iterable, List, Optional, Sequence
 
 from tabulate import tabulate
 
@@ -292,6 +292,48 @@ def event_line(kind: str, row: Dict[str, Any]) -> str:
 
 PIPE_CHUNK = 4096  # PIPE_BUF: a write this small into a pipe that polls writable does not block
 SPOOL_IN_MEMORY = 8 << 20
+
+
+class ClosableOutput:
+    """A stream whose reader may go away (``watch | head``): the first write or flush that finds the pipe closed
+    calls ``on_closed`` (the caller stops as at the end of its input) and every later one is dropped. The file
+    descriptor then points at /dev/null, so the interpreter's own flush at exit cannot fail either."""
+
+    def __init__(self, stream: IO[str], on_closed: Callable[[], None]):
+        self.stream = stream
+        self.on_closed = on_closed
+        self.closed_by_reader = False
+
+    def write(self, text: str) -> int:
+        if not self.closed_by_reader:
+            try:
+                self.stream.write(text)
+            except BrokenPipeError:
+                self._reader_gone()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.closed_by_reader:
+            try:
+                self.stream.flush()
+            except BrokenPipeError:
+                self._reader_gone()
+
+    def _reader_gone(self) -> None:
+        self.closed_by_reader = True
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self.stream.fileno())
+            os.close(devnull)
+        except (AttributeError, OSError, ValueError):  # not a file descriptor (tests): nothing buffered there
+            pass
+        self.on_closed()
+
+    def isatty(self) -> bool:
+        return self.stream.isatty()
+
+    def fileno(self) -> int:
+        return self.stream.fileno()
 
 
 class NeverWaitingOutput:

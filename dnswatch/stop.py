@@ -11,6 +11,7 @@ import signal
 import threading
 from typing import Callable, Dict, List, Optional
 
+OUTPUT_CLOSED = "output closed"  # StopSignals.request's reason when the reader of our output went away
 STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
 
 
@@ -23,6 +24,7 @@ class StopSignals:
 
     def __init__(self) -> None:
         self.signum: Optional[int] = None
+        self.reason: Optional[str] = None  # a stop asked for without a signal (request)
         self._old: Dict[int, object] = {}
         self._on_stop: List[Callable[[], None]] = []
 
@@ -30,19 +32,26 @@ class StopSignals:
         """Run ``action`` in the handler of the first signal (at once if one came already): for work that
         cannot wait for the loop to look at the flag, like closing the tap while a perf read is running."""
         self._on_stop.append(action)
-        if self.signum is not None:
+        if self.requested:
             action()
+
+    def request(self, reason: str) -> None:
+        """Stop as a signal would, for a reason of the program's own (the reader of our output went away)."""
+        if not self.requested:
+            self.reason = reason
+            for action in self._on_stop:
+                action()
 
     @property
     def requested(self) -> bool:
-        return self.signum is not None
+        return self.signum is not None or self.reason is not None
 
     @property
     def name(self) -> str:
-        return signal.Signals(self.signum).name if self.signum is not None else ""
+        return signal.Signals(self.signum).name if self.signum is not None else (self.reason or "")
 
     def _handle(self, signum: int, _frame) -> None:
-        if self.signum is None:
+        if not self.requested:
             self.signum = signum
             for action in self._on_stop:
                 action()

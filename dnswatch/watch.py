@@ -14,7 +14,7 @@ from dnswatch import netns
 from dnswatch.correlate import I_COMM, I_CONTAINER, I_CONTAINER_ID, I_PID, I_POD, I_POD_NS, I_QNAME, I_QTYPE, Row
 from dnswatch.pipeline import Pipeline, Summary
 from dnswatch.schema import QUERY_COLUMNS
-from dnswatch.stop import StopSignals
+from dnswatch.stop import OUTPUT_CLOSED, StopSignals
 
 POLL_MS = 100
 HOUSEKEEPING_INTERVAL = 0.1
@@ -157,8 +157,8 @@ def run_watch(
                     break
                 if count is not None and shown() >= count:
                     break
-            if stop.requested:
-                status = "interrupted"
+            if stop.requested:  # by a signal; the reader of our output going away ends it like --count
+                status = "complete" if stop.reason == OUTPUT_CLOSED else "interrupted"
         except KeyboardInterrupt:  # from a SIGINT handler of the caller's (outside the main thread)
             status = "interrupted"
         except BaseException as exc:

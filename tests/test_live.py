@@ -176,6 +176,37 @@ def test_clean_stop_loses_nothing(lab, tmp_path):
     assert "300 queries" in "".join(watch.stderr)
 
 
+def test_reader_going_away_ends_watch_cleanly(lab, tmp_path):
+    """`watch | head -n 2`: once head has its lines and exits, watch ends as with --count (status complete, the
+    summary printed, exit 0), with no traceback."""
+    db = tmp_path / "head.db"
+    err = tmp_path / "watch.err"
+    cmd = (f"set -o pipefail; {sys.executable} -m dnswatch watch --host-only --db {db} 2>{err} | head -n 2; "
+           "echo rc=$?")
+    shell = lab.spawn(lab.client, "bash", "-c", cmd, stdout=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while "Ctrl-C to end" not in (err.read_text() if err.exists() else "") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        sender = ("import socket, struct, time\n"
+                  "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+                  "for i in range(200):\n"
+                  "    q = struct.pack('!HHHHHH', i, 0x0100, 1, 0, 0, 0) + b'\\x04head\\x07example\\x04test\\x00\\x00\\x01\\x00\\x01'\n"
+                  "    s.sendto(q, ('198.18.1.1', 53))\n"
+                  "    time.sleep(0.01)\n")
+        lab.run(lab.client, sys.executable, "-c", sender, timeout=30)
+        out, _ = shell.communicate(timeout=30)
+    finally:
+        if shell.poll() is None:
+            shell.kill()
+    lines = out.splitlines()
+    assert len(lines) == 3 and lines[-1] == "rc=0", out + err.read_text()
+    assert all("head.example.test" in line for line in lines[:2])
+    stderr = err.read_text()
+    assert "Traceback" not in stderr and "queries shown" in stderr, stderr
+    assert capture_row(db)["status"] == "complete"
+
+
 def test_forwarded_queries_carry_no_process(tmp_path):
     """A query routed through a namespace leaves it as 'outgoing' too, but in softirq: the task the kernel
     sees then is not the sender, so no process may be recorded for it."""

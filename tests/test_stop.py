@@ -284,3 +284,24 @@ def test_watch_prints_its_summary_however_it_ends(tmp_path, monkeypatch, how):
     else:
         assert isinstance(result.exception, RuntimeError)
         assert (cap["status"], rows) == ("failed", 55)
+
+
+def test_closable_output_stops_once_when_the_reader_goes(tmp_path):
+    """`watch | head`: the first write to a closed pipe asks for a stop; later writes are dropped quietly."""
+    import os
+
+    from dnswatch.output import ClosableOutput
+    from dnswatch.stop import OUTPUT_CLOSED, StopSignals
+
+    read_end, write_end = os.pipe()
+    stream = os.fdopen(write_end, "w")
+    stop = StopSignals()
+    out = ClosableOutput(stream, lambda: stop.request(OUTPUT_CLOSED))
+    out.write("first\n")
+    out.flush()
+    os.close(read_end)
+    for _ in range(3):
+        out.write("more\n")
+        out.flush()
+    assert out.closed_by_reader and stop.requested and stop.name == OUTPUT_CLOSED
+    stream.close()  # its fd now points at /dev/null: closing flushes nothing into a dead pipe
