@@ -1,5 +1,5 @@
 """Live capture: the eBPF socket filter in ``bpf/dns_filter.c`` keeps DNS packets in the kernel and
-hands each one to user space in a single perf event with what the kernel knew about it.
+hands each one to user space in a single ring buffer record with what the kernel knew about it.
 
 This is the only module that imports bcc, and only inside functions: everything else in dnswatch
 works without it.
@@ -90,7 +90,7 @@ _FIX_BCC = (
 )
 _FIX_PRIV = "run as root, or grant CAP_BPF, CAP_NET_RAW and CAP_PERFMON (e.g. setcap or a privileged container)"
 
-# the kernel's counters, in dns_filter.c's CNT_* order. emit_failures: events the perf buffer had no room for
+# the kernel's counters, in dns_filter.c's CNT_* order. emit_failures: records the ring buffer had no room for
 # (the loss); skip_*: DNS-port packets the keep rule drops, by reason.
 _COUNTERS = ("kernel_seen", "kernel_kept", "emit_failures", "kernel_slow_loads", "kernel_skip_short",
              "kernel_skip_qdcount", "emit_failures_responses")
@@ -638,14 +638,14 @@ class LiveCapture:
     def detach(self) -> None:
         """Stop taking packets, at once: every socket is re-bound to protocol 0, so the kernel delivers it nothing
         more (the sockets stay open for interface lookups). Safe to call from a signal handler, also while a
-        perf read is running: under a flood faster than we read, that read only ends once nothing new comes."""
+        ring read is running (a read is bounded by what the ring held when it began)."""
         for taps in list(self._taps.values()):
             for s in list(taps.sockets):
                 sll = _SockaddrLL(family=socket.AF_PACKET, protocol=0, ifindex=0)
                 _libc.bind(s.fileno(), ctypes.byref(sll), ctypes.sizeof(sll))
 
     def stop(self) -> List[Frame]:
-        """End of capture: detach first, so nothing new enters the perf buffers, then return every event the
+        """End of capture: detach first, so nothing new enters the ring, then return every record the
         kernel had already kept (the caller stores them; :meth:`close` then unloads the filter)."""
         if self.filter is None:
             return []
