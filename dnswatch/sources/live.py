@@ -10,6 +10,7 @@ import bisect
 import contextlib
 import ctypes
 import fcntl
+import gc
 import mmap
 import os
 import select
@@ -707,7 +708,13 @@ class LiveCapture:
 
     def _release(self, records: List[Tuple[tuple, bytes]], mark: Optional[int]) -> List[Frame]:
         held = self._held
-        new, ordered = self._frames(records, held[-1].meta.ktime_ns if held else 0)
+        collecting = gc.isenabled()
+        gc.disable()  # as Pipeline.feed_all: two tuples per record and no cycles, so no rescans while they are made
+        try:
+            new, ordered = self._frames(records, held[-1].meta.ktime_ns if held else 0)
+        finally:
+            if collecting:
+                gc.enable()
         if held:
             new = held + new
         if not new:
