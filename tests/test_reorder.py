@@ -16,10 +16,12 @@ def frame(kt: int, size: int = 80) -> Frame:
     return Frame(kt * 1e-9, LINKTYPE_ETHERNET, b"x" * size, None, PacketMeta(kt, 2, 0))
 
 
-def record(f: Frame) -> Tuple[tuple, bytes]:
-    """The ring record a frame came from (live.EVENT_META fields, packet bytes)."""
+def record(f: Frame, unpack=live.EVENT_META.unpack_from) -> Tuple[tuple, bytes]:
+    """The ring record a frame came from (its event_meta as ``unpack`` reads it, packet bytes)."""
     n = len(f.data)
-    return (f.meta.ktime_ns, 0, 0, 0, f.meta.ifindex, f.meta.pkt_type, n, n, 0, 0, b"\0" * 16, 0, 0, 0, 0, 0, 1), f.data
+    meta = live.EVENT_META.pack(f.meta.ktime_ns, 0, 0, 0, f.meta.ifindex, f.meta.pkt_type, n, n, 0, 0, b"", 0, 0, 0,
+                                0, 0, 1)
+    return unpack(meta, 0), f.data
 
 
 class ScriptedFilter:
@@ -30,14 +32,14 @@ class ScriptedFilter:
         self.cap, self.script, self.timeouts = cap, list(script), []
         self.mark = 0
 
-    def poll(self, timeout_ms: int):
+    def poll(self, timeout_ms: int, unpack=live.EVENT_META.unpack_from):
         self.timeouts.append(timeout_ms)
         if not self.script:
             return self.mark, []
         frames, self.mark = self.script.pop(0)
-        return self.mark, [record(f) for f in frames]
+        return self.mark, [record(f, unpack) for f in frames]
 
-    def read(self):
+    def read(self, unpack=None):
         return []
 
     def close(self) -> None:
@@ -72,9 +74,9 @@ def test_poll_returns_held_frames_once_due_not_at_its_timeout():
     now = time.monotonic_ns()
 
     class Clocked(ScriptedFilter):
-        def poll(self, timeout_ms: int):
+        def poll(self, timeout_ms: int, unpack=live.EVENT_META.unpack_from):
             self.timeouts.append(timeout_ms)
-            return time.monotonic_ns(), [record(f) for f in (self.script.pop(0)[0] if self.script else [])]
+            return time.monotonic_ns(), [record(f, unpack) for f in (self.script.pop(0)[0] if self.script else [])]
 
     cap = live.LiveCapture()
     cap.filter = Clocked(cap, [([frame(now)], 0)])

@@ -1,5 +1,5 @@
 """Live capture: the eBPF socket filter in ``bpf/dns_filter.c`` keeps DNS packets in the kernel and
-hands each one to user space in a single perf event with what the kernel knew about it.
+hands each one to user space in a single ring buffer record with what the kernel knew about it.
 
 This is the only module that imports bcc, and only inside functions: everything else in dnswatch
 works without it.
@@ -10,6 +10,7 @@ import bisect
 import contextlib
 import ctypes
 import fcntl
+import gc
 import mmap
 import os
 import select
@@ -81,6 +82,9 @@ EVENT_META = struct.Struct("<QQQQIIIIII16sHHHHBB6x")
 META_TASK_VALID = 1
 META_MAC_BASE = 2
 _META_SIZE = EVENT_META.size
+# the fields LiveCapture uses: ktime, pid_tgid, uid_gid, cgroup_id, ifindex, pkt_type, netns, flags, comm
+_LIVE_META = struct.Struct("<QQQQII8xII16s16x")
+assert _LIVE_META.size == _META_SIZE
 
 _FIX_BCC = (
     "apt-get install python3-bpfcc linux-headers-$(uname -r) (on Debian: linux-headers-amd64, "
@@ -88,7 +92,7 @@ _FIX_BCC = (
 )
 _FIX_PRIV = "run as root, or grant CAP_BPF, CAP_NET_RAW and CAP_PERFMON (e.g. setcap or a privileged container)"
 
-# the kernel's counters, in dns_filter.c's CNT_* order. emit_failures: events the perf buffer had no room for
+# the kernel's counters, in dns_filter.c's CNT_* order. emit_failures: records the ring buffer had no room for
 # (the loss); skip_*: DNS-port packets the keep rule drops, by reason.
 _COUNTERS = ("kernel_seen", "kernel_kept", "emit_failures", "kernel_slow_loads", "kernel_skip_short",
              "kernel_skip_qdcount", "emit_failures_responses", "kernel_copies")
@@ -238,18 +242,18 @@ class LoadedFilter:
             raise LiveCaptureError(f"cannot map the ring buffer ({self.ring_pages} pages: {e})",
                                    "run as root or grant CAP_BPF and CAP_PERFMON") from None
 
-    def poll(self, timeout_ms: int) -> Tuple[int, List[Tuple[tuple, bytes]]]:
+    def poll(self, timeout_ms: int, unpack: Callable = EVENT_META.unpack_from) -> Tuple[int, List[Tuple[tuple, bytes]]]:
         """Wait up to timeout_ms for a record (not at all if one is there), then read what the ring holds.
 
         Returns (mark, records): mark is CLOCK_MONOTONIC (the clock of bpf_ktime_get_ns) taken just before
         the read, records are (EVENT_META fields, packet bytes) in ring order."""
         self.ring.wait(timeout_ms)
         mark = time.monotonic_ns()
-        return mark, self.ring.read()
+        return mark, self.ring.read(unpack)
 
-    def read(self) -> List[Tuple[tuple, bytes]]:
+    def read(self, unpack: Callable = EVENT_META.unpack_from) -> List[Tuple[tuple, bytes]]:
         """What the ring holds now, without waiting."""
-        return self.ring.read()
+        return self.ring.read(unpack)
 
     def counters(self) -> Dict[str, int]:
         table = self.bpf[b"counters"]
@@ -304,15 +308,15 @@ class EventRing:
             except InterruptedError:  # a signal: the caller looks at its flag
                 pass
 
-    def read(self) -> List[Tuple[tuple, bytes]]:
-        """(EVENT_META fields, packet bytes) of each committed record, up to the first one still being
-        written; their space goes back to the kernel once they are copied. Bounded by the ring's size."""
+    def read(self, unpack: Callable = EVENT_META.unpack_from) -> List[Tuple[tuple, bytes]]:
+        """(event_meta fields, packet bytes) of each committed record, up to the first one still being
+        written; their space goes back to the kernel once they are copied. Bounded by the ring's size.
+        ``unpack``: a struct's unpack_from for the meta (EVENT_META's, or one skipping fields)."""
         data, cons_map = self._data, self._cons
         cons = _U64.unpack_from(cons_map, 0)[0]
         prod = _U64.unpack_from(data, 0)[0]
         out: List[Tuple[tuple, bytes]] = []
         append = out.append
-        unpack_meta = EVENT_META.unpack_from
         unpack_u32 = _U32.unpack_from
         base, mask = self._base, self._mask
         pos = cons
@@ -321,10 +325,8 @@ class EventRing:
             length = unpack_u32(data, off)[0]
             if length & _RB_BUSY:
                 break
-            if not length & _RB_DISCARD:
-                m = unpack_meta(data, off + _RB_HDR)
-                start = off + _RB_HDR + _META_SIZE
-                append((m, data[start:start + m[7]]))
+            if not length & _RB_DISCARD:  # (a sample is meta + cap_len bytes: its length says where they end)
+                append((unpack(data, off + _RB_HDR), data[off + _RB_HDR + _META_SIZE:off + _RB_HDR + length]))
             pos += ((length & 0x3FFFFFFF) + _RB_HDR + 7) & ~7
         if pos != cons:
             _U64.pack_into(cons_map, 0, pos)
@@ -659,14 +661,14 @@ class LiveCapture:
     def detach(self) -> None:
         """Stop taking packets, at once: every socket is re-bound to protocol 0, so the kernel delivers it nothing
         more (the sockets stay open for interface lookups). Safe to call from a signal handler, also while a
-        perf read is running: under a flood faster than we read, that read only ends once nothing new comes."""
+        ring read is running (a read is bounded by what the ring held when it began)."""
         for taps in list(self._taps.values()):
             for s in list(taps.sockets):
                 sll = _SockaddrLL(family=socket.AF_PACKET, protocol=0, ifindex=0)
                 _libc.bind(s.fileno(), ctypes.byref(sll), ctypes.sizeof(sll))
 
     def stop(self) -> List[Frame]:
-        """End of capture: detach first, so nothing new enters the perf buffers, then return every event the
+        """End of capture: detach first, so nothing new enters the ring, then return every record the
         kernel had already kept (the caller stores them; :meth:`close` then unloads the filter)."""
         if self.filter is None:
             return []
@@ -714,21 +716,27 @@ class LiveCapture:
                             REORDER_POLL_MS * 1_000_000, deadline - now)
                 if pause > 0:
                     time.sleep(pause * 1e-9)
-                mark, records = self.filter.poll(0)
+                mark, records = self.filter.poll(0, _LIVE_META.unpack_from)
             else:
-                mark, records = self.filter.poll(max(0, (deadline - now) // 1_000_000))
+                mark, records = self.filter.poll(max(0, (deadline - now) // 1_000_000), _LIVE_META.unpack_from)
             out = self._release(records, mark - REORDER_MARGIN_NS)
             if out or not self._held or time.monotonic_ns() >= deadline:
                 return out
 
     def drain(self) -> List[Frame]:
         """Every frame read so far, the reorder window's too (the end of a capture)."""
-        records = self.filter.read() if self.filter is not None else []
+        records = self.filter.read(_LIVE_META.unpack_from) if self.filter is not None else []
         return self._release(records, None)
 
     def _release(self, records: List[Tuple[tuple, bytes]], mark: Optional[int]) -> List[Frame]:
         held = self._held
-        new, ordered = self._frames(records, held[-1].meta.ktime_ns if held else 0)
+        collecting = gc.isenabled()
+        gc.disable()  # as Pipeline.feed_all: two tuples per record and no cycles, so no rescans while they are made
+        try:
+            new, ordered = self._frames(records, held[-1].meta.ktime_ns if held else 0)
+        finally:
+            if collecting:
+                gc.enable()
         if held:
             new = held + new
         if not new:
@@ -766,17 +774,11 @@ class LiveCapture:
         where, ts_offset, tm = self._where, self._ts_offset, self._task_meta
         on_task, on_process = self.on_task, self.on_process
         ordered = True
-        for m, data in records:
-            kt, pid_tgid, uid_gid, cgroup_id, ifindex, pkt_type = m[:6]
-            flags = m[9]
+        for (kt, pid_tgid, uid_gid, cgroup_id, ifindex, pkt_type, tag, flags, comm), data in records:
             if kt < last_kt:
                 ordered = False
             last_kt = kt
-            key = m[8] << 32 | ifindex
-            hit = where.get(key)
-            if hit is None:
-                hit = self._lookup_where(m[8], ifindex)
-            ns, ifname, linktype = hit
+            ns, ifname, linktype = where.get(tag << 32 | ifindex) or self._lookup_where(tag, ifindex)
             if flags & META_TASK_VALID:
                 pid = pid_tgid >> 32
                 if on_task is not None and tm & TASK_PID and pid != pid_tgid & 0xFFFFFFFF:
@@ -787,7 +789,7 @@ class LiveCapture:
                     kt, ifindex, pkt_type, ns, ifname,
                     pid if tm & TASK_PID else None,
                     pid_tgid & 0xFFFFFFFF if tm & TASK_PID else None,
-                    m[10].split(b"\0", 1)[0].decode(errors="replace") if tm & TASK_COMM else None,
+                    comm.split(b"\0", 1)[0].decode(errors="replace") if tm & TASK_COMM else None,
                     uid_gid & 0xFFFFFFFF if tm & TASK_UID else None,
                     cgroup_id if tm & TASK_CGROUP else None,
                     None))
