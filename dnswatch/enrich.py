@@ -571,8 +571,7 @@ class Enricher:
                 info, via = found, how
         if info is not None:
             (row[I_CONTAINER_ID], row[I_CONTAINER], row[I_POD_UID], row[I_POD_NS], row[I_POD]) = info
-            if info[0] is not None or info[2] is not None:
-                row[I_POD_VIA] = via
+            row[I_POD_VIA] = via if info[0] is not None or info[2] is not None else None
 
     def _peer(self, meta) -> Optional[int]:
         """The namespace at the other end of the veth a query came in on (not one it left by: the node's own
