@@ -39,6 +39,7 @@ PACKET_OUTGOING = 4
 CGROUP_MOUNTS = ("/sys/fs/cgroup/unified", "/sys/fs/cgroup")  # hybrid hosts mount v2 at .../unified
 CACHE_SIZE = 8192
 CACHE_TTL = 30.0
+FRESH = 0.1  # seconds a process identity read from /proc serves without reading /proc/PID/stat again
 RESCAN_INTERVAL = 1.0  # at most one walk of the cgroup tree per second, however many misses
 FIRST_MISS_INTERVAL = 0.1  # ...except for a key no walk missed yet: then at most ten walks a second
 LINK_TTL = 2.0  # a veth's peer namespace is asked again after this (a link moved to another namespace)
@@ -453,9 +454,11 @@ class ProcessContext(NamedTuple):
 class ProcessContexts:
     """pid -> executable path, parent pid and parent's command name, read once per process.
 
-    Cached by (pid, start time): /proc/PID/stat is read for every lookup (one small read) because a pid reused by
-    a new process must not inherit the old one's identity; the rest (readlink of exe, the parent's comm) is read
-    once per process.
+    Cached by (pid, start time): /proc/PID/stat is read again once the pid's identity is more than FRESH seconds
+    old, because a pid reused by a new process must not inherit the old one's identity (reuse within FRESH would
+    take the kernel's whole pid space in that time); within FRESH the identity just read serves every row of that
+    pid (a client sending 40k queries a second must not cost 40k reads of /proc). The rest (readlink of exe, the
+    parent's comm) is read once per process.
 
     Live, ``seen`` is called when the kernel's event is read, while the sender surely exists (getent, curl and the
     like exit as soon as they have their answer, before the row is built): what it reads is the pid's latest
@@ -469,10 +472,8 @@ class ProcessContexts:
         self._latest: "OrderedDict[int, Tuple[float, ProcessContext]]" = OrderedDict()  # pid -> (read at, identity)
 
     def seen(self, pid: int) -> None:
-        """A packet from ``pid`` was just read: learn its identity now unless it was learnt in the last 0.5 s."""
-        hit = self._latest.get(pid)
-        if hit is None or self.clock() - hit[0] > 0.5:
-            self.context(pid)
+        """A packet from ``pid`` was just read: learn its identity now unless it was learnt in the last FRESH s."""
+        self.context(pid)
 
     def start(self, pid: int) -> Optional[Tuple[int, int]]:
         """(ppid, start time in clock ticks since boot) of ``pid``, or None if it is gone."""
@@ -485,9 +486,11 @@ class ProcessContexts:
             return None
 
     def context(self, pid: int) -> Optional[ProcessContext]:
+        latest = self._latest.get(pid)
+        if latest is not None and self.clock() - latest[0] <= FRESH:
+            return latest[1]
         started = self.start(pid)
         if started is None:  # gone: what it was when its packet was read, if that was recent
-            latest = self._latest.get(pid)
             return latest[1] if latest is not None and self.clock() - latest[0] <= CACHE_TTL else None
         ppid, start = started
         key = (pid, start)

@@ -92,7 +92,7 @@ def _fake_process(proc, pid: int, start: int, exe: str, ppid: int, comm: str = "
 
 
 def test_reused_pid_does_not_carry_the_old_executable(tmp_path):
-    from dnswatch.enrich import ProcessContexts
+    from dnswatch.enrich import FRESH, ProcessContexts
 
     proc = tmp_path / "proc"
     _fake_process(proc, 1, 1, "/sbin/init", 0, "systemd")
@@ -100,14 +100,19 @@ def test_reused_pid_does_not_carry_the_old_executable(tmp_path):
     _fake_process(proc, 7, 1, "/usr/sbin/containerd-shim", 1)
     (proc / "7" / "comm").write_text("containerd-shim\n")
     _fake_process(proc, 4242, 5000, "/usr/bin/curl", 1)
-    contexts = ProcessContexts(str(proc))
+    now = [0.0]
+    contexts = ProcessContexts(str(proc), clock=lambda: now[0])
     assert contexts.context(4242) == ("/usr/bin/curl", 1, "systemd")
     # curl exits, pid 4242 goes to a new process (another start time) with another parent
     _fake_process(proc, 4242, 9000, "/usr/bin/wget", 7)
+    assert contexts.context(4242) == ("/usr/bin/curl", 1, "systemd")  # within FRESH: the identity just read
+    now[0] += FRESH + 0.01
     assert contexts.context(4242) == ("/usr/bin/wget", 7, "containerd-shim")
     # and the cache is by (pid, start time): the same process again is not read again
     (proc / "7" / "comm").write_text("renamed\n")
+    now[0] += FRESH + 0.01
     assert contexts.context(4242).parent_comm == "containerd-shim"
+    now[0] += FRESH + 0.01
     import shutil
     shutil.rmtree(proc / "4242")
     assert contexts.context(4242) == ("/usr/bin/wget", 7, "containerd-shim")  # gone: its last identity, not curl's
