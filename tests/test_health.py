@@ -40,7 +40,7 @@ def test_health_command(runner, tmp_path):
 
 
 class _QuietCapture:
-    """A capture with no traffic: poll() waits out its timeout, as the kernel's perf buffers do."""
+    """A capture with no traffic: poll() waits out its timeout, as the kernel's ring buffer does."""
 
     def poll(self, timeout_ms):
         time.sleep(timeout_ms / 1000)

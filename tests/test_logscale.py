@@ -22,6 +22,7 @@ from dnswatch.layout import Retention
 from dnswatch.maintain import export, parse_duration, parse_size
 from dnswatch.schema import QUERY_COLUMNS, Q, SCHEMA_VERSION
 from dnswatch.store import Store
+from logcheck import rollups_and_rows
 
 NAMES = ["www.example.com", "example.com", "api.example.com", "a.b.example.com", "myexample.com",
          "WWW.Example.COM", "x.example.org", "api-1.shop.example.net", "cdn.example.net", "example.comx"]
@@ -127,14 +128,8 @@ def test_rollups_and_passive_dns_agree_with_raw_rows(tmp_path):
             store.add(live_row(now - rng.uniform(0, 5 * 3600), rng.choice(NAMES), k, status, pid=rng.choice([1, 2, 3]),
                                pod=rng.choice(["web-1", "web-2", None])))
     conn = sqlite3.connect(db)
-    raw = conn.execute(
-        "select cast(ts / 3600 as int) * 3600, qname collate binary, qtype, rcode, comm, pod_namespace, pod, count(*), "
-        "sum(status = 'unanswered'), count(latency_ms), round(coalesce(sum(latency_ms), 0), 6), max(latency_ms) "
-        "from queries group by 1, 2, 3, 4, 5, 6, 7 order by 1, 2, 3, 4, 5, 6, 7").fetchall()
-    rolled = conn.execute(
-        "select hour, qname, qtype, rcode, comm, pod_namespace, pod, count, unanswered, answered, "
-        "round(latency_sum, 6), latency_max from rollups order by 1, 2, 3, 4, 5, 6, 7").fetchall()
-    assert raw and sorted(rolled, key=repr) == sorted(raw, key=repr)
+    rolled, raw = rollups_and_rows(conn)
+    assert raw and rolled == raw
     for key in ("qname", "comm", "pod", "rcode", "src"):
         by_key = Counter(dict(conn.execute(
             f"select {key} collate binary, count(*) from queries where {key} is not null group by 1")))

@@ -267,34 +267,17 @@ def test_live_rows_wait_only_for_a_nat_copy():
     stage.advance(100.001 + lk.HOLD_LIVE)
     assert len(rows) == 1 and not stage.holding and lk.HOLD_LIVE <= 0.05
 
-    class Capture:
+    from test_health import _Pipeline, _QuietCapture
+
+    class Capture(_QuietCapture):
         timeouts: List[int] = []
 
         def poll(self, timeout_ms):
             self.timeouts.append(timeout_ms)
-            time.sleep(timeout_ms / 1000)
-            return []
+            return super().poll(timeout_ms)
 
-        def stats(self):
-            return {}
-
-        def close(self):
-            pass
-
-    class Pipe:
+    class Pipe(_Pipeline):
         lookups = type("Held", (), {"holding": True})()
-
-        def feed_all(self, frames):
-            pass
-
-        def tick(self):
-            pass
-
-        def record_counters(self, status):
-            pass
-
-        def finish(self, status):
-            return status
 
     capture = Capture()
     run_watch(capture, Pipe(), duration=0.05)

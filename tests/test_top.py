@@ -131,12 +131,13 @@ def test_client_process_pod_and_domain_keys():
     assert registered_domain("localhost") == "localhost"
 
 
-def screen_text(db, width: int) -> str:
+def screen_text(db, width: int, by: str = "name") -> str:
+    """The top screen over the log ``db`` at ``width`` columns, grouped ``by``, as the terminal shows it."""
     stats = log_stats(open_readonly(str(db)).conn)
-    screen = TopScreen(lambda **kw: stats.snapshot(**kw))
+    screen = TopScreen(lambda **kw: stats.snapshot(**kw), by=by)
     with open(os.devnull, "w") as devnull:
         console = Console(record=True, width=width, file=devnull, color_system=None)
-        console.print(render(stats.snapshot(by="name", limit=10), width, footer=screen.footer()))
+        console.print(render(stats.snapshot(by=by, limit=10), width, footer=screen.footer()))
         return console.export_text()
 
 

@@ -8,7 +8,6 @@ import os
 from pathlib import Path
 
 import pytest
-from rich.console import Console
 
 from conftest import replay
 from dnswatch.cli import cli
@@ -17,8 +16,9 @@ from dnswatch.pipeline import Pipeline
 from dnswatch.sources.pcap import read_frames
 from dnswatch.store import Store, open_readonly
 from dnswatch.top import GROUPS, TopStats, log_stats
-from dnswatch.topview import TopScreen, render
+from dnswatch.topview import TopScreen
 from test_lookups import POD, POD_B, cluster_capture
+from test_top import screen_text as top_screen_text
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -66,12 +66,7 @@ def test_live_lookups_are_the_logs(capture, tmp_path):
 
 
 def screen_text(db, width: int) -> str:
-    stats = log_stats(open_readonly(str(db)).conn)
-    screen = TopScreen(lambda **kw: stats.snapshot(**kw), by="lookup")
-    with open(os.devnull, "w") as devnull:
-        console = Console(record=True, width=width, file=devnull, color_system=None)
-        console.print(render(stats.snapshot(by="lookup", limit=10), width, footer=screen.footer()))
-        return console.export_text()
+    return top_screen_text(db, width, by="lookup")
 
 
 @pytest.mark.parametrize("width", [80, 160])
