@@ -158,20 +158,6 @@ def check_cgroup2() -> Check:
                  "mount -t cgroup2 none /sys/fs/cgroup (or boot with systemd.unified_cgroup_hierarchy=1)")
 
 
-def check_perf_paranoid() -> Check:
-    p = "/proc/sys/kernel/perf_event_paranoid"
-    try:
-        level = int(Path(p).read_text().strip())
-    except (OSError, ValueError):
-        return Check("perf_event_paranoid", False, f"cannot read {p}", None)
-    caps = _cap_eff() or 0
-    privileged = os.geteuid() == 0 or bool(caps >> CAP_PERFMON & 1) or bool(caps >> CAP_SYS_ADMIN & 1)
-    if privileged or level <= 1:
-        return Check("perf_event_paranoid", True, f"{level}" + (" (CAP_PERFMON overrides it)" if level > 1 else ""))
-    return Check("perf_event_paranoid", False, f"{level}: perf buffers need CAP_PERFMON at this level",
-                 "grant CAP_PERFMON, or sysctl kernel.perf_event_paranoid=1")
-
-
 CHECKS: List[Callable[[], Check]] = [
     check_privileges,
     check_bcc,
@@ -180,7 +166,6 @@ CHECKS: List[Callable[[], Check]] = [
     check_filter,
     check_tracefs,
     check_cgroup2,
-    check_perf_paranoid,
 ]
 
 
