@@ -39,12 +39,12 @@ Key = Tuple[str, int, str, int, str, int]
 
 DEFAULT_TIMEOUT = 5.0
 MAX_PENDING = 200_000  # waiting queries, and in bytes:
-PENDING_BYTES = 64 << 20  # what they hold, estimated per entry (the *_COST below, measured with tracemalloc)
+PENDING_BYTES = 16 << 20  # what they hold, estimated per entry (the *_COST below, measured with tracemalloc)
 ENTRY_COST = 370  # one waiting query: its key, entry, times, fingerprint, the table's slot
 MESSAGE_COST = 360  # its Message, per question, while only the entry holds it: parse_message's cache holds (and
 # counts) a small message until the cache starts over, then each entry holds its own
 LIVE_COST = 420  # the live columns of its rows (process, container...) and its capture point
-MAX_RECENT = 100_000  # remembered answers (~300 B each, ~400 live: the count bounds their bytes)
+MAX_RECENT = 50_000  # remembered answers (~300 B each, ~400 live: the count bounds their bytes)
 COPY_WINDOW = 0.05  # seconds: copies of one packet at several capture points arrive microseconds apart;
 # client retries come after a timeout (dig, glibc: 1 s and more; unbound: 50 ms at the least)
 REPEAT_WINDOW = 2.0  # seconds after an answer during which the same response again is a repeat, not an orphan

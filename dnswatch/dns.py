@@ -23,7 +23,7 @@ from dnslib.label import DNSBuffer
 MAX_POINTER_JUMPS = 64  # more than any legitimate name needs; stops compression loops
 MAX_NAME_LENGTH = 255
 CACHE_SIZE = 65536  # messages
-CACHE_BYTES = 16 << 20  # bytes held: each key, its decoded answers and CACHE_ENTRY_OVERHEAD
+CACHE_BYTES = 8 << 20  # bytes held: each key, its decoded answers and CACHE_ENTRY_OVERHEAD
 CACHE_ENTRY_OVERHEAD = 448  # the Message tuple, its question and qname, the dict slot (measured, tracemalloc)
 CACHE_MAX_KEY = 512  # larger messages are decoded every time: they rarely repeat, and would crowd out the rest
 # What one message may cost. Real messages ask one question (the kernel filter drops UDP queries with more

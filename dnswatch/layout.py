@@ -25,9 +25,9 @@ from dnswatch.schema import (
 )
 
 ROWS_PER_INSERT = 512  # rows bound to one INSERT statement (at most)
-CACHE_ENTRIES = 100_000  # texts -> ids remembered per lookup table (cleared when full): ~15 MB at most
-TEMPLATE_BYTES = 16 << 20  # answers text the templates (CACHE_ENTRIES // 4 at most) hold: cleared beyond it
-AGG_ROWS = 50_000  # rows whose sums are kept in memory at most before they are written (~10 MB)
+CACHE_ENTRIES = 30_000  # texts -> ids remembered per lookup table (cleared when full): ~5 MB at most
+TEMPLATE_BYTES = 8 << 20  # answers text the templates (CACHE_ENTRIES // 4 at most) hold: cleared beyond it
+AGG_ROWS = 20_000  # rows whose sums are kept in memory at most before they are written (~4 MB)
 AGG_SECONDS = 10.0  # ... and seconds
 PRUNE_CHUNK = 2000  # rows deleted per transaction: a few ms, so a live capture never waits long
 

@@ -58,9 +58,9 @@ MAX_QUERIES = 64  # rows of one lookup; the next one opens a new lookup
 ROW_BYTES = 1_000
 LOOKUP_BYTES = 700
 QUERY_BYTES = 250  # plus twice its name (as sent, lower case)
-MAX_HOLD_BYTES = 16 << 20
-MAX_OPEN_BYTES = 48 << 20
-MAX_QUESTIONS = 10_000  # hop index keys, each at most QUESTION_BYTES: (name <= 255, type, role, address) and 4 entries
+MAX_HOLD_BYTES = 8 << 20
+MAX_OPEN_BYTES = 16 << 20
+MAX_QUESTIONS = 4_000  # hop index keys, each at most QUESTION_BYTES: (name <= 255, type, role, address) and 4 entries
 QUESTION_BYTES = 1_200
 ID_BASE = 10 ** 12  # lookup_id = capture_id * ID_BASE + n: unique in the log without asking it
 _EMPTY_RCODES = ("NXDOMAIN", "NOERROR")
