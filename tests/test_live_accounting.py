@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from netlab import Lab, Watch, require_privileges
+from netlab import Watch, require_privileges, server_and_client
 
 pytestmark = pytest.mark.privileged
 
@@ -45,18 +45,13 @@ def test_kernel_counts_the_dns_it_drops_by_reason():
 @pytest.fixture
 def lab():
     require_privileges()
-    lab = Lab()
-    try:
-        lab.server, lab.client = lab.netns("S"), lab.netns("C")
-        lab.link(lab.server, lab.client, 1)
+    with server_and_client() as lab:
         yield lab
-    finally:
-        lab.close()
 
 
-def test_perf_buffer_losses_are_counted_once(lab):
-    """A burst into a one-page perf buffer that nobody reads: what is not captured is exactly what the kernel
-    counted as lost (the buffer's lost records, which report the same events, are not added)."""
+def test_ring_buffer_losses_are_counted_once(lab):
+    """A burst into the smallest ring buffer, read only afterwards: what is not captured is exactly what the
+    kernel counted as lost (each record it had no room for, once)."""
     from dnswatch.pipeline import Pipeline
     from dnswatch.sources.live import LiveCapture
     from dnswatch.watch import _losses
