@@ -5,7 +5,6 @@ Then the capture of the same run, replayed, gives the same lookups (without the 
 from __future__ import annotations
 
 import json
-import shutil
 import sqlite3
 import subprocess
 import sys
@@ -14,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from netlab import IN_CI, Watch, sh
+from netlab import Watch, sh
 from test_pods import SERVER as UPSTREAM, node  # noqa: F401 - the fixture
-from conftest import replay
+from conftest import replay, require_tool
 
 pytestmark = pytest.mark.privileged
 
@@ -36,15 +35,6 @@ int main(int argc, char **argv) {
 """
 
 
-def _need(tool: str) -> str:
-    path = shutil.which(tool)
-    if path is None:
-        if IN_CI:
-            pytest.fail(f"{tool} not installed (scripts/setup --test)")
-        pytest.skip(f"{tool} not installed")
-    return path
-
-
 def lookups(db: Path, where: str = "1", params=()) -> list:
     con = sqlite3.connect(db)
     con.row_factory = sqlite3.Row
@@ -53,7 +43,7 @@ def lookups(db: Path, where: str = "1", params=()) -> list:
 
 def test_search_path_lookups_live_and_replayed(node, tmp_path):  # noqa: F811
     for tool in ("dnsmasq", "musl-gcc", "nft", "tcpdump"):
-        _need(tool)
+        require_tool(tool)
     lab = node.lab
     musl = tmp_path / "musl-resolve"
     (tmp_path / "c.c").write_text(MUSL_CLIENT)
