@@ -46,5 +46,7 @@ RUN set -eu; \
 # used when the node has no headers at /lib/modules/$(uname -r)/build (dnswatch doctor says which)
 ENV DNSWATCH_KERNEL_HEADERS=/opt/dnswatch/kernel-headers
 ENV DNSWATCH_DB=/var/lib/dnswatch/dnswatch.db
+# no compiler here: the hot modules run from their .py (dnswatch doctor: "compiled path: pure Python")
+ENV DNSWATCH_PURE_PYTHON=1
 ENTRYPOINT ["dnswatch"]
 CMD ["watch", "--all-netns", "--responses", "--json"]

@@ -158,6 +158,20 @@ def check_cgroup2() -> Check:
                  "mount -t cgroup2 none /sys/fs/cgroup (or boot with systemd.unified_cgroup_hierarchy=1)")
 
 
+def check_compiled() -> Check:
+    """Which path the hot modules take: their Cython build, or their .py (see speedups.py)."""
+    from dnswatch import speedups
+
+    complete, detail = speedups.describe()
+    if complete or speedups.pure_requested():
+        return Check("compiled path", True, detail)
+    if "stale" in detail or "compiled:" in detail:
+        fix = "scripts/build-speedups (rebuilds it from the sources as they are now)"
+    else:
+        fix = "scripts/build-speedups (needs gcc, python3-dev and Cython: scripts/setup installs them)"
+    return Check("compiled path", False, detail + " (works the same, slower)", fix)
+
+
 CHECKS: List[Callable[[], Check]] = [
     check_privileges,
     check_bcc,
@@ -166,6 +180,7 @@ CHECKS: List[Callable[[], Check]] = [
     check_filter,
     check_tracefs,
     check_cgroup2,
+    check_compiled,
 ]
 
 

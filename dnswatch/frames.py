@@ -273,8 +273,9 @@ class FrameDecoder:
         append = out.append
         size = len(data)
         sweep = self._since_sweep
+        ip4, ip6, udp, expire_every = ETH_P_IP, ETH_P_IPV6, IPPROTO_UDP, EXPIRE_EVERY  # (C ints when compiled)
         n = 0
-        first = last = None
+        first = last = 0.0  # (None when no record is read)
         while n < limit and pos + 16 <= size:
             sec, frac, incl, _orig = unpack_record(data, pos)
             f = pos + 16  # the frame
@@ -284,19 +285,19 @@ class FrameDecoder:
             n += 1
             pos = fend
             ts = sec + frac / divisor
-            if last is None:
+            if n == 1:
                 first = last = ts
             elif ts > last:
                 last = ts
             sweep += 1
-            if incl >= need4 and sweep < EXPIRE_EVERY:  # (the sweep runs in decode())
+            if incl >= need4 and sweep < expire_every:  # (the sweep runs in decode())
                 etype, vihl, total, frag, proto, addrs, sport, dport, ulen = unpack4(data, f)
-                if etype == ETH_P_IP and vihl == 0x45 and proto == IPPROTO_UDP and not frag & 0x3FFF:
+                if etype == ip4 and vihl == 0x45 and proto == udp and not frag & 0x3FFF:
                     u = f + ip + 20  # the UDP header
                     end = u - 20 + total if total >= 20 else fend  # trims Ethernet padding
-                elif etype == ETH_P_IPV6 and incl >= need6:
+                elif etype == ip6 and incl >= need6:
                     vihl, plen, proto, addrs, sport, dport, ulen = unpack6(data, f)
-                    if vihl >> 4 != 6 or proto != IPPROTO_UDP:
+                    if vihl >> 4 != 6 or proto != udp:
                         end = -1
                     else:
                         u = f + ip + 40
@@ -321,7 +322,7 @@ class FrameDecoder:
             if segs:
                 out += segs
         self._since_sweep = sweep
-        return out, pos, n, first, last
+        return out, pos, n, first if n else None, last if n else None
 
     def _addr_pair(self, addrs: bytes) -> Tuple[str, str]:
         """Both addresses of an IPv4 (8 bytes) or IPv6 (32 bytes) source+destination, as text (cached)."""

@@ -170,6 +170,9 @@ def test_doctor_uses_the_images_headers(pod):
     assert all(checks[name]["ok"] for name in ("privileges", "bcc", "kernel headers", "eBPF filter")), checks
     assert checks["kernel headers"]["detail"].startswith("the image's own, /opt/dnswatch/kernel-headers")
     assert "compiles and loads" in checks["eBPF filter"]["detail"]
+    # no compiler in the image: pure Python, and doctor says so
+    assert checks["compiled path"] == {"name": "compiled path", "ok": True, "fix": None,
+                                       "detail": "pure Python (DNSWATCH_PURE_PYTHON=1)"}, checks["compiled path"]
     assert "the image's own" in pod.run("doctor").stdout
 
 

@@ -1,0 +1,22 @@
+# Cython declarations for frames.py (pure Python mode: frames.py stays plain Python; scripts/build-speedups
+# compiles it with these). Module constants stay Python globals (tests change some of them).
+cimport cython
+
+
+@cython.final
+cdef class FrameDecoder:
+    cdef dict __dict__  # attributes not declared here still work (as in the .py)
+    cdef public object ports, responses, track_verdict, keep, stats, _beyond_contract
+    cdef public dict _frags, _streams, _addr_cache, _addr_pairs
+    cdef public object _kept_frags, _extra
+    cdef public Py_ssize_t _frag_pieces, _frag_bytes, _ooo_total, _since_sweep
+
+    @cython.locals(unpack4=object, unpack6=object, ip=Py_ssize_t, need4=Py_ssize_t, need6=Py_ssize_t,
+                   out=list, size=Py_ssize_t, sweep=Py_ssize_t, n=Py_ssize_t, f=Py_ssize_t, fend=Py_ssize_t,
+                   incl=Py_ssize_t, max_record=Py_ssize_t, sec=cython.longlong, frac=cython.longlong,
+                   divisor=cython.double, ts=cython.double, first=cython.double, last=cython.double,
+                   etype=cython.long, vihl=cython.long, total=cython.long, frag=cython.long, proto=cython.long,
+                   plen=cython.long, ulen=cython.long, u=Py_ssize_t, end=Py_ssize_t, stop=Py_ssize_t,
+                   pairs=dict, pair=tuple, ip4=cython.long, ip6=cython.long, udp=cython.long,
+                   expire_every=Py_ssize_t)
+    cpdef decode_records(self, data, Py_ssize_t pos, Py_ssize_t limit, tuple layout)
