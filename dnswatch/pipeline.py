@@ -224,7 +224,7 @@ class Pipeline:
         """Read and correlate DNS messages."""
         if not segments:
             return
-        query, response = self.correlator.query, self.correlator.response
+        correlator = self.correlator  # (compiled: its query and response are C calls)
         cached = DECODED.get  # parse_message's own cache, looked up here first: one call less per message
         try:
             for seg in segments:
@@ -233,9 +233,9 @@ class Pipeline:
                 if msg.__class__ is Malformed:
                     self._malformed(seg, msg.reason)
                 elif msg.qr:
-                    response(seg, msg, (payload[0] << 8) | payload[1])
+                    correlator.response(seg, msg, (payload[0] << 8) | payload[1])
                 elif msg.questions:
-                    query(seg, msg, (payload[0] << 8) | payload[1])
+                    correlator.query(seg, msg, (payload[0] << 8) | payload[1])
                 else:
                     self._malformed(seg, "query without a question")
         finally:

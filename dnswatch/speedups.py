@@ -19,16 +19,14 @@ import os
 import sys
 from typing import Dict, List, Optional, Tuple
 
-# the modules that pay for compiling (replay's decode process and the writer process)
+# the modules that pay for compiling: replay's decode process (and watch's). Not built, as they were no faster
+# compiled: the writer's (layout, store: sqlite3, marshal and map() take its time; bench/writer --pure), dns (its
+# decoding is dnslib's; replay finds most messages in its cache), sources.pcap (bytes operations).
 MODULES = (
     "dnswatch.frames",
-    "dnswatch.dns",
     "dnswatch.correlate",
     "dnswatch.lookups",
     "dnswatch.pipeline",
-    "dnswatch.layout",
-    "dnswatch.store",
-    "dnswatch.sources.pcap",
 )
 PURE_ENV = "DNSWATCH_PURE_PYTHON"
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -52,22 +50,27 @@ def extension_name(name: str) -> str:
     return name + EXT_SUFFIX
 
 
+def cimports_of(name: str) -> List[str]:
+    """The modules whose .pxd the module's .pxd cimports (``from dnswatch.x cimport ...``): its build uses
+    their C types, so it loads compiled only when they do too."""
+    try:
+        with open(source_path(name)[:-3] + ".pxd") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return []
+    return sorted({w[1] for w in map(str.split, lines)
+                   if len(w) >= 3 and w[0] == "from" and w[2] == "cimport" and w[1] in MODULES})
+
+
 def sources_of(name: str) -> List[str]:
     """What a module's extension is built from (paths relative to the package): its .py, its .pxd if it has
-    one, and the .pxd files that one cimports (``from dnswatch.x cimport ...``)."""
-    out = [os.path.relpath(source_path(name), PACKAGE_DIR)]
-    pxd = source_path(name)[:-3] + ".pxd"
-    try:
-        with open(pxd) as f:
-            text = f.read()
-    except OSError:
-        return out
-    out.append(os.path.relpath(pxd, PACKAGE_DIR))
-    for line in text.splitlines():
-        words = line.split()
-        if len(words) >= 3 and words[0] == "from" and words[2] == "cimport" and words[1].startswith("dnswatch."):
-            out.append(os.path.relpath(source_path(words[1])[:-3] + ".pxd", PACKAGE_DIR))
-    return [out[0]] + sorted(set(out[1:]))
+    one, and the .pxd files that one cimports."""
+    py = source_path(name)
+    out = [os.path.relpath(py, PACKAGE_DIR)]
+    if os.path.exists(py[:-3] + ".pxd"):
+        out.append(os.path.relpath(py[:-3] + ".pxd", PACKAGE_DIR))
+    out += sorted(os.path.relpath(source_path(dep)[:-3] + ".pxd", PACKAGE_DIR) for dep in cimports_of(name))
+    return out
 
 
 def file_sha256(path: str) -> Optional[str]:
@@ -129,6 +132,9 @@ class _Build:
         for rel in now:
             if self._hash(rel) != built[rel]:
                 return "pure", f"stale: {rel} changed since the build"
+        for dep in cimports_of(name):
+            if self.choose(dep)[0] != "compiled":
+                return "pure", f"it uses {dep.replace('dnswatch.', '')}'s C types, which is not compiled"
         return "compiled", ext
 
 

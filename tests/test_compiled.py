@@ -113,15 +113,21 @@ def test_current_build_loads_and_an_edited_source_does_not(tmp_path):
     assert out["files"]["dnswatch.frames"] == str(frames)
     assert out["status"]["dnswatch.frames"] == ["pure", "stale: frames.py changed since the build"]
     assert not out["doctor"]["ok"] and "frames: stale: frames.py changed since the build" in out["doctor"]["detail"]
-    # a module given a .pxd, or whose .pxd changes, is stale too
-    pxd = root / "dnswatch" / "correlate.pxd"
-    pxd.write_text((pxd.read_text() if pxd.exists() else "") + "# edited after the build\n")
+    if not _compiled_here():
+        return
+    # pipeline's build uses correlate's C types (it cimports them): correlate loading from its .py, so does it
+    correlate = root / "dnswatch" / "correlate.py"
+    correlate.write_text(correlate.read_text() + "\n# edited after the build\n")
     out = _probe(root)
-    if _compiled_here():
-        how, why = out["status"]["dnswatch.correlate"]
-        assert how == "pure" and why in ("stale: its .pxd files changed since the build",
-                                         "stale: correlate.pxd changed since the build")
-        assert out["status"]["dnswatch.dns"][0] == "compiled"  # the others stay as they were
+    assert out["status"]["dnswatch.correlate"] == ["pure", "stale: correlate.py changed since the build"]
+    assert out["status"]["dnswatch.pipeline"] == ["pure", "it uses correlate's C types, which is not compiled"]
+    assert out["status"]["dnswatch.lookups"][0] == "compiled"  # the others stay as they were
+    # a module given a .pxd, or whose .pxd changes, is stale too
+    pxd = root / "dnswatch" / "lookups.pxd"
+    pxd.write_text((pxd.read_text() if pxd.exists() else "") + "# edited after the build\n")
+    how, why = _probe(root)["status"]["dnswatch.lookups"]
+    assert how == "pure" and why in ("stale: its .pxd files changed since the build",
+                                     "stale: lookups.pxd changed since the build")
 
 
 def test_an_extension_other_than_the_built_one_is_not_loaded(tmp_path):
