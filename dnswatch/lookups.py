@@ -79,38 +79,39 @@ class _Lookup:
         self.client = client
         self.cols = _CLIENT_COLUMNS(row)  # the client's columns come from its first row
         self.lower = lower  # the first candidate, lower case (most lookups have one)
-        self.names: Optional[set] = None  # with a second candidate: every candidate, lower case
-        ts, rts, rcode, ancount = row[I_TS], row[I_RTS], row[I_RCODE], row[I_ANCOUNT]
-        self.ts = self.born = ts
+        # names: with a second candidate, every candidate, lower case; prefix: the leading labels every candidate
+        # shares (once asked); upstream: (lookup id, server, latency); forwarded_for: a server's lookup: the
+        # client lookup it forwarded
+        self.names = self.prefix = self.upstream = self.forwarded_for = None
         # per query, in the order they came: (ts, name lower, rcode, ancount, attempts, response_ts, tc, qtype
         # number, proto, client port, name as sent, qtype)
-        flags = row[I_RFLAGS]  # (what _state keeps, inlined: most lookups open and end with one query)
-        self.rows: List[tuple] = [(ts, lower, rcode, ancount, row[I_ATTEMPTS] or 0, rts,
+        ts, rts, rcode, ancount, flags = row[I_TS], row[I_RTS], row[I_RCODE], row[I_ANCOUNT], row[I_RFLAGS]
+        self.rows: List[tuple] = [(ts, lower, rcode, ancount, row[I_ATTEMPTS] or 0, rts,  # as _state, inlined
                                    flags is not None and "tc" in flags and "tc" in flags.split(), row[I_QTYPE_NUM],
                                    row[I_PROTO], row[I_SPORT], row[I_QNAME] or "", row[I_QTYPE])]
+        self.ts = self.born = ts
         self.last_response: Optional[float] = rts
         if rts is not None:
             self.activity = rts if rts > ts else ts
         else:
             self.activity = ts + (timeout if row[I_STATUS] == "unanswered" else 0.0)
         self.answered = bool(ancount) and rcode == "NOERROR"  # a candidate came back NOERROR with records
-        self.prefix: Optional[List[str]] = None  # the leading labels every candidate shares (once asked)
-        self.upstream: Optional[tuple] = None  # (lookup id, server, latency)
         nat = row[I_NAT_DST]
         self.nat_dst: Optional[str] = nat
         self.server_pod = None if nat is None else (row[I_SERVER_POD], row[I_SERVER_POD_NS])
-        self.forwarded_for: Optional[int] = None  # a server's lookup: the client lookup it forwarded
         self.open = True
         self.bytes = LOOKUP_BYTES + QUERY_BYTES + 2 * len(lower)
 
 
-def _state(row: Row, ts: float, lower: str, rcode: Optional[str], ancount: Optional[int],
-           rts: Optional[float]) -> tuple:
+_STATE = itemgetter(I_TS, I_RTS, I_RCODE, I_ANCOUNT, I_ATTEMPTS, I_RFLAGS, I_QTYPE_NUM, I_PROTO, I_SPORT, I_QNAME,
+                    I_QTYPE)
+
+
+def _state(row: Row, lower: str) -> tuple:
     """What a lookup keeps of one of its queries (see _Lookup.rows)."""
-    flags = row[I_RFLAGS]
+    ts, rts, rcode, ancount, attempts, flags, qtype_num, proto, sport, qname, qtype = _STATE(row)
     tc = flags is not None and "tc" in flags and "tc" in flags.split()
-    return (ts, lower, rcode, ancount, row[I_ATTEMPTS] or 0, rts, tc, row[I_QTYPE_NUM], row[I_PROTO],
-            row[I_SPORT], row[I_QNAME] or "", row[I_QTYPE])
+    return ts, lower, rcode, ancount, attempts or 0, rts, tc, qtype_num, proto, sport, qname or "", qtype
 
 
 def _labels(name: str) -> List[str]:
@@ -167,6 +168,8 @@ class LookupStage:
         self._servers: Dict[str, bool] = {}
         self._senders: Dict[str, bool] = {}
         self._local_server = False
+        # an address seen as both (or either table started over): until then no query is a hop's (see _group)
+        self._crossed = False
 
     @property
     def lookups(self) -> int:
@@ -263,9 +266,15 @@ class LookupStage:
     def _learn(self, seen: Dict[str, bool], address: str) -> None:
         if len(seen) >= MAX_QUESTIONS:
             seen.clear()
+            self._crossed = True
         seen[address] = True
-        if seen is self._servers and (address.startswith("127.") or address == "::1"):
-            self._local_server = True
+        if seen is self._servers:
+            if address in self._senders:
+                self._crossed = True
+            if address.startswith("127.") or address == "::1":
+                self._local_server = True
+        elif address in self._servers:
+            self._crossed = True
 
     def _merge(self, entry: list, row: Row) -> None:
         other = entry[1]
@@ -357,7 +366,7 @@ class LookupStage:
         # query to an address that sends queries itself (a forwarder) or to a local server
         if self._local_server:
             self._hop(row, lower, lookup)
-        else:
+        elif self._crossed or row[I_NAT_DST] is not None:  # else src is only a sender, dst only a server
             nat = row[I_NAT_DST]
             if row[I_SRC] in self._servers or row[I_DST] in self._senders or (
                     nat is not None and (nat in self._servers or nat in self._senders)):
@@ -409,7 +418,8 @@ class LookupStage:
 
     def _add(self, lookup: _Lookup, row: Row, lower: str) -> None:
         """``row`` joins ``lookup`` (its second query or later)."""
-        ts, rts, rcode, ancount = row[I_TS], row[I_RTS], row[I_RCODE], row[I_ANCOUNT]
+        state = _state(row, lower)
+        ts, rcode, ancount, rts = state[0], state[2], state[3], state[5]
         rows = lookup.rows
         if lower != lookup.lower and (lookup.names is None or lower not in lookup.names):
             if lookup.names is None:  # a second candidate: the labels they share (one candidate needs none)
@@ -419,7 +429,7 @@ class LookupStage:
         grown = QUERY_BYTES + 2 * len(lower)
         lookup.bytes += grown
         self._open_bytes += grown
-        rows.append(_state(row, ts, lower, rcode, ancount, rts))
+        rows.append(state)
         if ancount and rcode == "NOERROR":
             lookup.answered = True
         if ts < lookup.ts:
