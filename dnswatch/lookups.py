@@ -79,35 +79,39 @@ class _Lookup:
         self.client = client
         self.cols = _CLIENT_COLUMNS(row)  # the client's columns come from its first row
         self.lower = lower  # the first candidate, lower case (most lookups have one)
-        self.names: Optional[set] = None  # with a second candidate: every candidate, lower case
-        ts, rts, rcode, ancount = row[I_TS], row[I_RTS], row[I_RCODE], row[I_ANCOUNT]
-        self.ts = self.born = ts
+        # names: with a second candidate, every candidate, lower case; prefix: the leading labels every candidate
+        # shares (once asked); upstream: (lookup id, server, latency); forwarded_for: a server's lookup: the
+        # client lookup it forwarded
+        self.names = self.prefix = self.upstream = self.forwarded_for = None
         # per query, in the order they came: (ts, name lower, rcode, ancount, attempts, response_ts, tc, qtype
         # number, proto, client port, name as sent, qtype)
-        self.rows: List[tuple] = [_state(row, ts, lower, rcode, ancount, rts)]
+        ts, rts, rcode, ancount, flags = row[I_TS], row[I_RTS], row[I_RCODE], row[I_ANCOUNT], row[I_RFLAGS]
+        self.rows: List[tuple] = [(ts, lower, rcode, ancount, row[I_ATTEMPTS] or 0, rts,  # as _state, inlined
+                                   flags is not None and "tc" in flags and "tc" in flags.split(), row[I_QTYPE_NUM],
+                                   row[I_PROTO], row[I_SPORT], row[I_QNAME] or "", row[I_QTYPE])]
+        self.ts = self.born = ts
         self.last_response: Optional[float] = rts
         if rts is not None:
             self.activity = rts if rts > ts else ts
         else:
             self.activity = ts + (timeout if row[I_STATUS] == "unanswered" else 0.0)
         self.answered = bool(ancount) and rcode == "NOERROR"  # a candidate came back NOERROR with records
-        self.prefix: Optional[List[str]] = None  # the leading labels every candidate shares (once asked)
-        self.upstream: Optional[tuple] = None  # (lookup id, server, latency)
         nat = row[I_NAT_DST]
         self.nat_dst: Optional[str] = nat
         self.server_pod = None if nat is None else (row[I_SERVER_POD], row[I_SERVER_POD_NS])
-        self.forwarded_for: Optional[int] = None  # a server's lookup: the client lookup it forwarded
         self.open = True
         self.bytes = LOOKUP_BYTES + QUERY_BYTES + 2 * len(lower)
 
 
-def _state(row: Row, ts: float, lower: str, rcode: Optional[str], ancount: Optional[int],
-           rts: Optional[float]) -> tuple:
+_STATE = itemgetter(I_TS, I_RTS, I_RCODE, I_ANCOUNT, I_ATTEMPTS, I_RFLAGS, I_QTYPE_NUM, I_PROTO, I_SPORT, I_QNAME,
+                    I_QTYPE)
+
+
+def _state(row: Row, lower: str) -> tuple:
     """What a lookup keeps of one of its queries (see _Lookup.rows)."""
-    flags = row[I_RFLAGS]
+    ts, rts, rcode, ancount, attempts, flags, qtype_num, proto, sport, qname, qtype = _STATE(row)
     tc = flags is not None and "tc" in flags and "tc" in flags.split()
-    return (ts, lower, rcode, ancount, row[I_ATTEMPTS] or 0, rts, tc, row[I_QTYPE_NUM], row[I_PROTO],
-            row[I_SPORT], row[I_QNAME] or "", row[I_QTYPE])
+    return ts, lower, rcode, ancount, attempts or 0, rts, tc, qtype_num, proto, sport, qname or "", qtype
 
 
 def _labels(name: str) -> List[str]:
@@ -140,6 +144,7 @@ class LookupStage:
         self.timeout = timeout
         self.clock = float("-inf")
         self._n = 0
+        self._id_base = self.capture_id * ID_BASE
         # rows from the correlator not looked at yet: the pipeline looks at them at least every chunk of frames
         # (replay: 2048), every live poll and tick, so they are bounded by what the correlator emits meanwhile
         self._incoming: List[Row] = []
@@ -147,6 +152,7 @@ class LookupStage:
         self._held: Deque[list] = deque()  # [release time, row (its client's copy once merged), key, lower, bytes]
         self._held_bytes = 0
         self._nat: Dict[tuple, list] = {}  # NAT key -> its held entry
+        self._only_dst: Optional[str] = ""  # the one address every held row went to (None: several, keyed)
         self._open: Deque[_Lookup] = deque()  # open lookups, oldest first (a lookup still active goes round again)
         self._open_bytes = 0
         self._by_client: Dict[object, List[_Lookup]] = {}
@@ -162,6 +168,8 @@ class LookupStage:
         self._servers: Dict[str, bool] = {}
         self._senders: Dict[str, bool] = {}
         self._local_server = False
+        # an address seen as both (or either table started over): until then no query is a hop's (see _group)
+        self._crossed = False
 
     @property
     def lookups(self) -> int:
@@ -192,18 +200,24 @@ class LookupStage:
         if self._incoming:
             self._arrive()
         self._release(float("inf"))
-        while self._open:
-            self._end(self._open.popleft())
+        ended = list(self._open)
+        self._open.clear()
+        self._end(ended)
         self._questions.clear()
 
     # -- holding -----------------------------------------------------------------------------------
     def _arrive(self) -> None:
-        """The rows that came since the last look: learn their addresses, merge NAT copies, hold the rest."""
+        """The rows that came since the last look: learn their addresses, merge NAT copies, hold the rest.
+
+        A NAT copy goes to another address than its client's row: while every held row went to one address
+        (replay of a capture point before DNAT, or after it), the rows are held without their NAT keys, and
+        the keys are made only once a row to another address comes (``_key_held``)."""
         batch = self._incoming[:]
         del self._incoming[:]
         clock, hold = self.clock, self.hold
         nat, held, servers, senders = self._nat, self._held, self._servers, self._senders
         nat_get, hold_row = nat.get, held.append
+        only = self._only_dst  # None: the held rows are keyed (in ``nat``)
         size = 0
         for row in batch:
             t = row[I_RTS] or row[I_TS]
@@ -215,27 +229,52 @@ class LookupStage:
                 self._learn(servers, dst)
             if src not in senders:
                 self._learn(senders, src)
+            answers = row[I_ANSWERS]
+            if only is not None:
+                if dst == only or not held:
+                    only = dst
+                    entry = [clock + hold, row, None, lower,
+                             ROW_BYTES if answers is None else ROW_BYTES + len(answers)]
+                    size += entry[4]
+                    hold_row(entry)
+                    continue
+                only = None  # a second address: from now on the held rows are keyed
+                self._key_held()
             key = (src, row[I_SPORT], row[I_PROTO], row[I_ID], lower, row[I_QTYPE_NUM])
             entry = nat_get(key)
             if entry is not None and entry[1] is not None and _nat_copies(entry[1], row):
                 self._merge(entry, row)
                 continue
-            answers = row[I_ANSWERS]
             entry = [clock + hold, row, key, lower, ROW_BYTES if answers is None else ROW_BYTES + len(answers)]
             size += entry[4]
             nat[key] = entry
             hold_row(entry)
         self.clock = clock
+        self._only_dst = only
         self._held_bytes += size
         if self._held_bytes > MAX_HOLD_BYTES:  # the oldest go on now
             self._release(float("-inf"), MAX_HOLD_BYTES)
 
+    def _key_held(self) -> None:
+        """Index the held rows by NAT key (the latest row of each key, as if indexed as they came)."""
+        nat = self._nat
+        for entry in self._held:
+            row = entry[1]
+            entry[2] = key = (row[I_SRC], row[I_SPORT], row[I_PROTO], row[I_ID], entry[3], row[I_QTYPE_NUM])
+            nat[key] = entry
+
     def _learn(self, seen: Dict[str, bool], address: str) -> None:
         if len(seen) >= MAX_QUESTIONS:
             seen.clear()
+            self._crossed = True
         seen[address] = True
-        if seen is self._servers and (address.startswith("127.") or address == "::1"):
-            self._local_server = True
+        if seen is self._servers:
+            if address in self._senders:
+                self._crossed = True
+            if address.startswith("127.") or address == "::1":
+                self._local_server = True
+        elif address in self._servers:
+            self._crossed = True
 
     def _merge(self, entry: list, row: Row) -> None:
         other = entry[1]
@@ -254,20 +293,24 @@ class LookupStage:
             return
         nat, group, emit, popleft = self._nat, self._group, self.emit, held.popleft
         size = self._held_bytes
+        limit = float("inf") if over is None else over
         early = 0
-        while held and (held[0][0] <= now or (over is not None and size > over)):
+        while held and (held[0][0] <= now or size > limit):
             entry = popleft()
             if entry[0] > now:
                 early += 1
             size -= entry[4]
             key = entry[2]
-            if nat.get(key) is entry:
+            if key is not None and nat.get(key) is entry:
                 del nat[key]
             row = entry[1]
             group(row, entry[3])
             emit(row)
+        if early:
+            self.bounded["rows_released_early"] += early
         self._held_bytes = size
-        self.bounded["rows_released_early"] += early
+        if not held:
+            self._only_dst = ""  # none held: the next rows go unkeyed again
 
     # -- grouping ----------------------------------------------------------------------------------
     def _group(self, row: Row, lower: str) -> None:
@@ -280,19 +323,32 @@ class LookupStage:
         lookup = None
         if lookups:
             ts = row[I_TS]
+            gap = self.gap
             query_only = row[I_STATUS] == "query_only"
             for candidate in reversed(lookups):
+                # the usual cases are decided here without a call (each a test _accepts would fail on)
                 if lower != candidate.lower:
-                    if candidate.answered and (candidate.names is None or lower not in candidate.names):
-                        continue  # the usual case, decided without a call: an answered lookup takes no new name
+                    names = candidate.names
+                    if names is None or lower not in names:
+                        if candidate.answered:
+                            continue  # an answered lookup takes no new name
+                        prefix = candidate.prefix
+                        if prefix is None:
+                            prefix = candidate.prefix = _labels(candidate.rows[0][10])
+                        head = prefix[0]
+                        n = len(head)
+                        if not (n > 0 and lower.startswith(head) and (len(lower) == n or lower[n] == ".")):
+                            continue  # not the next search-path candidate
                 elif query_only and len(candidate.rows) == 1 and candidate.rows[0][7] == row[I_QTYPE_NUM]:
                     continue  # the same question again without responses (a flood): never a retry of it
+                if ts > candidate.activity + gap:
+                    continue  # quiet too long
                 if self._accepts(candidate, row, lower, ts):
                     lookup = candidate
                     break
         if lookup is None:
-            self._n += 1
-            lookup = _Lookup(self.capture_id * ID_BASE + self._n, client, row, lower, self.timeout)
+            self._n = n = self._n + 1
+            lookup = _Lookup(self._id_base + n, client, row, lower, self.timeout)
             self._open.append(lookup)
             self._open_bytes += lookup.bytes
             if lookups is None:
@@ -310,7 +366,7 @@ class LookupStage:
         # query to an address that sends queries itself (a forwarder) or to a local server
         if self._local_server:
             self._hop(row, lower, lookup)
-        else:
+        elif self._crossed or row[I_NAT_DST] is not None:  # else src is only a sender, dst only a server
             nat = row[I_NAT_DST]
             if row[I_SRC] in self._servers or row[I_DST] in self._senders or (
                     nat is not None and (nat in self._servers or nat in self._senders)):
@@ -362,7 +418,8 @@ class LookupStage:
 
     def _add(self, lookup: _Lookup, row: Row, lower: str) -> None:
         """``row`` joins ``lookup`` (its second query or later)."""
-        ts, rts, rcode, ancount = row[I_TS], row[I_RTS], row[I_RCODE], row[I_ANCOUNT]
+        state = _state(row, lower)
+        ts, rcode, ancount, rts = state[0], state[2], state[3], state[5]
         rows = lookup.rows
         if lower != lookup.lower and (lookup.names is None or lower not in lookup.names):
             if lookup.names is None:  # a second candidate: the labels they share (one candidate needs none)
@@ -372,7 +429,7 @@ class LookupStage:
         grown = QUERY_BYTES + 2 * len(lower)
         lookup.bytes += grown
         self._open_bytes += grown
-        rows.append(_state(row, ts, lower, rcode, ancount, rts))
+        rows.append(state)
         if ancount and rcode == "NOERROR":
             lookup.answered = True
         if ts < lookup.ts:
@@ -449,13 +506,17 @@ class LookupStage:
         limit = now - self.wait
         opened = self._open
         turns = len(opened)
+        ended = []
+        popleft, again, end = opened.popleft, opened.append, ended.append
         while turns and opened[0].born <= limit:
             turns -= 1
-            lookup = opened.popleft()
+            lookup = popleft()
             if lookup.activity <= limit:
-                self._end(lookup)
+                end(lookup)
             else:
-                opened.append(lookup)
+                again(lookup)
+        if ended:
+            self._end(ended)
         questions = self._questions
         if questions:
             stale = []
@@ -471,25 +532,30 @@ class LookupStage:
         opened = self._open
         while opened and self._open_bytes > MAX_OPEN_BYTES:
             self.bounded["lookups_ended_early"] += 1
-            self._end(opened.popleft())
+            self._end((opened.popleft(),))
 
-    def _end(self, lookup: _Lookup) -> None:
-        lookup.open = False
-        self._open_bytes -= lookup.bytes
-        same = self._by_client.get(lookup.client)
-        if same is not None and lookup in same:
-            same.remove(lookup)
-            if not same:
-                del self._by_client[lookup.client]
-        if len(lookup.rows) == 1 and lookup.upstream is None and lookup.forwarded_for is None:
-            if self.on_lookup is not None:  # the log has it already: the view reads it from its queries row
-                self.on_lookup(lookup_row(lookup, self.capture_id))
-            return
-        row = lookup_row(lookup, self.capture_id)
-        if self.add_lookup is not None:
-            self.add_lookup(row)
-        if self.on_lookup is not None:
-            self.on_lookup(row)
+    def _end(self, ended) -> None:
+        """The lookups ``ended`` (in order) can gain no more queries: their rows go out."""
+        by_client, on_lookup, add_lookup, capture_id = self._by_client, self.on_lookup, self.add_lookup, self.capture_id
+        freed = 0
+        for lookup in ended:
+            lookup.open = False
+            freed += lookup.bytes
+            same = by_client.get(lookup.client)
+            if same is not None and lookup in same:
+                same.remove(lookup)
+                if not same:
+                    del by_client[lookup.client]
+            if len(lookup.rows) == 1 and lookup.upstream is None and lookup.forwarded_for is None:
+                if on_lookup is not None:  # the log has it already: the view reads it from its queries row
+                    on_lookup(lookup_row(lookup, capture_id))
+                continue
+            row = lookup_row(lookup, capture_id)
+            if add_lookup is not None:
+                add_lookup(row)
+            if on_lookup is not None:
+                on_lookup(row)
+        self._open_bytes -= freed
 
 
 def lookup_row(lookup: _Lookup, capture_id: Optional[int]) -> list:
