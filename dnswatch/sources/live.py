@@ -774,6 +774,9 @@ class LiveCapture:
         append = out.append
         where, ts_offset, tm = self._where, self._ts_offset, self._task_meta
         on_task, on_process = self.on_task, self.on_process
+        if not tm & TASK_PID:
+            on_task = on_process = None
+        told = set()  # senders (pid << 32 | tid) on_task / on_process heard of in this batch: once is enough
         ordered = True
         for (kt, pid_tgid, uid_gid, cgroup_id, ifindex, pkt_type, tag, flags, comm), data in records:
             if kt < last_kt:
@@ -782,10 +785,12 @@ class LiveCapture:
             ns, ifname, linktype = where.get(tag << 32 | ifindex) or self._lookup_where(tag, ifindex)
             if flags & META_TASK_VALID:
                 pid = pid_tgid >> 32
-                if on_task is not None and tm & TASK_PID and pid != pid_tgid & 0xFFFFFFFF:
-                    on_task(pid)  # sent by a thread: the process's name is read from /proc, now
-                if on_process is not None and tm & TASK_PID:
-                    on_process(pid)
+                if pid_tgid not in told:
+                    told.add(pid_tgid)
+                    if on_task is not None and pid != pid_tgid & 0xFFFFFFFF:
+                        on_task(pid)  # sent by a thread: the process's name is read from /proc, now
+                    if on_process is not None:
+                        on_process(pid)
                 meta = _new_tuple(PacketMeta, (
                     kt, ifindex, pkt_type, ns, ifname,
                     pid if tm & TASK_PID else None,
