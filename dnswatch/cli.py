@@ -975,7 +975,7 @@ def watch(interfaces, ports, netns_specs, all_netns, host_only, timeout, k8s_log
             show("T", row)
 
     sinks = []  # they get every row the log stores; the filters only choose what is shown
-    if responses and not as_json:
+    if responses and not as_json and not quiet:  # (quiet: no timeout lines; no sink, rows go straight to the log)
         sinks.append(timeouts)
     live.capture.on_process = enricher.processes.seen  # exe and parent, read while the sender exists
     if metrics is not None:
