@@ -975,7 +975,7 @@ def watch(interfaces, ports, netns_specs, all_netns, host_only, timeout, k8s_log
             show("T", row)
 
     sinks = []  # they get every row the log stores; the filters only choose what is shown
-    if responses and not as_json:
+    if responses and not as_json and not quiet:  # (quiet: no timeout lines; no sink, rows go straight to the log)
         sinks.append(timeouts)
     live.capture.on_process = enricher.processes.seen  # exe and parent, read while the sender exists
     if metrics is not None:
@@ -983,11 +983,15 @@ def watch(interfaces, ports, netns_specs, all_netns, host_only, timeout, k8s_log
     if as_json:  # -q too: it silences the text lines and notes, not the JSON a pipe asked for
         sinks.append(JsonLinesSink(out, json_format or "native", row_filter=row_filter if row_filter.active else None))
     stop.__enter__()  # from here on Ctrl-C, SIGTERM and SIGHUP end the capture cleanly
+    silent = (quiet or as_json) and not row_filter.active  # no line printed, every query counted as shown
+
+    def tally(row) -> None:
+        shown["n"] += 1
     pipeline = Pipeline(store, "live", capture.describe(), ports, timeout,
                         options={"interfaces": list(interfaces), "responses": responses, "netns": list(netns_specs),
                                  "all_netns": live.all_netns, "write": write_path},
-                        on_query=lambda row: show("Q", row),
-                        on_response=(lambda row: show("R", row)) if responses else None,
+                        on_query=tally if silent else lambda row: show("Q", row),
+                        on_response=(lambda row: show("R", row)) if responses and not silent else None,
                         enrich=enricher, expect_responses=responses, sinks=sinks,
                         lookups=responses if with_lookups is None else with_lookups)
     if pipeline.lookups is not None:

@@ -174,6 +174,32 @@ class Pipeline:
             s.frames += n
             s.first_ts, s.last_ts, self._since_expire = first, last, since
 
+    def feed_live(self, frames: List[Frame]) -> None:
+        """feed_all() for live capture's polls: ``frames`` in kernel time order, their DNS messages decoded in one
+        batch per EXPIRE_EVERY_FRAMES (``FrameDecoder.decode_frames``) rather than a call per frame."""
+        s = self.summary
+        collecting = _pause_gc()
+        try:
+            for at in range(0, len(frames), EXPIRE_EVERY_FRAMES):
+                chunk = frames[at:at + EXPIRE_EVERY_FRAMES] if len(frames) > EXPIRE_EVERY_FRAMES else frames
+                s.frames += len(chunk)
+                if s.first_ts is None:
+                    s.first_ts = chunk[0][0]
+                last = max(chunk[0][0], chunk[-1][0])  # (ordered: the first and the last are the extremes)
+                if s.last_ts is None or last > s.last_ts:
+                    s.last_ts = last
+                self._messages(self.decoder.decode_frames(chunk))
+                self._since_expire += len(chunk)
+                if self._since_expire >= EXPIRE_EVERY_FRAMES:
+                    self._since_expire = 0
+                    self._advance(s.last_ts)
+            lookups = self.lookups
+            if lookups is not None and (frames or lookups.holding):  # after every poll, so that rows wait HOLD_LIVE
+                lookups.advance(time.time())
+        finally:
+            if collecting:
+                gc.enable()
+
     def feed_reader(self, reader: PcapReader, stop: Callable[[], bool] = lambda: False,
                     progress: Optional[Callable[[], None]] = None) -> bool:
         """Replay ``reader`` as ``feed_file(reader.frames(), ...)`` does. A classic pcap is read from the file's

@@ -132,6 +132,8 @@ def run_watch(
     if hasattr(capture, "detach"):
         stop.on_stop(capture.detach)  # a perf read under a flood ends only once nothing new comes in
     deadline = time.monotonic() + duration if duration else None
+    # a poll's frames in one batch (Pipeline.feed_live); a stand-in pipeline may only have feed_all
+    feed = getattr(pipeline, "feed_live", None) or pipeline.feed_all
     status = "complete"
     last_record = 0.0
     next_housekeeping = 0.0
@@ -141,7 +143,7 @@ def run_watch(
                 # rows held for their NAT copy (lookups) go on within HOLD_LIVE even when no packet comes
                 lookups = getattr(pipeline, "lookups", None)
                 held = lookups is not None and lookups.holding
-                pipeline.feed_all(capture.poll(HELD_POLL_MS if held else POLL_MS))
+                feed(list(capture.poll(HELD_POLL_MS if held else POLL_MS)))
                 now = time.monotonic()
                 # kernel counters, timeouts, flushes and rescans: every 100 ms, not after every wakeup
                 if now >= next_housekeeping:
@@ -169,7 +171,7 @@ def run_watch(
             _record_failure(capture, pipeline, exc)
             raise
         # detach, then everything the kernel had already kept (and the reorder window holds): stored and counted
-        pipeline.feed_all(_last_frames(capture))
+        feed(list(_last_frames(capture)))
         _kernel_counts(capture, pipeline)
         capture.close()
         return pipeline.finish(status)

@@ -16,7 +16,7 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional
+from typing import Dict, Iterator, List, Optional, Sequence
 
 import pytest
 
@@ -184,12 +184,16 @@ class Watch:
     command = "watch"
 
     def __init__(self, lab: Lab, ns: Optional[str], db: Path, *args: str, ready_timeout: float = 60,
-                 narrow: bool = True):
+                 narrow: bool = True, python: Optional[str] = None, root: Optional[Path] = None,
+                 python_args: Sequence[str] = ()):
+        """``python``, ``root``: another checkout's interpreter and tree (bench/live --against); ``python_args``
+        go before ``-m dnswatch`` (a profiler)."""
         self.db = db
         if narrow and not {"--all-netns", "--netns", "--host-only"} & set(args):
             args = ("--host-only", *args)  # as root watch covers every namespace; these tests watch one
-        cmd = [sys.executable, "-m", "dnswatch", self.command, "--db", str(db), *args]
-        self.proc = lab.spawn(ns, *cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(ROOT))
+        cmd = [python or sys.executable, *python_args, "-m", "dnswatch", self.command, "--db", str(db), *args]
+        self.proc = lab.spawn(ns, *cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              cwd=str(root or ROOT))
         self.stdout: List[str] = []
         self.stderr: List[str] = []
         self._ready = threading.Event()

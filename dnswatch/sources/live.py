@@ -574,6 +574,7 @@ class LiveCapture:
         self.reorder_late = 0  # frames read after a younger one was handed on (0 unless the margin is too short)
         self.reorder_forced = 0  # frames handed on early because the window hit REORDER_MAX_BYTES
         self._where: Dict[int, Tuple[int, Optional[str], int]] = {}  # netns << 32 | ifindex -> (inode, name, linktype)
+        self._comms: Dict[bytes, str] = {}  # the kernel's task names, decoded
         # called with the sender's pid as each event is read (before the reorder window holds it): what must be
         # looked up while the sender still exists (enrich.ProcessNames.name: /proc/PID/comm) is looked up then
         self.on_task: Optional[Callable[[int], object]] = None
@@ -772,8 +773,11 @@ class LiveCapture:
         case: one ring is written in nearly time order, so sorting is seldom needed)."""
         out: List[Frame] = []
         append = out.append
-        where, ts_offset, tm = self._where, self._ts_offset, self._task_meta
+        where, ts_offset, tm, comms = self._where, self._ts_offset, self._task_meta, self._comms
         on_task, on_process = self.on_task, self.on_process
+        if not tm & TASK_PID:
+            on_task = on_process = None
+        told = set()  # senders (pid << 32 | tid) on_task / on_process heard of in this batch: once is enough
         ordered = True
         for (kt, pid_tgid, uid_gid, cgroup_id, ifindex, pkt_type, tag, flags, comm), data in records:
             if kt < last_kt:
@@ -782,15 +786,17 @@ class LiveCapture:
             ns, ifname, linktype = where.get(tag << 32 | ifindex) or self._lookup_where(tag, ifindex)
             if flags & META_TASK_VALID:
                 pid = pid_tgid >> 32
-                if on_task is not None and tm & TASK_PID and pid != pid_tgid & 0xFFFFFFFF:
-                    on_task(pid)  # sent by a thread: the process's name is read from /proc, now
-                if on_process is not None and tm & TASK_PID:
-                    on_process(pid)
+                if pid_tgid not in told:
+                    told.add(pid_tgid)
+                    if on_task is not None and pid != pid_tgid & 0xFFFFFFFF:
+                        on_task(pid)  # sent by a thread: the process's name is read from /proc, now
+                    if on_process is not None:
+                        on_process(pid)
                 meta = _new_tuple(PacketMeta, (
                     kt, ifindex, pkt_type, ns, ifname,
                     pid if tm & TASK_PID else None,
                     pid_tgid & 0xFFFFFFFF if tm & TASK_PID else None,
-                    comm.split(b"\0", 1)[0].decode(errors="replace") if tm & TASK_COMM else None,
+                    (comms.get(comm) or self._comm(comm)) if tm & TASK_COMM else None,
                     uid_gid & 0xFFFFFFFF if tm & TASK_UID else None,
                     cgroup_id if tm & TASK_CGROUP else None,
                     None))
@@ -798,6 +804,13 @@ class LiveCapture:
                 meta = _new_tuple(PacketMeta, (kt, ifindex, pkt_type, ns, ifname, None, None, None, None, None, None))
             append(_new_tuple(Frame, (kt * 1e-9 + ts_offset, linktype, data, ifname, meta)))
         return out, ordered
+
+    def _comm(self, raw: bytes) -> str:
+        """A task name as the kernel gives it (16 bytes, NUL-padded) as text; cached, as few names send DNS."""
+        if len(self._comms) >= 4096:
+            self._comms.clear()
+        text = self._comms[raw] = raw.split(b"\0", 1)[0].decode(errors="replace")
+        return text
 
     def _lookup_where(self, netns_tag: int, ifindex: int) -> Tuple[int, Optional[str], int]:
         """(namespace inode, interface name, linktype) of an event's netns tag and ifindex; cached once known."""
