@@ -230,13 +230,12 @@ class LookupStage:
             if src not in senders:
                 self._learn(senders, src)
             answers = row[I_ANSWERS]
+            taken = ROW_BYTES if answers is None else ROW_BYTES + len(answers)
             if only is not None:
                 if dst == only or not held:
                     only = dst
-                    entry = [clock + hold, row, None, lower,
-                             ROW_BYTES if answers is None else ROW_BYTES + len(answers)]
-                    size += entry[4]
-                    hold_row(entry)
+                    size += taken
+                    hold_row([clock + hold, row, None, lower, taken])
                     continue
                 only = None  # a second address: from now on the held rows are keyed
                 self._key_held()
@@ -245,8 +244,8 @@ class LookupStage:
             if entry is not None and entry[1] is not None and _nat_copies(entry[1], row):
                 self._merge(entry, row)
                 continue
-            entry = [clock + hold, row, key, lower, ROW_BYTES if answers is None else ROW_BYTES + len(answers)]
-            size += entry[4]
+            entry = [clock + hold, row, key, lower, taken]
+            size += taken
             nat[key] = entry
             hold_row(entry)
         self.clock = clock
@@ -297,14 +296,13 @@ class LookupStage:
         early = 0
         while held and (held[0][0] <= now or size > limit):
             entry = popleft()
-            if entry[0] > now:
+            release, row, key, lower, taken = entry
+            if release > now:
                 early += 1
-            size -= entry[4]
-            key = entry[2]
+            size -= taken
             if key is not None and nat.get(key) is entry:
                 del nat[key]
-            row = entry[1]
-            group(row, entry[3])
+            group(row, lower)
             emit(row)
         if early:
             self.bounded["rows_released_early"] += early
@@ -578,21 +576,20 @@ def lookup_row(lookup: _Lookup, capture_id: Optional[int]) -> list:
         if r[11] not in qtypes:
             qtypes.append(r[11])
     if lookup.names is None:  # one candidate (the A/AAAA pair, a retry, TCP after tc)
-        order = [(min(r[0] for r in rows), rows[0][10])]
+        candidates = [rows[0][10]]
     else:
         first: Dict[str, Tuple[float, str]] = {}  # candidate (lower) -> (first sent, as sent), as they came
         for r in rows:
             if r[1] not in first:
                 first[r[1]] = (r[0], r[10])
-        order = sorted(first.values())
-    candidates = [name for _ts, name in order]
+        candidates = [name for _ts, name in sorted(first.values())]
     rows = sorted(rows, key=_BY_TS)
     answered = None
     for r in rows:
         if r[2] == "NOERROR" and r[3]:
             answered = r[1]
             break
-    final = answered if answered is not None else (order[-1][1].lower() if order else None)
+    final = answered if answered is not None else candidates[-1].lower()
     rcode = None
     for r in rows:
         lower, rc, ancount, tc = r[1], r[2], r[3], r[6]
@@ -625,7 +622,12 @@ def lookup_row(lookup: _Lookup, capture_id: Optional[int]) -> list:
             asked = shortest
     else:
         asked = candidates[0] if candidates else None
-    answered_name = next((name for name in candidates if name.lower() == answered), None)
+    answered_name = None
+    if answered is not None:
+        for name in candidates:
+            if name.lower() == answered:
+                answered_name = name
+                break
     return [
         lookup.id, capture_id, lookup.ts, end, src, dst, lookup.nat_dst, pid, comm, exe, netns, pod, pod_ns,
         container, server_pod[0], server_pod[1], asked, _json_names(candidates), _json_types(qtypes), answered_name,
