@@ -290,7 +290,7 @@ class LookupStage:
         held = self._held
         if not held or (over is None and held[0][0] > now):
             return
-        nat, group, emit, popleft = self._nat, self._group, self.emit, held.popleft
+        nat, emit, popleft = self._nat, self.emit, held.popleft
         size = self._held_bytes
         limit = float("inf") if over is None else over
         early = 0
@@ -302,7 +302,7 @@ class LookupStage:
             size -= taken
             if key is not None and nat.get(key) is entry:
                 del nat[key]
-            group(row, lower)
+            self._group(row, lower)  # (a method call, not a local: compiled, a C call)
             emit(row)
         if early:
             self.bounded["rows_released_early"] += early
@@ -598,8 +598,11 @@ def lookup_row(lookup: _Lookup, capture_id: Optional[int]) -> list:
                 rcode = rc
                 if answered is not None and rc == "NOERROR" and ancount:
                     break
-    if rcode is None:  # only a truncated answer came back
-        rcode = next((r[2] for r in rows if r[1] == final and r[2] is not None), None)
+    if rcode is None:  # only a truncated answer came back (a loop, not next(genexpr): compiled, no closure)
+        for r in rows:
+            if r[1] == final and r[2] is not None:
+                rcode = r[2]
+                break
     queries = wasted = tcp = 0
     end = None  # the last response
     for r in rows:
