@@ -20,6 +20,8 @@ cdef class _Lookup:
     cdef public Py_ssize_t bytes
 
 
+@cython.locals(nat=object)
+cdef _Lookup _open_lookup(_Lookup lookup, lookup_id, client, list row, str lower, double timeout)
 @cython.locals(ts=object, rts=object, rcode=object, ancount=object, attempts=object, flags=object, tc=bint)
 cdef tuple _state(list row, str lower)
 cdef inline list _labels(str name)

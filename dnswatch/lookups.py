@@ -75,32 +75,38 @@ class _Lookup:
 
     def __init__(self, lookup_id: int, client: object, row: Row, lower: str, timeout: float):
         """A lookup opened by ``row`` (LookupStage._add adds the next ones)."""
-        self.id = lookup_id
-        self.client = client
-        self.cols = _CLIENT_COLUMNS(row)  # the client's columns come from its first row
-        self.lower = lower  # the first candidate, lower case (most lookups have one)
-        # names: with a second candidate, every candidate, lower case; prefix: the leading labels every candidate
-        # shares (once asked); upstream: (lookup id, server, latency); forwarded_for: a server's lookup: the
-        # client lookup it forwarded
-        self.names = self.prefix = self.upstream = self.forwarded_for = None
-        # per query, in the order they came: (ts, name lower, rcode, ancount, attempts, response_ts, tc, qtype
-        # number, proto, client port, name as sent, qtype)
-        ts, rts, rcode, ancount, flags = row[I_TS], row[I_RTS], row[I_RCODE], row[I_ANCOUNT], row[I_RFLAGS]
-        self.rows: List[tuple] = [(ts, lower, rcode, ancount, row[I_ATTEMPTS] or 0, rts,  # as _state, inlined
-                                   flags is not None and "tc" in flags and "tc" in flags.split(), row[I_QTYPE_NUM],
-                                   row[I_PROTO], row[I_SPORT], row[I_QNAME] or "", row[I_QTYPE])]
-        self.ts = self.born = ts
-        self.last_response: Optional[float] = rts
-        if rts is not None:
-            self.activity = rts if rts > ts else ts
-        else:
-            self.activity = ts + (timeout if row[I_STATUS] == "unanswered" else 0.0)
-        self.answered = bool(ancount) and rcode == "NOERROR"  # a candidate came back NOERROR with records
-        nat = row[I_NAT_DST]
-        self.nat_dst: Optional[str] = nat
-        self.server_pod = None if nat is None else (row[I_SERVER_POD], row[I_SERVER_POD_NS])
-        self.open = True
-        self.bytes = LOOKUP_BYTES + QUERY_BYTES + 2 * len(lower)
+        _open_lookup(self, lookup_id, client, row, lower, timeout)
+
+
+def _open_lookup(lookup: _Lookup, lookup_id: int, client: object, row: Row, lower: str, timeout: float) -> _Lookup:
+    """_Lookup.__init__'s work, also called on a bare ``_Lookup.__new__(_Lookup)`` (compiled: no Python call)."""
+    lookup.id = lookup_id
+    lookup.client = client
+    lookup.cols = _CLIENT_COLUMNS(row)  # the client's columns come from its first row
+    lookup.lower = lower  # the first candidate, lower case (most lookups have one)
+    # names: with a second candidate, every candidate, lower case; prefix: the leading labels every candidate
+    # shares (once asked); upstream: (lookup id, server, latency); forwarded_for: a server's lookup: the
+    # client lookup it forwarded
+    lookup.names = lookup.prefix = lookup.upstream = lookup.forwarded_for = None
+    # per query, in the order they came: (ts, name lower, rcode, ancount, attempts, response_ts, tc, qtype
+    # number, proto, client port, name as sent, qtype)
+    ts, rts, rcode, ancount, flags = row[I_TS], row[I_RTS], row[I_RCODE], row[I_ANCOUNT], row[I_RFLAGS]
+    lookup.rows: List[tuple] = [(ts, lower, rcode, ancount, row[I_ATTEMPTS] or 0, rts,  # as _state, inlined
+                                 flags is not None and "tc" in flags and "tc" in flags.split(), row[I_QTYPE_NUM],
+                                 row[I_PROTO], row[I_SPORT], row[I_QNAME] or "", row[I_QTYPE])]
+    lookup.ts = lookup.born = ts
+    lookup.last_response: Optional[float] = rts
+    if rts is not None:
+        lookup.activity = rts if rts > ts else ts
+    else:
+        lookup.activity = ts + (timeout if row[I_STATUS] == "unanswered" else 0.0)
+    lookup.answered = bool(ancount) and rcode == "NOERROR"  # a candidate came back NOERROR with records
+    nat = row[I_NAT_DST]
+    lookup.nat_dst: Optional[str] = nat
+    lookup.server_pod = None if nat is None else (row[I_SERVER_POD], row[I_SERVER_POD_NS])
+    lookup.open = True
+    lookup.bytes = LOOKUP_BYTES + QUERY_BYTES + 2 * len(lower)
+    return lookup
 
 
 _STATE = itemgetter(I_TS, I_RTS, I_RCODE, I_ANCOUNT, I_ATTEMPTS, I_RFLAGS, I_QTYPE_NUM, I_PROTO, I_SPORT, I_QNAME,
@@ -346,7 +352,7 @@ class LookupStage:
                     break
         if lookup is None:
             self._n = n = self._n + 1
-            lookup = _Lookup(self._id_base + n, client, row, lower, self.timeout)
+            lookup = _open_lookup(_Lookup.__new__(_Lookup), self._id_base + n, client, row, lower, self.timeout)
             self._open.append(lookup)
             self._open_bytes += lookup.bytes
             if lookups is None:
