@@ -82,3 +82,5 @@ cdef bint _is_client_side(list a, list b) except -1
 cdef _merge_nat(list client, list server)
 cdef bint _is_upstream(tuple up, tuple client) except -1
 cdef bint _loopback(address) except -1
+cdef str _json_types(qtypes)
+cdef str _json_name(str name)
