@@ -267,15 +267,10 @@ class LogWriter:
                           "value = excluded.value", (key, value))
 
     # -- rows ----------------------------------------------------------------------------------
-    def write_lookups(self, lookups: List[Sequence[Any]]) -> None:
-        """Insert (or complete) ``lookups`` rows, in LOOKUP_COLUMNS order (dnswatch.lookups writes them as they end)."""
-        if lookups:
-            with self.conn:
-                self.conn.execute("BEGIN IMMEDIATE")
-                self.conn.executemany(_INSERT_LOOKUP, lookups)
-
-    def write(self, rows: List[Sequence[Any]], malformed: List[Sequence[Any]], force: bool = False) -> None:
-        """Insert ``rows`` (and malformed messages) in one transaction; write the sums when due or ``force``."""
+    def write(self, rows: List[Sequence[Any]], malformed: List[Sequence[Any]], force: bool = False,
+              lookups: Sequence[Sequence[Any]] = ()) -> None:
+        """Insert ``rows`` (and malformed messages, and ``lookups`` rows in LOOKUP_COLUMNS order: dnswatch.lookups
+        writes them as they end) in one transaction; write the sums when due or ``force``."""
         conn = self.conn
         if self._lost_sums:  # a failed transaction took the pending sums with it: rebuild them from the log
             self.recover()
@@ -291,6 +286,8 @@ class LogWriter:
                         self._set_meta("pending_min_ts", self._pending_min_ts)
                 if malformed:
                     conn.executemany(self._insert_malformed, malformed)
+                if lookups:
+                    conn.executemany(_INSERT_LOOKUP, lookups)
                 if self._pending and (force or self.sums_due()):
                     self._write_sums()
         except BaseException:

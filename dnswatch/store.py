@@ -351,16 +351,13 @@ class Store:
         lookups, self._lookups = self._lookups, []
         self._batch_bytes = 0
         if self._writer is not None:
-            if rows or malformed:
-                self._writer.send(("rows", rows, malformed))
-            if lookups:
-                self._writer.send(("lookups", lookups))
+            if rows or malformed or lookups:
+                self._writer.send(("rows", rows, malformed, lookups))
         else:
             try:
                 if self._checkpointer is not None:
                     self._checkpointer.check()
-                self._log.write(rows, malformed, force)
-                self._log.write_lookups(lookups)
+                self._log.write(rows, malformed, force, lookups)
             except sqlite3.Error as exc:
                 if not _is_full(exc):
                     raise _friendly(self.path, exc)
@@ -435,7 +432,7 @@ def _open(path: str) -> sqlite3.Connection:
 # -- the writer process of a bulk load ------------------------------------------------------------
 #
 # Messages are marshal'd tuples (rows are plain lists of str/int/float/None/bytes, and marshal writes a string
-# shared by many rows once). Parent to child: ("rows", rows, malformed), ("update", sql, params), and requests
+# shared by many rows once). Parent to child: ("rows", rows, malformed, lookups rows), ("update", sql, params), and requests
 # that get an answer, tagged with a sequence number: ("start", params, seq), ("sync", seq), ("close", seq).
 # Child to parent: ("ok", seq, value) or ("error", message); after an error the child exits.
 
@@ -621,7 +618,7 @@ def _writer_main(path: str, width: int, inbox: Connection, outbox: Connection) -
             if kind == "rows":
                 # Batches waiting (this process is the slower one): one transaction for several, as each commit
                 # writes every page it changed and consecutive batches change many of the same (the indexes').
-                rows, malformed = message[1], message[2]
+                rows, malformed, lookups = message[1], message[2], message[3]
                 while len(rows) < GROUP_ROWS and not ahead:
                     try:
                         blob = inbox_queue.get_nowait()
@@ -633,9 +630,8 @@ def _writer_main(path: str, width: int, inbox: Connection, outbox: Connection) -
                         break
                     rows.extend(message[1])
                     malformed.extend(message[2])
-                log.write(rows, malformed)
-            elif kind == "lookups":
-                log.write_lookups(message[1])
+                    lookups.extend(message[3])
+                log.write(rows, malformed, lookups=lookups)
             elif kind == "update":
                 log.update(message[1], message[2])
             elif kind == "start":

@@ -68,11 +68,11 @@ def test_write_error_comes_back(tmp_path, monkeypatch):
     real = store._Log.write
     calls = []
 
-    def failing(self, rows, malformed):  # the child inherits this through fork
+    def failing(self, rows, malformed, *args, **kwargs):  # the child inherits this through fork
         calls.append(1)
         if len(calls) == 2:
             raise sqlite3.OperationalError("database or disk is full")
-        real(self, rows, malformed)
+        real(self, rows, malformed, *args, **kwargs)
 
     monkeypatch.setattr(store._Log, "write", failing)
     s = Store(str(tmp_path / "f.db"), live_columns=False, bulk=True)

@@ -117,11 +117,11 @@ def test_waiting_batches_share_a_transaction(tmp_path, monkeypatch):
     sizes = tmp_path / "sizes"
     real = store._Log.write
 
-    def slow(self, rows, malformed, force=False):  # the child inherits this through fork
+    def slow(self, rows, malformed, force=False, lookups=()):  # the child inherits this through fork
         with open(sizes, "a") as f:
             f.write(f"{len(rows)}\n")
         time.sleep(0.2)  # meanwhile the parent sends the next batches
-        real(self, rows, malformed, force)
+        real(self, rows, malformed, force, lookups)
 
     monkeypatch.setattr(store._Log, "write", slow)
     db = str(tmp_path / "w.db")
