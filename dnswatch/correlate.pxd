@@ -36,3 +36,7 @@ cdef class Correlator:
 
 @cython.locals(meta=object, p=object)
 cpdef bint _is_copy(tuple seen, seg) except -1
+
+
+@cython.locals(ms=double, us=double, whole=double, frac=double)
+cpdef double ms3(double seconds) except? -1.0

@@ -195,3 +195,28 @@ def test_retries_copies_and_answers_keep_the_byte_count_exact():
         assert run.c.pending_bytes == _counted(run.c)
     run.c.expire(100.0)
     assert run.c.pending_bytes == 0 and len(run.done()) == 50
+
+
+def _bits(x: float) -> bytes:
+    import struct
+    return struct.pack("<d", x)
+
+
+def test_ms3_is_round_bit_for_bit():
+    """correlate.ms3(s) is round(s * 1000.0, 3), the same double (sign of zero too), ties and odd values included."""
+    import math
+    import random
+
+    from dnswatch.correlate import ms3
+
+    rng = random.Random(13)
+    values = [0.0, -0.0, 1e-12, -1e-12, 0.0005, 0.0015, 0.0025, 2.5e-7, 5e-7, 1.5e-6, 0.1, 0.3, 1 / 3, 4.9999995e-4,
+              999.9995, 1e5, 1e6, 1e9, 1e12, -0.0004, -3.7, math.inf, -math.inf, 1.0000005e-3, 123.4565e-3]
+    values += [rng.uniform(0, 0.01) for _ in range(20000)]
+    values += [rng.uniform(0, 10) for _ in range(20000)]
+    values += [rng.expovariate(1 / 0.05) for _ in range(20000)]
+    values += [k / 1e6 + 5e-10 * rng.choice((-1, 0, 1)) for k in range(0, 20000, 7)]  # near the microsecond ties
+    values += [(k + 0.5) / 1e6 for k in range(0, 20000, 3)]
+    for v in values:
+        assert _bits(ms3(v)) == _bits(round(v * 1000.0, 3)), v
+    assert math.isnan(ms3(math.nan))
