@@ -188,14 +188,7 @@ class Correlator:
             self._query_live(key, seg, msg)
             return
         size = len(payload)
-        if size <= CACHE_MAX_KEY and len(msg.questions) == 1:  # _generation(size), inlined for the usual query
-            gen = cache_stats["clears"]
-            if gen != self._gen:
-                self._generation(size)
-            else:
-                self._shared += 1
-        else:
-            gen = -1
+        gen = self._generation(size) if len(msg.questions) == 1 else -1
         entry = (msg, ts, ts, hash(payload), None, size, 1, ifname, None, 0, gen)
         pending = self.pending
         waiting = pending.setdefault(key, entry)  # one lookup for the usual case: nothing waits under this key
@@ -308,14 +301,7 @@ class Correlator:
         recent = self.recent
         n = len(recent)
         recent[key] = seen = (ts, hash(payload), None if meta is None else [_point(meta)])
-        if len(recent) == n or n >= self.max_recent:
-            self._remembered(key, seen, n)
-
-    def _remembered(self, key: Key, seen: tuple, n: int) -> None:
-        """``seen`` was just stored under ``key`` in ``recent``, which held ``n`` before: an earlier one under
-        this key is replaced by it, at the end; a full table forgets its oldest."""
-        recent = self.recent
-        if len(recent) == n:
+        if len(recent) == n:  # an earlier one under this key: this one replaces it, at the end
             del recent[key]
             recent[key] = seen
         elif n >= self.max_recent:
@@ -413,11 +399,7 @@ class Correlator:
             self.pending_bytes -= ENTRY_COST + extra
         else:
             self.pending_bytes -= self._cost(waiting)
-        recent = self.recent  # _remember(key, ts, payload, meta), inlined for the usual answer
-        n = len(recent)
-        recent[key] = seen = (ts, hash(payload), None if meta is None else [_point(meta)])
-        if len(recent) == n or n >= self.max_recent:
-            self._remembered(key, seen, n)
+        self._remember(key, ts, payload, meta)
         rcode = msg.rcode
         answer = ["answered", _RCODES.get(rcode) or rcode_text(rcode), rcode, msg.answers, msg.ancount,
                   ms3(ts - last), ts, attempts, ms3(ts - first)]

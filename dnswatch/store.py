@@ -432,8 +432,9 @@ def _open(path: str) -> sqlite3.Connection:
 # -- the writer process of a bulk load ------------------------------------------------------------
 #
 # Messages are marshal'd tuples (rows are plain lists of str/int/float/None/bytes, and marshal writes a string
-# shared by many rows once). Parent to child: ("rows", rows, malformed, lookups rows), ("update", sql, params), and requests
-# that get an answer, tagged with a sequence number: ("start", params, seq), ("sync", seq), ("close", seq).
+# shared by many rows once). Parent to child: ("rows", rows, malformed, lookups rows), ("update", sql, params),
+# and requests that get an answer, tagged with a sequence number: ("start", params, seq), ("sync", seq),
+# ("close", seq).
 # Child to parent: ("ok", seq, value) or ("error", message); after an error the child exits.
 
 class _Writer:
