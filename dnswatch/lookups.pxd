@@ -25,6 +25,7 @@ cdef _Lookup _open_lookup(_Lookup lookup, lookup_id, client, list row, str lower
 @cython.locals(ts=object, rts=object, rcode=object, ancount=object, attempts=object, flags=object, tc=bint)
 cdef tuple _state(list row, str lower)
 cdef inline list _labels(str name)
+cdef inline tuple _nat_key(list row, str lower)
 @cython.locals(n=Py_ssize_t)
 cdef list _common(list a, list b)
 

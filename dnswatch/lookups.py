@@ -90,10 +90,8 @@ def _open_lookup(lookup: _Lookup, lookup_id: int, client: object, row: Row, lowe
     lookup.names = lookup.prefix = lookup.upstream = lookup.forwarded_for = None
     # per query, in the order they came: (ts, name lower, rcode, ancount, attempts, response_ts, tc, qtype
     # number, proto, client port, name as sent, qtype)
-    ts, rts, rcode, ancount, flags = row[I_TS], row[I_RTS], row[I_RCODE], row[I_ANCOUNT], row[I_RFLAGS]
-    lookup.rows: List[tuple] = [(ts, lower, rcode, ancount, row[I_ATTEMPTS] or 0, rts,  # as _state, inlined
-                                 flags is not None and "tc" in flags and "tc" in flags.split(), row[I_QTYPE_NUM],
-                                 row[I_PROTO], row[I_SPORT], row[I_QNAME] or "", row[I_QTYPE])]
+    ts, rts, rcode, ancount = row[I_TS], row[I_RTS], row[I_RCODE], row[I_ANCOUNT]
+    lookup.rows: List[tuple] = [_state(row, lower)]
     lookup.ts = lookup.born = ts
     lookup.last_response: Optional[float] = rts
     if rts is not None:
@@ -118,6 +116,12 @@ def _state(row: Row, lower: str) -> tuple:
     ts, rts, rcode, ancount, attempts, flags, qtype_num, proto, sport, qname, qtype = _STATE(row)
     tc = flags is not None and "tc" in flags and "tc" in flags.split()
     return ts, lower, rcode, ancount, attempts or 0, rts, tc, qtype_num, proto, sport, qname or "", qtype
+
+
+def _nat_key(row: Row, lower: str) -> tuple:
+    """The key under which a held row waits for its NAT copy: the client's address and port, protocol, DNS id and
+    question (the copy has them too; only the destination differs)."""
+    return (row[I_SRC], row[I_SPORT], row[I_PROTO], row[I_ID], lower, row[I_QTYPE_NUM])
 
 
 def _labels(name: str) -> List[str]:
@@ -245,7 +249,7 @@ class LookupStage:
                     continue
                 only = None  # a second address: from now on the held rows are keyed
                 self._key_held()
-            key = (src, row[I_SPORT], row[I_PROTO], row[I_ID], lower, row[I_QTYPE_NUM])
+            key = _nat_key(row, lower)
             entry = nat_get(key)
             if entry is not None and entry[1] is not None and _nat_copies(entry[1], row):
                 self._merge(entry, row)
@@ -265,7 +269,7 @@ class LookupStage:
         nat = self._nat
         for entry in self._held:
             row = entry[1]
-            entry[2] = key = (row[I_SRC], row[I_SPORT], row[I_PROTO], row[I_ID], entry[3], row[I_QTYPE_NUM])
+            entry[2] = key = _nat_key(row, entry[3])
             nat[key] = entry
 
     def _learn(self, seen: Dict[str, bool], address: str) -> None:
