@@ -138,7 +138,8 @@ QUERIES = Table(
                "whatever the address) or 'address' (the pod holding the source address, when it came in on no "
                "veth, e.g. through a bridge). NULL when no container or pod was found.", store="sender"),
         Column("exe", "TEXT", "Executable path of the sending process (/proc/PID/exe), read once per process "
-               "(pid and start time, so a reused pid never inherits it) (live).", store="sender"),
+               "(pid and start time, so a reused pid never inherits it) while the process runs: empty for one that "
+               "exited before watch read its first query (live).", store="sender"),
         Column("ppid", "INTEGER", "Parent process id of the sender (live).", store="sender"),
         Column("parent_comm", "TEXT", "Command name of the sender's parent process (live).", store="sender"),
         Column("server_pod", "TEXT", "Pod of the server side when the query reached a server pod through NAT "

@@ -24,12 +24,14 @@ SEARCH = "shop.svc.cluster.local svc.cluster.local cluster.local"
 MUSL_CLIENT = r"""
 #include <netdb.h>
 #include <stdio.h>
+#include <unistd.h>
 int main(int argc, char **argv) {
     struct addrinfo hints = {0}, *res;
     hints.ai_socktype = SOCK_STREAM;
     int rc = getaddrinfo(argv[1], "443", &hints, &res);
     if (rc) { fprintf(stderr, "%s\n", gai_strerror(rc)); return 1; }
     freeaddrinfo(res);
+    usleep(300000);  /* a real client uses its answer: exe is read from /proc while the sender runs */
     return 0;
 }
 """
