@@ -161,6 +161,8 @@ def replay(files: Sequence[str], db_path: Optional[str], ports: Sequence[int], t
                 try:
                     summary, error = _replay_one(store, path, ports, timeout, progress, stop, fingerprint, with_lookups)
                 except CaptureFormatError as exc:  # not a capture at all: nothing was recorded
+                    if stop.requested:
+                        break  # stdin ended by the stop before a capture header came
                     failures += 1
                     click.echo(f"Error: {safe_text(exc)}", err=True)
                     continue
@@ -258,7 +260,7 @@ def _replay_one(store: Store, path: str, ports: Sequence[int], timeout: float, p
                 ) -> Tuple[Summary, Optional[BaseException]]:
     """Replay one file. Every way it ends records a status ('complete', 'interrupted', 'failed', 'damaged') and
     returns the summary, with the error that ended it, if any. Raises CaptureFormatError only before it started."""
-    reader = PcapReader(path)
+    reader = PcapReader(path, lambda: stop.requested)  # stdin: a stop ends a silent pipe too
     options = {"format": reader.format}
     if fingerprint:
         options["fingerprint"] = fingerprint

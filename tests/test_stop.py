@@ -226,6 +226,36 @@ def test_a_signal_to_replay_records_and_summarises(tmp_path, signum):
     assert caps[0]["ended"] and 0 < frames <= fed["n"]
 
 
+@pytest.mark.parametrize("records", [0, 300])
+def test_a_signal_ends_replay_from_a_silent_pipe(tmp_path, records):
+    """`tcpdump -w - | dnswatch replay -` where the writer goes quiet (or never wrote): the stop still takes effect
+    at once, with every frame that came stored."""
+    import subprocess
+    import sys
+    import time
+
+    db = tmp_path / "silent.db"
+    proc = subprocess.Popen([sys.executable, "-m", "dnswatch", "replay", "-", "--db", str(db), "--no-progress"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        if records:
+            proc.stdin.write(PCAP_HEADER_RAW + _pcap_records(records, 0))
+            proc.stdin.flush()
+        time.sleep(1.5)  # the pipe stays open and silent
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=5)
+        out, err = proc.stdout.read().decode(), proc.stderr.read().decode()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.stdin.close()
+    assert proc.returncode == 1, err
+    assert "interrupted by SIGTERM" in err and "Traceback" not in err and "Error: -:" not in err, err
+    if records:
+        caps, rows = _captures(db)
+        assert (caps[0]["status"], caps[0]["frames"], rows) == ("interrupted", records, records), out
+
+
 def test_an_exception_in_replay_records_failed(tmp_path, monkeypatch):
     from click.testing import CliRunner
 

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import io
 import os
+import select
 import struct
 import sys
 import zlib
-from typing import BinaryIO, Dict, Iterator, List, Optional, Tuple
+from typing import BinaryIO, Callable, Dict, Iterator, List, Optional, Tuple
 
 from dnswatch.model import PACKET_OUTGOING, SUPPORTED_LINKTYPES, Frame, PacketMeta
 
@@ -56,10 +57,35 @@ class CaptureFormatError(Exception):
     """The input is not a pcap or pcapng capture (or is unreadable from its first bytes)."""
 
 
-def open_capture(path: str) -> Tuple[BinaryIO, BinaryIO]:
-    """Open ``path`` (or stdin for ``-``), transparently un-gzipping it: (stream to read, raw file)."""
+class _StdinUntilStop(io.RawIOBase):
+    """Standard input that reads as its end once ``stopped()`` says so, even while the writer of a pipe is silent:
+    a blocked read() would otherwise act on Ctrl-C or SIGTERM only when data or EOF came (the stop handlers set a
+    flag and never raise). Closing it leaves fd 0 open."""
+
+    WAIT = 0.2  # seconds between looks at the flag while nothing arrives
+
+    def __init__(self, stopped: Callable[[], bool]):
+        super().__init__()
+        self._fd = sys.stdin.fileno()
+        self._stopped = stopped
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf) -> int:  # type: ignore[override]
+        while not self._stopped():
+            if select.select([self._fd], [], [], self.WAIT)[0]:
+                data = os.read(self._fd, len(buf))
+                buf[:len(data)] = data
+                return len(data)
+        return 0
+
+
+def open_capture(path: str, stopped: Optional[Callable[[], bool]] = None) -> Tuple[BinaryIO, BinaryIO]:
+    """Open ``path`` (or stdin for ``-``), transparently un-gzipping it: (stream to read, raw file).
+    ``stopped``: for stdin, a flag that ends the input early (see :class:`_StdinUntilStop`)."""
     if path == "-":
-        raw: BinaryIO = sys.stdin.buffer
+        raw: BinaryIO = sys.stdin.buffer if stopped is None else _StdinUntilStop(stopped)  # type: ignore[assignment]
     else:
         try:
             raw = open(path, "rb")
@@ -209,7 +235,7 @@ class PcapReader:
     whether the file ended early at damage, ``stats`` counts what was skipped by reason and ``dropped``
     the frames given up at a memory bound (packets of interfaces beyond MAX_INTERFACES)."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, stopped: Optional[Callable[[], bool]] = None):
         self.path = path
         self.warnings: List[str] = []
         self.format = "unknown"
@@ -220,7 +246,7 @@ class PcapReader:
         self.stats: Dict[str, int] = {}
         self._more_warnings = 0
         self.layout: Optional[Tuple] = None  # classic pcap, once its header is read: see windows()
-        self._stream, self._raw = open_capture(path)
+        self._stream, self._raw = open_capture(path, stopped)
         try:
             self._check_head()
         except CaptureFormatError:
@@ -256,7 +282,7 @@ class PcapReader:
             return 0
 
     def close(self) -> None:
-        if self._raw is not sys.stdin.buffer:
+        if self._raw is not sys.stdin.buffer:  # (a _StdinUntilStop closes without closing fd 0)
             self._stream.close()
             self._raw.close()
 
