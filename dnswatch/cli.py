@@ -998,6 +998,8 @@ def watch(interfaces, ports, netns_specs, all_netns, host_only, timeout, k8s_log
                         lookups=responses if with_lookups is None else with_lookups)
     if pipeline.lookups is not None:
         pipeline.lookups.server_pod_of = enricher.server_pod
+        if metrics is not None:
+            pipeline.lookups.on_lookup = metrics.sink.lookup  # every lookup as it ends
     where = f", logging to {safe_text(store.path)}" if store else ", storing nothing (--no-db)"
     if write_path:
         where += f", packets to {safe_text(write_path)}"

@@ -3,6 +3,9 @@
 The sink is called with every row the pipeline emits (after the watch filters, the same rows ``store.add``
 gets), so ``search`` over the log and a PromQL query over the same time range count the same events.
 
+Lookups (``lookup``, hooked to ``LookupStage.on_lookup``): every lookup as it ends, counted under its client's
+labels by outcome, with the queries it sent, the search-path queries it wasted and how long it took.
+
 Labels say who asked: ``pod_namespace``, ``pod`` and ``container`` when the sender is known to be in a pod,
 otherwise ``comm`` (the process name; empty for packets no local process sent). ``server`` (the resolver's
 address) is added with ``--metrics-server-label``.
@@ -14,7 +17,8 @@ Every ``rebalance`` seconds, identities idle for ``idle_after`` seconds are drop
 and the busiest folded identities (by recent volume, from a bounded table of candidates) take the free slots or
 displace a tracked identity with less than half their volume: top-K by volume, without any series ever
 going backwards. Memory and scrape size are therefore bounded by ``max_label_sets`` whatever the pod churn:
-about 3 KB of /metrics text per identity, at most 8 KB (see README, "Prometheus metrics").
+about 3 KB of /metrics text per identity (6 KB with the lookups stage's series), at most 12 KB (see README,
+"Prometheus metrics").
 """
 from __future__ import annotations
 
@@ -26,6 +30,12 @@ from typing import Callable, Dict, Iterable, Tuple
 
 from dnswatch.correlate import (I_COMM, I_CONTAINER, I_DST, I_LATENCY, I_POD, I_POD_NS, I_QTYPE, I_RCODE, I_STATUS,
                                 Row)
+from dnswatch.schema import LOOKUP_COLUMNS
+
+_L = {name: i for i, name in enumerate(LOOKUP_COLUMNS)}  # a lookups row (lookups.lookup_row), by column
+L_POD, L_POD_NS, L_CONTAINER, L_COMM, L_DST = _L["pod"], _L["pod_namespace"], _L["container"], _L["comm"], _L["dst"]
+L_ANSWERED, L_RCODE, L_QUERIES, L_WASTED, L_TOTAL_MS = (_L["answered_name"], _L["rcode"], _L["queries"], _L["wasted"],
+                                                        _L["total_ms"])
 
 # seconds: 0.1 ms (a resolver on the same host) to 5 s (the default timeout)
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -42,6 +52,9 @@ RCODES = frozenset("NOERROR FORMERR SERVFAIL NXDOMAIN NOTIMP REFUSED YXDOMAIN YX
 MAX_QTYPES_PER_SET = 8
 MAX_RESPONSE_KEYS_PER_SET = 16
 IDENTITY_LABELS = ("pod_namespace", "pod", "container", "comm")
+# how a lookup (one resolver call: its search-path candidates, A/AAAA pair, retries) ended, from its final rcode
+LOOKUP_OUTCOMES = {"NXDOMAIN": "nxdomain", "NOERROR": "nodata", "SERVFAIL": "servfail", "REFUSED": "refused",
+                   None: "unanswered"}  # answered: a candidate came back NOERROR with records; any other rcode: other
 
 Identity = Tuple[str, ...]
 _NB = len(LATENCY_BUCKETS)
@@ -51,7 +64,7 @@ class _Series:
     """Counters of one identity."""
 
     __slots__ = ("queries", "responses", "unanswered", "buckets", "latency_sum", "latency_count", "last", "score",
-                 "recent")
+                 "recent", "lookups", "lookup_queries", "wasted", "lookup_buckets", "lookup_sum", "lookup_count")
 
     def __init__(self, now: float):
         self.queries: Dict[str, int] = {}  # qtype -> n
@@ -63,6 +76,12 @@ class _Series:
         self.last = now
         self.score = 0.0  # rows per rebalance period, smoothed
         self.recent = 0  # rows since the last rebalance
+        self.lookups: Dict[str, int] = {}  # outcome -> n (LOOKUP_OUTCOMES' values, answered, other)
+        self.lookup_queries = 0
+        self.wasted = 0
+        self.lookup_buckets = [0] * (_NB + 1)
+        self.lookup_sum = 0.0
+        self.lookup_count = 0
 
 
 class MetricsSink:
@@ -99,21 +118,27 @@ class MetricsSink:
             who = ("", "", "", row[I_COMM] or "")
         return who + (row[I_DST] or "",) if self.server_label else who
 
+    def _slot(self, who: Identity, now: float, folded: int = 1) -> _Series:
+        """The series of ``who`` (a new one while there is room, else ``other``, counting ``folded`` rows there),
+        under the lock."""
+        s = self.series.get(who)
+        if s is None:
+            if len(self.series) < self.max_label_sets:
+                s = self.series[who] = _Series(now)
+            else:
+                s = self.other
+                self.folded_rows += folded
+                self._candidate(who)
+        s.last = now
+        s.recent += 1
+        return s
+
     def __call__(self, row: Row) -> None:
         who = self.identity(row)
         now = self.clock()
         with self._lock:
             self.rows += 1
-            s = self.series.get(who)
-            if s is None:
-                if len(self.series) < self.max_label_sets:
-                    s = self.series[who] = _Series(now)
-                else:
-                    s = self.other
-                    self.folded_rows += 1
-                    self._candidate(who)
-            s.last = now
-            s.recent += 1
+            s = self._slot(who, now)
             status = row[I_STATUS]
             qtype = row[I_QTYPE]
             qtype = qtype if qtype in QTYPES else OTHER
@@ -140,6 +165,30 @@ class MetricsSink:
                     s.latency_count += 1
         if now >= self._next_rebalance:
             self.rebalance()
+
+    def lookup(self, row: list) -> None:
+        """A lookups row as the lookups stage ends it (``LookupStage.on_lookup``; every lookup, one query or
+        more): counted under its client's labels, as the client's query rows are."""
+        if row[L_POD]:
+            who: Identity = (row[L_POD_NS] or "", row[L_POD], row[L_CONTAINER] or "", "")
+        else:
+            who = ("", "", "", row[L_COMM] or "")
+        if self.server_label:
+            who += (row[L_DST] or "",)
+        rcode = row[L_RCODE]
+        outcome = "answered" if row[L_ANSWERED] is not None else LOOKUP_OUTCOMES.get(rcode, OTHER)
+        total_ms = row[L_TOTAL_MS]
+        now = self.clock()
+        with self._lock:
+            s = self._slot(who, now, folded=0)  # (folded_rows counts query rows, as dnswatch_metrics_rows does)
+            s.lookups[outcome] = s.lookups.get(outcome, 0) + 1
+            s.lookup_queries += row[L_QUERIES] or 0
+            s.wasted += row[L_WASTED] or 0
+            if total_ms is not None:
+                seconds = total_ms / 1000.0
+                s.lookup_buckets[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+                s.lookup_sum += seconds
+                s.lookup_count += 1
 
     def _candidate(self, who: Identity) -> None:
         c = self.candidates
@@ -197,9 +246,23 @@ class MetricsSink:
         latency = HistogramMetricFamily(
             "dnswatch_response_latency_seconds", "Time from a query to its response, as the client saw it.",
             labels=labels)
+        lookups = CounterMetricFamily(
+            "dnswatch_lookups", "Lookups (one resolver call: its search-path candidates, A/AAAA pair and retries), "
+            "by how they ended: answered, nxdomain, nodata, servfail, refused, unanswered, other.",
+            labels=labels + ["outcome"])
+        lookup_queries = CounterMetricFamily(
+            "dnswatch_lookup_queries", "Queries the lookups sent, retransmissions included.", labels=labels)
+        wasted = CounterMetricFamily(
+            "dnswatch_search_path_wasted_queries",
+            "Queries for search-path candidates that came back NXDOMAIN or empty before the final one: what the "
+            "search path (ndots) cost.", labels=labels)
+        lookup_latency = HistogramMetricFamily(
+            "dnswatch_lookup_duration_seconds",
+            "First query of a lookup to its final response: how long the application waited for the name, "
+            "search path included.", labels=labels)
         with self._lock:
             items = list(self.series.items())
-            if self.folded_rows:
+            if self.folded_rows or self.other.lookups:
                 items.append(((OTHER,) * len(labels), self.other))
             for who, s in items:
                 w = list(who)
@@ -210,14 +273,17 @@ class MetricsSink:
                 for qtype, n in s.unanswered.items():
                     unanswered.add_metric(w + [qtype], n)
                 if s.latency_count:
-                    cumulative, buckets = 0, []
-                    for bound, n in zip(LATENCY_BUCKETS + (float("inf"),), s.buckets):
-                        cumulative += n
-                        buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
-                    latency.add_metric(w, buckets, s.latency_sum)
+                    latency.add_metric(w, _cumulative(s.buckets), s.latency_sum)
+                if s.lookups:  # (no lookup series at all without the lookups stage)
+                    for outcome, n in s.lookups.items():
+                        lookups.add_metric(w + [outcome], n)
+                    lookup_queries.add_metric(w, s.lookup_queries)
+                    wasted.add_metric(w, s.wasted)
+                    if s.lookup_count:
+                        lookup_latency.add_metric(w, _cumulative(s.lookup_buckets), s.lookup_sum)
             tracked, folded, evicted = len(self.series), self.folded_rows, dict(self.evicted)
             rows, health = self.rows, dict(self.health)
-        yield from (queries, responses, unanswered, latency)
+        yield from (queries, responses, unanswered, latency, lookups, lookup_queries, wasted, lookup_latency)
         yield GaugeMetricFamily("dnswatch_metrics_label_sets", "Label sets (identities) exported now.", tracked)
         yield GaugeMetricFamily("dnswatch_metrics_label_sets_limit",
                                 "At most this many label sets are exported (--metrics-max-series).",
@@ -233,6 +299,15 @@ class MetricsSink:
         yield CounterMetricFamily("dnswatch_metrics_rows", "Rows counted by the metrics (the rows the log stores).",
                                   rows)
         yield from _health_metrics(health)
+
+
+def _cumulative(counts) -> list:
+    """A histogram's (le, cumulative count) pairs from per-bucket counts (the last: above every bound)."""
+    total, out = 0, []
+    for bound, n in zip(LATENCY_BUCKETS + (float("inf"),), counts):
+        total += n
+        out.append(("+Inf" if bound == float("inf") else repr(bound), total))
+    return out
 
 
 # -- capture health ------------------------------------------------------------------------------
@@ -278,8 +353,6 @@ def _health_metrics(h: Dict[str, object]) -> Iterable:
     ):
         if key in h:
             yield GaugeMetricFamily(name, doc, h[key])
-    # TODO(issue 11): lookups and wasted search-path queries (dnswatch_lookups_total,
-    # dnswatch_search_path_wasted_queries_total) come from the lookups stage when it lands; hook them here.
     # The perf buffer's fill level is not exported: bcc does not expose it (only its size, perf_buffer_pages).
 
 

@@ -21,8 +21,8 @@ from dnswatch.sources.pcap import PcapReader
 from dnswatch.store import Store
 
 # /metrics stays under this at the default --metrics-max-series 200, whatever the pod churn and query types
-# (README, "Prometheus metrics": ~3 KB per label set typically, at most ~8 KB)
-MAX_SCRAPE_BYTES = 1_600_000
+# (README, "Prometheus metrics": ~3 KB per label set typically, ~6 KB with lookups, at most ~12 KB)
+MAX_SCRAPE_BYTES = 2_400_000
 
 
 def row(**values):
@@ -269,6 +269,7 @@ def test_http_endpoint_and_a_busy_port():
 def test_scrape_size_is_bounded_even_for_every_qtype_and_rcode():
     """The documented worst case: 200 label sets, each with every query type and rcode there is."""
     from dnswatch.metrics import QTYPES, RCODES
+    from dnswatch.schema import LOOKUP_COLUMNS
 
     sink = MetricsSink()
     for i in range(200):
@@ -277,6 +278,13 @@ def test_scrape_size_is_bounded_even_for_every_qtype_and_rcode():
             for rcode in sorted(RCODES):
                 sink(row(**who, qtype=qtype, rcode=rcode))
             sink(row(**who, qtype=qtype, status="unanswered"))
+        for rcode in sorted(RCODES) + [None]:  # every lookup outcome, each with a duration
+            lk = [None] * len(LOOKUP_COLUMNS)
+            for k, v in dict(who, rcode=rcode, queries=2, wasted=1, total_ms=3.0).items():
+                lk[LOOKUP_COLUMNS.index(k)] = v
+            sink.lookup(lk)
+            lk[LOOKUP_COLUMNS.index("answered_name")] = "x.example"
+            sink.lookup(lk)
     size = len(exposition(sink))
     assert size < MAX_SCRAPE_BYTES, size
     print(f"worst-case /metrics for 200 label sets: {size} bytes")
@@ -310,3 +318,72 @@ def test_watch_refuses_a_bad_or_busy_metrics_address(runner):
 def test_metrics_url():
     server = MetricsServer(MetricsSink(), "[::1]:9553")
     assert server.url == "http://[::1]:9553/metrics"
+
+
+def test_lookups_metrics_agree_with_the_lookups_view(tmp_path):
+    """Lookups (search path, A/AAAA pairs, a resolver's upstream hop) are counted from the rows the lookups
+    stage ends, the same ones the log's lookups view shows."""
+    from test_lookups import cluster_capture
+
+    pcap, db = tmp_path / "cluster.pcap", tmp_path / "l.db"
+    cluster_capture(pcap)
+    store = Store(str(db))
+    sink = MetricsSink()
+    for path in (pcap, PCAPS / "dnsperf_small.pcap", PCAPS / "udp_retry.pcap"):  # one-query lookups, retries
+        pipeline = Pipeline(store, "pcap", str(path), ports_for(path), sinks=[sink], lookups=True)
+        pipeline.lookups.on_lookup = sink.lookup
+        reader = PcapReader(str(path))
+        pipeline.feed_all(reader.frames())
+        reader.close()
+        pipeline.finish()
+    store.close()
+    con = sqlite3.connect(db)
+    found = samples(sink)
+    n, queries, wasted, timed = con.execute(
+        "select count(*), sum(queries), sum(wasted), count(total_ms) from lookups").fetchone()
+    assert n and wasted, (n, wasted)
+    assert total(found, "dnswatch_lookups_total") == n
+    assert total(found, "dnswatch_lookup_queries_total") == queries
+    assert total(found, "dnswatch_search_path_wasted_queries_total") == wasted
+    assert total(found, "dnswatch_lookup_duration_seconds_count") == timed
+    outcomes = Counter()
+    for answered, rcode in con.execute("select answered_name, rcode from lookups"):
+        outcomes["answered" if answered is not None else
+                 {"NXDOMAIN": "nxdomain", "NOERROR": "nodata", None: "unanswered"}.get(rcode, "other")] += 1
+    for outcome, k in outcomes.items():
+        assert total(found, "dnswatch_lookups_total", outcome=outcome) == k, outcome
+    # the histogram's sum is the lookups' total_ms, in seconds
+    ms = con.execute("select coalesce(sum(total_ms), 0) from lookups").fetchone()[0]
+    assert abs(total(found, "dnswatch_lookup_duration_seconds_sum") - ms / 1000) < 1e-6
+
+
+def test_lookups_are_counted_by_pod_and_fold_like_rows():
+    from dnswatch.schema import LOOKUP_COLUMNS
+
+    def lookup(**values):
+        r = [None] * len(LOOKUP_COLUMNS)
+        values.setdefault("queries", 1)
+        values.setdefault("wasted", 0)
+        for k, v in values.items():
+            r[LOOKUP_COLUMNS.index(k)] = v
+        return r
+
+    sink = MetricsSink(max_label_sets=1)
+    web = dict(pod="web-1", pod_namespace="shop", container="app")
+    sink(row(**web))
+    sink.lookup(lookup(**web, answered_name="api.example.com", rcode="NOERROR", queries=8, wasted=6, total_ms=4.0))
+    sink.lookup(lookup(**web, rcode="NXDOMAIN", queries=2, total_ms=1.0))
+    sink.lookup(lookup(**web, rcode=None))
+    sink.lookup(lookup(pod="other-pod", pod_namespace="x", rcode="SERVFAIL", queries=3))  # no room: other
+    found = samples(sink)
+    by = {"pod": "web-1", "pod_namespace": "shop", "container": "app"}
+    assert total(found, "dnswatch_lookups_total", outcome="answered", **by) == 1
+    assert total(found, "dnswatch_lookups_total", outcome="nxdomain", **by) == 1
+    assert total(found, "dnswatch_lookups_total", outcome="unanswered", **by) == 1
+    assert total(found, "dnswatch_lookup_queries_total", **by) == 11
+    assert total(found, "dnswatch_search_path_wasted_queries_total", **by) == 6
+    assert total(found, "dnswatch_lookup_duration_seconds_count", **by) == 2
+    assert total(found, "dnswatch_lookups_total", pod="other", outcome="servfail") == 1
+    # folded_rows counts query rows only, as dnswatch_metrics_rows does
+    assert total(found, "dnswatch_metrics_folded_rows_total") == 0
+    assert total(found, "dnswatch_metrics_rows_total") == 1

@@ -139,6 +139,13 @@ def test_prometheus_scrapes_per_pod_counts_nxdomain_and_latency(node, tmp_path):
         assert set(p95) == {"web-7d9c5", "api-5f8b"}
         # unbound answers from local data over a veth: well under 100 ms, never zero
         assert all(0 < v <= 0.1 for v in p95.values()), p95
+        # every query is in one lookup: once the lookups end (1 s plus the timeout after their last query), their
+        # queries add up to each pod's queries, and the NXDOMAIN names end as nxdomain lookups
+        lookup_queries = prometheus.wait_for(f"sum by (pod) (dnswatch_lookup_queries_total{scope})", expected,
+                                             timeout=30)
+        assert lookup_queries == expected
+        outcomes = {dict(k)["outcome"] for k in prometheus.query(f"sum by (outcome) (dnswatch_lookups_total{scope})")}
+        assert outcomes == {"answered", "nxdomain"}, outcomes
         health = prometheus.query("dnswatch_netns_watched")
         assert health and all(v >= 3 for v in health.values()), health  # the node's, N and the two pods
         assert prometheus.query('up{job="dnswatch"}') and all(
