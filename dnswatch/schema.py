@@ -449,7 +449,7 @@ PASSIVE_DNS = Table(
         Column("first_pod_namespace", "TEXT", "Its pod's namespace (live)."),
         Column("first_pod", "TEXT", "Its pod (live)."),
     ),
-    (Index("passive_dns_data", "data"),),
+    (Index("passive_dns_data", "data"), Index("passive_dns_seen", "last_seen")),
     key="name, type, data",
 )
 
