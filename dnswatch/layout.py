@@ -33,7 +33,7 @@ PRUNE_CHUNK = 2000  # rows deleted per transaction: a few ms, so a live capture 
 AGG_CHUNK = 5000  # rollups, key_hours (per kind) or passive DNS entries deleted per transaction
 HISTORY_FACTOR = 400 / 7  # --max-size: rollups reach back this many times as far as raw rows (400d for 7d)
 RAW_FLOOR_BYTES = 500  # --max-size: the raw rows keep one per this many bytes of the bound (see _size_step)
-GC_SCAN = 64  # rows of a name read to tell whether an answer set is still used (LogWriter._set_used)
+GC_SCAN = 64  # rows of a name read to tell whether an answer set is still used (LogWriter._collect)
 
 START_CAPTURE = (
     "INSERT INTO captures (kind, source, host, started, status, frames, dns_messages, queries, responses, "
@@ -184,6 +184,8 @@ class LogWriter:
         self._lost_sums = False
         self._gc_epoch: Optional[int] = None  # meta 'gc_epoch' when the ids were last known good (see _collect)
         self.collected: Counter = Counter()  # what prune deleted besides rows, by table
+        self.write_seconds = 0.0  # spent in write(), in all
+        self._written_at_prune = 0.0  # write_seconds at the last prune
         self._reset_sums()
         rk = ROLLUPS.key
         self._upsert_rollup = (
@@ -290,6 +292,7 @@ class LogWriter:
         if self._lost_sums:  # a failed transaction took the pending sums with it: rebuild them from the log
             self.recover()
             self._lost_sums = False
+        started = time.monotonic()
         try:
             with conn:
                 conn.execute("BEGIN IMMEDIATE")
@@ -313,6 +316,8 @@ class LogWriter:
             self.forget()
             self._lost_sums = True
             raise
+        finally:
+            self.write_seconds += time.monotonic() - started  # what prune may take to catch up (see there)
 
     def sums_due(self) -> bool:
         return bool(self._pending) and (self._pending >= AGG_ROWS
@@ -596,12 +601,18 @@ class LogWriter:
               seconds: float = 0.05, history: float = HISTORY_FACTOR) -> Tuple[int, Optional[float]]:
         """Delete the oldest data, one small transaction at a time, until no row is older than ``before``, no
         rollup hour older than ``rollups_before``, and the log's used pages fit in ``max_bytes``, or ``seconds``
-        have passed (a live capture goes on meanwhile; the next call continues). Each transaction also deletes
+        have passed (a live capture goes on meanwhile; the next call continues; above the bound, as long as the
+        writes since the last call took, if longer). Each transaction also deletes
         the dictionary entries (names, answer sets and items, senders) that nothing kept refers to any more
         (``_collect``). Under ``max_bytes`` what goes first is ``_size_step``'s choice. Freed pages are reused by
         later inserts (and given back to the file system with incremental_vacuum when the file is above the
         bound). Returns (rows deleted, newest ts deleted); ``self.collected`` counts what else went."""
         conn = self.conn
+        # above the bound, a step may take as long as the writes since the last one did (up to a second): what
+        # a flood of unique names adds costs about as much to delete as to insert, and the log must keep up
+        catch_up, self._written_at_prune = self.write_seconds - self._written_at_prune, self.write_seconds
+        if max_bytes is not None and _used_bytes(conn) > max_bytes:
+            seconds = max(seconds, min(catch_up, 1.0))
         deadline = time.monotonic() + seconds
         deleted, newest = 0, None
         hour_limit = None if rollups_before is None else int(rollups_before // 3600) * 3600
@@ -723,16 +734,21 @@ class LogWriter:
         held.discard(None)
         return held
 
-    def _unlearn(self, dead: set) -> None:
-        """Forget the ids ``dead`` (of names, answer sets, senders) just deleted: the caches and templates holding
+    def _unlearn(self, names: Dict[int, str], sets: Dict[int, str], senders: set) -> None:
+        """Forget the names, answer sets (id -> text) and senders just deleted: the caches and templates holding
         them, so that no row written later refers to them."""
-        for ids in (self._names, self._sets, *(c[2] for c in self._combos)):
-            for key in [k for k, v in ids.items() if v in dead]:
-                del ids[key]
+        for ids, texts in ((self._names, names), (self._sets, sets)):
+            for i, text in texts.items():
+                if ids.get(text) == i:
+                    del ids[text]
+        if senders:  # few: the cache of each combination table
+            for _kind, _positions, ids in self._combos:
+                for key in [k for k, v in ids.items() if v in senders]:
+                    del ids[key]
+            for cid in senders.intersection(self._sender_dims):
+                del self._sender_dims[cid]
         self._forget_templates()  # rebuilt from the caches for the next batch
-        self._pairs.difference_update([p for p in self._pairs if p[0] in dead or p[1] in dead])
-        for cid in dead.intersection(self._sender_dims):
-            del self._sender_dims[cid]
+        # (_pairs may keep pairs of deleted ids: those ids never come back)
 
     def _collect(self, victims: Sequence[Tuple[Optional[int], Optional[int], Optional[int]]]) -> None:
         """Delete the names, answer sets (with their answer_items) and senders of ``victims`` ((qname, answers,
@@ -741,63 +757,62 @@ class LogWriter:
         every rollup's name has too), no sums waiting in memory (``_held``), and never the largest id of a
         table (SQLite gives a new row the largest id + 1: a deleted id is never handed out again). The writer's
         caches forget what is deleted (``_unlearn``); another process's writer learns of it through meta
-        'gc_epoch' (``write``). A set whose rows cannot be told apart cheaply (more than GC_SCAN rows of its
-        name) is kept. Strings and shapes are few and not collected."""
+        'gc_epoch' (``write``). A set is told unused through the rows of the names answer_items lists for it: kept
+        when one of those has more than GC_SCAN rows none of the newest GC_SCAN of which holds it (too costly to
+        prove). Strings and shapes are few and not collected."""
         conn = self.conn
         held = self._held()
         top = {t: conn.execute(f"SELECT max(id) FROM {t}").fetchone()[0] or 0 for t in ("names", "answer_sets", "senders")}
-        names = {q for q, _a, _s in victims if q is not None and q < top["names"] and q not in held}
-        dead_names = [q for q in names if conn.execute(
-            f"SELECT EXISTS (SELECT 1 FROM {LOG_TABLE} WHERE qname = ?1) OR EXISTS (SELECT 1 FROM {KEY_HOURS.name} "
-            "WHERE kind = 1 AND key = ?1)", (q,)).fetchone()[0] == 0]
-        dead = set(dead_names)
-        sets = {a for _q, a, _s in victims if a is not None and a < top["answer_sets"] and a not in held}
-        items: List[tuple] = []  # answer_items to delete: of dead sets, and of live sets for dead names
-        dead_sets = []
-        for a in sets:
-            found = conn.execute("SELECT answers FROM answer_sets WHERE id = ?", (a,)).fetchone()
-            data = sorted({d for _n, _t, d in _items(found[0])}) if found else []
-            qnames = {q for d in data for (q,) in conn.execute(
-                f"SELECT qname FROM {ANSWER_ITEMS.name} WHERE data = ? AND set_id = ?", (d, a))}
-            if data and not self._set_used(a, qnames - dead):
-                dead_sets.append(a)
-                items.extend((d, a) for d in data)
-        for q, a, _s in victims:
-            if q in dead and a is not None and a not in dead_sets:
-                found = conn.execute("SELECT answers FROM answer_sets WHERE id = ?", (a,)).fetchone()
-                if found:
-                    items.extend((d, a, q) for d in {d for _n, _t, d in _items(found[0])})
-        senders = {s for _q, _a, s in victims if s is not None and s < top["senders"] and s not in held}
-        dead_senders = [s for s in senders if conn.execute(
-            f"SELECT EXISTS (SELECT 1 FROM {LOG_TABLE} WHERE sender = ?)", (s,)).fetchone()[0] == 0]
-        conn.executemany(f"DELETE FROM {ANSWER_ITEMS.name} WHERE data = ? AND set_id = ?", [i for i in items if len(i) == 2])
-        conn.executemany(f"DELETE FROM {ANSWER_ITEMS.name} WHERE data = ? AND set_id = ? AND qname = ?",
-                         [i for i in items if len(i) == 3])
+
+        def candidates(column: int, table: str) -> List[int]:
+            return sorted({v[column] for v in victims if v[column] is not None and v[column] < top[table]} - held)
+
+        def select(sql: str, values: Sequence[Any]) -> List[tuple]:  # one statement for a whole chunk
+            return conn.execute(sql, (json.dumps(values),)).fetchall() if values else []
+
+        dead = {q for (q,) in select(
+            f"SELECT value FROM json_each(?) WHERE NOT EXISTS (SELECT 1 FROM {LOG_TABLE} WHERE qname = value) AND NOT "
+            f"EXISTS (SELECT 1 FROM {KEY_HOURS.name} WHERE kind = 1 AND key = value)", candidates(0, "names"))}
+        sets = candidates(1, "answer_sets")
+        # the answers' data of those sets and of the sets of dead names (answer_items is keyed by data, set, name)
+        texts = dict(select("SELECT id, answers FROM answer_sets WHERE id IN (SELECT value FROM json_each(?))",
+                            sorted(set(sets).union(a for q, a, _s in victims if q in dead and a is not None))))
+        data = {a: sorted({d for _n, _t, d in _items(text)}) for a, text in texts.items()}
+        names_of: Dict[int, set] = {}
+        for a, q in select(f"SELECT set_id, qname FROM {ANSWER_ITEMS.name} WHERE (data, set_id) IN (SELECT "
+                           "json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?))",
+                           [(d, a) for a in sets for d in data.get(a, ())]):
+            names_of.setdefault(a, set()).add(q)
+        unnamed = {a for (a,) in select(f"SELECT DISTINCT answers FROM {LOG_TABLE} WHERE qname IS NULL AND answers IN "
+                                        "(SELECT value FROM json_each(?))", sets)}  # rows of no name: few
+        used = {a for (a,) in select(  # a row of one of its names holds it (or it cannot be told cheaply)
+            f"SELECT DISTINCT p.a FROM (SELECT json_extract(value, '$[0]') a, json_extract(value, '$[1]') q FROM "
+            f"json_each(?)) p WHERE EXISTS (SELECT 1 FROM (SELECT answers FROM {LOG_TABLE} WHERE qname = p.q ORDER BY "
+            f"ts DESC LIMIT {GC_SCAN}) WHERE answers = p.a) OR (SELECT count(*) FROM (SELECT 1 FROM {LOG_TABLE} "
+            f"WHERE qname = p.q LIMIT {GC_SCAN + 1})) > {GC_SCAN}",
+            [(a, q) for a in sets for q in names_of.get(a, ()) if q not in dead])}
+        dead_sets = [a for a in sets if data.get(a) and a not in unnamed and a not in used]
+        gone = set(dead_sets)
+        items = [(d, a) for a in dead_sets for d in data[a]]  # answer_items of dead sets, and of dead names
+        named = [(d, a, q) for q, a in {(q, a) for q, a, _s in victims if q in dead and a is not None and a not in gone}
+                 for d in data.get(a, ())]
+        dead_senders = [s for (s,) in select(f"SELECT value FROM json_each(?) WHERE NOT EXISTS (SELECT 1 FROM "
+                                             f"{LOG_TABLE} WHERE sender = value)", candidates(2, "senders"))]
+        dead_names = sorted(dead)
+        name_texts = dict(select("SELECT id, name FROM names WHERE id IN (SELECT value FROM json_each(?))", dead_names))
+        conn.executemany(f"DELETE FROM {ANSWER_ITEMS.name} WHERE data = ? AND set_id = ?", items)
+        conn.executemany(f"DELETE FROM {ANSWER_ITEMS.name} WHERE data = ? AND set_id = ? AND qname = ?", named)
         conn.executemany("DELETE FROM answer_sets WHERE id = ?", [(a,) for a in dead_sets])
         conn.executemany("DELETE FROM names WHERE id = ?", [(q,) for q in dead_names])
         conn.executemany("DELETE FROM senders WHERE id = ?", [(s,) for s in dead_senders])
         if dead_names or dead_sets or dead_senders:
-            self._unlearn(dead.union(dead_sets, dead_senders))
+            self._unlearn(name_texts, {a: texts[a] for a in dead_sets}, set(dead_senders))
             self._gc_epoch = self._meta("gc_epoch") + 1
             self._set_meta("gc_epoch", self._gc_epoch)
             c = self.collected
             c["names"] += len(dead_names)
             c["answer_sets"] += len(dead_sets)
             c["senders"] += len(dead_senders)
-
-    def _set_used(self, set_id: int, qnames: set) -> bool:
-        """Whether a row of the log still holds answer set ``set_id``: rows of a set are rows of the names its
-        answer_items list (and the few rows without a name). True when that cannot be told cheaply."""
-        conn = self.conn
-        if conn.execute(f"SELECT EXISTS (SELECT 1 FROM {LOG_TABLE} WHERE qname IS NULL AND answers = ?)",
-                        (set_id,)).fetchone()[0]:
-            return True
-        for q in qnames:
-            seen, hit = conn.execute(f"SELECT count(*), total(answers = ?) FROM (SELECT answers FROM {LOG_TABLE} "
-                                     "WHERE qname = ? ORDER BY ts DESC LIMIT ?)", (set_id, q, GC_SCAN + 1)).fetchone()
-            if hit or seen > GC_SCAN:
-                return True
-        return False
 
 
 def _oldest_hour(conn: sqlite3.Connection) -> Optional[int]:
