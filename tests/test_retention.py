@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 import sqlite3
 import time
 
+from logcheck import writer_running
 from test_logscale import live_row
 from dnswatch.cli import cli
 from dnswatch.layout import Retention
@@ -125,22 +125,13 @@ def test_collection_while_a_writer_runs(tmp_path):
     pruner deleted (meta gc_epoch), and every kept row reads back as written."""
     db = str(tmp_path / "live.db")
     Store(db).close()
-    ctx = multiprocessing.get_context("fork")
-    started, stop = ctx.Event(), ctx.Event()
-    proc = ctx.Process(target=_flood_writer, args=(db, started, stop))
-    proc.start()
-    try:
-        assert started.wait(20)
+    with writer_running(_flood_writer, db) as proc:
         pruner = Store(db, retention=Retention(max_bytes=BOUND // 2, retain_rollups=400 * 86400))
-        collected = 0
         deadline = time.monotonic() + 4
         while time.monotonic() < deadline:
             pruner.prune(seconds=0.2)
-            collected = sum(pruner._log.collected.values())
+        collected = sum(pruner._log.collected.values())
         pruner.close()
-    finally:
-        stop.set()
-        proc.join(30)
     assert proc.exitcode == 0
     conn = sqlite3.connect(db)
     assert collected and conn.execute("select value from meta where key = 'gc_epoch'").fetchone()[0] > 0
