@@ -773,7 +773,16 @@ class LogWriter:
         dead = {q for (q,) in select(
             f"SELECT value FROM json_each(?) WHERE NOT EXISTS (SELECT 1 FROM {LOG_TABLE} WHERE qname = value) AND NOT "
             f"EXISTS (SELECT 1 FROM {KEY_HOURS.name} WHERE kind = 1 AND key = value)", candidates(0, "names"))}
+        used_sql = (  # (set, name) pairs of which a row of the name holds the set (or that cannot be told cheaply)
+            f"SELECT DISTINCT p.a FROM (SELECT json_extract(value, '$[0]') a, json_extract(value, '$[1]') q FROM "
+            f"json_each(?)) p WHERE EXISTS (SELECT 1 FROM (SELECT answers FROM {LOG_TABLE} WHERE qname = p.q ORDER BY "
+            f"ts DESC LIMIT {GC_SCAN}) WHERE answers = p.a) OR (SELECT count(*) FROM (SELECT 1 FROM {LOG_TABLE} "
+            f"WHERE qname = p.q LIMIT {GC_SCAN + 1})) > {GC_SCAN}")
         sets = candidates(1, "answer_sets")
+        # most sets are still used by the name of a row just deleted: told without reading their answers
+        used = {a for (a,) in select(used_sql, sorted({(a, q) for q, a, _s in victims if a in sets and q is not None
+                                                        and q not in dead}))}
+        sets = [a for a in sets if a not in used]
         # the answers' data of those sets and of the sets of dead names (answer_items is keyed by data, set, name)
         texts = dict(select("SELECT id, answers FROM answer_sets WHERE id IN (SELECT value FROM json_each(?))",
                             sorted(set(sets).union(a for q, a, _s in victims if q in dead and a is not None))))
@@ -785,12 +794,7 @@ class LogWriter:
             names_of.setdefault(a, set()).add(q)
         unnamed = {a for (a,) in select(f"SELECT DISTINCT answers FROM {LOG_TABLE} WHERE qname IS NULL AND answers IN "
                                         "(SELECT value FROM json_each(?))", sets)}  # rows of no name: few
-        used = {a for (a,) in select(  # a row of one of its names holds it (or it cannot be told cheaply)
-            f"SELECT DISTINCT p.a FROM (SELECT json_extract(value, '$[0]') a, json_extract(value, '$[1]') q FROM "
-            f"json_each(?)) p WHERE EXISTS (SELECT 1 FROM (SELECT answers FROM {LOG_TABLE} WHERE qname = p.q ORDER BY "
-            f"ts DESC LIMIT {GC_SCAN}) WHERE answers = p.a) OR (SELECT count(*) FROM (SELECT 1 FROM {LOG_TABLE} "
-            f"WHERE qname = p.q LIMIT {GC_SCAN + 1})) > {GC_SCAN}",
-            [(a, q) for a in sets for q in names_of.get(a, ()) if q not in dead])}
+        used = {a for (a,) in select(used_sql, [(a, q) for a in sets for q in names_of.get(a, ()) if q not in dead])}
         dead_sets = [a for a in sets if data.get(a) and a not in unnamed and a not in used]
         gone = set(dead_sets)
         items = [(d, a) for a in dead_sets for d in data[a]]  # answer_items of dead sets, and of dead names
