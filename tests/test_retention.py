@@ -182,3 +182,33 @@ def test_prune_command_collects_at_rest(tmp_path, runner):
     assert dangling(conn) == [] and check_rows(conn) == after["query_log"]
     note = json.loads(conn.execute("select notes from captures where kind = 'prune'").fetchone()[0])
     assert note["collected"]["names"] == before["names"] - after["names"]
+
+
+def test_readers_count_hours_the_bound_took_from_raw_rows(tmp_path):
+    """Under a flood the bound takes the aggregates of hours raw rows still cover: top() and the rollup path of
+    log_stats then count those hours from the raw rows, and agree with them."""
+    from dnswatch.aggregate import top
+    from dnswatch.top import log_stats
+
+    db = str(tmp_path / "hours.db")
+    store = Store(db, retention=Retention(max_bytes=BOUND, retain_rollups=400 * 86400))
+    store.start_capture("live", "test", {})
+    t0 = (int(time.time()) // 3600 - 14) * 3600
+    for k in range(20_000):  # 11 hours, ~1,800 unique names an hour
+        store.add(flood_row(t0 + k * 2.0, k))
+        if k % 1000 == 999:
+            store.flush()
+            store.prune(seconds=5)
+    store.close()
+    conn = sqlite3.connect(db)
+    oldest, newest = conn.execute("select min(ts), max(ts) from query_log").fetchone()
+    partial = conn.execute("select value from meta where key = 'aggregates_partial_before'").fetchone()[0]
+    assert partial > oldest + 2 * 3600  # whole hours covered by raw rows lost their aggregates
+    since, until = oldest, newest + 1
+    for key in ("comm", "src", "qtype"):
+        raw = dict(conn.execute(f"select {key}, count(*) from queries where ts >= ? and ts < ? group by 1",
+                                (since, until)))
+        assert dict(top(conn, key, since, until, 10)) == raw
+    exact = log_stats(conn, since, until)
+    rolled = log_stats(conn, since, until, rollups=True)
+    assert rolled.all.count == exact.all.count == conn.execute("select count(*) from query_log").fetchone()[0]
