@@ -630,9 +630,11 @@ def _schema_of_log(db_path: str, as_json: bool) -> None:
 
 def retention_options(f):
     f = click.option("--retain-rollups", metavar="DURATION",
-                     help="Keep hourly rollups this long (default with --retain/--max-size: 400d).")(f)
+                     help="Keep hourly rollups (and passive DNS) this long (default with --retain/--max-size: "
+                          "400d).")(f)
     f = click.option("--max-size", metavar="SIZE",
-                     help="Keep the log file within this size (20GB, 500MB): the oldest rows go first.")(f)
+                     help="Keep the log file within this size (20GB, 500MB): the oldest data goes first "
+                          "(README: Retention).")(f)
     f = click.option("--retain", metavar="DURATION", help="Keep query rows this long (7d, 12h); older ones are pruned.")(f)
     return f
 

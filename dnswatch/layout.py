@@ -762,7 +762,8 @@ class LogWriter:
         prove). Strings and shapes are few and not collected."""
         conn = self.conn
         held = self._held()
-        top = {t: conn.execute(f"SELECT max(id) FROM {t}").fetchone()[0] or 0 for t in ("names", "answer_sets", "senders")}
+        top = {t: conn.execute(f"SELECT max(id) FROM {t}").fetchone()[0] or 0
+               for t in ("names", "answer_sets", "senders")}
 
         def candidates(column: int, table: str) -> List[int]:
             return sorted({v[column] for v in victims if v[column] is not None and v[column] < top[table]} - held)
