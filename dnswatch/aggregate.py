@@ -69,6 +69,19 @@ def raw_counts(conn: sqlite3.Connection, key: str, since: float, until: float,
     return out
 
 
+def raw_hours(conn: sqlite3.Connection, h0: int, h1: int) -> Tuple[int, int]:
+    """The whole hours [r0, r1) of [h0, h1) to count from the raw rows instead of the rollups and key_hours (none
+    when r0 >= r1): those the size bound took aggregates of while raw rows still cover them (meta
+    'aggregates_partial_before', layout.LogWriter._size_step)."""
+    found = conn.execute("SELECT value FROM meta WHERE key = 'aggregates_partial_before'").fetchone()
+    if not found or not found[0] or found[0] <= h0:
+        return h1, h1
+    first = conn.execute(f"SELECT ts FROM {LOG_TABLE} ORDER BY ts LIMIT 1").fetchone()
+    if first is None:
+        return h1, h1
+    return max(h0, int(first[0] // 3600) * 3600), min(h1, found[0])
+
+
 def top(conn: sqlite3.Connection, key: str = "qname", since: Optional[float] = None, until: Optional[float] = None,
         n: int = 20, filters: Optional[Mapping[str, Sequence[object]]] = None) -> List[Tuple[Optional[str], int]]:
     """The ``n`` values of column ``key`` (one of KEYS) with the most rows in since <= ts < until (Unix seconds;
@@ -114,11 +127,15 @@ def _top_ids(conn: sqlite3.Connection, key: str, kind: int, since: float, until:
                 return
             yield from chunk
 
-    lists: List[Iterator[Tuple[int, int]]] = [hour_list(h) for h in range(h0, h1, 3600)]
+    r0, r1 = raw_hours(conn, h0, h1)
+    if r0 < r1:
+        for k, c in raw_counts(conn, key, r0, r1).items():
+            edges[k] = edges.get(k, 0) + c
+    lists: List[Iterator[Tuple[int, int]]] = [hour_list(h) for h in range(h0, h1, 3600) if not r0 <= h < r1]
     if edges:
         lists.append(iter(sorted(edges.items(), key=lambda kv: -kv[1])))
     exact_sql = (f"SELECT coalesce(sum(n), 0) FROM {KEY_HOURS.name} WHERE kind = ? AND key = ? AND hour >= ? "
-                 "AND hour < ?")
+                 f"AND hour < ? AND NOT (hour >= {r0} AND hour < {r1})")
     totals: Dict[int, int] = {}
     bounds = [0] * len(lists)
     live = list(range(len(lists)))

@@ -632,9 +632,11 @@ def _schema_of_log(db_path: str, as_json: bool) -> None:
 
 def retention_options(f):
     f = click.option("--retain-rollups", metavar="DURATION",
-                     help="Keep hourly rollups this long (default with --retain/--max-size: 400d).")(f)
+                     help="Keep hourly rollups (and passive DNS) this long (default with --retain/--max-size: "
+                          "400d).")(f)
     f = click.option("--max-size", metavar="SIZE",
-                     help="Keep the log file within this size (20GB, 500MB): the oldest rows go first.")(f)
+                     help="Keep the log file within this size (20GB, 500MB): the oldest data goes first "
+                          "(README: Retention).")(f)
     f = click.option("--retain", metavar="DURATION", help="Keep query rows this long (7d, 12h); older ones are pruned.")(f)
     return f
 
@@ -658,8 +660,9 @@ def _retention(retain: Optional[str], max_size: Optional[str], retain_rollups: O
 def prune(db_path: Optional[str], retain, max_size, retain_rollups) -> None:
     """Delete the oldest rows of a log (at rest, or while watch writes): the same rules as watch --retain.
 
-    Deletes in small transactions and records what it deleted in captures (kind 'prune'). Rollups and
-    passive DNS stay (rollups: --retain-rollups).
+    Deletes in small transactions and records what it deleted in captures (kind 'prune'), with the names,
+    answers and senders no kept row refers to any more. Rollups and passive DNS go after --retain-rollups
+    (400d), or earlier when --max-size needs their room.
 
     \b
     Example:
@@ -672,11 +675,13 @@ def prune(db_path: Optional[str], retain, max_size, retain_rollups) -> None:
         raise click.UsageError("say what to keep: --retain, --max-size and/or --retain-rollups")
     path = db_path or default_db_path()
     try:
-        deleted, newest = prune_log(path, retention)
+        deleted, newest, collected = prune_log(path, retention)
     except StoreError as exc:
         raise click.ClickException(str(exc))
     upto = f", up to {_utc(newest)}" if newest else ""
-    click.echo(f"{safe_text(path)}: {deleted:,} rows pruned{upto}")
+    entries = sum(v for k, v in collected.items() if k != "aggregates")
+    click.echo(f"{safe_text(path)}: {deleted:,} rows pruned{upto}; {entries:,} dictionary entries and "
+               f"{collected.get('aggregates', 0):,} rollup, key_hours and passive DNS entries no longer needed deleted")
 
 
 def _utc(ts: float) -> str:

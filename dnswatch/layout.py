@@ -30,6 +30,10 @@ TEMPLATE_BYTES = 8 << 20  # answers text the templates (CACHE_ENTRIES // 4 at mo
 AGG_ROWS = 20_000  # rows whose sums are kept in memory at most before they are written (~4 MB)
 AGG_SECONDS = 10.0  # ... and seconds
 PRUNE_CHUNK = 2000  # rows deleted per transaction: a few ms, so a live capture never waits long
+AGG_CHUNK = 5000  # rollups, key_hours (per kind) or passive DNS entries deleted per transaction
+HISTORY_FACTOR = 400 / 7  # --max-size: rollups reach back this many times as far as raw rows (400d for 7d)
+RAW_FLOOR_BYTES = 500  # --max-size: the raw rows keep one per this many bytes of the bound (see _size_step)
+GC_SCAN = 64  # rows of a name read to tell whether an answer set is still used (LogWriter._collect)
 
 START_CAPTURE = (
     "INSERT INTO captures (kind, source, host, started, status, frames, dns_messages, queries, responses, "
@@ -47,6 +51,11 @@ class Retention(NamedTuple):
     retain: Optional[float] = None
     max_bytes: Optional[int] = None
     retain_rollups: Optional[float] = None
+
+    def history(self) -> float:
+        """How many times as far back as the raw rows the rollups reach when the size bound decides (the ratio of
+        the two retentions; 400d to 7d by default)."""
+        return self.retain_rollups / (self.retain or 7 * 86400) if self.retain_rollups else HISTORY_FACTOR
 
 
 def _hash(text: str) -> int:
@@ -173,6 +182,10 @@ class LogWriter:
         self._shape_dims: Dict[int, tuple] = {}
         self._sender_dims: Dict[int, tuple] = {}
         self._lost_sums = False
+        self._gc_epoch: Optional[int] = None  # meta 'gc_epoch' when the ids were last known good (see _collect)
+        self.collected: Counter = Counter()  # what prune deleted besides rows, by table
+        self.write_seconds = 0.0  # spent in write(), in all
+        self._written_at_prune = 0.0  # write_seconds at the last prune
         self._reset_sums()
         rk = ROLLUPS.key
         self._upsert_rollup = (
@@ -247,6 +260,11 @@ class LogWriter:
 
     def forget(self) -> None:
         """After a rolled-back transaction: ids handed out in it no longer exist, nor do the sums of its rows."""
+        self._forget_ids()
+        self._reset_sums()
+
+    def _forget_ids(self) -> None:
+        """Drop every id remembered: some may have been deleted (a rollback, or another process's prune)."""
         self._strings.reset()
         self._names.reset()
         for _kind, _positions, ids in self._combos:
@@ -256,7 +274,6 @@ class LogWriter:
         self._pairs.clear()
         self._shape_dims.clear()
         self._sender_dims.clear()
-        self._reset_sums()
 
     def _meta(self, key: str, default: int = 0) -> int:
         found = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
@@ -275,9 +292,14 @@ class LogWriter:
         if self._lost_sums:  # a failed transaction took the pending sums with it: rebuild them from the log
             self.recover()
             self._lost_sums = False
+        started = time.monotonic()
         try:
             with conn:
                 conn.execute("BEGIN IMMEDIATE")
+                epoch = self._meta("gc_epoch")
+                if epoch != self._gc_epoch:  # another process's prune deleted entries: ids remembered may be gone
+                    self._forget_ids()
+                    self._gc_epoch = epoch
                 if rows:
                     first = self._meta("next_id", 1)
                     self._insert(self._encode(rows, first))
@@ -294,6 +316,8 @@ class LogWriter:
             self.forget()
             self._lost_sums = True
             raise
+        finally:
+            self.write_seconds += time.monotonic() - started  # what prune may take to catch up (see there)
 
     def sums_due(self) -> bool:
         return bool(self._pending) and (self._pending >= AGG_ROWS
@@ -574,58 +598,238 @@ class LogWriter:
     # -- retention -----------------------------------------------------------------------------
     def prune(self, before: Optional[float] = None, max_bytes: Optional[int] = None,
               rollups_before: Optional[float] = None, capture_id: Optional[int] = None,
-              seconds: float = 0.05) -> Tuple[int, Optional[float]]:
-        """Delete the oldest rows, PRUNE_CHUNK per transaction, until none is older than ``before`` and the log's
-        used pages fit in ``max_bytes``, or ``seconds`` have passed (a live capture goes on meanwhile; the next call
-        continues). Freed pages are reused by later inserts (and given back to the file system with
-        incremental_vacuum when the file is above the bound). Returns (rows deleted, newest ts deleted)."""
+              seconds: float = 0.05, history: float = HISTORY_FACTOR) -> Tuple[int, Optional[float]]:
+        """Delete the oldest data, one small transaction at a time, until no row is older than ``before``, no
+        rollup hour older than ``rollups_before``, and the log's used pages fit in ``max_bytes``, or ``seconds``
+        have passed (a live capture goes on meanwhile; the next call continues; above the bound, as long as the
+        writes since the last call took, if longer). Each transaction also deletes
+        the dictionary entries (names, answer sets and items, senders) that nothing kept refers to any more
+        (``_collect``). Under ``max_bytes`` what goes first is ``_size_step``'s choice. Freed pages are reused by
+        later inserts (and given back to the file system with incremental_vacuum when the file is above the
+        bound). Returns (rows deleted, newest ts deleted); ``self.collected`` counts what else went."""
         conn = self.conn
+        # above the bound, a step may take as long as the writes since the last one did (up to a second): what
+        # a flood of unique names adds costs about as much to delete as to insert, and the log must keep up
+        catch_up, self._written_at_prune = self.write_seconds - self._written_at_prune, self.write_seconds
+        if max_bytes is not None and _used_bytes(conn) > max_bytes:
+            seconds = max(seconds, min(catch_up, 1.0))
         deadline = time.monotonic() + seconds
         deleted, newest = 0, None
+        hour_limit = None if rollups_before is None else int(rollups_before // 3600) * 3600
         while True:
             over = max_bytes is not None and _used_bytes(conn) > max_bytes
             with conn:
                 conn.execute("BEGIN IMMEDIATE")
-                # the oldest rows are the first of the table (ordered by ts, id): one range to delete
-                if over:
-                    sql, params = (f"SELECT ts, id FROM {LOG_TABLE} ORDER BY ts, id LIMIT 1 OFFSET ?",
-                                   (PRUNE_CHUNK - 1,))
-                elif before is not None:
-                    sql, params = (f"SELECT ts, id FROM {LOG_TABLE} WHERE ts < ? ORDER BY ts, id LIMIT 1 OFFSET ?",
-                                   (before, PRUNE_CHUNK - 1))
-                else:
+                done = self._meta("aggregated_id", 1)  # rows above it wait for their sums: never deleted
+                step = None
+                if before is not None:
+                    step = self._raw_step(done, before)
+                if step is None and hour_limit is not None:
+                    step = self._aggregate_step(hour_limit)
+                if step is None and over:
+                    step = self._size_step(done, max_bytes, history)
+                if step is None:
                     break
-                edge = conn.execute(sql, params).fetchone()
-                if edge is None:  # fewer than a chunk left to delete: up to the last one
-                    edge = conn.execute(
-                        f"SELECT ts, id FROM {LOG_TABLE}" + ("" if over else " WHERE ts < ?")
-                        + " ORDER BY ts DESC, id DESC LIMIT 1", () if over else (before,)).fetchone()
-                    if edge is None:
-                        break
-                n = conn.execute(f"DELETE FROM {LOG_TABLE} WHERE (ts, id) <= (?, ?)", edge).rowcount
-                if not n:
-                    break
-                victims = range(n)
-                last = edge[0]
-                conn.execute("DELETE FROM malformed WHERE ts <= ?", (last,))
-                if capture_id is not None:
+                n, last = step
+                if n and capture_id is not None:
                     conn.execute("UPDATE captures SET pruned_rows = coalesce(pruned_rows, 0) + ?, "
                                  "pruned_before = max(coalesce(pruned_before, 0), ?) WHERE id = ?",
-                                 (len(victims), last, capture_id))
-            deleted += len(victims)
-            newest = last if newest is None or last > newest else newest
+                                 (n, last, capture_id))
+            if n:
+                deleted += n
+                newest = last if newest is None or last > newest else newest
             if time.monotonic() >= deadline:
                 break
-        if rollups_before is not None:
-            hour = int(rollups_before // 3600) * 3600
-            with conn:
-                conn.execute("BEGIN IMMEDIATE")
-                conn.execute(f"DELETE FROM {ROLLUPS.name} WHERE hour < ?", (hour,))
-                conn.executemany(f"DELETE FROM {KEY_HOURS.name} WHERE kind = ? AND hour < ?",
-                                 [(k, hour) for k in KEY_KINDS.values()])
         if max_bytes is not None and _file_bytes(conn) > max_bytes:
             conn.executescript("PRAGMA incremental_vacuum(2000);")  # sqlite3_exec: every step (no-op unless INCREMENTAL)
         return deleted, newest
+
+    def _raw_step(self, done: int, before: Optional[float] = None) -> Optional[Tuple[int, Optional[float]]]:
+        """Delete up to PRUNE_CHUNK of the oldest rows (older than ``before`` if given) and what only they held.
+        Returns (rows deleted, newest ts deleted), or None when there is none to delete."""
+        conn = self.conn
+        # the oldest rows are the first of the table (ordered by ts, id): one range to delete
+        where, params = ("WHERE ts < ? ", (before,)) if before is not None else ("", ())
+        edge = conn.execute(f"SELECT ts, id FROM {LOG_TABLE} {where}ORDER BY ts, id LIMIT 1 OFFSET ?",
+                            (*params, PRUNE_CHUNK - 1)).fetchone()
+        if edge is None:  # fewer than a chunk left to delete: up to the last one
+            edge = conn.execute(f"SELECT ts, id FROM {LOG_TABLE} {where}ORDER BY ts DESC, id DESC LIMIT 1",
+                                params).fetchone()
+            if edge is None:
+                return None
+        victims = conn.execute(f"SELECT qname, answers, sender FROM {LOG_TABLE} WHERE (ts, id) <= (?, ?) AND id < ?",
+                               (*edge, done)).fetchall()
+        if not victims:
+            return None
+        conn.execute(f"DELETE FROM {LOG_TABLE} WHERE (ts, id) <= (?, ?) AND id < ?", (*edge, done))
+        last = edge[0]
+        conn.execute("DELETE FROM malformed WHERE ts <= ?", (last,))
+        # a lookup ends after every query of it: once its end is pruned, so are all its rows
+        conn.execute(f"DELETE FROM {LOOKUP_TABLE} WHERE ts <= ? AND end_ts <= ?", (last, last))
+        self._collect(victims)
+        return len(victims), last
+
+    def _aggregate_step(self, hour_limit: int, partial: bool = False) -> Optional[Tuple[int, None]]:
+        """Delete up to AGG_CHUNK entries of the oldest hour of rollups, key_hours and passive DNS if that hour
+        is before ``hour_limit``: rollups first, then key_hours, so that a rollup's name and texts always have
+        their key_hours entry (what ``_collect`` looks at). ``partial``: the raw rows still cover that hour (the
+        size bound needs its room): readers then count that hour from them (meta 'aggregates_partial_before')."""
+        conn = self.conn
+        hour = _oldest_hour(conn)
+        if hour is None or hour >= hour_limit:
+            return None
+        if partial and hour + 3600 > self._meta("aggregates_partial_before"):
+            self._set_meta("aggregates_partial_before", hour + 3600)
+        n = conn.execute(f"DELETE FROM {ROLLUPS.name} WHERE hour = ? AND qname <= coalesce((SELECT qname FROM "
+                         f"{ROLLUPS.name} WHERE hour = ? ORDER BY qname LIMIT 1 OFFSET ?), 1 << 62)",
+                         (hour, hour, AGG_CHUNK)).rowcount
+        names: List[int] = []
+        if not n:  # key_hours of the hour once its rollups are gone: a chunk of each kind, through (kind, hour)
+            for kind in KEY_KINDS.values():
+                keys = [k for (k,) in conn.execute(
+                    f"SELECT key FROM {KEY_HOURS.name} INDEXED BY key_hours_top WHERE kind = ? AND hour = ? LIMIT ?",
+                    (kind, hour, AGG_CHUNK))]
+                conn.executemany(f"DELETE FROM {KEY_HOURS.name} WHERE kind = ? AND key = ? AND hour = ?",
+                                 [(kind, k, hour) for k in keys])
+                n += len(keys)
+                if kind == KEY_KINDS["qname"]:
+                    names = keys
+        # passive DNS last seen before the end of that hour (the hour of the oldest entry when it is older)
+        n += conn.execute(f"DELETE FROM {PASSIVE_DNS.name} WHERE ({PASSIVE_DNS.key}) IN (SELECT {PASSIVE_DNS.key} "
+                          f"FROM {PASSIVE_DNS.name} INDEXED BY passive_dns_seen WHERE last_seen < ? LIMIT ?)",
+                          (hour + 3600, AGG_CHUNK)).rowcount
+        if names:
+            self._collect([(k, None, None) for k in names])
+        self.collected["aggregates"] += n
+        return 0, None
+
+    def _size_step(self, done: int, max_bytes: int, history: float) -> Optional[Tuple[int, Optional[float]]]:
+        """One step towards ``max_bytes``. The raw rows go oldest first, as with --retain; the rollups, key_hours
+        and passive DNS of hours before the oldest raw row (history) go, oldest hour first, once they reach back
+        ``history`` times as far as the raw rows do. The raw rows never go below one per RAW_FLOOR_BYTES of the
+        bound while there is anything else to delete: a flood of unique names, whose aggregates and dictionary
+        entries cost more than its rows, then takes the aggregates of the hours the rows cover (readers count
+        those hours from the rows)."""
+        conn = self.conn
+        first = conn.execute(f"SELECT ts, id FROM {LOG_TABLE} ORDER BY ts, id LIMIT 1").fetchone()
+        hour = _oldest_hour(conn)
+        if first is None:
+            return None if hour is None else self._aggregate_step(1 << 62)
+        raw_ok = self._meta("next_id", 1) - first[1] > max_bytes // RAW_FLOOR_BYTES  # about how many rows are kept
+        if hour is not None and hour + 3600 <= first[0]:  # history
+            newest = conn.execute(f"SELECT max(ts) FROM {LOG_TABLE}").fetchone()[0]
+            if not raw_ok or newest - hour >= history * (newest - first[0]):
+                return self._aggregate_step(1 << 62)
+        if raw_ok:
+            return self._raw_step(done)
+        if hour is not None:
+            return self._aggregate_step(1 << 62, partial=True)
+        return self._raw_step(done)
+
+    def _held(self) -> set:
+        """Every id the sums not written yet hold, of any table (their rows are kept, see prune; ids of one table
+        that equal ids of another are kept too: only later)."""
+        held = set(chain(chain.from_iterable(k[1:] for k in self._roll), self._pdns,
+                         chain.from_iterable(p[1:] for p in self._new_pairs)))
+        held.discard(None)
+        return held
+
+    def _unlearn(self, names: Dict[int, str], sets: Dict[int, str], senders: set) -> None:
+        """Forget the names, answer sets (id -> text) and senders just deleted: the caches and templates holding
+        them, so that no row written later refers to them."""
+        for ids, texts in ((self._names, names), (self._sets, sets)):
+            for i, text in texts.items():
+                if ids.get(text) == i:
+                    del ids[text]
+        if senders:  # few: the cache of each combination table
+            for _kind, _positions, ids in self._combos:
+                for key in [k for k, v in ids.items() if v in senders]:
+                    del ids[key]
+            for cid in senders.intersection(self._sender_dims):
+                del self._sender_dims[cid]
+        self._forget_templates()  # rebuilt from the caches for the next batch
+        # (_pairs may keep pairs of deleted ids: those ids never come back)
+
+    def _collect(self, victims: Sequence[Tuple[Optional[int], Optional[int], Optional[int]]]) -> None:
+        """Delete the names, answer sets (with their answer_items) and senders of ``victims`` ((qname, answers,
+        sender) ids of rows, or of aggregates, just deleted) that nothing kept refers to: no row of the log (its
+        indexes on name and sender; a set through the names its answer_items list), no key_hours entry (which
+        every rollup's name has too), no sums waiting in memory (``_held``), and never the largest id of a
+        table (SQLite gives a new row the largest id + 1: a deleted id is never handed out again). The writer's
+        caches forget what is deleted (``_unlearn``); another process's writer learns of it through meta
+        'gc_epoch' (``write``). A set is told unused through the rows of the names answer_items lists for it: kept
+        when one of those has more than GC_SCAN rows none of the newest GC_SCAN of which holds it (too costly to
+        prove). Strings and shapes are few and not collected."""
+        conn = self.conn
+        held = self._held()
+        top = {t: conn.execute(f"SELECT max(id) FROM {t}").fetchone()[0] or 0
+               for t in ("names", "answer_sets", "senders")}
+
+        def candidates(column: int, table: str) -> List[int]:
+            return sorted({v[column] for v in victims if v[column] is not None and v[column] < top[table]} - held)
+
+        def select(sql: str, values: Sequence[Any]) -> List[tuple]:  # one statement for a whole chunk
+            return conn.execute(sql, (json.dumps(values),)).fetchall() if values else []
+
+        dead = {q for (q,) in select(
+            f"SELECT value FROM json_each(?) WHERE NOT EXISTS (SELECT 1 FROM {LOG_TABLE} WHERE qname = value) AND NOT "
+            f"EXISTS (SELECT 1 FROM {KEY_HOURS.name} WHERE kind = 1 AND key = value)", candidates(0, "names"))}
+        used_sql = (  # (set, name) pairs of which a row of the name holds the set (or that cannot be told cheaply)
+            f"SELECT DISTINCT p.a FROM (SELECT json_extract(value, '$[0]') a, json_extract(value, '$[1]') q FROM "
+            f"json_each(?)) p WHERE EXISTS (SELECT 1 FROM (SELECT answers FROM {LOG_TABLE} WHERE qname = p.q ORDER BY "
+            f"ts DESC LIMIT {GC_SCAN}) WHERE answers = p.a) OR (SELECT count(*) FROM (SELECT 1 FROM {LOG_TABLE} "
+            f"WHERE qname = p.q LIMIT {GC_SCAN + 1})) > {GC_SCAN}")
+        sets = candidates(1, "answer_sets")
+        # most sets are still used by the name of a row just deleted: told without reading their answers
+        used = {a for (a,) in select(used_sql, sorted({(a, q) for q, a, _s in victims if a in sets and q is not None
+                                                        and q not in dead}))}
+        sets = [a for a in sets if a not in used]
+        # the answers' data of those sets and of the sets of dead names (answer_items is keyed by data, set, name)
+        texts = dict(select("SELECT id, answers FROM answer_sets WHERE id IN (SELECT value FROM json_each(?))",
+                            sorted(set(sets).union(a for q, a, _s in victims if q in dead and a is not None))))
+        data = {a: sorted({d for _n, _t, d in _items(text)}) for a, text in texts.items()}
+        names_of: Dict[int, set] = {}
+        for a, q in select(f"SELECT set_id, qname FROM {ANSWER_ITEMS.name} WHERE (data, set_id) IN (SELECT "
+                           "json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?))",
+                           [(d, a) for a in sets for d in data.get(a, ())]):
+            names_of.setdefault(a, set()).add(q)
+        unnamed = {a for (a,) in select(f"SELECT DISTINCT answers FROM {LOG_TABLE} WHERE qname IS NULL AND answers IN "
+                                        "(SELECT value FROM json_each(?))", sets)}  # rows of no name: few
+        used = {a for (a,) in select(used_sql, [(a, q) for a in sets for q in names_of.get(a, ()) if q not in dead])}
+        dead_sets = [a for a in sets if data.get(a) and a not in unnamed and a not in used]
+        gone = set(dead_sets)
+        items = [(d, a) for a in dead_sets for d in data[a]]  # answer_items of dead sets, and of dead names
+        named = [(d, a, q) for q, a in {(q, a) for q, a, _s in victims if q in dead and a is not None and a not in gone}
+                 for d in data.get(a, ())]
+        dead_senders = [s for (s,) in select(f"SELECT value FROM json_each(?) WHERE NOT EXISTS (SELECT 1 FROM "
+                                             f"{LOG_TABLE} WHERE sender = value)", candidates(2, "senders"))]
+        dead_names = sorted(dead)
+        name_texts = dict(select("SELECT id, name FROM names WHERE id IN (SELECT value FROM json_each(?))", dead_names))
+        conn.executemany(f"DELETE FROM {ANSWER_ITEMS.name} WHERE data = ? AND set_id = ?", items)
+        conn.executemany(f"DELETE FROM {ANSWER_ITEMS.name} WHERE data = ? AND set_id = ? AND qname = ?", named)
+        conn.executemany("DELETE FROM answer_sets WHERE id = ?", [(a,) for a in dead_sets])
+        conn.executemany("DELETE FROM names WHERE id = ?", [(q,) for q in dead_names])
+        conn.executemany("DELETE FROM senders WHERE id = ?", [(s,) for s in dead_senders])
+        if dead_names or dead_sets or dead_senders:
+            self._unlearn(name_texts, {a: texts[a] for a in dead_sets}, set(dead_senders))
+            self._gc_epoch = self._meta("gc_epoch") + 1
+            self._set_meta("gc_epoch", self._gc_epoch)
+            c = self.collected
+            c["names"] += len(dead_names)
+            c["answer_sets"] += len(dead_sets)
+            c["senders"] += len(dead_senders)
+
+
+def _oldest_hour(conn: sqlite3.Connection) -> Optional[int]:
+    """The oldest hour of the aggregates: rollups, key_hours (each kind through its index) and passive DNS."""
+    found = [conn.execute(f"SELECT min(hour) FROM {ROLLUPS.name}").fetchone()[0]]
+    found += [conn.execute(f"SELECT min(hour) FROM {KEY_HOURS.name} INDEXED BY key_hours_top WHERE kind = ?",
+                           (kind,)).fetchone()[0] for kind in KEY_KINDS.values()]
+    seen = conn.execute(f"SELECT min(last_seen) FROM {PASSIVE_DNS.name} INDEXED BY passive_dns_seen").fetchone()[0]
+    if seen is not None:
+        found.append(int(seen // 3600) * 3600)
+    found = [h for h in found if h is not None]
+    return min(found) if found else None
 
 
 def _used_bytes(conn: sqlite3.Connection) -> int:
@@ -651,7 +855,8 @@ def prepare(conn: sqlite3.Connection) -> None:
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     old_table = objects.get("queries") == "table"
     if version == SCHEMA_VERSION and not old_table and LOG_TABLE in objects:
-        if all({c.name for c in physical(t)[1]} <= set(_columns(conn, physical(t)[0])) for t in TABLES):
+        if all({c.name for c in physical(t)[1]} <= set(_columns(conn, physical(t)[0])) for t in TABLES) and all(
+                i.name in objects for t in TABLES for i in t.indexes):  # (an index added since: the slow path)
             with conn:  # the common case: nothing to do; still fail now (not at the first flush) if another writer
                 conn.execute("BEGIN IMMEDIATE")  # holds the log
             return

@@ -2,12 +2,13 @@
 ``watch`` writes)."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
 import sqlite3
 import time
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 from dnswatch import __version__
 from dnswatch.layout import Retention
@@ -36,27 +37,30 @@ def parse_size(text: str) -> int:
     return int(float(m.group(1)) * ((1024 if m.group(3) else 1000) ** power))
 
 
-def prune(path: str, retention: Retention) -> Tuple[int, Optional[float]]:
-    """Prune a log at rest (or one a watch writes: the same small transactions). Records a captures row of kind
-    'prune' with what it deleted. Returns (rows deleted, the newest deleted row's time)."""
+def prune(path: str, retention: Retention) -> Tuple[int, Optional[float], Dict[str, int]]:
+    """Prune a log at rest (or one a watch writes: the same small transactions, and the writer learns which
+    dictionary entries went). Records a captures row of kind 'prune' with what it deleted (notes.collected: the
+    dictionary entries and aggregates). Returns (rows deleted, the newest deleted row's time, collected)."""
     if not os.path.exists(path):
         raise StoreError(f"{path}: no such database")
     store = Store(path, retention=retention)
     try:
         capture = store.start_capture("prune", path, {k: v for k, v in retention._asdict().items() if v})
         deleted = 0
-        while True:
+        while True:  # until a step deletes nothing (rows, aggregates or dictionary entries)
+            done = sum(store._log.collected.values())
             n = store.prune(seconds=1.0)
             deleted += n
-            if not n:
+            if not n and sum(store._log.collected.values()) == done:
                 break
         conn = store.conn
         newest = conn.execute("SELECT pruned_before FROM captures WHERE id = ?", (capture,)).fetchone()[0]
+        collected = dict(store._log.collected)
         with conn:
-            conn.execute("UPDATE captures SET status = 'complete', ended = ?, pruned_rows = ? WHERE id = ?",
-                         (time.time(), deleted, capture))
+            conn.execute("UPDATE captures SET status = 'complete', ended = ?, pruned_rows = ?, notes = ? WHERE id = ?",
+                         (time.time(), deleted, json.dumps({"collected": collected}, sort_keys=True), capture))
         conn.executescript("PRAGMA incremental_vacuum;")  # at rest: give every free page back (auto_vacuum logs)
-        return deleted, newest
+        return deleted, newest, collected
     except sqlite3.Error as exc:
         raise _friendly(path, exc)
     finally:

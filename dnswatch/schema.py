@@ -328,13 +328,18 @@ SENDERS = _combo_table(
     "senders", SENDER_COLUMNS,
     "Who sent queries (live capture): each combination of process, thread, user, cgroup, namespace, container and "
     "pod stored once; query_log.sender is its id (NULL for rows from files). Search by pid, process name or pod "
-    "finds the senders here, then their rows through one index.")
+    "finds the senders here, then their rows through one index. Retention deletes a sender once no kept row "
+    "refers to it.")
 COMBOS = {"shape": SHAPES, "sender": SENDERS}  # Column.store -> the table holding those columns
 
 META = Table(
     "meta",
     "Bookkeeping of the writer: 'next_id' (the next query_log id), 'aggregated_id' (rows below it are in the "
-    "rollups, key_hours and passive_dns; a writer that was killed leaves the rest, which the next one adds).",
+    "rollups, key_hours and passive_dns; a writer that was killed leaves the rest, which the next one adds; "
+    "retention never deletes the rows above it), 'gc_epoch' (counts the retention steps that deleted dictionary "
+    "entries: a writer whose cached ids are older forgets them), 'aggregates_partial_before' (--max-size deleted "
+    "rollups and key_hours of hours before this one while raw rows still covered them: readers count those hours "
+    "from the raw rows).",
     (
         Column("key", "TEXT", "Name."),
         Column("value", "INTEGER", "Value."),
@@ -356,7 +361,8 @@ STRINGS = Table(
 
 NAMES = Table(
     "names",
-    "Every query name, stored once (query_log.qname and the rollups hold its id).",
+    "Every query name, stored once (query_log.qname and the rollups hold its id). Retention deletes a name once "
+    "no kept row, key_hours entry or rollup refers to it (ids are not reused).",
     (
         Column("id", "INTEGER PRIMARY KEY", "Id."),
         Column("name", "TEXT UNIQUE", "The name as in queries.qname (case kept)."),
@@ -369,7 +375,8 @@ NAMES = Table(
 
 ANSWER_SETS = Table(
     "answer_sets",
-    "Answer sections (queries.answers), each distinct one stored once.",
+    "Answer sections (queries.answers), each distinct one stored once. Retention deletes a set (and its "
+    "answer_items) once no kept row holds it.",
     (
         Column("id", "INTEGER PRIMARY KEY", "Id (query_log.answers)."),
         Column("hash", "INTEGER", "64-bit hash of answers, the lookup key."),
@@ -393,7 +400,8 @@ ANSWER_ITEMS = Table(
 
 ROLLUPS = Table(
     "rollups_hourly",
-    "Hourly counts, filled as rows are written and kept longer than raw rows (--retain-rollups): one row per "
+    "Hourly counts, filled as rows are written and kept longer than raw rows (--retain-rollups; --max-size may "
+    "take the oldest hours earlier, see meta.aggregates_partial_before): one row per "
     "hour, name, type, rcode, process name, pod namespace and pod. qname is a names.id, the others strings.id "
     "(0: none); the `rollups` view shows the texts.",
     (
@@ -434,7 +442,8 @@ KEY_HOURS = Table(
 PASSIVE_DNS = Table(
     "passive_dns",
     "Passive DNS: every (name, type, answer data) seen in a response, with when and how often, and who first "
-    "resolved it. Kept indefinitely (retention does not touch it); `search --answer` reads it for the time the "
+    "resolved it. With retention on, an entry goes once it was last seen before the oldest rollup hour kept "
+    "(--retain-rollups, or earlier under --max-size); `search --answer` reads it for the time the "
     "raw rows no longer cover.",
     (
         Column("name", "TEXT", "Owner name of the answer record."),
@@ -450,7 +459,7 @@ PASSIVE_DNS = Table(
         Column("first_pod_namespace", "TEXT", "Its pod's namespace (live)."),
         Column("first_pod", "TEXT", "Its pod (live)."),
     ),
-    (Index("passive_dns_data", "data"),),
+    (Index("passive_dns_data", "data"), Index("passive_dns_seen", "last_seen")),
     key="name, type, data",
 )
 

@@ -329,7 +329,7 @@ class Store:
             deleted, _newest = self._log.prune(
                 before=now - r.retain if r.retain else None, max_bytes=r.max_bytes,
                 rollups_before=now - r.retain_rollups if r.retain_rollups else None,
-                capture_id=self._capture_id, seconds=seconds)
+                capture_id=self._capture_id, seconds=seconds, history=r.history())
         except sqlite3.Error as exc:
             if _is_full(exc):  # deleting needs a little WAL space too: try again later
                 self._full()

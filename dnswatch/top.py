@@ -525,6 +525,10 @@ def _rollup_hours(conn, since: Optional[float], until: Optional[float]) -> Optio
     hi = time.time() if until is None else until
     h0 = int(math.ceil(since / 3600.0)) * 3600
     h1 = int(hi // 3600) * 3600  # the hour starting at h1 is partial (rows up to until): raw rows
+    from dnswatch.aggregate import raw_hours
+    r0, r1 = raw_hours(conn, h0, h1)
+    if r0 < r1:  # the size bound took rollups of hours the raw rows cover: those from the raw rows
+        h1 = r0
     if h1 - h0 < ROLLUP_MIN_HOURS * 3600:
         return None
     # rows a killed writer left above aggregated_id are not in the rollups yet: then read raw rows

@@ -3,7 +3,6 @@ migration of a round-1 log, domain search and top()."""
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 import random
 import sqlite3
@@ -22,7 +21,7 @@ from dnswatch.layout import Retention
 from dnswatch.maintain import export, parse_duration, parse_size
 from dnswatch.schema import QUERY_COLUMNS, Q, SCHEMA_VERSION
 from dnswatch.store import Store
-from logcheck import rollups_and_rows
+from logcheck import rollups_and_rows, writer_running
 
 NAMES = ["www.example.com", "example.com", "api.example.com", "a.b.example.com", "myexample.com",
          "WWW.Example.COM", "x.example.org", "api-1.shop.example.net", "cdn.example.net", "example.comx"]
@@ -232,12 +231,7 @@ def _writer(db, started, stop):
 def test_export_while_writing(tmp_path):
     db = str(tmp_path / "w.db")
     Store(db).close()
-    ctx = multiprocessing.get_context("fork")
-    started, stop = ctx.Event(), ctx.Event()
-    proc = ctx.Process(target=_writer, args=(db, started, stop))
-    proc.start()
-    try:
-        assert started.wait(20)
+    with writer_running(_writer, db):
         time.sleep(0.5)
         committed = count(db, "select max(id) from query_log")  # every row committed before export starts
         out = str(tmp_path / "copy.db")
@@ -254,9 +248,6 @@ def test_export_while_writing(tmp_path):
         assert 0 < count(since, "select count(*) from queries") < rows + 10_000
         with pytest.raises(Exception, match="exists"):
             export(db, out)
-    finally:
-        stop.set()
-        proc.join(20)
 
 
 def test_full_disk_recovers(tmp_path):
