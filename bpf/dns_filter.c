@@ -2,13 +2,21 @@
  * messages and sends them to user space. The rule it implements is docs/keep-contract.md.
  *
  * RETURN CONTRACT: dns_filter() always returns 0 ("queue nothing on the socket").
- *   A kept packet is delivered as ONE record on the ring buffer `events` (one for all CPUs,
- *   so records are in nearly kernel-time order, and user space reads them in batches from
- *   its own mmap of it): struct event_meta followed by the first meta.cap_len bytes of the
- *   packet from skb->data, copied through a per-CPU scratch slot (bpf_ringbuf_reserve wants
- *   a constant size). Since nothing is ever queued on the raw socket, a full socket buffer
- *   cannot drop anything; the only loss is a full ring. CNT_EMIT_FAIL counts each such
- *   record once (the ring itself keeps no lost count).
+ *   A kept packet is delivered as ONE record on ONE ring buffer: the ring of the CPU it runs on,
+ *   rings[cpu % RINGS] (an array of RINGS ring buffers of RING_PAGES pages; `events` is ring 0
+ *   and the others' template, user space creates and inserts the rest before attaching). Each
+ *   ring has one writer CPU, so no two CPUs contend for a ring's lock (kernels from 6.15 take
+ *   it with a resilient spinlock, and under cross-CPU contention bpf_ringbuf_output() was
+ *   refused at once with the shared ring nearly empty), and a ring's records are in
+ *   kernel-time order. Only when its own ring refuses (full) does a record go to the next
+ *   ring (RING_SPILL of them, so one busy CPU still has the other rings' room; that ring's
+ *   order is then nearly kernel-time order). User space reads every ring in batches from its
+ *   own mmap of each and merges them by kernel time. A record is struct event_meta followed
+ *   by the first meta.cap_len bytes of the packet from skb->data, copied through a per-CPU
+ *   scratch slot (bpf_ringbuf_reserve wants a constant size). Since nothing is ever queued on
+ *   the raw socket, a full socket buffer cannot drop anything; the only loss is a record every
+ *   ring it tried refused. CNT_EMIT_FAIL counts each such record once (the rings keep no lost
+ *   count), CNT_EMIT_ROOM those of them a ring refused while it had room.
  *   The verdict is "a record was emitted" (or CNT_EMIT_FAIL counted). Tests
  *   (BPF_PROG_TEST_RUN) observe exactly that: they tag each frame through skb->cb[0],
  *   which comes back as meta.netns (dnswatch/sources/bpf_testrun.py).
@@ -31,10 +39,12 @@
  * SETTINGS (-D): DNS_PORTS (comma list, <= 16), RESPONSES (0/1), MAX_CAPTURE (bytes),
  *   LOOPBACK_DEDUP (0/1: on ifindex 1 keep only the outgoing copy), TASK_META (bitmask of
  *   task helpers the kernel allows here: 1 pid_tgid, 2 uid_gid, 4 comm, 8 cgroup_id),
- *   RING_PAGES (ring size in pages, a power of two), RING_WAKEUP (0: the kernel wakes the
- *   reader only when it had caught up, i.e. at once when idle and never while it works
- *   through a batch; 1 = BPF_RB_NO_WAKEUP: the reader polls on its own timeout),
- *   NR_CPUS (possible CPUs: scratch slots).
+ *   RING_PAGES (pages of each ring, a power of two), RINGS (rings: one per CPU, CPUs past it
+ *   share by modulo), RING_SPILL (rings after its own a record may go to when its CPU's is
+ *   full, <= 8), RING_WAKEUP (0: the kernel wakes the reader only when it had caught up
+ *   on that ring, i.e. at once when idle and never while it works through a batch;
+ *   1 = BPF_RB_NO_WAKEUP: the reader polls on its own timeout), NR_CPUS (possible CPUs:
+ *   scratch slots).
  *
  * NAMESPACES: one raw socket per network namespace; each has a tiny dispatcher program
  *   (built by user space) that stores its netns inode in skb->cb[0] and tail-calls
@@ -64,6 +74,13 @@
 #ifndef RING_PAGES
 #define RING_PAGES 1024
 #endif
+#ifndef RINGS
+#define RINGS 1
+#endif
+#ifndef RING_SPILL
+#define RING_SPILL 1
+#endif
+#define SPILL (RING_SPILL < RINGS - 1 ? RING_SPILL : RINGS - 1)
 #ifndef RING_WAKEUP
 #define RING_WAKEUP 0
 #endif
@@ -74,8 +91,11 @@
 #if MAX_CAPTURE > 65400 || MAX_CAPTURE < 64
 #error "MAX_CAPTURE must be within [64, 65400]"
 #endif
-#if (RING_PAGES & (RING_PAGES - 1)) || RING_PAGES < 2
-#error "RING_PAGES must be a power of two >= 2"
+#if (RING_PAGES & (RING_PAGES - 1)) || RING_PAGES < 1
+#error "RING_PAGES must be a power of two"
+#endif
+#if RINGS < 1 || RINGS > 1024 || RING_SPILL < 0 || RING_SPILL > 8
+#error "RINGS must be within [1, 1024], RING_SPILL within [0, 8]"
 #endif
 
 #define TASK_PID    1
@@ -159,10 +179,13 @@ struct frag_key {
  * must say how many it never saw): a UDP payload shorter than a DNS header, more questions than the bound.
  * Order = _COUNTERS in dnswatch/sources/live.py. */
 enum { CNT_SEEN, CNT_KEPT, CNT_EMIT_FAIL, CNT_SLOW_LOAD, CNT_SKIP_SHORT, CNT_SKIP_QDCOUNT, CNT_EMIT_FAIL_RESP,
-       CNT_COPIES, CNT_MAX };   /* CNT_EMIT_FAIL_RESP: the part of CNT_EMIT_FAIL that were responses;
-                                   CNT_COPIES: rule 6's drops (copy_elsewhere) */
+       CNT_COPIES, CNT_EMIT_ROOM, CNT_MAX };
+/* CNT_EMIT_FAIL_RESP: the part of CNT_EMIT_FAIL that were responses; CNT_COPIES: rule 6's drops (copy_elsewhere);
+ * CNT_EMIT_ROOM: the part of CNT_EMIT_FAIL a ring it tried had room for, as bpf_ringbuf_query() sees it just after
+ * the refusal (the reader only frees space, and advances once per batch): a refused write, not a full ring. */
 
-BPF_RINGBUF_OUTPUT(events, RING_PAGES);
+BPF_RINGBUF_OUTPUT(events, RING_PAGES);   /* ring 0, and the template of rings[1..] */
+BPF_ARRAY_OF_MAPS(rings, "events", RINGS);   /* rings[cpu % RINGS]: each CPU writes its own */
 BPF_ARRAY(scratch, struct event, NR_CPUS);   /* one record being built per CPU (the filter never nests) */
 BPF_PERCPU_ARRAY(counters, u64, CNT_MAX);
 BPF_TABLE("lru_hash", struct frag_key, u8, frags, 4096);
@@ -505,6 +528,13 @@ static __always_inline int dns_verdict(struct __sk_buff *skb, struct parsed *out
     return kind;
 }
 
+/* After a refused write of len bytes: whether the ring has room for it now (as the kernel's reserve: the record and
+ * its 8-byte header, rounded up to 8, must leave a byte free). */
+static __always_inline int ring_had_room(void *ring, u32 len)
+{
+    return bpf_ringbuf_query(ring, BPF_RB_AVAIL_DATA) + ((len + 15) & ~7) < bpf_ringbuf_query(ring, BPF_RB_RING_SIZE);
+}
+
 static __always_inline void emit_failed(int kind)
 {
     count(CNT_EMIT_FAIL);
@@ -561,13 +591,29 @@ int dns_filter(struct __sk_buff *skb)
         m->cgroup_id = bpf_get_current_cgroup_id();
 #endif
     }
-    int rc = -1;
+    int rc = -1, room = 0;
     cap = ((cap - 1) & CAP_MASK) + 1;   /* (a kept packet has an IP header: cap >= 20) */
     if (bpf_skb_load_bytes(skb, 0, e->data, cap) == 0) {
         m->cap_len = cap;
-        rc = events.ringbuf_output(e, sizeof(*m) + cap, RING_WAKEUP);
+        u32 len = sizeof(*m) + cap;
+        u32 slot = cpu % RINGS;
+        /* this CPU's ring; if it refuses (full), the next RING_SPILL rings' */
+#pragma unroll
+        for (int i = 0; i <= SPILL; i++) {
+            void *ring = rings.lookup(&slot);   /* (NULL only if user space left a slot empty) */
+            if (ring) {
+                rc = bpf_ringbuf_output(ring, e, len, RING_WAKEUP);
+                if (rc == 0)
+                    break;
+                room |= ring_had_room(ring, len);
+            }
+            slot = slot + 1 < RINGS ? slot + 1 : 0;
+        }
     }
-    if (rc < 0)
+    if (rc < 0) {
         emit_failed(kind);
+        if (room)
+            count(CNT_EMIT_ROOM);
+    }
     return 0;
 }

@@ -205,7 +205,7 @@ def test_filter_compiles_and_loads():
         assert f.task_meta == 15 or f.fallback
         assert f.counters() == {"kernel_seen": 0, "kernel_kept": 0, "emit_failures": 0, "kernel_slow_loads": 0,
                                 "kernel_skip_short": 0, "kernel_skip_qdcount": 0, "emit_failures_responses": 0,
-                                "kernel_copies": 0}
+                                "kernel_copies": 0, "emit_refused": 0}
     finally:
         f.close()
 

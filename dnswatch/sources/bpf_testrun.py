@@ -7,6 +7,7 @@ No bcc here: the syscall is made with ctypes. Three users:
   ones it keeps, so the keep contract can be checked frame by frame against user space.
 * :func:`probe_task_helpers` finds which task helpers a socket filter may call on this kernel.
 * :func:`load_dispatcher` builds the per-network-namespace trampoline (issue 4).
+* :func:`ringbuf_create` makes the ring buffers of the CPUs past the first (dns_filter.c's ``rings``).
 """
 from __future__ import annotations
 
@@ -31,9 +32,11 @@ from dnswatch.model import (
 
 _NR_BPF = {"x86_64": 321, "aarch64": 280, "armv7l": 386, "ppc64le": 361, "s390x": 351, "riscv64": 280}
 
+BPF_MAP_CREATE = 0
 BPF_PROG_LOAD = 5
 BPF_PROG_TEST_RUN = 10
 BPF_PROG_TYPE_SOCKET_FILTER = 1
+BPF_MAP_TYPE_RINGBUF = 27
 
 # struct __sk_buff (uapi/linux/bpf.h): size and the offset of cb[0]
 SKB_CTX_SIZE = 192
@@ -135,6 +138,17 @@ def prog_load(insns: bytes, prog_type: int = BPF_PROG_TYPE_SOCKET_FILTER, name: 
     if fd < 0:
         text = log_buf.value.decode(errors="replace") if log_buf is not None else ""
         raise BpfError(-fd, "BPF_PROG_LOAD", text)
+    return fd
+
+
+def ringbuf_create(size: int, name: str = "dnswatch_ring") -> int:
+    """BPF_MAP_CREATE of a ring buffer of ``size`` bytes (a power of two, whole pages); returns its fd.
+    Raises :class:`BpfError`."""
+    attr = ctypes.create_string_buffer(128)
+    struct.pack_into("<IIIIIII16s", attr, 0, BPF_MAP_TYPE_RINGBUF, 0, 0, size, 0, 0, 0, name.encode()[:15])
+    fd = bpf(BPF_MAP_CREATE, attr)
+    if fd < 0:
+        raise BpfError(-fd, "BPF_MAP_CREATE (ring buffer)")
     return fd
 
 

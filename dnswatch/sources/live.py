@@ -1,5 +1,6 @@
 """Live capture: the eBPF socket filter in ``bpf/dns_filter.c`` keeps DNS packets in the kernel and
-hands each one to user space in a single ring buffer record with what the kernel knew about it.
+hands each one to user space in a single record, on the ring buffer of the CPU it ran on, with what the
+kernel knew about it.
 
 This is the only module that imports bcc, and only inside functions: everything else in dnswatch
 works without it.
@@ -35,8 +36,8 @@ MAX_PORTS = 16
 
 
 def default_page_cnt() -> int:
-    """Ring pages per CPU: 8 MiB (~45k typical DNS events: >1 s of a 40k q/s flood with responses, for a reader
-    that a busy node's scheduler holds back) on small hosts, scaled down to keep the total near 64 MiB on
+    """Pages of each CPU's ring: 8 MiB (~45k typical DNS events: >1 s of a 40k q/s flood with responses, for a
+    reader that a busy node's scheduler holds back) on small hosts, scaled down to keep the total near 64 MiB on
     many-CPU ones, never below 512 KiB."""
     ncpu = os.cpu_count() or 1
     pages = 2048
@@ -46,18 +47,31 @@ def default_page_cnt() -> int:
 
 
 def ring_pages(page_cnt: int) -> int:
-    """Pages of the one ring buffer all CPUs share: page_cnt per online CPU, up to a power of two."""
-    want = max(2, page_cnt * (os.cpu_count() or 1))
-    return 1 << (want - 1).bit_length()
+    """Pages of each ring buffer (one per CPU, :func:`ring_count`): page_cnt, up to a power of two."""
+    return 1 << (max(1, page_cnt) - 1).bit_length()
+
+
+# Rings at most (dns_filter.c's RINGS): CPUs past it share one by modulo, and with it the ring's lock.
+MAX_RINGS = 64
+
+
+def _cpu_ids(kind: str, default: int) -> int:
+    """1 + the highest CPU id in /sys/devices/system/cpu/<kind> ("0-3,6")."""
+    try:
+        text = Path("/sys/devices/system/cpu", kind).read_text().strip()
+        return max(int(part.split("-")[-1]) for part in text.split(",")) + 1
+    except (OSError, ValueError):
+        return default
 
 
 def possible_cpus() -> int:
     """How many CPU ids the kernel can hand out (bpf_get_smp_processor_id() < this): the scratch slots."""
-    try:
-        text = Path("/sys/devices/system/cpu/possible").read_text().strip()
-        return max(int(part.split("-")[-1]) for part in text.split(",")) + 1
-    except (OSError, ValueError):
-        return max(64, os.cpu_count() or 1)
+    return _cpu_ids("possible", max(64, os.cpu_count() or 1))
+
+
+def ring_count() -> int:
+    """Rings the filter writes: one per online CPU id (CPU n writes ring n % this), at most MAX_RINGS."""
+    return max(1, min(MAX_RINGS, _cpu_ids("online", os.cpu_count() or 1)))
 
 
 # Wakeups. By default the kernel wakes the reader only for a record written while it had read everything
@@ -67,9 +81,9 @@ def possible_cpus() -> int:
 # of records at poll()'s timeout only.
 WAKEUP_EVENTS = 1
 
-# Reorder window. One ring holds the records of every CPU in the order they were reserved, which is kernel
-# time order but for the microseconds between a filter's ktime and its reservation, and a record reserved
-# on one CPU but not yet committed stops the read at it while younger ones after it wait. poll() therefore
+# Reorder window. Each CPU writes its own ring, in kernel time order, and a read merges the rings by kernel
+# time; but a record is written microseconds after its ktime, so one of another CPU that is older than the last
+# record read can still be on its way (and the rings are read one after another). poll() therefore
 # hands on only the frames whose kernel time is older than the moment the read began, less
 # REORDER_MARGIN_NS, in kernel time order; younger ones wait, and poll() sleeps until the oldest of them is
 # due (at most REORDER_POLL_MS), REORDER_BATCH_NS more so that a busy ring is read in batches. Bounded in bytes too: past REORDER_MAX_BYTES the oldest go on at once.
@@ -93,10 +107,11 @@ _FIX_BCC = (
 )
 _FIX_PRIV = "run as root, or grant CAP_BPF, CAP_NET_RAW and CAP_PERFMON (e.g. setcap or a privileged container)"
 
-# the kernel's counters, in dns_filter.c's CNT_* order. emit_failures: records the ring buffer had no room for
-# (the loss); skip_*: DNS-port packets the keep rule drops, by reason.
+# the kernel's counters, in dns_filter.c's CNT_* order. emit_failures: records the ring buffers refused (the
+# loss), emit_refused: the part of them their ring had room for (not a full ring); skip_*: DNS-port packets the
+# keep rule drops, by reason.
 _COUNTERS = ("kernel_seen", "kernel_kept", "emit_failures", "kernel_slow_loads", "kernel_skip_short",
-             "kernel_skip_qdcount", "emit_failures_responses", "kernel_copies")
+             "kernel_skip_qdcount", "emit_failures_responses", "kernel_copies", "emit_refused")
 
 # Rule 6 of the keep contract: a copy of a kept packet at another capture point within this window is dropped in
 # the kernel (kernel_copies). The same window as correlate.COPY_WINDOW, which recognises the copies it lets through.
@@ -217,7 +232,7 @@ class LoadedFilter:
     """dns_filter compiled and loaded (not attached). Built by :func:`load_filter`."""
 
     def __init__(self, bpf, fn, ports, responses, max_capture, loopback_dedup, task_meta, task_missing, fallback, log,
-                 ring_pages, copy_window_ns=COPY_WINDOW_NS):
+                 ring_pages, copy_window_ns=COPY_WINDOW_NS, ring_fds=()):
         self.bpf = bpf
         self.fn = fn
         self.prog_fd: int = fn.fd
@@ -231,29 +246,30 @@ class LoadedFilter:
         self.fallback: Optional[str] = fallback  # set when task metadata had to be compiled out
         self.log: str = log
         self.prog_array_fd: int = bpf[b"progs"].map_fd
-        self.ring_pages = ring_pages
-        self.ring: Optional[EventRing] = None
+        self.ring_pages = ring_pages  # of each ring
+        self.ring_fds: List[int] = [bpf[b"events"].map_fd, *ring_fds]  # rings[i]; ours to close from 1 on
+        self.ring: Optional[EventRings] = None
         self._closed = False
 
     def open_events(self) -> None:
-        """Map the ring buffer for :meth:`poll` / :meth:`read`."""
+        """Map the ring buffers for :meth:`poll` / :meth:`read`."""
         try:
-            self.ring = EventRing(self.bpf[b"events"].map_fd, self.ring_pages * mmap.PAGESIZE)
+            self.ring = EventRings(self.ring_fds, self.ring_pages * mmap.PAGESIZE)
         except OSError as e:
-            raise LiveCaptureError(f"cannot map the ring buffer ({self.ring_pages} pages: {e})",
-                                   "run as root or grant CAP_BPF and CAP_PERFMON") from None
+            raise LiveCaptureError(f"cannot map the ring buffers ({len(self.ring_fds)} of {self.ring_pages} pages:"
+                                   f" {e})", "run as root or grant CAP_BPF and CAP_PERFMON") from None
 
     def poll(self, timeout_ms: int, unpack: Callable = EVENT_META.unpack_from) -> Tuple[int, List[Tuple[tuple, bytes]]]:
-        """Wait up to timeout_ms for a record (not at all if one is there), then read what the ring holds.
+        """Wait up to timeout_ms for a record (not at all if one is there), then read what the rings hold.
 
         Returns (mark, records): mark is CLOCK_MONOTONIC (the clock of bpf_ktime_get_ns) taken just before
-        the read, records are (EVENT_META fields, packet bytes) in ring order."""
+        the read, records are (EVENT_META fields, packet bytes) in kernel time order."""
         self.ring.wait(timeout_ms)
         mark = time.monotonic_ns()
         return mark, self.ring.read(unpack)
 
     def read(self, unpack: Callable = EVENT_META.unpack_from) -> List[Tuple[tuple, bytes]]:
-        """What the ring holds now, without waiting."""
+        """What the rings hold now, without waiting, in kernel time order."""
         return self.ring.read(unpack)
 
     def counters(self) -> Dict[str, int]:
@@ -267,6 +283,9 @@ class LoadedFilter:
             if self.ring is not None:
                 self.ring.close()
                 self.ring = None
+            for fd in self.ring_fds[1:]:  # (the array of rings keeps them until bpf.cleanup)
+                os.close(fd)
+            self.ring_fds = self.ring_fds[:1]
             self.bpf.cleanup()
 
 
@@ -296,18 +315,13 @@ class EventRing:
         except BaseException:
             self._cons.close()
             raise
-        self._epoll = select.epoll()
-        self._epoll.register(map_fd, select.EPOLLIN)
 
     def pending(self) -> bool:
         return _U64.unpack_from(self._data, 0)[0] != _U64.unpack_from(self._cons, 0)[0]
 
-    def wait(self, timeout_ms: int) -> None:
-        if timeout_ms > 0 and not self.pending():
-            try:
-                self._epoll.poll(timeout_ms / 1000)
-            except InterruptedError:  # a signal: the caller looks at its flag
-                pass
+    def written(self) -> int:
+        """Bytes the kernel has written to this ring so far, headers and padding included (its producer position)."""
+        return _U64.unpack_from(self._data, 0)[0]
 
     def read(self, unpack: Callable = EVENT_META.unpack_from) -> List[Tuple[tuple, bytes]]:
         """(event_meta fields, packet bytes) of each committed record, up to the first one still being
@@ -334,9 +348,59 @@ class EventRing:
         return out
 
     def close(self) -> None:
-        self._epoll.close()
         self._data.close()
         self._cons.close()
+
+
+def _record_ktime(record: Tuple[tuple, bytes]) -> int:
+    return record[0][0]
+
+
+class EventRings:
+    """The filter's rings (one per CPU, dns_filter.c's ``rings``) read as one: :meth:`wait` sleeps on all of them
+    (one epoll), :meth:`read` takes what each holds and merges them by kernel time (each ring is in kernel time
+    order, as one CPU writes it; nearly so after a full ring spilled into it, which LiveCapture's sort mends)."""
+
+    def __init__(self, map_fds: Sequence[int], size: int):
+        self.rings: List[EventRing] = []
+        self._epoll = select.epoll()
+        try:
+            for fd in map_fds:
+                self.rings.append(EventRing(fd, size))
+                self._epoll.register(fd, select.EPOLLIN)
+        except BaseException:
+            self.close()
+            raise
+
+    def pending(self) -> bool:
+        return any(ring.pending() for ring in self.rings)
+
+    def wait(self, timeout_ms: int) -> None:
+        if timeout_ms > 0 and not self.pending():
+            try:
+                self._epoll.poll(timeout_ms / 1000)
+            except InterruptedError:  # a signal: the caller looks at its flag
+                pass
+
+    def read(self, unpack: Callable = EVENT_META.unpack_from) -> List[Tuple[tuple, bytes]]:
+        """Every ring's :meth:`EventRing.read`, in kernel time order (``unpack``'s first field is the kernel time)."""
+        out: List[Tuple[tuple, bytes]] = []
+        merge = False
+        for ring in self.rings:
+            got = ring.read(unpack)
+            if got:
+                if out and got[0][0][0] < out[-1][0][0]:
+                    merge = True  # interleaved with an earlier ring's records
+                out += got
+        if merge:
+            out.sort(key=_record_ktime)  # (a merge of sorted runs, which list.sort finds)
+        return out
+
+    def close(self) -> None:
+        self._epoll.close()
+        for ring in self.rings:
+            ring.close()
+        self.rings = []
 
 
 
@@ -346,7 +410,8 @@ def load_filter(ports: Sequence[int] = (53,), responses: bool = False, max_captu
                 wakeup_events: int = WAKEUP_EVENTS) -> LoadedFilter:
     """Compile and load dns_filter with these settings.
 
-    The ring buffer gets ``page_cnt`` pages per CPU (:func:`ring_pages`); ``wakeup_events`` > 1: no wakeups
+    Each CPU gets a ring buffer of ``page_cnt`` pages (:func:`ring_pages`, :func:`ring_count`); ``wakeup_events`` > 1:
+    no wakeups
     (see WAKEUP_EVENTS). Task helpers are probed first (a tiny program per helper); those the kernel refuses in socket
     filters are compiled out. If the filter still fails to load with task metadata, it is retried
     without, and ``fallback`` says so. ``loopback_dedup`` and ``copy_window_ns`` (0: off) are the keep contract's
@@ -375,6 +440,7 @@ def load_filter(ports: Sequence[int] = (53,), responses: bool = False, max_captu
     if task_meta != TASK_ALL and missing:
         fallback = "kernel refuses " + ", ".join(sorted(missing)) + " in socket filters"
     pages = ring_pages(page_cnt or default_page_cnt())
+    rings = ring_count()
     logs: List[str] = []
     last_err: Optional[Exception] = None
     for mask in ([task_meta, 0] if task_meta else [0]):
@@ -386,6 +452,7 @@ def load_filter(ports: Sequence[int] = (53,), responses: bool = False, max_captu
             f"-DCOPY_WINDOW_NS={max(0, int(copy_window_ns))}",
             f"-DTASK_META={mask}",
             f"-DRING_PAGES={pages}",
+            f"-DRINGS={rings}",
             f"-DRING_WAKEUP={int(wakeup_events > 1)}",
             f"-DNR_CPUS={possible_cpus()}",
         ]
@@ -405,11 +472,12 @@ def load_filter(ports: Sequence[int] = (53,), responses: bool = False, max_captu
             fallback = f"task metadata compiled out: the filter does not load with it ({last_err})"
             missing = {name: "filter did not load with it" for name, _ in TASK_HELPERS.values()}
         b[b"progs"][ctypes.c_int(0)] = ctypes.c_int(fn.fd)  # the per-netns dispatchers' tail-call target
+        ring_fds = _fill_rings(b, rings, pages)
         log = "".join(logs)
         if debug and log.strip():
             sys.stderr.write(log)
         return LoadedFilter(b, fn, ports, bool(responses), int(max_capture), bool(loopback_dedup), mask, missing,
-                            fallback, log, pages, max(0, int(copy_window_ns)))
+                            fallback, log, pages, max(0, int(copy_window_ns)), ring_fds)
 
     log = "".join(logs)
     if debug and log.strip():
@@ -426,6 +494,25 @@ def load_filter(ports: Sequence[int] = (53,), responses: bool = False, max_captu
                                " (--debug shows the compiler output)", _FIX_BCC, log)
     raise LiveCaptureError(f"the kernel refused the DNS filter ({msg}; --debug shows the verifier log)",
                            "use a kernel >= 5.8 with BPF enabled, or report a bug with the --debug output", log)
+
+
+def _fill_rings(b, rings: int, pages: int) -> List[int]:
+    """rings[0] = the filter's own ``events``, rings[1..] = new ring buffers of the same size (their fds, the
+    caller's to close), all before any packet can reach the filter (an empty slot would lose its CPU's records)."""
+    table = b[b"rings"]
+    table[ctypes.c_int(0)] = ctypes.c_int(b[b"events"].map_fd)
+    fds: List[int] = []
+    try:
+        for i in range(1, rings):
+            fds.append(_sys.ringbuf_create(pages * mmap.PAGESIZE))
+            table[ctypes.c_int(i)] = ctypes.c_int(fds[-1])
+    except Exception as e:  # BpfError, or bcc's bare Exception from the update
+        for fd in fds:
+            os.close(fd)
+        b.cleanup()
+        raise LiveCaptureError(f"cannot create the ring buffers ({rings} of {pages} pages: {e})",
+                               "give the process more locked memory (ulimit -l) or a smaller ring") from None
+    return fds
 
 
 # ---------------------------------------------------------------- sockets and namespaces
@@ -770,7 +857,7 @@ class LiveCapture:
 
     def _frames(self, records: List[Tuple[tuple, bytes]], last_kt: int) -> Tuple[List[Frame], bool]:
         """Frames of ring records, and whether their kernel times never go back from last_kt on (the usual
-        case: one ring is written in nearly time order, so sorting is seldom needed)."""
+        case: the rings' records come merged by kernel time, so sorting is seldom needed)."""
         out: List[Frame] = []
         append = out.append
         where, ts_offset, tm, comms = self._where, self._ts_offset, self._task_meta, self._comms
@@ -826,9 +913,9 @@ class LiveCapture:
     # -- reporting
 
     def stats(self) -> Dict[str, int]:
-        """Counters. The loss is ``emit_failures`` (each record the ring had no room for, once: the ring
-        itself keeps no count). ``kernel_skip_*``: DNS-port packets the keep rule drops, by reason.
-        ``kernel_copies``: copies of a kept packet at another capture point the kernel dropped (rule 6:
+        """Counters. The loss is ``emit_failures`` (each record a ring refused, once: the rings keep no count;
+        ``emit_refused`` of them while the ring had room). ``kernel_skip_*``: DNS-port packets the keep rule drops,
+        by reason. ``kernel_copies``: copies of a kept packet at another capture point the kernel dropped (rule 6:
         stored once, not a loss)."""
         out = {"reorder_late": self.reorder_late, "reorder_forced": self.reorder_forced}
         if self.filter is not None:
