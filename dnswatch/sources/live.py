@@ -13,6 +13,7 @@ import ctypes
 import fcntl
 import gc
 import mmap
+import operator
 import os
 import select
 import socket
@@ -864,14 +865,16 @@ class LiveCapture:
         on_task, on_process = self.on_task, self.on_process
         if not tm & TASK_PID:
             on_task = on_process = None
+        every = tm == TASK_ALL  # (the usual case: every task field, without a test per field and record)
         told = set()  # senders (pid << 32 | tid) on_task / on_process heard of in this batch: once is enough
         ordered = True
+        new_tuple, meta_t, frame_t, valid = _new_tuple, PacketMeta, Frame, META_TASK_VALID
         for (kt, pid_tgid, uid_gid, cgroup_id, ifindex, pkt_type, tag, flags, comm), data in records:
             if kt < last_kt:
                 ordered = False
             last_kt = kt
             ns, ifname, linktype = where.get(tag << 32 | ifindex) or self._lookup_where(tag, ifindex)
-            if flags & META_TASK_VALID:
+            if flags & valid:
                 pid = pid_tgid >> 32
                 if pid_tgid not in told:
                     told.add(pid_tgid)
@@ -879,17 +882,22 @@ class LiveCapture:
                         on_task(pid)  # sent by a thread: the process's name is read from /proc, now
                     if on_process is not None:
                         on_process(pid)
-                meta = _new_tuple(PacketMeta, (
-                    kt, ifindex, pkt_type, ns, ifname,
-                    pid if tm & TASK_PID else None,
-                    pid_tgid & 0xFFFFFFFF if tm & TASK_PID else None,
-                    (comms.get(comm) or self._comm(comm)) if tm & TASK_COMM else None,
-                    uid_gid & 0xFFFFFFFF if tm & TASK_UID else None,
-                    cgroup_id if tm & TASK_CGROUP else None,
-                    None))
+                if every:
+                    meta = new_tuple(meta_t, (kt, ifindex, pkt_type, ns, ifname, pid, pid_tgid & 0xFFFFFFFF,
+                                              comms.get(comm) or self._comm(comm), uid_gid & 0xFFFFFFFF, cgroup_id,
+                                              None))
+                else:
+                    meta = new_tuple(meta_t, (
+                        kt, ifindex, pkt_type, ns, ifname,
+                        pid if tm & TASK_PID else None,
+                        pid_tgid & 0xFFFFFFFF if tm & TASK_PID else None,
+                        (comms.get(comm) or self._comm(comm)) if tm & TASK_COMM else None,
+                        uid_gid & 0xFFFFFFFF if tm & TASK_UID else None,
+                        cgroup_id if tm & TASK_CGROUP else None,
+                        None))
             else:
-                meta = _new_tuple(PacketMeta, (kt, ifindex, pkt_type, ns, ifname, None, None, None, None, None, None))
-            append(_new_tuple(Frame, (kt * 1e-9 + ts_offset, linktype, data, ifname, meta)))
+                meta = new_tuple(meta_t, (kt, ifindex, pkt_type, ns, ifname, None, None, None, None, None, None))
+            append(new_tuple(frame_t, (kt * 1e-9 + ts_offset, linktype, data, ifname, meta)))
         return out, ordered
 
     def _comm(self, raw: bytes) -> str:
@@ -953,8 +961,7 @@ class LiveCapture:
 _new_tuple = tuple.__new__  # a NamedTuple from all its fields, without its Python-level __new__
 
 
-def _by_ktime(frame: Frame) -> int:
-    return frame.meta.ktime_ns
+_by_ktime = operator.attrgetter("meta.ktime_ns")  # a frame's kernel time (a C call: the sort's key per frame)
 
 
 def _realtime_offset() -> float:
