@@ -26,7 +26,7 @@ cdef class Correlator:
     @cython.locals(hit=tuple, templates=list, row=list, cost=Py_ssize_t)
     cpdef list _templates_of(self, msg, Py_ssize_t size)
     @cython.locals(pending=dict, waiting=tuple, seen=tuple, gen=Py_ssize_t, extra=Py_ssize_t, qsize=Py_ssize_t,
-                   answer=list, sizes=tuple, hit=tuple, row=list, template=list)
+                   answer=tuple, sizes=tuple, hit=tuple, row=list, template=list)
     cpdef response(self, seg, msg, dns_id)
     @cython.locals(old=list, recent=dict, entry=tuple, seen=tuple)
     cpdef expire(self, now)
