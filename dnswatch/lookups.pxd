@@ -21,7 +21,7 @@ cdef class _Lookup:
 
 
 @cython.locals(nat=object)
-cdef _Lookup _open_lookup(_Lookup lookup, lookup_id, client, list row, str lower, double timeout)
+cdef _Lookup _open_lookup(_Lookup lookup, lookup_id, client, list row, str lower, double timeout, tuple last=*)
 @cython.locals(flags=object, tc=bint)
 cdef tuple _state(list row, str lower)
 cdef inline list _labels(str name)
@@ -39,6 +39,7 @@ cdef class LookupStage:
     cdef public double hold, gap, wait, timeout, clock
     cdef public Py_ssize_t _n, _held_bytes, _open_bytes, nat_copies, hops
     cdef public list _incoming
+    cdef public tuple _cols
     cdef public dict _nat, _by_client, _questions, bounded, _servers, _senders, _lowers
 
     cpdef advance(self, now)

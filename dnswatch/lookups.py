@@ -78,13 +78,20 @@ class _Lookup:
         _open_lookup(self, lookup_id, client, row, lower, timeout)
 
 
-def _open_lookup(lookup: _Lookup, lookup_id: int, client: object, row: Row, lower: str, timeout: float) -> _Lookup:
-    """_Lookup.__init__'s work, also called on a bare ``_Lookup.__new__(_Lookup)`` (compiled: no Python call)."""
+def _open_lookup(lookup: _Lookup, lookup_id: int, client: object, row: Row, lower: str, timeout: float,
+                 last: Optional[tuple] = None) -> _Lookup:
+    """_Lookup.__init__'s work, also called on a bare ``_Lookup.__new__(_Lookup)`` (compiled: no Python call).
+    ``last``: the client's columns of the lookup opened before, shared when this one's are the same objects."""
     lookup.id = lookup_id
     lookup.client = client
     # the client's columns come from its first row (indexed: compiled, no call and no tuple of the getter's)
-    lookup.cols = (row[I_SRC], row[I_DST], row[I_PID], row[I_COMM], row[I_EXE], row[I_NETNS], row[I_POD],
-                   row[I_POD_NS], row[I_CONTAINER])
+    if (last is not None and row[I_SRC] is last[0] and row[I_DST] is last[1] and row[I_PID] is last[2]
+            and row[I_COMM] is last[3] and row[I_EXE] is last[4] and row[I_NETNS] is last[5]
+            and row[I_POD] is last[6] and row[I_POD_NS] is last[7] and row[I_CONTAINER] is last[8]):
+        lookup.cols = last
+    else:
+        lookup.cols = (row[I_SRC], row[I_DST], row[I_PID], row[I_COMM], row[I_EXE], row[I_NETNS], row[I_POD],
+                       row[I_POD_NS], row[I_CONTAINER])
     lookup.lower = lower  # the first candidate, lower case (most lookups have one)
     # names: with a second candidate, every candidate, lower case; prefix: the leading labels every candidate
     # shares (once asked); upstream: (lookup id, server, latency); forwarded_for: a server's lookup: the
@@ -164,6 +171,7 @@ class LookupStage:
         self._held: Deque = deque()
         self._held_bytes = 0
         self._nat: Dict[tuple, list] = {}  # NAT key -> its held entry
+        self._cols: Optional[tuple] = None  # the client's columns of the last lookup opened (see _open_lookup)
         self._lowers: Dict[Optional[str], str] = {}  # qname -> lower case, the last MAX_LOWERS names asked
         self._only_dst: Optional[str] = ""  # the one address every held row went to (None: several, keyed)
         self._open: Deque[_Lookup] = deque()  # open lookups, oldest first (a lookup still active goes round again)
@@ -324,9 +332,11 @@ class LookupStage:
         size = self._held_bytes
         limit = float("inf") if over is None else over
         early = 0
-        while held and (held[0][0] <= now or size > limit):
+        while held:
+            release, row, key, lower, taken = held[0]
+            if release > now and size <= limit:
+                break
             entry = popleft()
-            release, row, key, lower, taken = entry
             if release > now:
                 early += 1
             size -= taken
@@ -376,7 +386,9 @@ class LookupStage:
                     break
         if lookup is None:
             self._n = n = self._n + 1
-            lookup = _open_lookup(_Lookup.__new__(_Lookup), self._id_base + n, client, row, lower, self.timeout)
+            lookup = _open_lookup(_Lookup.__new__(_Lookup), self._id_base + n, client, row, lower, self.timeout,
+                                  self._cols)
+            self._cols = lookup.cols
             self._open.append(lookup)
             self._open_bytes += lookup.bytes
             if lookups is None:
