@@ -23,7 +23,7 @@ from dnswatch.search import (DEFAULT_COLUMNS, SORT_HELP, SORTS, SearchError, Sea
                              check_mnemonics, check_window, known_qtypes, parse_time, register_functions, run_search)
 from dnswatch.sources.pcap import CaptureFormatError, PcapReader, file_size
 from dnswatch.stop import OUTPUT_CLOSED, StopSignals
-from dnswatch.store import Store, StoreError, default_db_path, open_readonly
+from dnswatch.store import Store, StoreError, default_db_path, open_readonly, read_only_connection
 from dnswatch.top import GROUPS
 from dnswatch.top import SORTS as SORTS_TOP
 
@@ -223,11 +223,11 @@ def _replayed_fingerprints(db_path: str) -> dict:
     if not os.path.exists(db_path):
         return {}
     try:
-        db = open_readonly(db_path)
-        rows = db.conn.execute(
+        conn = read_only_connection(db_path)
+        rows = conn.execute(
             "SELECT json_extract(options, '$.fingerprint'), id, strftime('%Y-%m-%d %H:%M:%S', started, 'unixepoch') "
             "FROM captures WHERE kind = 'pcap' AND json_extract(options, '$.fingerprint') IS NOT NULL").fetchall()
-        db.conn.close()
+        conn.close()
     except (StoreError, sqlite3.Error):
         return {}
     return {fp: (cid, when) for fp, cid, when in rows}

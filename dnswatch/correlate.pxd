@@ -19,6 +19,20 @@ cdef class Correlator:
     @cython.locals(gen=Py_ssize_t)
     cpdef Py_ssize_t _generation(self, Py_ssize_t size) except -2
     cpdef Py_ssize_t _cost(self, tuple entry) except -1
+    # the live path's (a capture point, enrich or terminal lines): C calls too
+    @cython.locals(pending=dict, waiting=tuple, entry=tuple, rows=list, row=list, size=Py_ssize_t, extra=Py_ssize_t,
+                   gen=Py_ssize_t)
+    cpdef _query_live(self, key, seg, msg)
+    @cython.locals(rows=list, extra=Py_ssize_t)
+    cpdef bint _again(self, key, tuple waiting, seg, msg) except -1
+    @cython.locals(recent=dict, seen=tuple, rows=list, row=list)
+    cpdef _query_only(self, key, seg, msg)
+    @cython.locals(row=list, live=tuple)
+    cpdef tuple _fill_live(self, list rows, seg)
+    @cython.locals(row=list)
+    cpdef _response_only(self, seg, msg, dns_id)
+    @cython.locals(old=list, entry=tuple, over_bytes=Py_ssize_t, over_count=Py_ssize_t)
+    cpdef _evict(self)
     @cython.locals(recent=dict, n=Py_ssize_t, seen=tuple, old=list)
     cpdef _remember(self, key, ts, payload, meta)
     @cython.locals(rows=list, row=list, template=list)
@@ -26,7 +40,7 @@ cdef class Correlator:
     @cython.locals(hit=tuple, templates=list, row=list, cost=Py_ssize_t)
     cpdef list _templates_of(self, msg, Py_ssize_t size)
     @cython.locals(pending=dict, waiting=tuple, seen=tuple, gen=Py_ssize_t, extra=Py_ssize_t, qsize=Py_ssize_t,
-                   answer=list, sizes=tuple, hit=tuple, row=list, template=list)
+                   answer=tuple, sizes=tuple, hit=tuple, row=list, template=list)
     cpdef response(self, seg, msg, dns_id)
     @cython.locals(old=list, recent=dict, entry=tuple, seen=tuple)
     cpdef expire(self, now)
@@ -36,6 +50,10 @@ cdef class Correlator:
 
 @cython.locals(meta=object, p=object)
 cpdef bint _is_copy(tuple seen, seg) except -1
+cdef tuple _point(meta)
+cdef bint _same_questions(waiting, msg) except -1
+cdef list _message_row(q, msg)
+cdef _fill_meta(list row, seg)
 
 
 @cython.locals(ms=double, us=double, whole=double, frac=double)

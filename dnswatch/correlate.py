@@ -401,8 +401,8 @@ class Correlator:
             self.pending_bytes -= self._cost(waiting)
         self._remember(key, ts, payload, meta)
         rcode = msg.rcode
-        answer = ["answered", _RCODES.get(rcode) or rcode_text(rcode), rcode, msg.answers, msg.ancount,
-                  ms3(ts - last), ts, attempts, ms3(ts - first)]
+        answer = ("answered", _RCODES.get(rcode) or rcode_text(rcode), rcode, msg.answers, msg.ancount,
+                  ms3(ts - last), ts, attempts, ms3(ts - first))
         sizes = (qsize, len(payload))
         flags, raw = msg.flags, msg.decoder == "raw"
         hit = self._templates.get(id(qmsg))

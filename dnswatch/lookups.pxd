@@ -16,13 +16,13 @@ cdef class _Lookup:
     cdef public set names
     cdef public list rows, prefix
     cdef public double ts, born, activity
-    cdef public bint answered, open
+    cdef public bint answered, open, listed
     cdef public Py_ssize_t bytes
 
 
 @cython.locals(nat=object)
-cdef _Lookup _open_lookup(_Lookup lookup, lookup_id, client, list row, str lower, double timeout)
-@cython.locals(ts=object, rts=object, rcode=object, ancount=object, attempts=object, flags=object, tc=bint)
+cdef _Lookup _open_lookup(_Lookup lookup, lookup_id, client, list row, str lower, double timeout, tuple last=*)
+@cython.locals(flags=object, tc=bint)
 cdef tuple _state(list row, str lower)
 cdef inline list _labels(str name)
 cdef inline tuple _nat_key(list row, str lower)
@@ -39,19 +39,22 @@ cdef class LookupStage:
     cdef public double hold, gap, wait, timeout, clock
     cdef public Py_ssize_t _n, _held_bytes, _open_bytes, nat_copies, hops
     cdef public list _incoming
-    cdef public dict _nat, _by_client, _questions, bounded, _servers, _senders
+    cdef public tuple _cols
+    cdef public dict _nat, _by_client, _questions, bounded, _servers, _senders, _lowers
 
     cpdef advance(self, now)
     cpdef flush(self)
     @cython.locals(batch=list, clock=cython.double, hold=cython.double, nat=dict, servers=dict, senders=dict,
-                   size=Py_ssize_t, row=list, lower=str, taken=Py_ssize_t, key=tuple, entry=list)
+                   size=Py_ssize_t, row=list, lower=str, taken=Py_ssize_t, key=tuple, entry=list, lowers=dict)
     cpdef _arrive(self)
-    @cython.locals(nat=dict, entry=list, row=list)
+    @cython.locals(lowers=dict)
+    cpdef str _lower(self, qname)
+    @cython.locals(nat=dict, entry=list, row=list, lower=str, taken=Py_ssize_t)
     cpdef _key_held(self)
     cpdef _learn(self, dict seen, address)
     @cython.locals(other=list, client=list, server=list)
     cpdef _merge(self, list entry, list row)
-    @cython.locals(nat=dict, size=Py_ssize_t, limit=cython.double, early=Py_ssize_t, entry=list,
+    @cython.locals(nat=dict, size=Py_ssize_t, limit=cython.double, early=Py_ssize_t, entry=object,
                    release=cython.double, row=list, lower=str, taken=Py_ssize_t)
     cpdef _release(self, double now, over=*)
     @cython.locals(lookups=list, lookup=_Lookup, candidate=_Lookup, ts=cython.double, gap=cython.double,

@@ -29,7 +29,7 @@ from typing import Callable, Deque, Dict, List, Optional, Tuple
 
 from dnswatch.correlate import (DEFAULT_TIMEOUT, I_ANCOUNT, I_ANSWERS, I_ATTEMPTS, I_COMM, I_CONTAINER, I_ID,
                                 I_DST, I_LATENCY, I_NETNS, I_PID, I_POD, I_POD_NS, I_PROTO, I_QNAME, I_QTYPE,
-                                I_QTYPE_NUM, I_RCODE, I_RFLAGS, I_RTS, I_SPORT, I_SRC, I_STATUS, I_TS, Row)
+                                I_QTYPE_NUM, I_RCODE, I_RFLAGS, I_RTS, I_SPORT, I_SRC, I_STATUS, I_TS, Row, ms3)
 from dnswatch.schema import Q
 
 I_LOOKUP = Q["lookup_id"]
@@ -39,7 +39,6 @@ I_SERVER_POD = Q["server_pod"]
 I_SERVER_POD_NS = Q["server_pod_namespace"]
 # what a lookups row takes from its first query: src dst pid comm exe netns pod pod_namespace container
 _BY_TS = itemgetter(0)
-_CLIENT_COLUMNS = itemgetter(I_SRC, I_DST, I_PID, I_COMM, I_EXE, I_NETNS, I_POD, I_POD_NS, I_CONTAINER)
 # the response's columns, taken from the server-side copy when the client side saw no response
 _RESPONSE_COLUMNS = [Q[c] for c in ("status", "rcode", "rcode_num", "answers", "ancount", "latency_ms", "response_ts",
                                     "first_attempt_latency_ms", "response_flags", "response_size")]
@@ -60,6 +59,7 @@ LOOKUP_BYTES = 700
 QUERY_BYTES = 250  # plus twice its name (as sent, lower case)
 MAX_HOLD_BYTES = 8 << 20
 MAX_OPEN_BYTES = 16 << 20
+MAX_LOWERS = 1_024  # names remembered in lower case (at most ~0.6 MB)
 MAX_QUESTIONS = 4_000  # hop index keys, each at most QUESTION_BYTES: (name <= 255, type, role, address) and 4 entries
 QUESTION_BYTES = 1_200
 ID_BASE = 10 ** 12  # lookup_id = capture_id * ID_BASE + n: unique in the log without asking it
@@ -71,18 +71,27 @@ class _Lookup:
     """An open lookup. Kept small (an object, a list of its queries' states, a tuple of the client's columns): at
     40k queries a second a few seconds of them are open."""
     __slots__ = ("id", "client", "cols", "lower", "names", "ts", "born", "activity", "last_response", "rows",
-                 "prefix", "upstream", "nat_dst", "server_pod", "answered", "forwarded_for", "open", "bytes")
+                 "prefix", "upstream", "nat_dst", "server_pod", "answered", "forwarded_for", "open", "listed", "bytes")
 
     def __init__(self, lookup_id: int, client: object, row: Row, lower: str, timeout: float):
         """A lookup opened by ``row`` (LookupStage._add adds the next ones)."""
         _open_lookup(self, lookup_id, client, row, lower, timeout)
 
 
-def _open_lookup(lookup: _Lookup, lookup_id: int, client: object, row: Row, lower: str, timeout: float) -> _Lookup:
-    """_Lookup.__init__'s work, also called on a bare ``_Lookup.__new__(_Lookup)`` (compiled: no Python call)."""
+def _open_lookup(lookup: _Lookup, lookup_id: int, client: object, row: Row, lower: str, timeout: float,
+                 last: Optional[tuple] = None) -> _Lookup:
+    """_Lookup.__init__'s work, also called on a bare ``_Lookup.__new__(_Lookup)`` (compiled: no Python call).
+    ``last``: the client's columns of the lookup opened before, shared when this one's are the same objects."""
     lookup.id = lookup_id
     lookup.client = client
-    lookup.cols = _CLIENT_COLUMNS(row)  # the client's columns come from its first row
+    # the client's columns come from its first row (indexed: compiled, no call and no tuple of the getter's)
+    if (last is not None and row[I_SRC] is last[0] and row[I_DST] is last[1] and row[I_PID] is last[2]
+            and row[I_COMM] is last[3] and row[I_EXE] is last[4] and row[I_NETNS] is last[5]
+            and row[I_POD] is last[6] and row[I_POD_NS] is last[7] and row[I_CONTAINER] is last[8]):
+        lookup.cols = last
+    else:
+        lookup.cols = (row[I_SRC], row[I_DST], row[I_PID], row[I_COMM], row[I_EXE], row[I_NETNS], row[I_POD],
+                       row[I_POD_NS], row[I_CONTAINER])
     lookup.lower = lower  # the first candidate, lower case (most lookups have one)
     # names: with a second candidate, every candidate, lower case; prefix: the leading labels every candidate
     # shares (once asked); upstream: (lookup id, server, latency); forwarded_for: a server's lookup: the
@@ -103,19 +112,17 @@ def _open_lookup(lookup: _Lookup, lookup_id: int, client: object, row: Row, lowe
     lookup.nat_dst: Optional[str] = nat
     lookup.server_pod = None if nat is None else (row[I_SERVER_POD], row[I_SERVER_POD_NS])
     lookup.open = True
+    lookup.listed = True  # among its client's most recent (LookupStage._by_client)
     lookup.bytes = LOOKUP_BYTES + QUERY_BYTES + 2 * len(lower)
     return lookup
 
 
-_STATE = itemgetter(I_TS, I_RTS, I_RCODE, I_ANCOUNT, I_ATTEMPTS, I_RFLAGS, I_QTYPE_NUM, I_PROTO, I_SPORT, I_QNAME,
-                    I_QTYPE)
-
-
 def _state(row: Row, lower: str) -> tuple:
     """What a lookup keeps of one of its queries (see _Lookup.rows)."""
-    ts, rts, rcode, ancount, attempts, flags, qtype_num, proto, sport, qname, qtype = _STATE(row)
+    flags = row[I_RFLAGS]
     tc = flags is not None and "tc" in flags and "tc" in flags.split()
-    return ts, lower, rcode, ancount, attempts or 0, rts, tc, qtype_num, proto, sport, qname or "", qtype
+    return (row[I_TS], lower, row[I_RCODE], row[I_ANCOUNT], row[I_ATTEMPTS] or 0, row[I_RTS], tc, row[I_QTYPE_NUM],
+            row[I_PROTO], row[I_SPORT], row[I_QNAME] or "", row[I_QTYPE])
 
 
 def _nat_key(row: Row, lower: str) -> tuple:
@@ -159,9 +166,13 @@ class LookupStage:
         # (replay: 2048), every live poll and tick, so they are bounded by what the correlator emits meanwhile
         self._incoming: List[Row] = []
         self.take = self._incoming.append
-        self._held: Deque[list] = deque()  # [release time, row (its client's copy once merged), key, lower, bytes]
+        # (release time, row, key, lower, bytes): a tuple while unkeyed (key None), a list once keyed (its row becomes
+        # its client's copy once merged)
+        self._held: Deque = deque()
         self._held_bytes = 0
         self._nat: Dict[tuple, list] = {}  # NAT key -> its held entry
+        self._cols: Optional[tuple] = None  # the client's columns of the last lookup opened (see _open_lookup)
+        self._lowers: Dict[Optional[str], str] = {}  # qname -> lower case, the last MAX_LOWERS names asked
         self._only_dst: Optional[str] = ""  # the one address every held row went to (None: several, keyed)
         self._open: Deque[_Lookup] = deque()  # open lookups, oldest first (a lookup still active goes round again)
         self._open_bytes = 0
@@ -228,12 +239,16 @@ class LookupStage:
         nat, held, servers, senders = self._nat, self._held, self._servers, self._senders
         nat_get, hold_row = nat.get, held.append
         only = self._only_dst  # None: the held rows are keyed (in ``nat``)
+        lowers = self._lowers
         size = 0
         for row in batch:
             t = row[I_RTS] or row[I_TS]
             if t is not None and t > clock:
                 clock = t
-            lower = (row[I_QNAME] or "").lower()
+            qname = row[I_QNAME]
+            lower = lowers.get(qname)
+            if lower is None:
+                lower = self._lower(qname)
             dst, src = row[I_DST], row[I_SRC]
             if dst not in servers:
                 self._learn(servers, dst)
@@ -245,10 +260,12 @@ class LookupStage:
                 if dst == only or not held:
                     only = dst
                     size += taken
-                    hold_row([clock + hold, row, None, lower, taken])
+                    hold_row((clock + hold, row, None, lower, taken))
                     continue
                 only = None  # a second address: from now on the held rows are keyed
                 self._key_held()
+                held = self._held
+                hold_row = held.append
             key = _nat_key(row, lower)
             entry = nat_get(key)
             if entry is not None and entry[1] is not None and _nat_copies(entry[1], row):
@@ -264,13 +281,24 @@ class LookupStage:
         if self._held_bytes > MAX_HOLD_BYTES:  # the oldest go on now
             self._release(float("-inf"), MAX_HOLD_BYTES)
 
+    def _lower(self, qname: Optional[str]) -> str:
+        """``qname`` in lower case (None: ""), remembered: the rows of one message share their qname's object."""
+        lowers = self._lowers
+        if len(lowers) >= MAX_LOWERS:
+            lowers.clear()
+        lowers[qname] = lower = (qname or "").lower()
+        return lower
+
     def _key_held(self) -> None:
-        """Index the held rows by NAT key (the latest row of each key, as if indexed as they came)."""
+        """Index the held rows by NAT key (the latest row of each key, as if indexed as they came); their entries
+        become lists (a merge changes its entry's row)."""
         nat = self._nat
-        for entry in self._held:
-            row = entry[1]
-            entry[2] = key = _nat_key(row, entry[3])
-            nat[key] = entry
+        keyed = deque()
+        for release, row, _key, lower, taken in self._held:
+            entry = [release, row, _nat_key(row, lower), lower, taken]
+            nat[entry[2]] = entry
+            keyed.append(entry)
+        self._held = keyed
 
     def _learn(self, seen: Dict[str, bool], address: str) -> None:
         if len(seen) >= MAX_QUESTIONS:
@@ -304,9 +332,11 @@ class LookupStage:
         size = self._held_bytes
         limit = float("inf") if over is None else over
         early = 0
-        while held and (held[0][0] <= now or size > limit):
+        while held:
+            release, row, key, lower, taken = held[0]
+            if release > now and size <= limit:
+                break
             entry = popleft()
-            release, row, key, lower, taken = entry
             if release > now:
                 early += 1
             size -= taken
@@ -356,7 +386,9 @@ class LookupStage:
                     break
         if lookup is None:
             self._n = n = self._n + 1
-            lookup = _open_lookup(_Lookup.__new__(_Lookup), self._id_base + n, client, row, lower, self.timeout)
+            lookup = _open_lookup(_Lookup.__new__(_Lookup), self._id_base + n, client, row, lower, self.timeout,
+                                  self._cols)
+            self._cols = lookup.cols
             self._open.append(lookup)
             self._open_bytes += lookup.bytes
             if lookups is None:
@@ -364,6 +396,8 @@ class LookupStage:
             else:
                 lookups.append(lookup)
                 if len(lookups) > MAX_PER_CLIENT:
+                    candidate = lookups[0]
+                    candidate.listed = False
                     del lookups[0]
             if self._open_bytes > MAX_OPEN_BYTES:
                 self._evict()
@@ -549,8 +583,9 @@ class LookupStage:
         for lookup in ended:
             lookup.open = False
             freed += lookup.bytes
-            same = by_client.get(lookup.client)
-            if same is not None and lookup in same:
+            if lookup.listed:  # (most have left their client's list already: no search of it)
+                lookup.listed = False
+                same = by_client[lookup.client]
                 same.remove(lookup)
                 if not same:
                     del by_client[lookup.client]
@@ -578,7 +613,7 @@ def lookup_row(lookup: _Lookup, capture_id: Optional[int]) -> list:
             lookup.id, capture_id, ts, rts if rts is not None else ts, src, dst, lookup.nat_dst, pid, comm, exe,
             netns, pod, pod_ns, container, server_pod[0], server_pod[1], name, _json_name(name),
             _json_types((qtype,)), name if rcode == "NOERROR" and ancount else None, rcode, attempts, 0, int(tc),
-            round((rts - ts) * 1000.0, 3) if rts is not None else None, upstream[0], upstream[1], upstream[2],
+            ms3(rts - ts) if rts is not None else None, upstream[0], upstream[1], upstream[2],
             lookup.forwarded_for,
         ]
     qtypes: List[str] = []
@@ -593,7 +628,10 @@ def lookup_row(lookup: _Lookup, capture_id: Optional[int]) -> list:
             if r[1] not in first:
                 first[r[1]] = (r[0], r[10])
         candidates = [name for _ts, name in sorted(first.values())]
-    rows = sorted(rows, key=_BY_TS)
+    for n in range(1, len(rows)):  # (they usually came in time order: no sort then)
+        if rows[n][0] < rows[n - 1][0]:
+            rows = sorted(rows, key=_BY_TS)
+            break
     answered = None
     for r in rows:
         if r[2] == "NOERROR" and r[3]:
@@ -624,7 +662,7 @@ def lookup_row(lookup: _Lookup, capture_id: Optional[int]) -> list:
             end = rts
         if r[6]:
             tcp = 1
-    total = round((end - lookup.ts) * 1000.0, 3) if end is not None else None
+    total = ms3(end - lookup.ts) if end is not None else None
     if end is None:
         end = rows[-1][0]  # no response: the last query (rows are in time order)
     if len(candidates) > 1 and lookup.prefix:

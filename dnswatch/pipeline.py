@@ -256,7 +256,7 @@ class Pipeline:
             for seg in segments:
                 payload = seg[6]
                 msg = cached(payload[2:]) or parse_message(payload)
-                if msg.__class__ is Malformed:
+                if type(msg) is Malformed:
                     self._malformed(seg, msg.reason)
                 elif msg.qr:
                     correlator.response(seg, msg, (payload[0] << 8) | payload[1])
