@@ -319,7 +319,8 @@ def _health_metrics(h: Dict[str, object]) -> Iterable:
     if isinstance(losses, dict):
         m = CounterMetricFamily("dnswatch_lost",
                                 "Events lost, by the stage where they were lost (each counted once): "
-                                "kernel_perf_buffer (perf ring full), kernel_* (skipped by the filter), decode "
+                                "kernel_perf_buffer (a record the kernel's ring buffers refused; the stage keeps "
+                                "its first name), kernel_* (skipped by the filter), decode "
                                 "(frames that could not be read), memory_bounds (fragments, TCP streams or waiting "
                                 "queries given up at a bound).",
                                 labels=["stage"])
@@ -349,7 +350,7 @@ def _health_metrics(h: Dict[str, object]) -> Iterable:
         ("namespaces", "dnswatch_netns_watched", "Network namespaces captured in now."),
         ("log_bytes", "dnswatch_log_size_bytes", "Size of the SQLite log (with its WAL)."),
         ("pending", "dnswatch_pending_queries", "Queries waiting for their response now."),
-        ("perf_buffer_pages", "dnswatch_perf_buffer_pages", "Perf buffer pages per CPU."),
+        ("perf_buffer_pages", "dnswatch_perf_buffer_pages", "Pages of each CPU's kernel ring buffer (the name is from the perf buffers it replaced)."),
     ):
         if key in h:
             yield GaugeMetricFamily(name, doc, h[key])
