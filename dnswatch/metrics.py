@@ -350,7 +350,8 @@ def _health_metrics(h: Dict[str, object]) -> Iterable:
         ("namespaces", "dnswatch_netns_watched", "Network namespaces captured in now."),
         ("log_bytes", "dnswatch_log_size_bytes", "Size of the SQLite log (with its WAL)."),
         ("pending", "dnswatch_pending_queries", "Queries waiting for their response now."),
-        ("perf_buffer_pages", "dnswatch_perf_buffer_pages", "Pages of each CPU's kernel ring buffer (the name is from the perf buffers it replaced)."),
+        ("perf_buffer_pages", "dnswatch_perf_buffer_pages",
+         "Pages of each CPU's kernel ring buffer (the name is from the perf buffers it replaced)."),
     ):
         if key in h:
             yield GaugeMetricFamily(name, doc, h[key])
