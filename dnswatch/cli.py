@@ -7,6 +7,7 @@ import os
 import shutil
 import sqlite3
 import sys
+from collections import Counter
 from typing import List, Optional, Sequence, Tuple
 
 import click
@@ -252,6 +253,11 @@ def _total(summaries) -> Summary:
         for name in ("frames", "dns_messages", "queries", "responses", "malformed", "dropped", "duplicates",
                      "unanswered", "response_only", "rows", "seconds"):
             setattr(t, name, getattr(t, name) + getattr(s, name))
+        for stage, n in s.losses.items():
+            t.losses[stage] = t.losses.get(stage, 0) + n
+    # complete when every file was; else how many files ended otherwise, e.g. "1 damaged, 1 interrupted"
+    others = Counter(s.status for _path, s in summaries if s.status != "complete")
+    t.status = ", ".join(f"{n} {status}" for status, n in sorted(others.items())) or "complete"
     return t
 
 
@@ -319,9 +325,12 @@ def _summary_dict(s: Summary) -> dict:
     }
 
 
+_STAGE_NAMES = {"kernel_perf_buffer": "kernel ring buffer"}  # (the log keeps the stage's first name)
+
+
 def losses_text(losses: dict) -> str:
-    """'kernel perf buffer 3, decode 0, ...': every stage, so a reader sees where nothing was lost too."""
-    return ", ".join(f"{stage.replace('_', ' ')} {n:,}" for stage, n in losses.items())
+    """'kernel ring buffer 3, decode 0, ...': every stage, so a reader sees where nothing was lost too."""
+    return ", ".join(f"{_STAGE_NAMES.get(stage, stage.replace('_', ' '))} {n:,}" for stage, n in losses.items())
 
 
 def _summary_text(path: str, s: Summary) -> str:
@@ -641,6 +650,9 @@ def retention_options(f):
     return f
 
 
+MIN_MAX_SIZE = 1_000_000  # --max-size: 1MB at least
+
+
 def _retention(retain: Optional[str], max_size: Optional[str], retain_rollups: Optional[str]):
     from dnswatch.layout import Retention
     from dnswatch.maintain import parse_duration, parse_size
@@ -648,10 +660,19 @@ def _retention(retain: Optional[str], max_size: Optional[str], retain_rollups: O
     if not (retain or max_size or retain_rollups):
         return None
     try:
-        return Retention(parse_duration(retain) if retain else None, parse_size(max_size) if max_size else None,
-                         parse_duration(retain_rollups or "400d"))
+        retention = Retention(parse_duration(retain) if retain else None, parse_size(max_size) if max_size else None,
+                              parse_duration(retain_rollups or "400d"))
     except ValueError as exc:
         raise click.BadParameter(str(exc))
+    # an empty log takes ~200 KB (schema, indexes): a smaller bound would delete every row; 0 would too
+    if retention.max_bytes is not None and retention.max_bytes < MIN_MAX_SIZE:
+        raise click.BadParameter(f"--max-size {max_size} is below 1MB, which would delete every row; give 1MB or more",
+                                 param_hint="'--max-size'")
+    for name, value in (("--retain", retention.retain), ("--retain-rollups", retention.retain_rollups)):
+        if value is not None and value < 1:
+            raise click.BadParameter("keep at least a second of the log (e.g. 7d); to empty it, delete the file",
+                                     param_hint=f"'{name}'")
+    return retention
 
 
 @cli.command(short_help="Delete the oldest rows of a log, as watch --retain does.")

@@ -168,7 +168,10 @@ class MetricsSink:
 
     def lookup(self, row: list) -> None:
         """A lookups row as the lookups stage ends it (``LookupStage.on_lookup``; every lookup, one query or
-        more): counted under its client's labels, as the client's query rows are."""
+        more): counted under its client's labels, as the client's query rows are. A response whose query was not
+        seen makes a lookup of no query: not counted (nobody is known to have waited for it)."""
+        if not row[L_QUERIES]:
+            return
         if row[L_POD]:
             who: Identity = (row[L_POD_NS] or "", row[L_POD], row[L_CONTAINER] or "", "")
         else:
@@ -182,7 +185,7 @@ class MetricsSink:
         with self._lock:
             s = self._slot(who, now, folded=0)  # (folded_rows counts query rows, as dnswatch_metrics_rows does)
             s.lookups[outcome] = s.lookups.get(outcome, 0) + 1
-            s.lookup_queries += row[L_QUERIES] or 0
+            s.lookup_queries += row[L_QUERIES]
             s.wasted += row[L_WASTED] or 0
             if total_ms is not None:
                 seconds = total_ms / 1000.0
@@ -355,7 +358,7 @@ def _health_metrics(h: Dict[str, object]) -> Iterable:
     ):
         if key in h:
             yield GaugeMetricFamily(name, doc, h[key])
-    # The perf buffer's fill level is not exported: bcc does not expose it (only its size, perf_buffer_pages).
+    # The rings' fill level is not exported yet (EventRing could read it from the producer and consumer pages).
 
 
 def capture_health(pipeline, capture=None, store=None) -> Dict[str, object]:

@@ -189,8 +189,8 @@ CAPTURES = Table(
         Column("notes", "TEXT",
                "JSON: counts of frames skipped by reason (frames), malformed messages by reason, warnings about "
                "damaged input, unanswered / response_only rows, retries (query attempts after the first), "
-               "repeated_responses, and losses by stage: kernel_perf_buffer (live: events the per-CPU perf buffer "
-               "had no room for), kernel_short_payload (live: DNS-port UDP payloads under 12 bytes, which the "
+               "repeated_responses, and losses by stage: kernel_perf_buffer (live: records the kernel's ring buffers "
+               "refused; the name is from the perf buffers they replaced), kernel_short_payload (live: DNS-port UDP payloads under 12 bytes, which the "
                "kernel drops and replay stores as malformed), kernel_too_many_questions (live: more than 16 "
                "questions), decode (captured frames whose DNS message could not be read: truncated headers, TCP "
                "messages cut off, fragments never completed), memory_bounds (fragments, TCP streams or waiting "

@@ -80,7 +80,10 @@ def _friendly(path: str, exc: Exception) -> StoreError:
     text = str(exc)
     if "locked" in text or "busy" in text:
         return StoreError(f"{path}: database is locked by another writer; wait for it or use another --db")
-    if "not a database" in text or "malformed" in text:
+    if "malformed" in text:  # a SQLite file whose pages are damaged: what can be read is still there
+        return StoreError(f"{path}: the log is damaged ({text}); keep the file, and copy what can be read into a new "
+                          f"log with `sqlite3 {path} .recover | sqlite3 recovered.db`, or pass another --db")
+    if "not a database" in text:
         return StoreError(f"{path}: not a dnswatch/SQLite database ({text}); pass another --db")
     if "unable to open" in text or "readonly" in text or "read-only" in text:
         return StoreError(f"{path}: cannot open ({text}); check the path and its permissions")

@@ -100,7 +100,7 @@ def test_short_payloads_live_are_counted(lab, tmp_path):
     dropped, notes = con.execute("select dropped, notes from captures").fetchone()
     losses = json.loads(notes)["losses"]
     assert losses["kernel_short_payload"] == 3 and dropped == 3 and losses["kernel_perf_buffer"] == 0
-    assert "3 lost (kernel perf buffer 0, kernel short payload 3" in "".join(watch.stderr)
+    assert "3 lost (kernel ring buffer 0, kernel short payload 3" in "".join(watch.stderr)
 
 
 def test_no_split_transactions_under_load(lab, tmp_path):

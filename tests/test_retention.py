@@ -212,3 +212,26 @@ def test_readers_count_hours_the_bound_took_from_raw_rows(tmp_path):
     exact = log_stats(conn, since, until)
     rolled = log_stats(conn, since, until, rollups=True)
     assert rolled.all.count == exact.all.count == conn.execute("select count(*) from query_log").fetchone()[0]
+
+
+def test_retention_values_that_would_empty_the_log_are_refused(tmp_path, runner):
+    """--max-size below an empty log's size, or --retain 0, would delete every row: a clear error instead."""
+    db = tmp_path / "keep.db"
+    Store(str(db)).close()
+    for args, hint in ((["--max-size", "0"], "--max-size"), (["--max-size", "500KB"], "--max-size"),
+                       (["--retain", "0"], "--retain"), (["--retain-rollups", "0s"], "--retain-rollups")):
+        result = runner.invoke(cli, ["prune", *args, "--db", str(db)])
+        assert result.exit_code == 2 and hint in result.output and "Traceback" not in result.output, result.output
+
+
+def test_a_damaged_log_says_how_to_recover_it(tmp_path, runner):
+    db = tmp_path / "damaged.db"
+    store = Store(str(db))
+    store.add(live_row(time.time(), "a.example", 1))
+    store.close()
+    data = bytearray(db.read_bytes())
+    for at in range(4096, len(data), 4096):  # every page but the header's: its b-tree headers scrambled
+        data[at:at + 64] = b"\xff" * 64
+    db.write_bytes(bytes(data))
+    result = runner.invoke(cli, ["prune", "--retain", "7d", "--db", str(db)])
+    assert result.exit_code == 1 and "damaged" in result.output and ".recover" in result.output, result.output
