@@ -33,7 +33,9 @@ from dnswatch.correlate import (I_COMM, I_CONTAINER, I_DST, I_LATENCY, I_POD, I_
 from dnswatch.schema import LOOKUP_COLUMNS
 
 _L = {name: i for i, name in enumerate(LOOKUP_COLUMNS)}  # a lookups row (lookups.lookup_row), by column
-L_POD, L_POD_NS, L_CONTAINER, L_COMM, L_DST = _L["pod"], _L["pod_namespace"], _L["container"], _L["comm"], _L["dst"]
+# where a row, and a lookups row, keep the columns of the sender's labels (pod, namespace, container, comm, server)
+_ROW_WHO = (I_POD, I_POD_NS, I_CONTAINER, I_COMM, I_DST)
+_LOOKUP_WHO = (_L["pod"], _L["pod_namespace"], _L["container"], _L["comm"], _L["dst"])
 L_ANSWERED, L_RCODE, L_QUERIES, L_WASTED, L_TOTAL_MS = (_L["answered_name"], _L["rcode"], _L["queries"], _L["wasted"],
                                                         _L["total_ms"])
 
@@ -111,12 +113,14 @@ class MetricsSink:
         self._next_rebalance = clock() + rebalance
 
     # -- rows ----------------------------------------------------------------------------------
-    def identity(self, row: Row) -> Identity:
-        if row[I_POD]:
-            who: Identity = (row[I_POD_NS] or "", row[I_POD], row[I_CONTAINER] or "", "")
+    def identity(self, row: Row, columns: Tuple[int, ...] = _ROW_WHO) -> Identity:
+        """The label values of a row's sender (``columns``: where the row keeps them, _ROW_WHO or _LOOKUP_WHO)."""
+        pod, pod_ns, container, comm, dst = columns
+        if row[pod]:
+            who: Identity = (row[pod_ns] or "", row[pod], row[container] or "", "")
         else:
-            who = ("", "", "", row[I_COMM] or "")
-        return who + (row[I_DST] or "",) if self.server_label else who
+            who = ("", "", "", row[comm] or "")
+        return who + (row[dst] or "",) if self.server_label else who
 
     def _slot(self, who: Identity, now: float, folded: int = 1) -> _Series:
         """The series of ``who`` (a new one while there is room, else ``other``, counting ``folded`` rows there),
@@ -172,12 +176,7 @@ class MetricsSink:
         seen makes a lookup of no query: not counted (nobody is known to have waited for it)."""
         if not row[L_QUERIES]:
             return
-        if row[L_POD]:
-            who: Identity = (row[L_POD_NS] or "", row[L_POD], row[L_CONTAINER] or "", "")
-        else:
-            who = ("", "", "", row[L_COMM] or "")
-        if self.server_label:
-            who += (row[L_DST] or "",)
+        who = self.identity(row, _LOOKUP_WHO)
         rcode = row[L_RCODE]
         outcome = "answered" if row[L_ANSWERED] is not None else LOOKUP_OUTCOMES.get(rcode, OTHER)
         total_ms = row[L_TOTAL_MS]
