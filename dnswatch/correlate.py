@@ -102,12 +102,11 @@ I_POD_UID = Q["pod_uid"]
 
 # Rows are filled by slices (one store for several columns): these runs of columns must stay together.
 _KEY = slice(I_SRC, I_ID + 1)  # the key's order: (src, sport, dst, dport, proto, dns_id)
-_ANSWER = slice(I_STATUS, I_FIRST_LATENCY + 1)
+_RESPONSE = slice(I_STATUS, I_ANCOUNT + 1)  # what an answer's template holds; then its times and attempts
 _SIZES = slice(I_QSIZE, I_RSIZE + 1)
 _LIVE = slice(I_IFNAME + 1, _N)  # the columns only live capture or enrich fill (after ifname), kept as a tuple
 assert QUERY_COLUMNS[_KEY] == ["src", "sport", "dst", "dport", "proto", "dns_id"]
-assert QUERY_COLUMNS[_ANSWER] == ["status", "rcode", "rcode_num", "answers", "ancount", "latency_ms", "response_ts",
-                                  "attempts", "first_attempt_latency_ms"]
+assert QUERY_COLUMNS[_RESPONSE] == ["status", "rcode", "rcode_num", "answers", "ancount"]
 assert QUERY_COLUMNS[_SIZES] == ["query_size", "response_size"]
 _NO_LIVE = (None,) * (_N - I_IFNAME - 1)
 _RCODES = {n: rcode_text(n) for n in range(24)}
@@ -155,9 +154,10 @@ class Correlator:
         # key -> (time, fingerprint, capture points) of the last answer (queries only: of the last query), to
         # recognise its copies and repeats; oldest first, bounded like pending
         self.recent: Dict[Key, tuple] = {}
-        # id(message) -> (message, its row templates): parse_message hands back the same Message object for the
-        # same bytes, so the columns that depend on the message alone are filled once, not once per packet
-        self._templates: Dict[int, Tuple[Message, List[Row]]] = {}
+        # id(message) -> (message, its row templates, None), and id(response) -> (response, its rows' templates,
+        # the query it answered): parse_message hands back the same Message object for the same bytes, so the
+        # columns that depend on the messages alone are filled once, not once per packet
+        self._templates: Dict[int, Tuple[Message, List[Row], Optional[Message]]] = {}
         self._templates_bytes = 0
         self._cache_clears = cache_stats["clears"]
         self.queries = 0
@@ -354,19 +354,42 @@ class Correlator:
             row[I_EDNS_DO] = msg.edns_do
             row[I_ECS] = msg.ecs
             templates.append(row)
-        if size > CACHE_MAX_KEY:
-            return templates  # the decode cache does not keep this message: its template would never be hit
-        # When the decode cache starts over, its messages are decoded anew (new objects): templates of the old
-        # ones are hardly hit again, so they go too.
+        if size <= CACHE_MAX_KEY:  # (else the decode cache does not keep this message: never hit again)
+            self._keep(msg, templates, None)
+        return templates
+
+    def _answered_of(self, qmsg: Message, qsize: int, msg: Message, rsize: int) -> List[Row]:
+        """Rows of the query ``qmsg`` answered by ``msg`` (one per question) with every column but the times, the
+        key and the attempts: kept while both messages are the decode cache's, as the query's templates are."""
+        rcode = msg.rcode
+        answer = ("answered", _RCODES.get(rcode) or rcode_text(rcode), rcode, msg.answers, msg.ancount)
+        raw = msg.decoder == "raw"
+        templates = []
+        for template in self._templates_of(qmsg, qsize):
+            row = template.copy()
+            row[_RESPONSE] = answer
+            row[I_RFLAGS] = msg.flags
+            row[_SIZES] = (qsize, rsize)
+            if raw and row[I_DECODER] != "raw":
+                row[I_DECODER] = "raw"
+                row[I_NOTE] = "response: " + (msg.note or "")
+            templates.append(row)
+        if qsize <= CACHE_MAX_KEY and rsize <= CACHE_MAX_KEY:
+            self._keep(msg, templates, qmsg)
+        return templates
+
+    def _keep(self, msg: Message, templates: List[Row], qmsg: Optional[Message]) -> None:
+        """Keep the templates of ``msg`` (answering ``qmsg``), within MAX_TEMPLATES and TEMPLATE_BYTES. When the
+        decode cache starts over, its messages are decoded anew (new objects): templates of the old ones are hardly
+        hit again, so they go too."""
         cost = TEMPLATE_COST * len(templates)
         if (len(self._templates) >= MAX_TEMPLATES or self._templates_bytes + cost > TEMPLATE_BYTES
                 or self._cache_clears != cache_stats["clears"]):
             self._templates.clear()
             self._templates_bytes = 0
             self._cache_clears = cache_stats["clears"]
-        self._templates[id(msg)] = (msg, templates)  # holding msg keeps its id from being reused
+        self._templates[id(msg)] = (msg, templates, qmsg)  # holding msg keeps its id from being reused
         self._templates_bytes += cost
-        return templates
 
     def response(self, seg: Segment, msg: Message, dns_id: int) -> None:
         self.responses += 1
@@ -374,10 +397,15 @@ class Correlator:
         key = (dst, dport, src, sport, proto, dns_id)
         pending = self.pending
         waiting = pending.get(key)
-        # the same question (the usual echo: equal tuples), else compared as _same_questions does
-        if (waiting is not None and waiting[E_MSG].questions != msg.questions and msg.questions
-                and not _same_questions(waiting[E_MSG], msg)):
-            waiting = None  # same id and ports, another question: not its answer
+        hit = None
+        if waiting is not None:
+            qmsg = waiting[E_MSG]
+            hit = self._templates.get(id(msg))  # this response to this query before: its rows' templates
+            if hit is None or hit[0] is not msg or hit[2] is not qmsg:
+                hit = None
+                # the same question (the usual echo: equal tuples), else compared as _same_questions does
+                if qmsg.questions != msg.questions and msg.questions and not _same_questions(qmsg, msg):
+                    waiting = None  # same id and ports, another question: not its answer
         if waiting is None:
             seen = self.recent.get(key)
             if seen is not None:
@@ -400,26 +428,20 @@ class Correlator:
         else:
             self.pending_bytes -= self._cost(waiting)
         self._remember(key, ts, payload, meta)
-        rcode = msg.rcode
-        answer = ("answered", _RCODES.get(rcode) or rcode_text(rcode), rcode, msg.answers, msg.ancount,
-                  ms3(ts - last), ts, attempts, ms3(ts - first))
-        sizes = (qsize, len(payload))
-        flags, raw = msg.flags, msg.decoder == "raw"
-        hit = self._templates.get(id(qmsg))
+        latency, first_latency = ms3(ts - last), ms3(ts - first)
         on_response, emit = self.on_response, self.emit
-        for template in hit[1] if hit is not None and hit[0] is qmsg else self._templates_of(qmsg, qsize):
+        for template in hit[1] if hit is not None else self._answered_of(qmsg, qsize, msg, len(payload)):
             row = template.copy()
             row[I_TS] = first
             row[_KEY] = key
-            row[_ANSWER] = answer
-            row[I_RFLAGS] = flags
-            row[_SIZES] = sizes
-            row[I_IFNAME] = ifname
+            row[I_LATENCY] = latency
+            row[I_RTS] = ts
+            row[I_ATTEMPTS] = attempts
+            row[I_FIRST_LATENCY] = first_latency
+            if ifname is not None:
+                row[I_IFNAME] = ifname
             if live is not None:
                 row[_LIVE] = live
-            if raw and row[I_DECODER] != "raw":
-                row[I_DECODER] = "raw"
-                row[I_NOTE] = "response: " + (msg.note or "")
             if on_response is not None:
                 on_response(row)
             emit(row)
