@@ -448,15 +448,16 @@ class Correlator:
 
     def _response_only(self, seg: Segment, msg: Message, dns_id: int) -> None:
         self.response_only += 1
+        ts, src, sport, dst, dport, proto, payload, ifname, meta = seg  # (replay's are plain tuples)
         for q in msg.questions or (None,):
             row = _message_row(q, msg)
-            row[I_TS] = seg.ts
+            row[I_TS] = ts
             row[I_CAP] = self.capture_id
-            row[I_SRC] = seg.dst  # the client, as in query rows
-            row[I_SPORT] = seg.dport
-            row[I_DST] = seg.src
-            row[I_DPORT] = seg.sport
-            row[I_PROTO] = seg.proto
+            row[I_SRC] = dst  # the client, as in query rows
+            row[I_SPORT] = dport
+            row[I_DST] = src
+            row[I_DPORT] = sport
+            row[I_PROTO] = proto
             row[I_ID] = dns_id
             row[I_STATUS] = "response_only"
             row[I_ATTEMPTS] = 0
@@ -464,13 +465,13 @@ class Correlator:
             row[I_RCODE_NUM] = msg.rcode
             row[I_ANSWERS] = msg.answers
             row[I_ANCOUNT] = msg.ancount
-            row[I_RTS] = seg.ts
+            row[I_RTS] = ts
             row[I_RFLAGS] = msg.flags
-            row[I_RSIZE] = len(seg.payload)
-            row[I_IFNAME] = seg.ifname
-            if seg.meta is not None:
-                row[I_NETNS] = seg.meta.netns
-                row[I_IFNAME] = seg.meta.ifname or seg.ifname
+            row[I_RSIZE] = len(payload)
+            row[I_IFNAME] = ifname
+            if meta is not None:
+                row[I_NETNS] = meta.netns
+                row[I_IFNAME] = meta.ifname or ifname
             if self.on_response is not None:
                 self.on_response(row)
             self.emit(row)

@@ -2,6 +2,13 @@
 # compiles it with these). Module constants stay Python globals (tests change some of them).
 cimport cython
 
+cdef bint COMPILED  # True here: decode_records reads the bytes through a pointer
+
+
+cdef inline long _be16(const unsigned char* p, Py_ssize_t i)
+@cython.locals(b0=cython.ulonglong, b1=cython.ulonglong, b2=cython.ulonglong, b3=cython.ulonglong)
+cdef inline unsigned long long _int32(const unsigned char* p, Py_ssize_t i, bint little)
+
 
 @cython.final
 cdef class FrameDecoder:
@@ -18,7 +25,8 @@ cdef class FrameDecoder:
                    etype=cython.long, vihl=cython.long, total=cython.long, frag=cython.long, proto=cython.long,
                    plen=cython.long, ulen=cython.long, u=Py_ssize_t, end=Py_ssize_t, stop=Py_ssize_t,
                    pairs=dict, pair=tuple, ip4=cython.long, ip6=cython.long, udp=cython.long,
-                   expire_every=Py_ssize_t)
+                   expire_every=Py_ssize_t, p='const unsigned char*', g=Py_ssize_t, et=Py_ssize_t, little=bint,
+                   addrs=object)
     cpdef decode_records(self, data, Py_ssize_t pos, Py_ssize_t limit, tuple layout)
     # live capture's batches (sc's): the frame's fields as objects (compared with module constants), sizes as C ints
     @cython.locals(out=list, pairs=dict, pair=tuple, sweep=Py_ssize_t, size=Py_ssize_t, total=cython.long,

@@ -80,6 +80,11 @@ _ipv4 = struct.Struct("!BBHHHBB").unpack_from  # ver/ihl tos total id frag ttl p
 # field, protocol, both addresses, UDP ports and length.
 _eth_ipv4_udp = struct.Struct("!12xHBxH2xHxB2x8sHHH").unpack_from
 _new_segment = tuple.__new__  # Segment(...) goes through a Python-level __new__; this is ~3x cheaper
+try:  # compiled (scripts/build-speedups), decode_records reads the bytes with C pointers instead of unpacks
+    import cython
+    COMPILED = cython.compiled
+except ImportError:  # no Cython: pure Python
+    COMPILED = False
 _new_frame = tuple.__new__
 # decode_records' look at a frame, per link type: where its ethertype and its IP header are
 _L2_OFFSETS = {LINKTYPE_ETHERNET: (12, 14), LINKTYPE_LINUX_SLL: (14, 16), LINKTYPE_LINUX_SLL2: (0, 20)}
@@ -98,6 +103,19 @@ def _l2_unpacks(linktype: int):
     at, ip = _L2_OFFSETS[linktype]
     ipv4 = struct.Struct("!%dxH%dxBxH2xHxB2x8sHHH" % (at, ip - at - 2))
     return ipv4.unpack_from, struct.Struct("!%dxB3xHBx32sHHH" % ip).unpack_from
+
+
+def _be16(p: bytes, i: int) -> int:
+    """The big-endian 16 bits at ``p[i]`` (compiled: ``p`` is a C pointer to the bytes; decode_records only)."""
+    return (p[i] << 8) | p[i + 1]
+
+
+def _int32(p: bytes, i: int, little: bool) -> int:
+    """The 32 bits at ``p[i]``, little- or big-endian (as _be16)."""
+    b0, b1, b2, b3 = p[i], p[i + 1], p[i + 2], p[i + 3]  # (compiled: 64-bit, so that no shift overflows)
+    if little:
+        return b0 | (b1 << 8) | (b2 << 16) | (b3 << 24)
+    return (b0 << 24) | (b1 << 16) | (b2 << 8) | b3
 
 
 def _walk_ipv6_ext(nh: int, data: bytes, pos: int, limit: int) -> Tuple[int, int]:
@@ -251,21 +269,24 @@ class FrameDecoder:
     def decode_records(self, data: bytes, pos: int, limit: int, layout: tuple) -> Tuple[List[Segment], int, int, float, float]:
         """Replay's fast path: decode up to ``limit`` classic-pcap records from ``data[pos:]``, each a header
         (``layout``: its unpack giving seconds, fraction, captured and original length; the fraction's divisor;
-        the link type; the largest record that is not damage) and the frame. The result is what ``decode`` gives
-        for each record as a Frame, but an Ethernet or Linux cooked frame holding an unfragmented UDP datagram
-        in IPv4 without options or IPv6 without extension headers is read where it lies in ``data``: two struct
-        unpacks and one slice (the DNS payload). Other frames are built and go through ``decode``. Stops before
+        the link type; the largest record that is not damage; whether it is little-endian) and the frame. The
+        result is what ``decode`` gives for each record as a Frame, but an Ethernet or Linux cooked frame holding
+        an unfragmented UDP datagram in IPv4 without options or IPv6 without extension headers is read where it
+        lies in ``data``: two struct unpacks (compiled: C reads of the bytes) and one slice (the DNS payload), its
+        segment a plain tuple in Segment's order (no NamedTuple construction: consumers index it). Other frames
+        are built and go through ``decode``. Stops before
         a record that is not wholly in ``data``. Returns (segments, position after the records read, records
         read, the first one's time, the highest time); no records: (.., 0, None, None)."""
-        unpack_record, divisor, linktype, max_record = layout
+        unpack_record, divisor, linktype, max_record, little = layout
         at = _L2_OFFSETS.get(linktype) if not self.track_verdict else None  # verdicts: decode() for each frame
         if at is None:
-            ip, need4, need6 = 0, 1 << 62, 1 << 62  # no frame takes the fast path
+            et, ip, need4, need6 = 0, 0, 1 << 62, 1 << 62  # no frame takes the fast path
             unpack4 = unpack6 = None
         else:
-            ip = at[1]
+            et, ip = at
             need4, need6 = ip + 28, ip + 48
             unpack4, unpack6 = _l2_unpacks(linktype)
+        p = data  # compiled: the bytes themselves, read where they lie (see _be16); else the unpacks read them
         ports = self.ports
         pairs = self._addr_pairs
         decode = self.decode
@@ -277,7 +298,10 @@ class FrameDecoder:
         n = 0
         first = last = 0.0  # (None when no record is read)
         while n < limit and pos + 16 <= size:
-            sec, frac, incl, _orig = unpack_record(data, pos)
+            if COMPILED:
+                sec, frac, incl = _int32(p, pos, little), _int32(p, pos + 4, little), _int32(p, pos + 8, little)
+            else:
+                sec, frac, incl, _orig = unpack_record(data, pos)
             f = pos + 16  # the frame
             fend = f + incl
             if fend > size or incl > max_record:
@@ -291,12 +315,23 @@ class FrameDecoder:
                 last = ts
             sweep += 1
             if incl >= need4 and sweep < expire_every:  # (the sweep runs in decode())
-                etype, vihl, total, frag, proto, addrs, sport, dport, ulen = unpack4(data, f)
+                if COMPILED:  # the fields as unpack4 gives them; both addresses as one integer
+                    g = f + ip
+                    etype, vihl, total, frag, proto = _be16(p, f + et), p[g], _be16(p, g + 2), _be16(p, g + 6), p[g + 9]
+                    sport, dport, ulen = _be16(p, g + 20), _be16(p, g + 22), _be16(p, g + 24)
+                    addrs = (_int32(p, g + 12, False) << 32) | _int32(p, g + 16, False)
+                else:
+                    etype, vihl, total, frag, proto, addrs, sport, dport, ulen = unpack4(data, f)
                 if etype == ip4 and vihl == 0x45 and proto == udp and not frag & 0x3FFF:
                     u = f + ip + 20  # the UDP header
                     end = u - 20 + total if total >= 20 else fend  # trims Ethernet padding
                 elif etype == ip6 and incl >= need6:
-                    vihl, plen, proto, addrs, sport, dport, ulen = unpack6(data, f)
+                    if COMPILED:
+                        g = f + ip
+                        vihl, plen, proto, addrs = p[g], _be16(p, g + 4), p[g + 6], data[g + 8:g + 40]
+                        sport, dport, ulen = _be16(p, g + 40), _be16(p, g + 42), _be16(p, g + 44)
+                    else:
+                        vihl, plen, proto, addrs, sport, dport, ulen = unpack6(data, f)
                     if vihl >> 4 != 6 or proto != udp:
                         end = -1
                     else:
@@ -311,10 +346,9 @@ class FrameDecoder:
                         continue
                     pair = pairs.get(addrs)
                     if pair is None:
-                        pair = self._addr_pair(addrs)
+                        pair = pairs[addrs] = self._addr_pair(data[u - 8:u] if u - f - ip == 20 else addrs)
                     stop = u + ulen if 8 <= ulen <= end - u else end
-                    append(_new_segment(Segment, (ts, pair[0], sport, pair[1], dport, "udp", data[u + 8:stop],
-                                                  None, None)))
+                    append((ts, pair[0], sport, pair[1], dport, "udp", data[u + 8:stop], None, None))
                     continue
             self._since_sweep = sweep - 1  # decode() counts this frame
             segs = decode(_new_frame(Frame, (ts, linktype, data[f:fend], None, None)))

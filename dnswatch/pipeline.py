@@ -312,15 +312,15 @@ class Pipeline:
         self.summary.malformed += 1
         self._malformed_reasons[reason.split(" (")[0]] += 1
         if self.store is not None:
-            meta = seg.meta
-            payload = seg.payload
+            ts, src, sport, dst, dport, proto, data, ifname, meta = seg  # (replay's are plain tuples)
+            payload = data
             if len(payload) > MALFORMED_MAX_DATA:
                 payload = payload[:MALFORMED_MAX_DATA]
                 self.malformed_truncated += 1
             self.store.add_malformed((
-                self.capture_id, seg.ts, seg.src, seg.sport, seg.dst, seg.dport, seg.proto, reason,
-                len(seg.payload), payload, meta.pid if meta else None, meta.comm if meta else None,
-                (meta.ifname if meta else None) or seg.ifname,
+                self.capture_id, ts, src, sport, dst, dport, proto, reason,
+                len(data), payload, meta.pid if meta else None, meta.comm if meta else None,
+                (meta.ifname if meta else None) or ifname,
             ), len(payload))
 
     def tick(self, now: Optional[float] = None) -> None:

@@ -299,7 +299,8 @@ class PcapReader:
         """Classic pcap only, for a consumer that reads the records itself (replay's fast path, which decodes
         frames straight from the file's bytes). Each window is a buffer whose ``data[pos:]`` starts at a record;
         the consumer reads whole records from ``pos`` (``layout`` says how: the record header's unpack, the
-        timestamp divisor, the link type, MAX_RECORD: a longer record is damage, left to the reader), moves ``pos`` past them and adds them to ``frames_read``, then asks
+        timestamp divisor, the link type, MAX_RECORD: a longer record is damage, left to the reader; whether the
+        file is little-endian), moves ``pos`` past them and adds them to ``frames_read``, then asks
         for the next window. What it leaves, the reader handles: a record across the window's edge (more input
         is read), a record over MAX_RECORD (damage), the end of the file."""
         if self.format != "pcap":
@@ -348,7 +349,7 @@ class PcapReader:
     def _pcap(self, buf: _Buffer) -> Iterator[Frame]:
         for buf in self._pcap_windows(buf):
             # Records wholly inside the window: no method call per record.
-            unpack, divisor, linktype, _max = self.layout
+            unpack, divisor, linktype, _max, _little = self.layout
             data, pos, size = buf.data, buf.pos, len(buf.data)
             n = 0
             while pos + 16 <= size:
@@ -378,7 +379,7 @@ class PcapReader:
             )
         buf.pos = 24
         unpack = struct.Struct(endian + "IIII").unpack_from  # seconds, fraction, captured and original length
-        self.layout = (unpack, divisor, linktype, MAX_RECORD)
+        self.layout = (unpack, divisor, linktype, MAX_RECORD, endian == "<")  # (and whether it is little-endian)
         while True:
             yield buf  # the consumer reads the records wholly inside it
             # The window's edge (or damage): make the next record whole in the window, reading more input.
