@@ -3,6 +3,8 @@
 # attributes are declared for C access; others set on it still work (its __dict__).
 cimport cython
 
+cdef Py_ssize_t _TS, _LATENCY, _RTS, _ATTEMPTS, _FIRST_LATENCY, _QSIZE, _IFNAME, _KEY_AT, _KEY_END
+
 
 @cython.final
 cdef class Correlator:

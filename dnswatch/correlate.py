@@ -28,7 +28,6 @@ query is answered or given up, which is also less work per query than filling a 
 from __future__ import annotations
 
 from itertools import islice
-from math import floor
 from typing import Callable, Dict, List, Optional, Tuple
 
 from dnswatch.dns import CACHE_MAX_KEY, Message, Question, cache_stats, opcode_text, qclass_text, qtype_text, rcode_text
@@ -109,6 +108,11 @@ assert QUERY_COLUMNS[_KEY] == ["src", "sport", "dst", "dport", "proto", "dns_id"
 assert QUERY_COLUMNS[_RESPONSE] == ["status", "rcode", "rcode_num", "answers", "ancount"]
 assert QUERY_COLUMNS[_SIZES] == ["query_size", "response_size"]
 _NO_LIVE = (None,) * (_N - I_IFNAME - 1)
+# the columns every row built sets, again (compiled: C integers, see correlate.pxd; the I_* stay Python ints, for
+# the modules that import them); the key's columns are _KEY_AT to _KEY_END
+_TS, _LATENCY, _RTS, _ATTEMPTS, _FIRST_LATENCY, _QSIZE, _IFNAME = (I_TS, I_LATENCY, I_RTS, I_ATTEMPTS, I_FIRST_LATENCY,
+                                                                   I_QSIZE, I_IFNAME)
+_KEY_AT, _KEY_END = _KEY.start, _KEY.stop
 _RCODES = {n: rcode_text(n) for n in range(24)}
 
 # A waiting query's entry: (its Message, first attempt's time, latest attempt's time, its fingerprint, the
@@ -330,11 +334,11 @@ class Correlator:
         rows = []
         for template in self._templates_of(msg, size):
             row = template.copy()
-            row[I_TS] = ts
-            row[_KEY] = key
-            row[I_ATTEMPTS] = attempts
-            row[I_QSIZE] = size
-            row[I_IFNAME] = ifname
+            row[_TS] = ts
+            row[_KEY_AT:_KEY_END] = key
+            row[_ATTEMPTS] = attempts
+            row[_QSIZE] = size
+            row[_IFNAME] = ifname
             if live is not None:
                 row[_LIVE] = live
             rows.append(row)
@@ -432,14 +436,14 @@ class Correlator:
         on_response, emit = self.on_response, self.emit
         for template in hit[1] if hit is not None else self._answered_of(qmsg, qsize, msg, len(payload)):
             row = template.copy()
-            row[I_TS] = first
-            row[_KEY] = key
-            row[I_LATENCY] = latency
-            row[I_RTS] = ts
-            row[I_ATTEMPTS] = attempts
-            row[I_FIRST_LATENCY] = first_latency
+            row[_TS] = first
+            row[_KEY_AT:_KEY_END] = key
+            row[_LATENCY] = latency
+            row[_RTS] = ts
+            row[_ATTEMPTS] = attempts
+            row[_FIRST_LATENCY] = first_latency
             if ifname is not None:
-                row[I_IFNAME] = ifname
+                row[_IFNAME] = ifname
             if live is not None:
                 row[_LIVE] = live
             if on_response is not None:
@@ -605,7 +609,7 @@ def ms3(seconds: float) -> float:
     ms = seconds * 1000.0
     us = ms * 1000.0
     if 0.0 < us < 1e9:  # (its rounding error is below 1.2e-7 there; zero keeps its sign through round())
-        whole = floor(us)
+        whole = us // 1.0  # floor (compiled: C's, where math.floor would be a Python call)
         frac = us - whole
         if frac < 0.499999:
             return whole / 1000.0
