@@ -9,6 +9,7 @@ cdef Py_ssize_t I_STATUS, I_TS, I_LOOKUP, I_NAT_DST, I_EXE, I_SERVER_POD, I_SERV
 
 
 @cython.final
+@cython.freelist(1024)
 cdef class _Lookup:
     cdef public object id, client, nat_dst, last_response, forwarded_for
     cdef public tuple cols, upstream, server_pod
@@ -88,3 +89,4 @@ cdef bint _is_upstream(tuple up, tuple client) except -1
 cdef bint _loopback(address) except -1
 cdef str _json_types(qtypes)
 cdef str _json_name(str name)
+cdef str _json_names(list names)

@@ -12,5 +12,5 @@ cdef class Pipeline:
     cdef public Correlator correlator
     cdef public object summary
 
-    @cython.locals(correlator=Correlator, seg=object, payload=object, msg=object)
+    @cython.locals(correlator=Correlator, seg=object, payload=object, msg=object, decoded=dict)
     cpdef _messages(self, list segments)

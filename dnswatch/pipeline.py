@@ -251,11 +251,11 @@ class Pipeline:
         if not segments:
             return
         correlator = self.correlator  # (compiled: its query and response are C calls)
-        cached = DECODED.get  # parse_message's own cache, looked up here first: one call less per message
+        decoded = DECODED  # parse_message's own cache, looked up here first: one call less per message
         try:
             for seg in segments:
                 payload = seg[6]
-                msg = cached(payload[2:]) or parse_message(payload)
+                msg = decoded.get(payload[2:]) or parse_message(payload)
                 if type(msg) is Malformed:
                     self._malformed(seg, msg.reason)
                 elif msg.qr:
