@@ -12,5 +12,6 @@ cdef class Pipeline:
     cdef public Correlator correlator
     cdef public object summary
 
-    @cython.locals(correlator=Correlator, seg=object, payload=object, msg=object, decoded=dict)
+    @cython.locals(correlator=Correlator, seg=object, payload=object, msg=object, decoded=dict,
+                   head='const unsigned char*')
     cpdef _messages(self, list segments)

@@ -258,10 +258,12 @@ class Pipeline:
                 msg = decoded.get(payload[2:]) or parse_message(payload)
                 if type(msg) is Malformed:
                     self._malformed(seg, msg.reason)
-                elif msg.qr:
-                    correlator.response(seg, msg, (payload[0] << 8) | payload[1])
+                    continue
+                head = payload  # (compiled: a C pointer to its bytes; a message is 12 bytes at least)
+                if msg.qr:
+                    correlator.response(seg, msg, (head[0] << 8) | head[1])
                 elif msg.questions:
-                    correlator.query(seg, msg, (payload[0] << 8) | payload[1])
+                    correlator.query(seg, msg, (head[0] << 8) | head[1])
                 else:
                     self._malformed(seg, "query without a question")
         finally:
