@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import sqlite3
 import sys
@@ -455,6 +456,17 @@ def query(sql: str, db_path: Optional[str], params, attach, fmt: str) -> None:
       dnswatch query "select 'a' node, * from queries union all select 'b', * from b.queries" \\
           --db node-a.db --attach b node-b.db
     """
+    for alias, _path in attach:  # a name the SQL can write unquoted as ALIAS.queries (and quoting cannot break)
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", alias) or alias.lower() in ("main", "temp"):
+            raise click.BadParameter(f"{alias!r}: an alias is letters, digits and _ (not main or temp)",
+                                     param_hint="--attach")
+    for text in (sql, *(v for pair in params for v in pair)):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # bytes the shell passed that are not UTF-8 (lone surrogates): SQLite takes text
+            shown = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            raise click.ClickException(f"not UTF-8 text: {shown} (write such bytes as a blob, x'ff', or as \\DDD "
+                                       "in a name, the way names are stored)")
     _run_sql(_open(db_path, attach), sql, dict(params), fmt)
 
 
@@ -496,8 +508,9 @@ def search(name: Optional[str], db_path: Optional[str], types, rcodes, status, s
 
     NAME is a domain: example.com matches example.com and every name under it (www.example.com,
     a.b.example.com), case-insensitively, from an index. With * ? or [ it is a glob over the whole name
-    (*.example.com, api-?.example.com). --contains matches a substring anywhere, which must scan every
-    distinct name. --answer also reports, from passive DNS, names seen before the oldest row kept.
+    (*.example.com, api-?.example.com; \\* \\? \\[ are those characters themselves). Names are stored as
+    dig shows them, and NAME is read the same way: 'café' finds caf\\195\\169, 'a b' finds a\\032b.
+    --contains matches a substring anywhere, which must scan every distinct name. --answer also reports, from passive DNS, names seen before the oldest row kept.
 
     \b
     Example:

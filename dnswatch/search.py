@@ -166,17 +166,76 @@ def _range(prefix: str) -> Tuple[str, str]:
     return prefix, prefix[:-1] + "/"
 
 
+def _utf8(text: str, option: str) -> bytes:
+    """The bytes a user typed: the shell passes bytes that are not UTF-8 as lone surrogates (surrogateescape)."""
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        raise SearchError(f"{option} {text.encode('utf-8', 'backslashreplace').decode()}: not text")
+
+
+def presentation(text: str, option: str = "NAME") -> str:
+    """A name as typed in the form names are stored in (dns.label_text): bytes outside printable ASCII as \\DDD,
+    so 'café' finds caf\\195\\169, 'a b' finds a\\032b and bytes that are not UTF-8 find theirs. Escapes already
+    typed (\\DDD, \\., \\\\) stay as they are."""
+    if all("!" <= ch <= "~" for ch in text):
+        return text
+    return "".join(chr(b) if 0x21 <= b <= 0x7E else "\\%03d" % b for b in _utf8(text, option))
+
+
+def as_decoded(text: str, option: str) -> str:
+    """A process, pod or container name as typed, as dnswatch decoded it (bytes that are not UTF-8 become U+FFFD)."""
+    return _utf8(text, option).decode("utf-8", "replace")
+
+
+def answer_value(text: str) -> str:
+    """``--answer`` as answers are stored: an address in Python's (RFC 5952) form, whatever its spelling; a name in
+    presentation form."""
+    try:
+        return str(ipaddress.ip_address(text.strip()))
+    except ValueError:
+        return presentation(text, "--answer")
+
+
+_GLOB_ESCAPES = {"*": "[*]", "?": "[?]", "[": "[[]", "]": "]"}
+
+
+def _glob(pattern: str) -> Tuple[str, Optional[str]]:
+    """(GLOB pattern, None) for a pattern with wildcards, or (_, the literal name) when it has none: '\\*', '\\?',
+    '\\[' and '\\]' are those characters themselves (a stored name never escapes them, so they never clash)."""
+    out, literal, wild, i = [], [], False, 0
+    while i < len(pattern):
+        ch = pattern[i]
+        if ch == "\\" and i + 1 < len(pattern):
+            nxt = pattern[i + 1]
+            if nxt in _GLOB_ESCAPES:
+                out.append(_GLOB_ESCAPES[nxt])
+                literal.append(nxt)
+            else:
+                out.append(ch + nxt)
+                literal.append(ch + nxt)
+            i += 2
+            continue
+        wild = wild or ch in "*?["
+        out.append(ch)
+        literal.append(ch)
+        i += 1
+    return "".join(out), None if wild else "".join(literal)
+
+
 def name_condition(name: str, contains: bool = False) -> Tuple[str, List[object]]:
     """Names matching ``name``, as a condition on query_log ``l``; case-insensitive.
 
     Plain text: that domain and every name under it, one range of the names_rname index. A glob (* ? [) matches
     the whole name; the complete labels after its last wildcard bound an index range too ('*.example.com' reads
     only names under example.com). ``contains``: a substring anywhere, which reads every distinct name."""
-    pattern = name.lower().rstrip(".") or "."
+    pattern = presentation(name).lower().rstrip(".") or "."
     if contains:
         escaped = pattern.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
         return "l.qname IN (SELECT id FROM names WHERE name LIKE ? ESCAPE '\\')", [f"%{escaped}%"]
-    if any(ch in pattern for ch in "*?["):
+    glob, literal = _glob(pattern)
+    if literal is None:
+        pattern = glob
         last = max(pattern.rfind(ch) for ch in "*?[]")
         suffix = pattern[last + 1:]
         dot = suffix.find(".")
@@ -185,6 +244,7 @@ def name_condition(name: str, contains: bool = False) -> Tuple[str, List[object]
             low, high = _range(reverse_name(suffix[dot + 1:]) + ".")
             cond, params = "rname >= ? AND rname < ? AND " + cond, [low, high, pattern]
         return f"l.qname IN (SELECT id FROM names WHERE {cond})", params
+    pattern = literal
     if pattern == ".":
         return "l.qname IN (SELECT id FROM names WHERE rname = '')", []
     r = reverse_name(pattern)
@@ -253,14 +313,16 @@ def plan_search(f: SearchFilters, now: Optional[float] = None) -> Plan:
     if f.pids:
         sender("pid", list(f.pids))
     if f.comms:
-        sender("comm", list(f.comms))
+        sender("comm", [as_decoded(v, "--comm") for v in f.comms])
     if f.pods:
-        sender("pod", f.pods, glob=len(f.pods) == 1 and any(ch in f.pods[0] for ch in "*?["))
+        pods = [as_decoded(v, "--pod") for v in f.pods]
+        sender("pod", pods, glob=len(pods) == 1 and any(ch in pods[0] for ch in "*?["))
     if f.pod_namespaces:
-        sender("pod_namespace", list(f.pod_namespaces))
+        sender("pod_namespace", [as_decoded(v, "--pod-namespace") for v in f.pod_namespaces])
     if f.containers:
         p.sender.append("(" + " OR ".join("container = ? OR container_id LIKE ?" for _ in f.containers) + ")")
-        p.sender_params.extend(v for c in f.containers for v in (c, c + "%"))
+        containers = [as_decoded(c, "--container") for c in f.containers]
+        p.sender_params.extend(v for c in containers for v in (c, c + "%"))
     if p.sender:
         sql = f"SELECT id FROM senders WHERE {' AND '.join(p.sender)}"
         if p.driver is None:
@@ -268,10 +330,11 @@ def plan_search(f: SearchFilters, now: Optional[float] = None) -> Plan:
         else:
             add((f"l.sender IN ({sql})", list(p.sender_params)))
     if f.answer:
-        add(("l.answers IN (SELECT set_id FROM answer_items WHERE data = ?)", [f.answer]))
+        answer = answer_value(f.answer)
+        add(("l.answers IN (SELECT set_id FROM answer_items WHERE data = ?)", [answer]))
         if p.driver is None:
             p.driver, p.driver_sql = "qname", "SELECT DISTINCT qname FROM answer_items WHERE data = ?"
-            p.driver_params = [f.answer]
+            p.driver_params = [answer]
     if f.status:
         add(_in("status", [f.status]))
     since = parse_time(f.since, now) if f.since else None
@@ -348,7 +411,7 @@ def build_passive(f: SearchFilters, oldest_raw: Optional[float], now: Optional[f
     since = parse_time(f.since, now) if f.since else None
     until = parse_time(f.until, now) if f.until else None
     cond = ["data = ?"]
-    params: List[object] = [f.answer]
+    params: List[object] = [answer_value(f.answer)]
     if oldest_raw is not None:
         cond.append("first_seen < ?")
         params.append(oldest_raw)
