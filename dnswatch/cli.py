@@ -121,7 +121,7 @@ def cli() -> None:
                    "upstream hops): queries.lookup_id and the lookups table. --no-lookups leaves lookup_id and "
                    "nat_dst empty, stores DNAT copies twice, and saves its cost (see README, Lookups).")
 @click.option("--skip-existing", is_flag=True,
-              help="Skip files already replayed into this log (same size and first 64 KiB); default: warn and replay.")
+              help="Skip files already replayed whole into this log (same size and first 64 KiB); default: warn and replay.")
 def replay(files: Sequence[str], db_path: Optional[str], ports: Sequence[int], timeout: float,
            progress: Optional[bool], as_json: bool, skip_existing: bool, with_lookups: bool) -> None:
     """Decode pcap/pcapng captures (.gz too; - for stdin) into the log.
@@ -151,7 +151,13 @@ def replay(files: Sequence[str], db_path: Optional[str], ports: Sequence[int], t
                     break
                 fingerprint = file_fingerprint(path)
                 earlier = seen.get(fingerprint) if fingerprint else None
-                if earlier is not None:
+                if earlier is not None and earlier[2] in PARTIAL:
+                    # a replay that failed or was stopped holds part of the file: skipping it would lose the rest
+                    click.echo(f"Warning: {safe_text(path)} is in this log only in part (capture {earlier[0]}, "
+                               f"replayed {earlier[1]} UTC, status {earlier[2]}): replayed again, so the rows of "
+                               f"capture {earlier[0]} will be there twice (queries.capture_id tells them apart)",
+                               err=True)
+                elif earlier is not None:
                     if skip_existing:
                         skipped += 1
                         click.echo(f"Skipped {safe_text(path)}: already in the log (capture {earlier[0]}, "
@@ -169,7 +175,7 @@ def replay(files: Sequence[str], db_path: Optional[str], ports: Sequence[int], t
                     click.echo(f"Error: {safe_text(exc)}", err=True)
                     continue
                 if fingerprint:
-                    seen[fingerprint] = ("this run", "now")
+                    seen[fingerprint] = ("this run", "now", None)
                 summaries.append((path, summary))
                 for warning in summary.warnings:
                     click.echo(f"Warning: {safe_text(warning)}", err=True)
@@ -220,19 +226,29 @@ def _capture_format(path: str) -> Optional[str]:
         return None
 
 
+PARTIAL = ("running", "interrupted", "failed")  # captures.status of a replay that holds only part of its file
+# ('running' after one killed or failed on a full disk; 'damaged' was read as far as it can be)
+
+
 def _replayed_fingerprints(db_path: str) -> dict:
-    """fingerprint -> (capture id, when) of the files this log already holds."""
+    """fingerprint -> (capture id, when, status) of the files this log already holds (a whole replay of one
+    over a partial one)."""
     if not os.path.exists(db_path):
         return {}
     try:
         conn = read_only_connection(db_path)
         rows = conn.execute(
-            "SELECT json_extract(options, '$.fingerprint'), id, strftime('%Y-%m-%d %H:%M:%S', started, 'unixepoch') "
-            "FROM captures WHERE kind = 'pcap' AND json_extract(options, '$.fingerprint') IS NOT NULL").fetchall()
+            "SELECT json_extract(options, '$.fingerprint'), id, strftime('%Y-%m-%d %H:%M:%S', started, 'unixepoch'), "
+            "status FROM captures WHERE kind = 'pcap' AND json_extract(options, '$.fingerprint') IS NOT NULL "
+            "ORDER BY id").fetchall()
         conn.close()
     except (StoreError, sqlite3.Error):
         return {}
-    return {fp: (cid, when) for fp, cid, when in rows}
+    found: dict = {}
+    for fp, cid, when, status in rows:  # a complete replay of the file counts over partial ones
+        if fp not in found or found[fp][2] in PARTIAL:
+            found[fp] = (cid, when, status)
+    return found
 
 
 def _other_ports_hint(path: str, ports: Sequence[int], s: Summary):

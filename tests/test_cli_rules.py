@@ -179,6 +179,25 @@ def test_replaying_again_warns_or_skips(tmp_path):
     assert con.execute("select count(*) from captures").fetchone()[0] == 3  # DIG twice, V6 once
 
 
+@pytest.mark.parametrize("status", ["running", "interrupted", "failed"])
+def test_a_file_replayed_only_in_part_is_not_skipped(tmp_path, status):
+    """A replay stopped, killed or failed (a full disk leaves 'running') holds part of its file: --skip-existing
+    replays it again and says so, rather than leave the rest out."""
+    path = tmp_path / "part.db"
+    assert run("replay", DIG, "--db", path, "--no-progress").exit_code == 0
+    con = sqlite3.connect(path)
+    with con:
+        con.execute("update captures set status = ?", (status,))
+    again = run("replay", DIG, "--db", path, "--no-progress", "--skip-existing")
+    assert again.exit_code == 0, again.output
+    assert "Skipped" not in again.stderr
+    assert "only in part (capture 1" in again.stderr and f"status {status}" in again.stderr
+    assert con.execute("select count(*) from captures where status = 'complete'").fetchone()[0] == 1
+    skip = run("replay", DIG, "--db", path, "--no-progress", "--skip-existing")  # now whole in capture 2
+    assert skip.exit_code == 0 and "Skipped" in skip.stderr and "capture 2" in skip.stderr, skip.output
+    con.close()
+
+
 def test_total_line_after_several_files(tmp_path):
     result = run("replay", DIG, V6, "--db", tmp_path / "t.db", "--no-progress")
     lines = result.stdout.splitlines()
