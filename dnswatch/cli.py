@@ -121,7 +121,8 @@ def cli() -> None:
                    "upstream hops): queries.lookup_id and the lookups table. --no-lookups leaves lookup_id and "
                    "nat_dst empty, stores DNAT copies twice, and saves its cost (see README, Lookups).")
 @click.option("--skip-existing", is_flag=True,
-              help="Skip files already replayed whole into this log (same size and first 64 KiB); default: warn and replay.")
+              help="Skip files already replayed whole into this log (same size and first 64 KiB); default: warn and "
+                   "replay.")
 def replay(files: Sequence[str], db_path: Optional[str], ports: Sequence[int], timeout: float,
            progress: Optional[bool], as_json: bool, skip_existing: bool, with_lookups: bool) -> None:
     """Decode pcap/pcapng captures (.gz too; - for stdin) into the log.
