@@ -212,6 +212,18 @@ def replay(files: Sequence[str], db_path: Optional[str], ports: Sequence[int], t
         raise click.ClickException(f"{failures} of {len(files)} files could not be read (see above)")
 
 
+def stored_text(rows: int, store: Optional[Store]) -> str:
+    """What watch's summary says of the log: rows stored, or how many a full disk refused, and pruned."""
+    if store is None:
+        return "nothing stored (--no-db)"
+    text = f"{rows:,} rows stored"
+    if store.unstored:  # counts malformed messages too: no figure of rows stored to subtract it from
+        text = f"{rows:,} rows, {store.unstored:,} rows and malformed messages not stored (disk full)"
+    if store.pruned:
+        text += f", {store.pruned:,} old rows pruned"
+    return text
+
+
 def _notices(store: Store) -> None:
     for notice in store.notices:
         click.echo(f"Warning: {safe_text(notice)}", err=True)
@@ -1097,11 +1109,7 @@ def watch(interfaces, ports, netns_specs, all_netns, host_only, timeout, k8s_log
     if metrics is not None:
         metrics.close()
     stop.__exit__(None, None, None)
-    stored = (f"{summary.rows:,} rows stored" if store is not None else "nothing stored (--no-db)")
-    if store is not None and store.unstored:
-        stored += f" ({store.unstored:,} could not be stored: disk full)"
-    if store is not None and store.pruned:
-        stored += f", {store.pruned:,} old rows pruned"
+    stored = stored_text(summary.rows, store)
     if write_path:
         stored += f", {capture.writer.packets:,} packets written to {safe_text(write_path)}"
     click.echo(

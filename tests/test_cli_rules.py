@@ -216,3 +216,23 @@ def test_log_owned_by_another_user_says_how_to_read_it(db, monkeypatch):
         assert result.exit_code == 1, args
         assert "cannot open" in result.output and "belongs to" in result.output and "sudo" in result.output
         assert "chown" in result.output
+
+
+# -- watch's summary
+
+def test_watch_summary_does_not_call_refused_rows_stored(tmp_path):
+    """A full disk: the rows a batch lost are not said to be stored (the summary said '18,000 rows stored (8,085
+    could not be stored)' of a log holding 9,915)."""
+    from dnswatch.cli import stored_text
+    from dnswatch.store import Store
+
+    store = Store(str(tmp_path / "s.db"))
+    try:
+        assert stored_text(10, store) == "10 rows stored"
+        store.unstored, store.pruned = 4, 2
+        text = stored_text(10, store)
+        assert "10 rows stored" not in text and "4 rows and malformed messages not stored (disk full)" in text
+        assert text.endswith(", 2 old rows pruned")
+    finally:
+        store.close()
+    assert stored_text(10, None) == "nothing stored (--no-db)"
