@@ -37,16 +37,25 @@ def _flip(term: str) -> str:
     return term + " DESC"
 
 
+MAX_SECONDS = 253402300799.0  # 9999-12-31T23:59:59Z, as far as an ISO date goes (and -MAX: before year 1)
+
+
 def parse_time(text: str, now: Optional[float] = None) -> float:
     """``10m``/``2h``/``1d`` ago, Unix seconds, or an ISO date/time (UTC unless it has an offset)."""
     now = time.time() if now is None else now
     m = _RELATIVE.match(text)
+    value: Optional[float] = None
     if m:
-        return now - float(m.group(1)) * _UNITS[m.group(2).lower()]
-    try:
-        return float(text)
-    except ValueError:
-        pass
+        value = now - float(m.group(1)) * _UNITS[m.group(2).lower()]
+    else:
+        try:
+            value = float(text)
+        except ValueError:
+            pass
+    if value is not None:
+        if not -MAX_SECONDS <= value <= MAX_SECONDS:  # nan and inf too: they would match nothing, or break top
+            raise SearchError(f"time {text!r} is out of range: give one between the years 1 and 9999")
+        return value
     try:
         dt = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except ValueError:
@@ -101,12 +110,21 @@ def known_rcodes() -> List[str]:
 
 
 def check_mnemonics(option: str, values: Sequence[str], known: Sequence[str], numbered: str) -> List[str]:
-    """Upper-cased ``values``; an unknown one is an error listing the valid ones (TYPE65535 style is valid)."""
+    """Upper-cased ``values``; an unknown one is an error listing the valid ones. TYPE65535 style is valid too,
+    and becomes the mnemonic rows store for a known number (TYPE1 is A)."""
+    from dnswatch.dns import qtype_text, rcode_text
+
     out, known_set = [], set(known)
+    text, highest = (qtype_text, 65535) if numbered == "TYPE" else (rcode_text, 4095)  # 16 bits; 12 with EDNS
     for v in values:
         u = v.strip().upper()
-        if u not in known_set and not re.fullmatch(numbered + r"\d{1,5}", u):
+        number = re.fullmatch(numbered + r"(\d{1,5})", u)
+        if u not in known_set and number is None:
             raise SearchError(f"{option} {v}: unknown; use one of {', '.join(known)} (or {numbered}<number>)")
+        if number is not None:
+            if int(number.group(1)) > highest:
+                raise SearchError(f"{option} {v}: out of range; {numbered}0 to {numbered}{highest}")
+            u = text(int(number.group(1)))
         out.append(u)
     return out
 

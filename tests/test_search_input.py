@@ -100,3 +100,22 @@ def test_attach_with_a_plain_alias_reads(runner, db):
                                  str(db), "--nl"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout) == {"n": len(NAMES)}
+
+
+@pytest.mark.parametrize("args", [["search", "--since", "nan"], ["search", "--until", "inf"],
+                                  ["search", "--since", "1e309"], ["search", "--since", "99999999999999999999d"],
+                                  ["top", "--log", "--once", "--since", "nan"], ["top", "--once", "--since", "1e400"],
+                                  ["search", "--lookups", "--since", "-inf"]])
+def test_times_out_of_range_are_one_error(runner, db, args):
+    """nan matched nothing silently; inf and nan broke top with a traceback."""
+    result = runner.invoke(cli, [*args, "--db", str(db)])
+    assert result.exit_code == 1, result.output
+    assert "out of range: give one between the years 1 and 9999" in result.output
+
+
+def test_numbered_types_and_rcodes_are_their_mnemonics_and_bounded(runner, db):
+    assert len(_names(runner, db, "--type", "type28")) == len(NAMES)  # rows store AAAA, not TYPE28
+    assert len(_names(runner, db, "--rcode", "RCODE0")) == len(NAMES)
+    for option, value in (("--type", "TYPE65536"), ("--rcode", "RCODE4096")):
+        result = runner.invoke(cli, ["search", "--db", str(db), option, value])
+        assert result.exit_code == 1 and "out of range" in result.output, result.output
