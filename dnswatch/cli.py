@@ -22,7 +22,8 @@ from dnswatch.probe import dns_on_other_ports, file_fingerprint
 from dnswatch.pipeline import Pipeline, Summary
 from dnswatch.schema import LOG_TABLE, TABLES, describe
 from dnswatch.search import (DEFAULT_COLUMNS, SORT_HELP, SORTS, SearchError, SearchFilters, build_passive,
-                             check_mnemonics, check_window, known_qtypes, parse_time, register_functions, run_search)
+                             check_mnemonics, check_window, known_qtypes, parse_time, presentation, register_functions,
+                             run_search)
 from dnswatch.sources.pcap import CaptureFormatError, PcapReader, file_size
 from dnswatch.stop import OUTPUT_CLOSED, StopSignals
 from dnswatch.store import Store, StoreError, default_db_path, open_readonly, read_only_connection
@@ -990,6 +991,10 @@ def watch(interfaces, ports, netns_specs, all_netns, host_only, timeout, k8s_log
         types = check_mnemonics("--type", types, known_qtypes(), "TYPE")
     except SearchError as exc:
         raise click.BadParameter(str(exc).split(": ", 1)[1], param_hint="--type")
+    try:
+        names = [presentation(n, "--name") for n in names]  # as names are shown and stored: 'café' is caf\195\169
+    except SearchError as exc:
+        raise click.BadParameter(str(exc).split(": ", 1)[1], param_hint="--name")
     row_filter = RowFilter(pids=pids, comms=comms, names=names, types=types, pods=pods,
                            pod_namespaces=pod_namespaces, containers=containers)
     metrics = None
