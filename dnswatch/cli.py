@@ -555,10 +555,11 @@ def search(name: Optional[str], db_path: Optional[str], types, rcodes, status, s
         if types or status or answer:
             raise click.UsageError("--type, --status and --answer select queries; with --lookups use NAME, --rcode, "
                                    "--src, --pid, --comm, --pod..., --since/--until, --min-wasted")
-        filters = SearchFilters(name=name, rcodes=rcodes, src=src, pids=pids, comms=comms, pods=pods,
-                                pod_namespaces=pod_namespaces, containers=containers, since=since, until=until,
-                                limit=limit, columns=["ts_utc"] + LOOKUP_COLUMNS if all_columns else [])
         try:
+            filters = SearchFilters(name=presentation(name) if name else name, rcodes=rcodes, src=src, pids=pids,
+                                    comms=comms, pods=pods, pod_namespaces=pod_namespaces, containers=containers,
+                                    since=since, until=until, limit=limit,
+                                    columns=["ts_utc"] + LOOKUP_COLUMNS if all_columns else [])
             sql, params = build_lookup_search(filters, min_wasted)
         except SearchError as exc:
             raise click.ClickException(str(exc))

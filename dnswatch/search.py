@@ -267,7 +267,13 @@ def name_condition(name: str, contains: bool = False) -> Tuple[str, List[object]
         return "l.qname IN (SELECT id FROM names WHERE rname = '')", []
     r = reverse_name(pattern)
     low, high = _range(r + ".")
-    return ("l.qname IN (SELECT id FROM names WHERE rname = ? OR (rname >= ? AND rname < ?))", [r, low, high])
+    # rname splits at every '.', escaped ones too: 'a\\.b.example.test' (one label 'a.b') is in the range of
+    # b.example.test. Such a name's text before '.b.example.test' ends in an odd run of backslashes: not under it.
+    head = "substr(name, 1, length(name) - ?)"
+    under = f"(length({head}) - length(rtrim({head}, '\\'))) % 2 = 0"
+    cut = len(pattern) + 1
+    return (f"l.qname IN (SELECT id FROM names WHERE rname = ? OR (rname >= ? AND rname < ? AND {under}))",
+            [r, low, high, cut, cut])
 
 
 def _in(column: str, values: Sequence[object], upper: bool = False) -> Tuple[str, List[object]]:

@@ -12,11 +12,12 @@ from conftest import replay
 from dnswatch.cli import cli
 from hostile import ipv4, pcap_header, pcap_record, udp
 
-NAMES = [b"caf\xc3\xa9", b"a b", b"x[1]", b"UPPER", b"\xff\x00z", b"star*q?", b"plain"]
+NAMES = [b"caf\xc3\xa9", b"a b", b"x[1]", b"UPPER", b"\xff\x00z", b"star*q?", b"plain", b"a.b", (b"c\\", b"b")]
 
 
-def _message(dns_id: int, label: bytes, response: bool) -> bytes:
-    qname = bytes([len(label)]) + label + b"\x07example\x04test\x00"
+def _message(dns_id: int, labels, response: bool) -> bytes:
+    labels = (labels,) if isinstance(labels, bytes) else labels
+    qname = b"".join(bytes([len(x)]) + x for x in labels) + b"\x07example\x04test\x00"
     if not response:
         return struct.pack("!HHHHHH", dns_id, 0x0100, 1, 0, 0, 0) + qname + b"\x00\x1c\x00\x01"
     answer = b"\xc0\x0c" + struct.pack("!HHIH", 28, 1, 60, 16) + bytes.fromhex("fd000018" + "00" * 11 + "80")
@@ -56,6 +57,13 @@ def _names(runner, db, *args):
 ])
 def test_a_name_is_found_as_typed(runner, db, typed, stored):
     assert _names(runner, db, typed) == [stored]
+
+
+def test_a_dot_inside_a_label_is_not_a_subdomain(runner, db):
+    """'a\\.b.example.test' is one label 'a.b' under example.test, not a name under b.example.test;
+    'c\\\\.b.example.test' (labels 'c\\' and 'b') is."""
+    assert _names(runner, db, "b.example.test") == ["c\\\\.b.example.test"]
+    assert _names(runner, db, "a\\.b.example.test") == ["a\\.b.example.test"]
 
 
 def test_globs_still_match_and_escapes_mix_with_wildcards(runner, db):
