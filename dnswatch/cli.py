@@ -95,6 +95,17 @@ class _EscapingGroup(click.Group):
             exc.message = safe_message(exc.message)
             raise
 
+    # names users try for a command under another name: the error says which one it is
+    OTHER_NAMES = {"sql": "query", "select": "query", "live": "watch", "capture": "watch", "read": "replay",
+                   "import": "replay", "find": "search", "grep": "search", "stats": "top"}
+
+    def resolve_command(self, ctx: click.Context, args):
+        name = args[0] if args else None
+        if name in self.OTHER_NAMES and name not in self.commands:
+            ctx.fail(f"No such command {name!r}: that is `dnswatch {self.OTHER_NAMES[name]}` "
+                     f"(dnswatch {self.OTHER_NAMES[name]} --help)")
+        return super().resolve_command(ctx, args)
+
 
 @click.group(cls=_EscapingGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="dnswatch")

@@ -236,3 +236,10 @@ def test_watch_summary_does_not_call_refused_rows_stored(tmp_path):
     finally:
         store.close()
     assert stored_text(10, None) == "nothing stored (--no-db)"
+
+
+@pytest.mark.parametrize("typed,command", [("sql", "query"), ("find", "search"), ("live", "watch")])
+def test_a_command_tried_under_another_name_says_which_it_is(typed, command):
+    result = CliRunner().invoke(cli, [typed, "select 1"])
+    assert result.exit_code == 2, result.output
+    assert f"that is `dnswatch {command}`" in result.output
