@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import sqlite3
+import stat
 import sys
 from collections import Counter
 from typing import List, Optional, Sequence, Tuple
@@ -425,6 +426,11 @@ def unreadable_log(path: str) -> Optional[str]:
     for p in candidates:
         if not os.path.exists(p):
             continue
+        mode = os.stat(p).st_mode
+        if not stat.S_ISREG(mode):  # a FIFO would hang the reader for good, a folder says 'disk I/O error'
+            kind = ("a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode)
+                    else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a file")
+            return f"{p}: {kind}, not a log file; pass the log's file as --db"
         # read access decides: a -shm this user cannot write (read-only media) is read around (store.open_readonly)
         if not os.access(p, os.R_OK):
             st = os.stat(p)
@@ -782,6 +788,9 @@ def export(out: str, db_path: Optional[str], since: Optional[str]) -> None:
     from dnswatch.maintain import export as export_log
     from dnswatch.search import parse_time
 
+    problem = unreadable_log(db_path or default_db_path())
+    if problem:
+        raise click.ClickException(problem)
     try:
         rows = export_log(db_path or default_db_path(), out, parse_time(since) if since else None)
     except (StoreError, SearchError) as exc:

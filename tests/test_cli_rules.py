@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 import re
 import sqlite3
 
@@ -243,3 +244,26 @@ def test_a_command_tried_under_another_name_says_which_it_is(typed, command):
     result = CliRunner().invoke(cli, [typed, "select 1"])
     assert result.exit_code == 2, result.output
     assert f"that is `dnswatch {command}`" in result.output
+
+
+@pytest.mark.parametrize("kind", ["fifo", "folder", "device", "fifo-wal"])
+def test_a_log_that_is_not_a_file_is_one_error(tmp_path, kind):
+    """A FIFO as --db (or as its -wal) hung every reader for good; a folder said 'disk I/O error'; a device read
+    as an empty log."""
+    db = tmp_path / "log.db"
+    if kind == "fifo":
+        os.mkfifo(db)
+    elif kind == "folder":
+        db.mkdir()
+    elif kind == "device":
+        db = Path("/dev/zero")
+    else:
+        replay(db, DIG)
+        wal = Path(str(db) + "-wal")
+        if wal.exists():
+            wal.unlink()
+        os.mkfifo(wal)
+    for args in (["query", "select 1"], ["search"], ["top", "--log", "--once"], ["export", str(tmp_path / "x.db")]):
+        result = CliRunner().invoke(cli, [*args, "--db", str(db)])
+        assert result.exit_code == 1, (args, result.output)
+        assert "not a log file; pass the log's file as --db" in result.output, (args, result.output)
