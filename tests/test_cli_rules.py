@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 import re
 import sqlite3
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
