@@ -403,11 +403,24 @@ def _open(db_path: Optional[str], attach=()):
     for notice in db.conn.notices:
         click.echo(f"Note: {safe_text(notice)}", err=True)
     register_functions(db.conn)
+    db.conn.set_progress_handler(_let_signals_in, PROGRESS_STEPS)
     return db
+
+
+def _let_signals_in() -> int:
+    """SQLite's progress callback, every PROGRESS_STEPS steps of a statement: a Python call, so a Ctrl-C during
+    one long statement (a recursive CTE, a scan of a large log) is handled at once. It raises here, which stops
+    the statement with 'interrupted' (see _sql_error); without it the signal waited for the statement to end."""
+    return 0
+
+
+PROGRESS_STEPS = 100_000  # SQLite VM steps: a few ms
 
 
 def _sql_error(db, exc: sqlite3.Error) -> str:
     text = str(exc)
+    if text == "interrupted":  # the Ctrl-C that _let_signals_in let in
+        raise KeyboardInterrupt
     refused = getattr(db.conn, "refused", None)
     if refused and ("not authorized" in text or "authorization denied" in text):
         return f"query only reads the log, and refuses {refused}"
@@ -605,7 +618,7 @@ def search(name: Optional[str], db_path: Optional[str], types, rcodes, status, s
     except SearchError as exc:
         raise click.ClickException(str(exc))
     except sqlite3.Error as exc:
-        raise click.ClickException(f"SQL error: {exc}")
+        raise click.ClickException(_sql_error(db, exc))
     more = bool(limit) and len(rows) > limit
     write_rows(iter(rows[:limit] if limit else rows), fmt, sys.stdout, filters.columns or DEFAULT_COLUMNS)
     if more:

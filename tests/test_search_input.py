@@ -127,3 +127,25 @@ def test_numbered_types_and_rcodes_are_their_mnemonics_and_bounded(runner, db):
     for option, value in (("--type", "TYPE65536"), ("--rcode", "RCODE4096")):
         result = runner.invoke(cli, ["search", "--db", str(db), option, value])
         assert result.exit_code == 1 and "out of range" in result.output, result.output
+
+
+def test_ctrl_c_stops_a_long_statement_at_once(db):
+    """A Ctrl-C waited for the statement to end: forever, for an unbounded recursive CTE."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    sql = "with recursive c(x) as (select 1 union all select x + 1 from c) select count(*) from c"
+    p = subprocess.Popen([sys.executable, "-m", "dnswatch", "query", "--db", str(db), sql],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        time.sleep(1.5)
+        assert p.poll() is None, p.stdout.read()
+        p.send_signal(signal.SIGINT)
+        out, _ = p.communicate(timeout=10)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode == 1 and "Aborted" in out, out
