@@ -4,8 +4,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import sqlite3
+import stat
 import sys
 from collections import Counter
 from typing import List, Optional, Sequence, Tuple
@@ -21,7 +23,8 @@ from dnswatch.probe import dns_on_other_ports, file_fingerprint
 from dnswatch.pipeline import Pipeline, Summary
 from dnswatch.schema import LOG_TABLE, TABLES, describe
 from dnswatch.search import (DEFAULT_COLUMNS, SORT_HELP, SORTS, SearchError, SearchFilters, build_passive,
-                             check_mnemonics, check_window, known_qtypes, parse_time, register_functions, run_search)
+                             check_mnemonics, check_window, known_qtypes, parse_time, presentation, register_functions,
+                             run_search)
 from dnswatch.sources.pcap import CaptureFormatError, PcapReader, file_size
 from dnswatch.stop import OUTPUT_CLOSED, StopSignals
 from dnswatch.store import Store, StoreError, default_db_path, open_readonly, read_only_connection
@@ -93,6 +96,17 @@ class _EscapingGroup(click.Group):
             exc.message = safe_message(exc.message)
             raise
 
+    # names users try for a command under another name: the error says which one it is
+    OTHER_NAMES = {"sql": "query", "select": "query", "live": "watch", "capture": "watch", "read": "replay",
+                   "import": "replay", "find": "search", "grep": "search", "stats": "top"}
+
+    def resolve_command(self, ctx: click.Context, args):
+        name = args[0] if args else None
+        if name in self.OTHER_NAMES and name not in self.commands:
+            ctx.fail(f"No such command {name!r}: that is `dnswatch {self.OTHER_NAMES[name]}` "
+                     f"(dnswatch {self.OTHER_NAMES[name]} --help)")
+        return super().resolve_command(ctx, args)
+
 
 @click.group(cls=_EscapingGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="dnswatch")
@@ -120,7 +134,8 @@ def cli() -> None:
                    "upstream hops): queries.lookup_id and the lookups table. --no-lookups leaves lookup_id and "
                    "nat_dst empty, stores DNAT copies twice, and saves its cost (see README, Lookups).")
 @click.option("--skip-existing", is_flag=True,
-              help="Skip files already replayed into this log (same size and first 64 KiB); default: warn and replay.")
+              help="Skip files already replayed whole into this log (same size and first 64 KiB); default: warn and "
+                   "replay.")
 def replay(files: Sequence[str], db_path: Optional[str], ports: Sequence[int], timeout: float,
            progress: Optional[bool], as_json: bool, skip_existing: bool, with_lookups: bool) -> None:
     """Decode pcap/pcapng captures (.gz too; - for stdin) into the log.
@@ -150,7 +165,13 @@ def replay(files: Sequence[str], db_path: Optional[str], ports: Sequence[int], t
                     break
                 fingerprint = file_fingerprint(path)
                 earlier = seen.get(fingerprint) if fingerprint else None
-                if earlier is not None:
+                if earlier is not None and earlier[2] in PARTIAL:
+                    # a replay that failed or was stopped holds part of the file: skipping it would lose the rest
+                    click.echo(f"Warning: {safe_text(path)} is in this log only in part (capture {earlier[0]}, "
+                               f"replayed {earlier[1]} UTC, status {earlier[2]}): replayed again, so the rows of "
+                               f"capture {earlier[0]} will be there twice (queries.capture_id tells them apart)",
+                               err=True)
+                elif earlier is not None:
                     if skip_existing:
                         skipped += 1
                         click.echo(f"Skipped {safe_text(path)}: already in the log (capture {earlier[0]}, "
@@ -168,7 +189,7 @@ def replay(files: Sequence[str], db_path: Optional[str], ports: Sequence[int], t
                     click.echo(f"Error: {safe_text(exc)}", err=True)
                     continue
                 if fingerprint:
-                    seen[fingerprint] = ("this run", "now")
+                    seen[fingerprint] = ("this run", "now", None)
                 summaries.append((path, summary))
                 for warning in summary.warnings:
                     click.echo(f"Warning: {safe_text(warning)}", err=True)
@@ -204,6 +225,18 @@ def replay(files: Sequence[str], db_path: Optional[str], ports: Sequence[int], t
         raise click.ClickException(f"{failures} of {len(files)} files could not be read (see above)")
 
 
+def stored_text(rows: int, store: Optional[Store]) -> str:
+    """What watch's summary says of the log: rows stored, or how many a full disk refused, and pruned."""
+    if store is None:
+        return "nothing stored (--no-db)"
+    text = f"{rows:,} rows stored"
+    if store.unstored:  # counts malformed messages too: no figure of rows stored to subtract it from
+        text = f"{rows:,} rows, {store.unstored:,} rows and malformed messages not stored (disk full)"
+    if store.pruned:
+        text += f", {store.pruned:,} old rows pruned"
+    return text
+
+
 def _notices(store: Store) -> None:
     for notice in store.notices:
         click.echo(f"Warning: {safe_text(notice)}", err=True)
@@ -219,19 +252,29 @@ def _capture_format(path: str) -> Optional[str]:
         return None
 
 
+PARTIAL = ("running", "interrupted", "failed")  # captures.status of a replay that holds only part of its file
+# ('running' after one killed or failed on a full disk; 'damaged' was read as far as it can be)
+
+
 def _replayed_fingerprints(db_path: str) -> dict:
-    """fingerprint -> (capture id, when) of the files this log already holds."""
+    """fingerprint -> (capture id, when, status) of the files this log already holds (a whole replay of one
+    over a partial one)."""
     if not os.path.exists(db_path):
         return {}
     try:
         conn = read_only_connection(db_path)
         rows = conn.execute(
-            "SELECT json_extract(options, '$.fingerprint'), id, strftime('%Y-%m-%d %H:%M:%S', started, 'unixepoch') "
-            "FROM captures WHERE kind = 'pcap' AND json_extract(options, '$.fingerprint') IS NOT NULL").fetchall()
+            "SELECT json_extract(options, '$.fingerprint'), id, strftime('%Y-%m-%d %H:%M:%S', started, 'unixepoch'), "
+            "status FROM captures WHERE kind = 'pcap' AND json_extract(options, '$.fingerprint') IS NOT NULL "
+            "ORDER BY id").fetchall()
         conn.close()
     except (StoreError, sqlite3.Error):
         return {}
-    return {fp: (cid, when) for fp, cid, when in rows}
+    found: dict = {}
+    for fp, cid, when, status in rows:  # a complete replay of the file counts over partial ones
+        if fp not in found or found[fp][2] in PARTIAL:
+            found[fp] = (cid, when, status)
+    return found
 
 
 def _other_ports_hint(path: str, ports: Sequence[int], s: Summary):
@@ -360,11 +403,24 @@ def _open(db_path: Optional[str], attach=()):
     for notice in db.conn.notices:
         click.echo(f"Note: {safe_text(notice)}", err=True)
     register_functions(db.conn)
+    db.conn.set_progress_handler(_let_signals_in, PROGRESS_STEPS)
     return db
+
+
+def _let_signals_in() -> int:
+    """SQLite's progress callback, every PROGRESS_STEPS steps of a statement: a Python call, so a Ctrl-C during
+    one long statement (a recursive CTE, a scan of a large log) is handled at once. It raises here, which stops
+    the statement with 'interrupted' (see _sql_error); without it the signal waited for the statement to end."""
+    return 0
+
+
+PROGRESS_STEPS = 100_000  # SQLite VM steps: a few ms
 
 
 def _sql_error(db, exc: sqlite3.Error) -> str:
     text = str(exc)
+    if text == "interrupted":  # the Ctrl-C that _let_signals_in let in
+        raise KeyboardInterrupt
     refused = getattr(db.conn, "refused", None)
     if refused and ("not authorized" in text or "authorization denied" in text):
         return f"query only reads the log, and refuses {refused}"
@@ -383,6 +439,11 @@ def unreadable_log(path: str) -> Optional[str]:
     for p in candidates:
         if not os.path.exists(p):
             continue
+        mode = os.stat(p).st_mode
+        if not stat.S_ISREG(mode):  # a FIFO would hang the reader for good, a folder says 'disk I/O error'
+            kind = ("a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode)
+                    else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a file")
+            return f"{p}: {kind}, not a log file; pass the log's file as --db"
         # read access decides: a -shm this user cannot write (read-only media) is read around (store.open_readonly)
         if not os.access(p, os.R_OK):
             st = os.stat(p)
@@ -455,6 +516,17 @@ def query(sql: str, db_path: Optional[str], params, attach, fmt: str) -> None:
       dnswatch query "select 'a' node, * from queries union all select 'b', * from b.queries" \\
           --db node-a.db --attach b node-b.db
     """
+    for alias, _path in attach:  # a name the SQL can write unquoted as ALIAS.queries (and quoting cannot break)
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", alias) or alias.lower() in ("main", "temp"):
+            raise click.BadParameter(f"{alias!r}: an alias is letters, digits and _ (not main or temp)",
+                                     param_hint="--attach")
+    for text in (sql, *(v for pair in params for v in pair)):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # bytes the shell passed that are not UTF-8 (lone surrogates): SQLite takes text
+            shown = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            raise click.ClickException(f"not UTF-8 text: {shown} (write such bytes as a blob, x'ff', or as \\DDD "
+                                       "in a name, the way names are stored)")
     _run_sql(_open(db_path, attach), sql, dict(params), fmt)
 
 
@@ -496,8 +568,9 @@ def search(name: Optional[str], db_path: Optional[str], types, rcodes, status, s
 
     NAME is a domain: example.com matches example.com and every name under it (www.example.com,
     a.b.example.com), case-insensitively, from an index. With * ? or [ it is a glob over the whole name
-    (*.example.com, api-?.example.com). --contains matches a substring anywhere, which must scan every
-    distinct name. --answer also reports, from passive DNS, names seen before the oldest row kept.
+    (*.example.com, api-?.example.com; \\* \\? \\[ are those characters themselves). Names are stored as
+    dig shows them, and NAME is read the same way: 'café' finds caf\\195\\169, 'a b' finds a\\032b.
+    --contains matches a substring anywhere, which must scan every distinct name. --answer also reports, from passive DNS, names seen before the oldest row kept.
 
     \b
     Example:
@@ -512,10 +585,11 @@ def search(name: Optional[str], db_path: Optional[str], types, rcodes, status, s
         if types or status or answer:
             raise click.UsageError("--type, --status and --answer select queries; with --lookups use NAME, --rcode, "
                                    "--src, --pid, --comm, --pod..., --since/--until, --min-wasted")
-        filters = SearchFilters(name=name, rcodes=rcodes, src=src, pids=pids, comms=comms, pods=pods,
-                                pod_namespaces=pod_namespaces, containers=containers, since=since, until=until,
-                                limit=limit, columns=["ts_utc"] + LOOKUP_COLUMNS if all_columns else [])
         try:
+            filters = SearchFilters(name=presentation(name) if name else name, rcodes=rcodes, src=src, pids=pids,
+                                    comms=comms, pods=pods, pod_namespaces=pod_namespaces, containers=containers,
+                                    since=since, until=until, limit=limit,
+                                    columns=["ts_utc"] + LOOKUP_COLUMNS if all_columns else [])
             sql, params = build_lookup_search(filters, min_wasted)
         except SearchError as exc:
             raise click.ClickException(str(exc))
@@ -544,7 +618,7 @@ def search(name: Optional[str], db_path: Optional[str], types, rcodes, status, s
     except SearchError as exc:
         raise click.ClickException(str(exc))
     except sqlite3.Error as exc:
-        raise click.ClickException(f"SQL error: {exc}")
+        raise click.ClickException(_sql_error(db, exc))
     more = bool(limit) and len(rows) > limit
     write_rows(iter(rows[:limit] if limit else rows), fmt, sys.stdout, filters.columns or DEFAULT_COLUMNS)
     if more:
@@ -727,6 +801,9 @@ def export(out: str, db_path: Optional[str], since: Optional[str]) -> None:
     from dnswatch.maintain import export as export_log
     from dnswatch.search import parse_time
 
+    problem = unreadable_log(db_path or default_db_path())
+    if problem:
+        raise click.ClickException(problem)
     try:
         rows = export_log(db_path or default_db_path(), out, parse_time(since) if since else None)
     except (StoreError, SearchError) as exc:
@@ -948,6 +1025,10 @@ def watch(interfaces, ports, netns_specs, all_netns, host_only, timeout, k8s_log
         types = check_mnemonics("--type", types, known_qtypes(), "TYPE")
     except SearchError as exc:
         raise click.BadParameter(str(exc).split(": ", 1)[1], param_hint="--type")
+    try:
+        names = [presentation(n, "--name") for n in names]  # as names are shown and stored: 'café' is caf\195\169
+    except SearchError as exc:
+        raise click.BadParameter(str(exc).split(": ", 1)[1], param_hint="--name")
     row_filter = RowFilter(pids=pids, comms=comms, names=names, types=types, pods=pods,
                            pod_namespaces=pod_namespaces, containers=containers)
     metrics = None
@@ -1067,11 +1148,7 @@ def watch(interfaces, ports, netns_specs, all_netns, host_only, timeout, k8s_log
     if metrics is not None:
         metrics.close()
     stop.__exit__(None, None, None)
-    stored = (f"{summary.rows:,} rows stored" if store is not None else "nothing stored (--no-db)")
-    if store is not None and store.unstored:
-        stored += f" ({store.unstored:,} could not be stored: disk full)"
-    if store is not None and store.pruned:
-        stored += f", {store.pruned:,} old rows pruned"
+    stored = stored_text(summary.rows, store)
     if write_path:
         stored += f", {capture.writer.packets:,} packets written to {safe_text(write_path)}"
     click.echo(

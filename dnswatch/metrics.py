@@ -342,9 +342,11 @@ def _health_metrics(h: Dict[str, object]) -> Iterable:
         ("kernel_kept", "dnswatch_kernel_packets_kept", "Packets the socket filter passed up."),
         ("duplicates", "dnswatch_duplicates", "Copies of a message seen again on another interface (stored once)."),
         ("malformed", "dnswatch_malformed_messages", "DNS messages that could not be read (kept in the malformed table)."),
-        ("rows_stored", "dnswatch_rows_stored", "Rows written to the log by this process."),
+        ("rows_stored", "dnswatch_rows_stored",
+         "Rows this process handed to the log (those a full disk refused are in dnswatch_rows_unstored)."),
         ("rows_pruned", "dnswatch_rows_pruned", "Old rows this process deleted for retention (--retain, --max-size)."),
-        ("rows_unstored", "dnswatch_rows_unstored", "Rows this process could not store (disk full)."),
+        ("rows_unstored", "dnswatch_rows_unstored",
+         "Rows and malformed messages this process could not store (disk full)."),
     ):
         if key in h:
             yield CounterMetricFamily(name, doc, h[key])

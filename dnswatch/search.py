@@ -37,16 +37,25 @@ def _flip(term: str) -> str:
     return term + " DESC"
 
 
+MAX_SECONDS = 253402300799.0  # 9999-12-31T23:59:59Z, as far as an ISO date goes (and -MAX: before year 1)
+
+
 def parse_time(text: str, now: Optional[float] = None) -> float:
     """``10m``/``2h``/``1d`` ago, Unix seconds, or an ISO date/time (UTC unless it has an offset)."""
     now = time.time() if now is None else now
     m = _RELATIVE.match(text)
+    value: Optional[float] = None
     if m:
-        return now - float(m.group(1)) * _UNITS[m.group(2).lower()]
-    try:
-        return float(text)
-    except ValueError:
-        pass
+        value = now - float(m.group(1)) * _UNITS[m.group(2).lower()]
+    else:
+        try:
+            value = float(text)
+        except ValueError:
+            pass
+    if value is not None:
+        if not -MAX_SECONDS <= value <= MAX_SECONDS:  # nan and inf too: they would match nothing, or break top
+            raise SearchError(f"time {text!r} is out of range: give one between the years 1 and 9999")
+        return value
     try:
         dt = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except ValueError:
@@ -101,12 +110,21 @@ def known_rcodes() -> List[str]:
 
 
 def check_mnemonics(option: str, values: Sequence[str], known: Sequence[str], numbered: str) -> List[str]:
-    """Upper-cased ``values``; an unknown one is an error listing the valid ones (TYPE65535 style is valid)."""
+    """Upper-cased ``values``; an unknown one is an error listing the valid ones. TYPE65535 style is valid too,
+    and becomes the mnemonic rows store for a known number (TYPE1 is A)."""
+    from dnswatch.dns import qtype_text, rcode_text
+
     out, known_set = [], set(known)
+    text, highest = (qtype_text, 65535) if numbered == "TYPE" else (rcode_text, 4095)  # 16 bits; 12 with EDNS
     for v in values:
         u = v.strip().upper()
-        if u not in known_set and not re.fullmatch(numbered + r"\d{1,5}", u):
+        number = re.fullmatch(numbered + r"(\d{1,5})", u)
+        if u not in known_set and number is None:
             raise SearchError(f"{option} {v}: unknown; use one of {', '.join(known)} (or {numbered}<number>)")
+        if number is not None:
+            if int(number.group(1)) > highest:
+                raise SearchError(f"{option} {v}: out of range; {numbered}0 to {numbered}{highest}")
+            u = text(int(number.group(1)))
         out.append(u)
     return out
 
@@ -166,17 +184,76 @@ def _range(prefix: str) -> Tuple[str, str]:
     return prefix, prefix[:-1] + "/"
 
 
+def _utf8(text: str, option: str) -> bytes:
+    """The bytes a user typed: the shell passes bytes that are not UTF-8 as lone surrogates (surrogateescape)."""
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        raise SearchError(f"{option} {text.encode('utf-8', 'backslashreplace').decode()}: not text")
+
+
+def presentation(text: str, option: str = "NAME") -> str:
+    """A name as typed in the form names are stored in (dns.label_text): bytes outside printable ASCII as \\DDD,
+    so 'café' finds caf\\195\\169, 'a b' finds a\\032b and bytes that are not UTF-8 find theirs. Escapes already
+    typed (\\DDD, \\., \\\\) stay as they are."""
+    if all("!" <= ch <= "~" for ch in text):
+        return text
+    return "".join(chr(b) if 0x21 <= b <= 0x7E else "\\%03d" % b for b in _utf8(text, option))
+
+
+def as_decoded(text: str, option: str) -> str:
+    """A process, pod or container name as typed, as dnswatch decoded it (bytes that are not UTF-8 become U+FFFD)."""
+    return _utf8(text, option).decode("utf-8", "replace")
+
+
+def answer_value(text: str) -> str:
+    """``--answer`` as answers are stored: an address in Python's (RFC 5952) form, whatever its spelling; a name in
+    presentation form."""
+    try:
+        return str(ipaddress.ip_address(text.strip()))
+    except ValueError:
+        return presentation(text, "--answer")
+
+
+_GLOB_ESCAPES = {"*": "[*]", "?": "[?]", "[": "[[]", "]": "]"}
+
+
+def _glob(pattern: str) -> Tuple[str, Optional[str]]:
+    """(GLOB pattern, None) for a pattern with wildcards, or (_, the literal name) when it has none: '\\*', '\\?',
+    '\\[' and '\\]' are those characters themselves (a stored name never escapes them, so they never clash)."""
+    out, literal, wild, i = [], [], False, 0
+    while i < len(pattern):
+        ch = pattern[i]
+        if ch == "\\" and i + 1 < len(pattern):
+            nxt = pattern[i + 1]
+            if nxt in _GLOB_ESCAPES:
+                out.append(_GLOB_ESCAPES[nxt])
+                literal.append(nxt)
+            else:
+                out.append(ch + nxt)
+                literal.append(ch + nxt)
+            i += 2
+            continue
+        wild = wild or ch in "*?["
+        out.append(ch)
+        literal.append(ch)
+        i += 1
+    return "".join(out), None if wild else "".join(literal)
+
+
 def name_condition(name: str, contains: bool = False) -> Tuple[str, List[object]]:
     """Names matching ``name``, as a condition on query_log ``l``; case-insensitive.
 
     Plain text: that domain and every name under it, one range of the names_rname index. A glob (* ? [) matches
     the whole name; the complete labels after its last wildcard bound an index range too ('*.example.com' reads
     only names under example.com). ``contains``: a substring anywhere, which reads every distinct name."""
-    pattern = name.lower().rstrip(".") or "."
+    pattern = presentation(name).lower().rstrip(".") or "."
     if contains:
         escaped = pattern.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
         return "l.qname IN (SELECT id FROM names WHERE name LIKE ? ESCAPE '\\')", [f"%{escaped}%"]
-    if any(ch in pattern for ch in "*?["):
+    glob, literal = _glob(pattern)
+    if literal is None:
+        pattern = glob
         last = max(pattern.rfind(ch) for ch in "*?[]")
         suffix = pattern[last + 1:]
         dot = suffix.find(".")
@@ -185,11 +262,18 @@ def name_condition(name: str, contains: bool = False) -> Tuple[str, List[object]
             low, high = _range(reverse_name(suffix[dot + 1:]) + ".")
             cond, params = "rname >= ? AND rname < ? AND " + cond, [low, high, pattern]
         return f"l.qname IN (SELECT id FROM names WHERE {cond})", params
+    pattern = literal
     if pattern == ".":
         return "l.qname IN (SELECT id FROM names WHERE rname = '')", []
     r = reverse_name(pattern)
     low, high = _range(r + ".")
-    return ("l.qname IN (SELECT id FROM names WHERE rname = ? OR (rname >= ? AND rname < ?))", [r, low, high])
+    # rname splits at every '.', escaped ones too: 'a\\.b.example.test' (one label 'a.b') is in the range of
+    # b.example.test. Such a name's text before '.b.example.test' ends in an odd run of backslashes: not under it.
+    head = "substr(name, 1, length(name) - ?)"
+    under = f"(length({head}) - length(rtrim({head}, '\\'))) % 2 = 0"
+    cut = len(pattern) + 1
+    return (f"l.qname IN (SELECT id FROM names WHERE rname = ? OR (rname >= ? AND rname < ? AND {under}))",
+            [r, low, high, cut, cut])
 
 
 def _in(column: str, values: Sequence[object], upper: bool = False) -> Tuple[str, List[object]]:
@@ -253,14 +337,16 @@ def plan_search(f: SearchFilters, now: Optional[float] = None) -> Plan:
     if f.pids:
         sender("pid", list(f.pids))
     if f.comms:
-        sender("comm", list(f.comms))
+        sender("comm", [as_decoded(v, "--comm") for v in f.comms])
     if f.pods:
-        sender("pod", f.pods, glob=len(f.pods) == 1 and any(ch in f.pods[0] for ch in "*?["))
+        pods = [as_decoded(v, "--pod") for v in f.pods]
+        sender("pod", pods, glob=len(pods) == 1 and any(ch in pods[0] for ch in "*?["))
     if f.pod_namespaces:
-        sender("pod_namespace", list(f.pod_namespaces))
+        sender("pod_namespace", [as_decoded(v, "--pod-namespace") for v in f.pod_namespaces])
     if f.containers:
         p.sender.append("(" + " OR ".join("container = ? OR container_id LIKE ?" for _ in f.containers) + ")")
-        p.sender_params.extend(v for c in f.containers for v in (c, c + "%"))
+        containers = [as_decoded(c, "--container") for c in f.containers]
+        p.sender_params.extend(v for c in containers for v in (c, c + "%"))
     if p.sender:
         sql = f"SELECT id FROM senders WHERE {' AND '.join(p.sender)}"
         if p.driver is None:
@@ -268,10 +354,11 @@ def plan_search(f: SearchFilters, now: Optional[float] = None) -> Plan:
         else:
             add((f"l.sender IN ({sql})", list(p.sender_params)))
     if f.answer:
-        add(("l.answers IN (SELECT set_id FROM answer_items WHERE data = ?)", [f.answer]))
+        answer = answer_value(f.answer)
+        add(("l.answers IN (SELECT set_id FROM answer_items WHERE data = ?)", [answer]))
         if p.driver is None:
             p.driver, p.driver_sql = "qname", "SELECT DISTINCT qname FROM answer_items WHERE data = ?"
-            p.driver_params = [f.answer]
+            p.driver_params = [answer]
     if f.status:
         add(_in("status", [f.status]))
     since = parse_time(f.since, now) if f.since else None
@@ -348,7 +435,7 @@ def build_passive(f: SearchFilters, oldest_raw: Optional[float], now: Optional[f
     since = parse_time(f.since, now) if f.since else None
     until = parse_time(f.until, now) if f.until else None
     cond = ["data = ?"]
-    params: List[object] = [f.answer]
+    params: List[object] = [answer_value(f.answer)]
     if oldest_raw is not None:
         cond.append("first_seen < ?")
         params.append(oldest_raw)

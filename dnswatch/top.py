@@ -515,15 +515,19 @@ def _rollup_hours(conn, since: Optional[float], until: Optional[float]) -> Optio
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'view')")}
     if ROLLUPS.name not in tables or LOG_TABLE not in tables or "meta" not in tables:
         return None  # an older log: raw rows only
+    # one min() or max() a statement: each is then one step down an index (both at once scan every row)
+    lo_raw, hi_raw = [conn.execute(f"SELECT {f}(ts) FROM queries").fetchone()[0] for f in ("min", "max")]
+    lo_roll, hi_roll = [conn.execute(f"SELECT {f} FROM {ROLLUPS.name}").fetchone()[0]
+                        for f in ("min(hour)", "max(hour) + 3600")]
+    oldest = [x for x in (lo_raw, lo_roll) if x is not None]
+    if not oldest:
+        return None
     if since is None:
-        lo_raw = conn.execute("SELECT min(ts) FROM queries").fetchone()[0]
-        lo_roll = conn.execute(f"SELECT min(hour) FROM {ROLLUPS.name}").fetchone()[0]
-        found = [x for x in (lo_raw, lo_roll) if x is not None]
-        if not found:
-            return None
-        since = float(min(found))
-    hi = time.time() if until is None else until
-    h0 = int(math.ceil(since / 3600.0)) * 3600
+        since = float(min(oldest))
+    # whole hours count only where there is data: a log of an old capture (an hour of rows, days ago, --since 30d
+    # or none) is read from its raw rows, percentiles included, not from the rollups of empty hours around it
+    hi = min(time.time() if until is None else until, float(max(x for x in (hi_raw, hi_roll) if x is not None)))
+    h0 = int(math.ceil(max(since, float(min(oldest))) / 3600.0)) * 3600
     h1 = int(hi // 3600) * 3600  # the hour starting at h1 is partial (rows up to until): raw rows
     from dnswatch.aggregate import raw_hours
     r0, r1 = raw_hours(conn, h0, h1)

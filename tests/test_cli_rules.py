@@ -6,6 +6,7 @@ import json
 import os
 import re
 import sqlite3
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -179,6 +180,25 @@ def test_replaying_again_warns_or_skips(tmp_path):
     assert con.execute("select count(*) from captures").fetchone()[0] == 3  # DIG twice, V6 once
 
 
+@pytest.mark.parametrize("status", ["running", "interrupted", "failed"])
+def test_a_file_replayed_only_in_part_is_not_skipped(tmp_path, status):
+    """A replay stopped, killed or failed (a full disk leaves 'running') holds part of its file: --skip-existing
+    replays it again and says so, rather than leave the rest out."""
+    path = tmp_path / "part.db"
+    assert run("replay", DIG, "--db", path, "--no-progress").exit_code == 0
+    con = sqlite3.connect(path)
+    with con:
+        con.execute("update captures set status = ?", (status,))
+    again = run("replay", DIG, "--db", path, "--no-progress", "--skip-existing")
+    assert again.exit_code == 0, again.output
+    assert "Skipped" not in again.stderr
+    assert "only in part (capture 1" in again.stderr and f"status {status}" in again.stderr
+    assert con.execute("select count(*) from captures where status = 'complete'").fetchone()[0] == 1
+    skip = run("replay", DIG, "--db", path, "--no-progress", "--skip-existing")  # now whole in capture 2
+    assert skip.exit_code == 0 and "Skipped" in skip.stderr and "capture 2" in skip.stderr, skip.output
+    con.close()
+
+
 def test_total_line_after_several_files(tmp_path):
     result = run("replay", DIG, V6, "--db", tmp_path / "t.db", "--no-progress")
     lines = result.stdout.splitlines()
@@ -197,3 +217,53 @@ def test_log_owned_by_another_user_says_how_to_read_it(db, monkeypatch):
         assert result.exit_code == 1, args
         assert "cannot open" in result.output and "belongs to" in result.output and "sudo" in result.output
         assert "chown" in result.output
+
+
+# -- watch's summary
+
+def test_watch_summary_does_not_call_refused_rows_stored(tmp_path):
+    """A full disk: the rows a batch lost are not said to be stored (the summary said '18,000 rows stored (8,085
+    could not be stored)' of a log holding 9,915)."""
+    from dnswatch.cli import stored_text
+    from dnswatch.store import Store
+
+    store = Store(str(tmp_path / "s.db"))
+    try:
+        assert stored_text(10, store) == "10 rows stored"
+        store.unstored, store.pruned = 4, 2
+        text = stored_text(10, store)
+        assert "10 rows stored" not in text and "4 rows and malformed messages not stored (disk full)" in text
+        assert text.endswith(", 2 old rows pruned")
+    finally:
+        store.close()
+    assert stored_text(10, None) == "nothing stored (--no-db)"
+
+
+@pytest.mark.parametrize("typed,command", [("sql", "query"), ("find", "search"), ("live", "watch")])
+def test_a_command_tried_under_another_name_says_which_it_is(typed, command):
+    result = CliRunner().invoke(cli, [typed, "select 1"])
+    assert result.exit_code == 2, result.output
+    assert f"that is `dnswatch {command}`" in result.output
+
+
+@pytest.mark.parametrize("kind", ["fifo", "folder", "device", "fifo-wal"])
+def test_a_log_that_is_not_a_file_is_one_error(tmp_path, kind):
+    """A FIFO as --db (or as its -wal) hung every reader for good; a folder said 'disk I/O error'; a device read
+    as an empty log."""
+    db = tmp_path / "log.db"
+    if kind == "fifo":
+        os.mkfifo(db)
+    elif kind == "folder":
+        db.mkdir()
+    elif kind == "device":
+        db = Path("/dev/zero")
+    else:
+        replay(db, DIG)
+        wal = Path(str(db) + "-wal")
+        if wal.exists():
+            wal.unlink()
+        os.mkfifo(wal)
+    for args in (["query", "select 1"], ["search"], ["top", "--log", "--once"], ["export", str(tmp_path / "x.db")]):
+        result = CliRunner().invoke(cli, [*args, "--db", str(db)])
+        assert result.exit_code == 1, (args, result.output)
+        assert "not a log file; pass the log's file as --db" in result.output, (args, result.output)

@@ -201,3 +201,17 @@ def test_window_times_and_open_ends(log):
         want = con.execute("select count(*), min(ts) from queries where ts >= ?", (since or 0,)).fetchone()
         assert (snap.total, snap.first_ts, snap.last_ts) == (want[0], want[1], hi)
         assert snap.rate == pytest.approx(snap.total / (hi - want[1]))
+
+
+@pytest.mark.parametrize("window", [[], ["--since", "3650d"]])
+def test_an_old_capture_is_read_from_its_raw_rows(runner, tmp_path, window):
+    """A capture of a few seconds replayed long after it was made: the whole hours between it and now (or a
+    --since far before it) are empty, so the raw rows answer, exact percentiles included (they showed '-')."""
+    from conftest import PCAPS, replay
+
+    db = tmp_path / "old.db"
+    replay(db, PCAPS / "udp_v4_dig.pcap")
+    result = runner.invoke(cli, ["top", "--db", str(db), "--log", "--json", *window])
+    assert result.exit_code == 0, result.output
+    snap = json.loads(result.stdout)
+    assert snap["rollup_hours"] is None and snap["latency_ms"]["p95"] is not None, snap
