@@ -1020,7 +1020,8 @@ def watch(interfaces, ports, netns_specs, all_netns, host_only, timeout, k8s_log
                                  "all_netns": live.all_netns, "write": write_path},
                         on_query=tally if silent else lambda row: show("Q", row),
                         on_response=(lambda row: show("R", row)) if responses and not silent else None,
-                        enrich=enricher, expect_responses=responses, sinks=sinks,
+                        enrich=capture.writer.enrich_row if write_path else enricher,  # -w: comments from the rows
+                        expect_responses=responses, sinks=sinks,
                         lookups=responses if with_lookups is None else with_lookups)
     if pipeline.lookups is not None:
         pipeline.lookups.server_pod_of = enricher.server_pod
@@ -1072,6 +1073,8 @@ def watch(interfaces, ports, netns_specs, all_netns, host_only, timeout, k8s_log
         stored += f" ({store.unstored:,} could not be stored: disk full)"
     if store is not None and store.pruned:
         stored += f", {store.pruned:,} old rows pruned"
+    if store is not None and store.settled is False:  # retention at close stopped at its time limit
+        stored += " (pruning stopped at its time limit: the log is above its bound until the next prune)"
     if write_path:
         stored += f", {capture.writer.packets:,} packets written to {safe_text(write_path)}"
     click.echo(
