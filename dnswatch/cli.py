@@ -234,6 +234,8 @@ def stored_text(rows: int, store: Optional[Store]) -> str:
         text = f"{rows:,} rows, {store.unstored:,} rows and malformed messages not stored (disk full)"
     if store.pruned:
         text += f", {store.pruned:,} old rows pruned"
+    if store.settled is False:  # retention at close stopped at its time limit
+        text += " (pruning stopped at its time limit: the log is above its bound until the next prune)"
     return text
 
 
@@ -1101,7 +1103,8 @@ def watch(interfaces, ports, netns_specs, all_netns, host_only, timeout, k8s_log
                                  "all_netns": live.all_netns, "write": write_path},
                         on_query=tally if silent else lambda row: show("Q", row),
                         on_response=(lambda row: show("R", row)) if responses and not silent else None,
-                        enrich=enricher, expect_responses=responses, sinks=sinks,
+                        enrich=capture.writer.enrich_row if write_path else enricher,  # -w: comments from the rows
+                        expect_responses=responses, sinks=sinks,
                         lookups=responses if with_lookups is None else with_lookups)
     if pipeline.lookups is not None:
         pipeline.lookups.server_pod_of = enricher.server_pod

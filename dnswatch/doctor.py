@@ -134,6 +134,19 @@ def check_filter() -> Check:
         f.close()
 
 
+def check_rings() -> Check:
+    """The kernel ring buffers watch reads, sized as the loader sizes them (sources/live.py)."""
+    from dnswatch.sources.live import MAX_RINGS, default_page_cnt, ring_count, ring_pages
+
+    rings, pages = ring_count(), ring_pages(default_page_cnt())
+    each = pages * 4096
+    detail = (f"{rings} per-CPU ring{'s' if rings != 1 else ''} of {pages:,} pages ({each / (1 << 20):g} MiB each, "
+              f"{rings * each / (1 << 20):g} MiB in all)")
+    if (os.cpu_count() or 1) > rings:
+        detail += f"; CPUs past the first {MAX_RINGS} share one by modulo"
+    return Check("ring buffers", True, detail)
+
+
 def check_tracefs() -> Check:
     for p in ("/sys/kernel/tracing", "/sys/kernel/debug/tracing"):
         if os.path.exists(os.path.join(p, "trace")) or os.path.exists(os.path.join(p, "available_events")):
@@ -178,6 +191,7 @@ CHECKS: List[Callable[[], Check]] = [
     check_headers,
     check_btf,
     check_filter,
+    check_rings,
     check_tracefs,
     check_cgroup2,
     check_compiled,

@@ -186,6 +186,7 @@ class LogWriter:
         self.collected: Counter = Counter()  # what prune deleted besides rows, by table
         self.write_seconds = 0.0  # spent in write(), in all
         self._written_at_prune = 0.0  # write_seconds at the last prune
+        self.prune_complete = False  # the last prune found nothing more to delete (it did not stop at its time)
         self._reset_sums()
         rk = ROLLUPS.key
         self._upsert_rollup = (
@@ -613,7 +614,10 @@ class LogWriter:
         catch_up, self._written_at_prune = self.write_seconds - self._written_at_prune, self.write_seconds
         if max_bytes is not None and _used_bytes(conn) > max_bytes:
             seconds = max(seconds, min(catch_up, 1.0))
+            if self._pending:  # rows waiting for their sums cannot go: under a flood of new names, AGG_SECONDS
+                self.flush()  # of them (and their names) would pin ~10 s of the flood above the bound
         deadline = time.monotonic() + seconds
+        self.prune_complete = False
         deleted, newest = 0, None
         hour_limit = None if rollups_before is None else int(rollups_before // 3600) * 3600
         while True:
@@ -629,6 +633,7 @@ class LogWriter:
                 if step is None and over:
                     step = self._size_step(done, max_bytes, history)
                 if step is None:
+                    self.prune_complete = True
                     break
                 n, last = step
                 if n and capture_id is not None:
@@ -643,6 +648,19 @@ class LogWriter:
         if max_bytes is not None and _file_bytes(conn) > max_bytes:
             conn.executescript("PRAGMA incremental_vacuum(2000);")  # sqlite3_exec: every step (no-op unless INCREMENTAL)
         return deleted, newest
+
+    def give_back(self, max_bytes: int, seconds: float) -> bool:
+        """Give the free pages of a file above ``max_bytes`` back to the file system (auto_vacuum INCREMENTAL logs),
+        2,000 at a time for at most ``seconds``. Returns False when pages were left (the time limit)."""
+        conn = self.conn
+        deadline = time.monotonic() + seconds
+        if conn.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:
+            return True  # a log of an older round: its free pages are reused, never given back
+        while _file_bytes(conn) > max_bytes and conn.execute("PRAGMA freelist_count").fetchone()[0]:
+            if time.monotonic() >= deadline:
+                return False
+            conn.executescript("PRAGMA incremental_vacuum(2000);")
+        return True
 
     def _raw_step(self, done: int, before: Optional[float] = None) -> Optional[Tuple[int, Optional[float]]]:
         """Delete up to PRUNE_CHUNK of the oldest rows (older than ``before`` if given) and what only they held.

@@ -38,7 +38,11 @@ def _block(block_type: int, body: bytes) -> bytes:
 
 class PcapngWriter:
     """Writes frames (with ``PacketMeta``) to a pcapng file; ``enrich`` (an ``enrich.Enricher``) names the
-    container and pod of each sender, as the stored rows get them."""
+    container and pod of each sender, as the stored rows get them.
+
+    Live, ``enrich_row`` is the pipeline's enrich step: a query's comment is then what its row got, not a second
+    lookup that may find less (a pod namespace learnt between two lookups reached the row and not the comment).
+    Frames no row was enriched from (responses, copies) are looked up when written."""
 
     def __init__(self, path: str, enrich=None):
         self.path = path
@@ -46,6 +50,9 @@ class PcapngWriter:
         self.file: IO[bytes] = open(path, "wb")
         self.interfaces: Dict[Tuple[int, Optional[str], Optional[int]], int] = {}
         self.packets = 0
+        # id(meta) -> (meta, attribution values): what the rows of a frame got, until the frame is written (the
+        # meta is held, so its id is not reused meanwhile)
+        self._rows: Dict[int, Tuple[Any, tuple]] = {}
         opts = _option(SHB_USERAPPL, f"dnswatch {__version__}".encode()) + _option(0, b"")
         self.file.write(_block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1) + opts))
 
@@ -64,13 +71,24 @@ class PcapngWriter:
             self.file.write(_block(1, struct.pack("<HHI", frame.linktype, 0, 0) + opts))
         return if_id
 
+    def enrich_row(self, row: Row, seg: Segment) -> None:
+        """Enrich ``row`` (the pipeline's step) and remember what it got for the comment of its frame."""
+        self.enrich(row, seg)
+        meta = seg.meta
+        if meta is not None:
+            self._rows[id(meta)] = (meta, tuple(row[i] for _name, i in ATTRIBUTION))
+
     def comment(self, frame: Frame) -> Optional[str]:
         meta = frame.meta
         if meta is None or meta.pid is None and meta.netns is None:
             return None
         d: Dict[str, Any] = {"pid": meta.pid, "tid": meta.tid, "thread": meta.comm, "uid": meta.uid,
                              "cgroup_id": meta.cgroup_id, "netns": meta.netns, "pkt_type": meta.pkt_type}
-        if self.enrich is not None:
+        got = self._rows.pop(id(meta), None)
+        if got is not None and got[0] is meta:
+            for (name, _i), value in zip(ATTRIBUTION, got[1]):
+                d[name] = value
+        elif self.enrich is not None:
             row: Row = [None] * len(QUERY_COLUMNS)
             row[I_PID], row[I_TID], row[I_COMM], row[I_UID] = meta.pid, meta.tid, meta.comm, meta.uid
             row[I_CGROUP], row[I_NETNS] = meta.cgroup_id, meta.netns
@@ -98,6 +116,7 @@ class PcapngWriter:
     def write_all(self, frames: List[Frame]) -> None:
         for frame in frames:
             self.write(frame)
+        self._rows.clear()  # of frames written earlier (a TCP message ends in a later frame): their comment is out
         self.file.flush()
 
     def close(self) -> None:
@@ -128,23 +147,39 @@ def restore_attribution(row: Row, seg: Optional[Segment]) -> None:
 
 
 class TeeCapture:
-    """A live capture whose frames are also written to a ``PcapngWriter`` (everything else passes through)."""
+    """A live capture whose frames are also written to a ``PcapngWriter`` (everything else passes through).
+
+    A poll's frames are written at the next poll (or at stop/close), once the pipeline has built their rows:
+    their comments come from those rows (``PcapngWriter.enrich_row``)."""
 
     def __init__(self, capture, writer: PcapngWriter):
         self._capture = capture
         self.writer = writer
+        self._unwritten: List[Frame] = []
+
+    def _write(self, frames: List[Frame]) -> None:
+        if self._unwritten:
+            self.writer.write_all(self._unwritten)
+        self._unwritten = frames
 
     def poll(self, timeout_ms: int) -> List[Frame]:
         frames = self._capture.poll(timeout_ms)
-        if frames:
-            self.writer.write_all(frames)
+        self._write(frames)
+        return frames
+
+    def stop(self) -> List[Frame]:
+        """The capture's last frames (``LiveCapture.stop``): written too, with the rest at close."""
+        frames = self._capture.stop()
+        self._write(frames)
         return frames
 
     def close(self) -> None:
         try:
             self._capture.close()
         finally:
-            self.writer.close()
+            if not self.writer.file.closed:
+                self._write([])
+                self.writer.close()
 
     def __getattr__(self, name: str):
         return getattr(self._capture, name)

@@ -241,7 +241,9 @@ LOOKUPS = Table(
     "or more, or with a hop, are stored (in lookup_groups) when they end; a lookup of one query with no hop is "
     "read from its queries row (asked_name = answered name = qname, wasted 0), so it costs nothing to store. "
     "While a lookup is still open (live, up to 1 s plus the timeout after its last query) each of its queries "
-    "shows as a lookup of its own.\n"
+    "shows as a lookup of its own. A response whose query was not seen (a response_only row) makes no lookup of "
+    "its own: nobody is known to have waited for it and nothing was timed, so a lookup has queries >= 1 (such a "
+    "row's lookup_id then names no lookups row; one that joined a lookup of real queries adds 0 to its queries).\n"
     "Grouping rule: queries from one client (live: network namespace and process id; without a process, or in "
     "replay: the client address) join an open lookup when (a) they ask a name it already tried, for a query type "
     "not tried yet for that name (the A/AAAA pair; without a process, from the same client port, as glibc and musl "
@@ -469,7 +471,7 @@ TABLES = (QUERIES, CAPTURES, MALFORMED, LOOKUPS, PASSIVE_DNS, ROLLUPS, KEY_HOURS
 LOG_TABLE = "query_log"
 # PRAGMA user_version of a log in this layout. Columns added to a table's definition need no new version: opening
 # a log adds what is missing. Bump it only for changes that need code in store.migrate.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3  # 3: the lookups view leaves out lookups of no query
 
 # Column order of the rows the pipeline builds (everything but the row id), and their positions.
 QUERY_COLUMNS: List[str] = [c.name for c in QUERIES.columns if c.name != "id"]
@@ -540,9 +542,10 @@ def view_sql() -> List[str]:
     return [
         f"CREATE VIEW IF NOT EXISTS queries AS SELECT\n    {cols}\nFROM {LOG_TABLE} l",
         f"CREATE VIEW IF NOT EXISTS rollups AS SELECT\n    {rollup_cols}\nFROM {ROLLUPS.name} r",
-        f"CREATE VIEW IF NOT EXISTS lookups AS SELECT {stored} FROM {LOOKUP_TABLE} g\nUNION ALL SELECT\n    {plain}\n"
-        f"FROM queries q WHERE q.lookup_id IS NOT NULL AND NOT EXISTS "
-        f"(SELECT 1 FROM {LOOKUP_TABLE} s WHERE s.lookup_id = q.lookup_id)",
+        # (a response whose query was not seen makes no lookup: queries > 0, attempts > 0)
+        f"CREATE VIEW IF NOT EXISTS lookups AS SELECT {stored} FROM {LOOKUP_TABLE} g WHERE g.queries > 0\n"
+        f"UNION ALL SELECT\n    {plain}\nFROM queries q WHERE q.lookup_id IS NOT NULL AND q.attempts > 0 AND NOT "
+        f"EXISTS (SELECT 1 FROM {LOOKUP_TABLE} s WHERE s.lookup_id = q.lookup_id)",
     ]
 
 

@@ -58,6 +58,7 @@ CHECKPOINT_EVERY = 4  # batches between checkpoints (~5 MiB of WAL; SQLite's def
 CACHE_KIB = 8 * 1024  # SQLite page cache of a writer: the hot end of the log and its indexes (issue 8: 150 MB in all)
 PRUNE_EVERY = 1.0  # seconds between retention steps of a live capture
 PRUNE_SECONDS = 0.05  # longest retention step: the capture loop goes on after it
+SETTLE_SECONDS = 1.0  # longest retention at close: the log within its bounds when watch ends, without a slow exit
 MAX_WAL_FRAMES = 4096  # pages (16 MiB at 4 KiB); past this the writer lets the checkpointer catch up
 WAL_LIMIT = 16 << 20  # journal_size_limit: when the WAL starts over, its file is cut back to this
 TRUNCATE_EVERY = 1.0  # seconds between attempts to empty a WAL left longer than WAL_LIMIT (by a reader)
@@ -211,6 +212,7 @@ class Store:
         self.unstored = 0  # rows and malformed messages lost to a full disk
         self.disk_full = False
         self.pruned = 0
+        self.settled: Optional[bool] = None  # retention at close: True within the bounds, False stopped at its time
         self._capture_id: Optional[int] = None
         self._next_prune = 0.0
         self._width = len(QUERY_COLUMNS) if live_columns else LIVE_ONLY_FROM
@@ -345,6 +347,29 @@ class Store:
         self.pruned += deleted
         return deleted
 
+    def settle(self, seconds: float = SETTLE_SECONDS) -> bool:
+        """At close, with retention: prune (the sums written first, so every row may go) until nothing more is due,
+        then give the file's free pages back above --max-size, for at most ``seconds`` in all. Returns False when
+        it stopped at that limit (the next prune goes on)."""
+        deadline = time.monotonic() + seconds
+        self.flush()
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or self.disk_full:
+                return False
+            self.prune(seconds=left)
+            if self._log.prune_complete:
+                break
+        r = self.retention
+        if r.max_bytes is None:
+            return True
+        try:
+            return self._log.give_back(r.max_bytes, max(0.0, deadline - time.monotonic()))
+        except sqlite3.Error as exc:
+            if _is_full(exc):
+                return False
+            raise _friendly(self.path, exc)
+
     def flush(self, wait: bool = True) -> None:
         """Commit every row added so far and its sums (in bulk mode: and wait until the writer process has, unless
         not ``wait``: then they are on their way, ahead of anything sent later)."""
@@ -388,6 +413,8 @@ class Store:
     def close(self) -> None:
         try:
             self.flush()
+            if self.retention is not None and self._writer is None and not self.disk_full:
+                self.settled = self.settle(SETTLE_SECONDS)
         finally:
             if self._writer is not None:
                 self._writer.close()

@@ -316,8 +316,9 @@ class TopStats:
 
     def add_lookup(self, lookup: Sequence[Any]) -> None:
         """A lookups row (LOOKUP_COLUMNS order): live, the stage's as each lookup ends; over a log, the table's.
-        A server's own lookup forwarding a client's question (a hop) is left out, as in ``search --lookups``."""
-        if lookup[_L["forwarded_for"]] is not None:
+        A server's own lookup forwarding a client's question (a hop) is left out, as in ``search --lookups``, and so
+        is a response whose query was not seen (no query: no lookup, as the lookups view and the metrics have it)."""
+        if lookup[_L["forwarded_for"]] is not None or not lookup[_L["queries"]]:
             return
         pod, comm = lookup[_L["pod"]], lookup[_L["comm"]]
         key = f"{lookup[_L['pod_namespace']] or '-'}/{pod}" if pod else str(comm) if comm else str(lookup[_L["src"]])

@@ -916,6 +916,7 @@ def test_live_errors_are_one_line(monkeypatch):
 
 def test_doctor():
     from dnswatch.doctor import Check, ready, run_checks
+    from dnswatch.sources import live
 
     checks = run_checks()
     assert all(isinstance(c, Check) for c in checks)
@@ -924,6 +925,15 @@ def test_doctor():
     assert "perf_event_paranoid" not in by  # the events come through a BPF ring buffer, no perf event
     assert by["privileges"].ok and by["bcc"].ok and by["eBPF filter"].ok
     assert ready(checks)
+    # the rings watch reads, as the loader makes them (per-CPU, 8 MiB each on a small host)
+    f = live.load_filter((53,), False)
+    try:
+        rings, mib = len(f.ring_fds), f.ring_pages * 4096 / (1 << 20)
+    finally:
+        f.close()
+    assert by["ring buffers"].ok
+    assert by["ring buffers"].detail.startswith(f"{rings} per-CPU ring{'s' if rings > 1 else ''} of "
+                                                f"{f.ring_pages:,} pages ({mib:g} MiB each, {rings * mib:g} MiB in all)")
 
 
 def test_tcp_question_bound_is_counted(kf):

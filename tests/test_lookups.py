@@ -335,3 +335,32 @@ def test_a_log_whose_lookups_is_a_table_migrates(tmp_path):
     first = conn.execute("select * from lookups where capture_id = 1 order by lookup_id").fetchall()
     assert first == before
     assert conn.execute("select count(*) from lookups where capture_id = 2").fetchone()[0] > 0
+
+
+def test_a_response_without_its_query_makes_no_lookup(tmp_path):
+    """dns_orphans.pcap has 3 responses whose query was not seen: they were lookups of 0 queries, 'answered' in
+    0.0 ms (what lowered top's average and counted in its lookups, not in the metrics'). No query, no lookup: the
+    view leaves them out, and a log written before gets the new view when a writer opens it."""
+    from dnswatch.store import Store
+    from conftest import PCAPS
+
+    db = tmp_path / "orphans.db"
+    replay(db, PCAPS / "dns_orphans.pcap")
+    con = sqlite3.connect(db)
+    orphans = con.execute("select count(*) from queries where status = 'response_only'").fetchone()[0]
+    assert orphans == 3
+    got = dict(con.execute("select lookup_id, queries from lookups"))
+    assert got and min(got.values()) >= 1
+    assert set(got) == {i for (i,) in con.execute("select lookup_id from queries where status != 'response_only'")}
+    assert sum(r["lookups"] for r in top_lookups(con, by="client")) == len(got)
+    # a log of schema 2 (its view showed them): the next writer recreates the views
+    con.execute("drop view lookups")
+    con.execute("create view lookups as select * from lookup_groups union all select lookup_id, capture_id, ts, "
+                + ", ".join(["NULL"] * (len(LOOKUP_COLUMNS) - 3)) + " from queries where lookup_id is not null")
+    con.execute("pragma user_version = 2")
+    con.commit()
+    assert con.execute("select count(*) from lookups").fetchone()[0] == len(got) + orphans
+    con.close()
+    Store(str(db)).close()
+    con = sqlite3.connect(db)
+    assert con.execute("select count(*) from lookups").fetchone()[0] == len(got)

@@ -174,7 +174,7 @@ def test_same_source_port_in_two_pods(node, tmp_path):
         pid_b, _ = node.run_in(b, sys.executable, "-c", sender)
         time.sleep(0.5)
     finally:
-        assert watch.stop() == 0
+        assert watch.stop() == 0, "".join(watch.stderr)
     got = rows(db, "dns_id = 4242")
     assert len(got) == 2
     by_pod = {r["pod"]: r for r in got}
@@ -201,7 +201,7 @@ def test_deleted_pod_leaves_nothing_stale(node, tmp_path):
             time.sleep(0.5)
         time.sleep(0.3)
     finally:
-        assert watch.stop() == 0
+        assert watch.stop() == 0, "".join(watch.stderr)
     (r,) = rows(db, "qname = 'www.example.test'")
     assert_pod(r, old, old_pid, "dig")
     got = rows(db, "qname = 'api.example.test' and pid = ?", (new_pid,))

@@ -61,6 +61,11 @@ def check_rows(conn, pool=0):
     return n
 
 
+def on_disk(db):
+    """The log's bytes on disk: the file and its WAL."""
+    return sum(os.path.getsize(p) for p in (db, db + "-wal") if os.path.exists(p))
+
+
 def counts(conn):
     return {t: conn.execute(f"select count(*) from {t}").fetchone()[0] for t in ("query_log",) + DICTIONARIES}
 
@@ -99,6 +104,62 @@ def test_unique_name_flood_stays_within_the_size_bound(tmp_path):
     assert [r[cols.index("qname")] for r in rows] == [name]
     cols, rows = run_search(conn, SearchFilters(answer="198.51.159.249", limit=10))  # k = 39999
     assert name in {r[cols.index("qname")] for r in rows}
+
+
+def test_rows_waiting_for_their_sums_do_not_hold_the_log_above_its_bound(tmp_path):
+    """watch writes a batch of rows every fraction of a second and their sums every 10 s: under a flood of unique
+    names the rows (and names) of those 10 s could not go, and a bound of a few MB ended several times over (1MB:
+    13 MB). Above the bound a retention step writes the sums first: every row but the newest batch may go."""
+    db = str(tmp_path / "pending.db")
+    store = Store(db, retention=Retention(max_bytes=BOUND, retain_rollups=400 * 86400))
+    store.start_capture("live", "test", {})
+    t0 = time.time() - 3600
+    for k in range(30_000):
+        store.add(flood_row(t0 + k * 0.05, k))
+        if k % 1800 == 1799:  # a second of the flood between two retention steps, its sums not written yet
+            store._write_batch()
+            store.prune(seconds=5)
+            assert used_bytes(store.conn) <= BOUND
+    store.close()
+    conn = sqlite3.connect(db)
+    assert dangling(conn) == [] and check_rows(conn) > 3000
+
+
+def test_close_leaves_the_log_within_its_bound(tmp_path, monkeypatch):
+    """Nothing pruned at the end of watch: the file stayed above --max-size (and rows older than --retain stayed)
+    once watch ended. close() prunes until within the bounds and gives the free pages back, for at most
+    SETTLE_SECONDS (store.settled says whether it got there)."""
+    from dnswatch import store as store_module
+
+    def filled(name, retention):
+        db = str(tmp_path / name)
+        store = Store(db, retention=retention)
+        store.start_capture("live", "test", {})
+        t0 = time.time() - 3600
+        for k in range(12_000):  # ~8 MB once summed, no retention step on the way
+            store.add(flood_row(t0 + k * 0.25, k))
+        store._write_batch()
+        return db, store
+
+    db, store = filled("exit.db", Retention(max_bytes=BOUND, retain_rollups=400 * 86400))
+    assert used_bytes(store.conn) > 1.3 * BOUND
+    store.close()
+    assert on_disk(db) <= BOUND
+    assert store.settled is True and store.pruned > 0
+    conn = sqlite3.connect(db)
+    assert dangling(conn) == [] and check_rows(conn) > 3000
+    assert conn.execute("select pruned_rows from captures").fetchone()[0] == store.pruned
+    # --retain: no row older than it once closed
+    db, store = filled("retain.db", Retention(retain=1800, retain_rollups=400 * 86400))
+    store.close()
+    assert store.settled is True
+    oldest, n = sqlite3.connect(db).execute("select min(ts), count(*) from query_log").fetchone()
+    assert n and oldest >= time.time() - 1800 - 60
+    # the time limit: stopped early, and said so
+    monkeypatch.setattr(store_module, "SETTLE_SECONDS", 0.0)
+    db, store = filled("late.db", Retention(max_bytes=BOUND, retain_rollups=400 * 86400))
+    store.close()
+    assert store.settled is False and on_disk(db) > BOUND
 
 
 POOL = 5000  # names that come back once their rows and entries were deleted, while the writer still caches them

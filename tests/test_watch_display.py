@@ -119,3 +119,68 @@ def test_pcapng_comments_restore_the_sender(tmp_path, runner):
         shown = subprocess.run([tshark, "-r", str(out), "-T", "fields", "-e", "frame.comment"],
                                capture_output=True, text=True).stdout.splitlines()
         assert shown and parse_comment(shown[0].encode())["pod"] == "web-7d9c5"
+
+
+class _NodeCapture:
+    """watch's live capture, faked: two polls of a pod's queries seen on the node side of its veth (a namespace,
+    no process), then what the kernel still had at stop."""
+
+    def __init__(self):
+        from test_stop import _query_frame
+
+        meta = lambda i: PacketMeta(i, 7, 0, 4026532000, "veth7")  # noqa: E731 - a new meta per frame
+        frames = [_query_frame(i, 1.7e9 + i * 0.01) for i in range(9)]
+        self.frames = [Frame(f.ts, f.linktype, f.data, "veth7", meta(i)) for i, f in enumerate(frames)]
+        self.polls = 0
+
+    def poll(self, _timeout_ms):
+        self.polls += 1
+        if self.polls > 2:
+            return []  # the rest is the kernel's at stop
+        batch, self.frames = self.frames[:3], self.frames[3:]
+        return batch
+
+    def stop(self):
+        backlog, self.frames = self.frames, []
+        return backlog
+
+    def detach(self):
+        pass
+
+    def stats(self):
+        return {}
+
+    def close(self):
+        pass
+
+
+def test_pcapng_comment_says_what_the_row_got(tmp_path):
+    """The comment of a query is what its stored row got, even when a second lookup would find something else (a
+    pod namespace learnt a moment later: the comment once lacked the pod its row had, test_pods' veth test), and
+    the frames the capture still had at stop are written too."""
+    from dnswatch.correlate import I_NETNS
+    from dnswatch.pcapng import TeeCapture
+    from dnswatch.pipeline import Pipeline
+    from dnswatch.store import Store
+    from dnswatch.watch import run_watch
+
+    calls = []
+
+    def learns_late(row, _seg):  # the pod of the namespace is found from the second lookup on
+        calls.append(row[I_NETNS])
+        if len(calls) % 2 == 0:
+            row[I_POD], row[I_POD_NS], row[I_POD_UID] = "fresh-6c4d", "shop", "uid-2"
+
+    out, db = tmp_path / "kept.pcapng", tmp_path / "w.db"
+    writer = PcapngWriter(str(out), learns_late)
+    capture = TeeCapture(_NodeCapture(), writer)
+    with Store(str(db)) as store:
+        pipeline = Pipeline(store, "live", "fake", expect_responses=False, enrich=writer.enrich_row)
+        run_watch(capture, pipeline, duration=0.5)
+    with PcapReader(str(out)) as reader:
+        comments = [(f.meta.attribution or {}).get("pod") for f in reader.frames()]
+    con = sqlite3.connect(db)
+    stored = [p for (p,) in con.execute("select pod from queries order by ts")]
+    assert len(comments) == len(stored) == 9 == writer.packets
+    assert comments == stored and "fresh-6c4d" in stored and None in stored
+    assert len(calls) == 9  # one lookup a query
