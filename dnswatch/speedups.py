@@ -19,7 +19,7 @@ import os
 import sys
 from typing import Dict, List, Optional, Tuple
 
-# the modules that pay for compiling: replay's decode process (and watch's). Not built, as they were no faster
+# the modules that pay for compiling: replay's decode process (and watch's), and live capture's ring reading. Not built, as they were no faster
 # compiled: the writer's (layout, store: sqlite3, marshal and map() take its time; bench/writer --pure), dns (its
 # decoding is dnslib's; replay finds most messages in its cache), sources.pcap (bytes operations).
 MODULES = (
@@ -27,6 +27,7 @@ MODULES = (
     "dnswatch.correlate",
     "dnswatch.lookups",
     "dnswatch.pipeline",
+    "dnswatch.sources.ring",
 )
 PURE_ENV = "DNSWATCH_PURE_PYTHON"
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))

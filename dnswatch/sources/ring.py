@@ -1,0 +1,209 @@
+"""The filter's ring buffers (bpf/dns_filter.c's ``rings``, one per CPU), read from our own mmap of each: their records
+as frames for live capture (:class:`Framing`), or as (event_meta fields, packet bytes) for the kernel's tests.
+
+Compiled with ring.pxd when the build is current (scripts/build-speedups): a record becomes its Frame in one C loop,
+without the intermediate record tuple. The same code runs as plain Python otherwise.
+"""
+from __future__ import annotations
+
+import mmap
+import select
+import struct
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+from dnswatch.model import Frame, PacketMeta
+from dnswatch.sources.bpf_testrun import TASK_ALL, TASK_CGROUP, TASK_COMM, TASK_PID, TASK_UID
+
+# struct event_meta in dns_filter.c
+EVENT_META = struct.Struct("<QQQQIIIIII16sHHHHBB6x")
+META_TASK_VALID = 1
+META_MAC_BASE = 2
+META_SIZE = EVENT_META.size
+# the fields live capture uses: ktime, pid_tgid, uid_gid, cgroup_id, ifindex, pkt_type, netns, flags, comm
+LIVE_META = struct.Struct("<QQQQII8xII16s16x")
+assert LIVE_META.size == META_SIZE
+
+_U64 = struct.Struct("<Q")
+_U32 = struct.Struct("<I")
+_RB_BUSY = 1 << 31  # struct bpf_ringbuf_hdr.len: reserved, not committed yet
+_RB_DISCARD = 1 << 30
+_RB_HDR = 8
+
+
+class Framing:
+    """Turns live capture's ring records into Frames: what LiveCapture knows of namespaces, interfaces and task names
+    (``where``, ``comms``; a miss asks ``lookup_where`` / ``comm``), its clock offset and task fields, and the senders
+    ``on_task`` / ``on_process`` hear of. ``last_kt`` / ``ordered``: whether kernel times never went back."""
+
+    def __init__(self, lookup_where: Callable[[int, int], Tuple[int, Optional[str], int]],
+                 comm: Callable[[bytes], str]):
+        self.where: Dict[int, Tuple[int, Optional[str], int]] = {}  # netns << 32 | ifindex -> (inode, name, linktype)
+        self.comms: Dict[bytes, str] = {}
+        self.lookup_where = lookup_where
+        self.comm = comm
+        self.ts_offset = 0.0
+        self.task_meta = 0
+        self.on_task: Optional[Callable[[int], object]] = None
+        self.on_process: Optional[Callable[[int], object]] = None
+        self.told: set = set()  # senders (pid << 32 | tid) heard of in this read: once is enough
+        self.last_kt = 0
+        self.ordered = True
+
+    def start(self, last_kt: int, on_task, on_process) -> None:
+        """A new read, after frames up to kernel time ``last_kt``."""
+        self.last_kt = last_kt
+        self.ordered = True
+        self.told = set()
+        if not self.task_meta & TASK_PID:
+            on_task = on_process = None
+        self.on_task, self.on_process = on_task, on_process
+
+    def frame(self, fields: tuple, data: bytes) -> Frame:
+        """The Frame of one record (``fields``: LIVE_META's)."""
+        kt, pid_tgid, uid_gid, cgroup_id, ifindex, pkt_type, tag, flags, comm = fields
+        if kt < self.last_kt:
+            self.ordered = False
+        self.last_kt = kt
+        ns, ifname, linktype = self.where.get(tag << 32 | ifindex) or self.lookup_where(tag, ifindex)
+        if flags & META_TASK_VALID:
+            pid = pid_tgid >> 32
+            tm = self.task_meta
+            if pid_tgid not in self.told:
+                self.told.add(pid_tgid)
+                if self.on_task is not None and pid != pid_tgid & 0xFFFFFFFF:
+                    self.on_task(pid)  # sent by a thread: the process's name is read from /proc, now
+                if self.on_process is not None:
+                    self.on_process(pid)
+            if tm == TASK_ALL:  # (the usual case: every task field, without a test per field)
+                meta = tuple.__new__(PacketMeta, (kt, ifindex, pkt_type, ns, ifname, pid, pid_tgid & 0xFFFFFFFF,
+                                                  self.comms.get(comm) or self.comm(comm), uid_gid & 0xFFFFFFFF,
+                                                  cgroup_id, None))
+            else:
+                meta = tuple.__new__(PacketMeta, (
+                    kt, ifindex, pkt_type, ns, ifname,
+                    pid if tm & TASK_PID else None,
+                    pid_tgid & 0xFFFFFFFF if tm & TASK_PID else None,
+                    (self.comms.get(comm) or self.comm(comm)) if tm & TASK_COMM else None,
+                    uid_gid & 0xFFFFFFFF if tm & TASK_UID else None,
+                    cgroup_id if tm & TASK_CGROUP else None,
+                    None))
+        else:
+            meta = tuple.__new__(PacketMeta, (kt, ifindex, pkt_type, ns, ifname, None, None, None, None, None, None))
+        return tuple.__new__(Frame, (kt * 1e-9 + self.ts_offset, linktype, data, ifname, meta))
+
+
+class EventRing:
+    """Our own mmap of a BPF ring buffer (what libbpf's ring_buffer does, without a C callback per record):
+    the consumer page read-write, then the producer page and the data pages, mapped twice in a row so that a
+    record wrapping around the end reads as one piece. Records are parsed with struct straight from the map.
+
+    x86 orders loads with loads and stores with stores, which is the acquire/release pairing libbpf needs
+    barriers for; the position and header reads here are single aligned loads, each record's header before
+    its contents."""
+
+    def __init__(self, map_fd: int, size: int):
+        psz = mmap.PAGESIZE
+        self.size = size
+        self._mask = size - 1
+        self._base = psz
+        self._cons = mmap.mmap(map_fd, psz, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=0)
+        try:
+            self._data = mmap.mmap(map_fd, psz + 2 * size, mmap.MAP_SHARED, mmap.PROT_READ, offset=psz)
+        except BaseException:
+            self._cons.close()
+            raise
+
+    def pending(self) -> bool:
+        return _U64.unpack_from(self._data, 0)[0] != _U64.unpack_from(self._cons, 0)[0]
+
+    def written(self) -> int:
+        """Bytes the kernel has written to this ring so far, headers and padding included (its producer position)."""
+        return _U64.unpack_from(self._data, 0)[0]
+
+    def read(self, out: list, unpack: Callable = EVENT_META.unpack_from, framing: Optional[Framing] = None) -> None:
+        """Append each committed record, up to the first one still being written, to ``out``: its Frame
+        (``framing``; ``unpack`` is then LIVE_META's), or (``unpack``'s event_meta fields, packet bytes). Their space
+        goes back to the kernel once they are copied. Bounded by the ring's size."""
+        data = self._data
+        cons = _U64.unpack_from(self._cons, 0)[0]
+        prod = _U64.unpack_from(data, 0)[0]
+        append = out.append
+        unpack_u32 = _U32.unpack_from
+        base, mask, meta_size = self._base, self._mask, META_SIZE
+        pos = cons
+        while pos < prod:
+            off = base + (pos & mask)
+            length = unpack_u32(data, off)[0]
+            if length & _RB_BUSY:
+                break
+            if not length & _RB_DISCARD:  # (a sample is meta + cap_len bytes: its length says where they end)
+                fields = unpack(data, off + _RB_HDR)
+                packet = data[off + _RB_HDR + meta_size:off + _RB_HDR + length]
+                append((fields, packet) if framing is None else framing.frame(fields, packet))
+            pos += ((length & 0x3FFFFFFF) + _RB_HDR + 7) & ~7
+        if pos != cons:
+            _U64.pack_into(self._cons, 0, pos)
+
+    def close(self) -> None:
+        self._data.close()
+        self._cons.close()
+
+
+def _record_ktime(record: Tuple[tuple, bytes]) -> int:
+    return record[0][0]
+
+
+class EventRings:
+    """The filter's rings (one per CPU, dns_filter.c's ``rings``) read as one: :meth:`wait` sleeps on all of them
+    (one epoll), :meth:`read` takes what each holds and merges them by kernel time (each ring is in kernel time
+    order, as one CPU writes it; nearly so after a full ring spilled into it, which LiveCapture's sort mends)."""
+
+    def __init__(self, map_fds: Sequence[int], size: int):
+        self.rings: List[EventRing] = []
+        self._epoll = select.epoll()
+        try:
+            for fd in map_fds:
+                self.rings.append(EventRing(fd, size))
+                self._epoll.register(fd, select.EPOLLIN)
+        except BaseException:
+            self.close()
+            raise
+
+    def pending(self) -> bool:
+        return any(ring.pending() for ring in self.rings)
+
+    def wait(self, timeout_ms: int) -> None:
+        if timeout_ms > 0 and not self.pending():
+            try:
+                self._epoll.poll(timeout_ms / 1000)
+            except InterruptedError:  # a signal: the caller looks at its flag
+                pass
+
+    def read(self, unpack: Callable = EVENT_META.unpack_from) -> List[Tuple[tuple, bytes]]:
+        """Every ring's records, (``unpack``'s event_meta fields, packet bytes), in kernel time order (``unpack``'s
+        first field is the kernel time)."""
+        out: List[Tuple[tuple, bytes]] = []
+        merge = False
+        for ring in self.rings:
+            start = len(out)
+            ring.read(out, unpack)
+            if 0 < start < len(out) and out[start][0][0] < out[start - 1][0][0]:
+                merge = True  # interleaved with an earlier ring's records
+        if merge:
+            out.sort(key=_record_ktime)  # (a merge of sorted runs, which list.sort finds)
+        return out
+
+    def read_frames(self, framing: Framing, last_kt: int, on_task, on_process) -> List[Frame]:
+        """Every ring's records as frames (:class:`Framing`), ring after ring: ``framing.ordered`` then says whether
+        their kernel times never went back from ``last_kt`` on (the usual case with one busy ring)."""
+        out: List[Frame] = []
+        framing.start(last_kt, on_task, on_process)
+        for ring in self.rings:
+            ring.read(out, LIVE_META.unpack_from, framing)
+        return out
+
+    def close(self) -> None:
+        self._epoll.close()
+        for ring in self.rings:
+            ring.close()
+        self.rings = []
