@@ -3,6 +3,7 @@ ring's records were committed in, and only once no older frame can still be unre
 filter is replaced by a script of what each read of the ring returned."""
 from __future__ import annotations
 
+import struct
 import time
 from typing import List, Tuple
 
@@ -16,12 +17,12 @@ def frame(kt: int, size: int = 80) -> Frame:
     return Frame(kt * 1e-9, LINKTYPE_ETHERNET, b"x" * size, None, PacketMeta(kt, 2, 0))
 
 
-def record(f: Frame, unpack=ring.LIVE_META.unpack_from) -> Tuple[tuple, bytes]:
-    """The ring record a frame came from (its event_meta as ``unpack`` reads it, packet bytes)."""
+def record(f: Frame) -> Tuple[tuple, bytes]:
+    """The ring record a frame came from (its header and event_meta as ring.LIVE_RECORD reads them, packet bytes)."""
     n = len(f.data)
     meta = ring.EVENT_META.pack(f.meta.ktime_ns, 0, 0, 0, f.meta.ifindex, f.meta.pkt_type, n, n, 0, 0, b"", 0, 0, 0,
                                 0, 0, 1)
-    return unpack(meta, 0), f.data
+    return ring.LIVE_RECORD.unpack(struct.pack("<II", len(meta) + n, 0) + meta), f.data
 
 
 class Rings:

@@ -109,7 +109,7 @@ def test_frames_carry_what_the_kernel_knew(kernel):
     told = []
     f.start(0, told.append, lambda pid: told.append(-pid))
     out = []
-    r.read(out, ring.LIVE_META.unpack_from, f)
+    r.read(out, f)
     assert out == [
         Frame(1e9 + 2.0, LINKTYPE_ETHERNET, b"q" * 50, "eth2",
               PacketMeta(2_000_000_000, 2, 4, 1007, "eth2", 300, 301, "dig", 1000, 42, None)),
@@ -129,6 +129,27 @@ def test_frames_without_task_helpers_and_out_of_order(kernel):
     f, _ = framing(TASK_PID)
     f.start(45, None, None)
     out = []
-    r.read(out, ring.LIVE_META.unpack_from, f)
+    r.read(out, f)
     assert [fr.meta[5:10] for fr in out] == [(300, 301, None, None, None), (None,) * 5]
     assert not f.ordered
+
+
+def test_capture_points_come_from_where_until_it_forgets_them(kernel):
+    k, r = kernel
+    tag = 4026531840  # a namespace inode (past 2**31)
+    f, looked = framing()
+    f.where[tag << 32 | 2] = (tag, "known", LINKTYPE_ETHERNET)
+    k.write(fields(1, tag=tag), b"a" * 40)
+    k.write(fields(2, tag=tag), b"b" * 40)
+    k.write(fields(3, tag=tag, ifindex=3), b"c" * 40)
+    f.start(0, None, None)
+    out = []
+    r.read(out, f)
+    assert [(fr.ifname, fr.meta.netns) for fr in out] == [("known", tag), ("known", tag), ("eth3", 1000 + tag)]
+    assert looked == {(tag, 3): 1}
+    f.where.clear()  # (LiveCapture.remove_netns: a namespace went away)
+    k.write(fields(4, tag=tag), b"d" * 40)
+    f.start(3, None, None)
+    out = []
+    r.read(out, f)
+    assert [fr.ifname for fr in out] == ["eth2"] and looked == {(tag, 3): 1, (tag, 2): 1}

@@ -262,9 +262,9 @@ class LoadedFilter:
         mark = time.monotonic_ns()
         return mark, self.ring.read() if read is None else read(self.ring)
 
-    def read(self, unpack: Callable = EVENT_META.unpack_from) -> List[Tuple[tuple, bytes]]:
-        """What the rings hold now, without waiting, in kernel time order."""
-        return self.ring.read(unpack)
+    def read(self) -> List[Tuple[tuple, bytes]]:
+        """What the rings hold now, without waiting, in kernel time order: (EVENT_META fields, packet bytes)."""
+        return self.ring.read()
 
     def counters(self) -> Dict[str, int]:
         table = self.bpf[b"counters"]

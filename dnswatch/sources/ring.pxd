@@ -15,12 +15,15 @@ cdef class Framing:
     cdef public long task_meta
     cdef public set told
     cdef public bint ordered
+    cdef unsigned long long _told_last
+    cdef unsigned long long _where_key
+    cdef tuple _where_hit
 
     cpdef start(self, unsigned long long last_kt, on_task, on_process)
     # the record's numbers as C integers: their arithmetic and comparisons in C, a Python int made for each field kept
     @cython.locals(tm=long, kt=cython.ulonglong, pid_tgid=cython.ulonglong, uid_gid=cython.ulonglong,
                    ifindex=cython.uint, pkt_type=cython.uint, tag=cython.ulonglong, flags=cython.uint,
-                   pid=cython.ulonglong)
+                   pid=cython.ulonglong, key=cython.ulonglong, hit=tuple)
     cpdef frame(self, tuple fields, bytes data)
 
 
@@ -31,4 +34,4 @@ cdef class EventRing:
 
     @cython.locals(cons=cython.ulonglong, prod=cython.ulonglong, pos=cython.ulonglong, off=Py_ssize_t,
                    length=cython.uint, meta_size=Py_ssize_t, fields=tuple, packet=bytes)
-    cpdef read(self, list out, unpack=*, Framing framing=*)
+    cpdef read(self, list out, Framing framing=*)

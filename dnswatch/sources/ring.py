@@ -24,10 +24,13 @@ LIVE_META = struct.Struct("<QQQQII8xII16s16x")
 assert LIVE_META.size == META_SIZE
 
 _U64 = struct.Struct("<Q")
-_U32 = struct.Struct("<I")
 _RB_BUSY = 1 << 31  # struct bpf_ringbuf_hdr.len: reserved, not committed yet
 _RB_DISCARD = 1 << 30
 _RB_HDR = 8
+# A record as one read: struct bpf_ringbuf_hdr's len (its first field, so the first load; the others are looked at
+# only once it says committed), then event_meta's fields (all of them, or live capture's)
+RECORD = struct.Struct("<I4x" + EVENT_META.format[1:])
+LIVE_RECORD = struct.Struct("<I4x" + LIVE_META.format[1:])
 
 
 class Framing:
@@ -48,32 +51,48 @@ class Framing:
         self.told: set = set()  # senders (pid << 32 | tid) heard of in this read: once is enough
         self.last_kt = 0
         self.ordered = True
+        # the previous record's sender and capture point (most records repeat them): no lookup for those
+        self._told_last = 0
+        self._where_key = 0
+        self._where_hit: Optional[Tuple[int, Optional[str], int]] = None
 
     def start(self, last_kt: int, on_task, on_process) -> None:
-        """A new read, after frames up to kernel time ``last_kt``."""
+        """A new read, after frames up to kernel time ``last_kt`` (``where`` may have changed since the last)."""
         self.last_kt = last_kt
         self.ordered = True
         self.told = set()
+        self._told_last = 0
+        self._where_hit = None
         if not self.task_meta & TASK_PID:
             on_task = on_process = None
         self.on_task, self.on_process = on_task, on_process
 
     def frame(self, fields: tuple, data: bytes) -> Frame:
-        """The Frame of one record (``fields``: LIVE_META's)."""
-        kt, pid_tgid, uid_gid, cgroup_id, ifindex, pkt_type, tag, flags, comm = fields
+        """The Frame of one record (``fields``: LIVE_RECORD's)."""
+        _len, kt, pid_tgid, uid_gid, cgroup_id, ifindex, pkt_type, tag, flags, comm = fields
         if kt < self.last_kt:
             self.ordered = False
         self.last_kt = kt
-        ns, ifname, linktype = self.where.get(tag << 32 | ifindex) or self.lookup_where(tag, ifindex)
+        key = tag << 32 | ifindex
+        if key == self._where_key and self._where_hit is not None:
+            ns, ifname, linktype = self._where_hit
+        else:
+            hit = self.where.get(key)
+            if hit is not None:
+                self._where_key, self._where_hit = key, hit
+            else:
+                hit = self.lookup_where(tag, ifindex)
+            ns, ifname, linktype = hit
         if flags & META_TASK_VALID:
             pid = pid_tgid >> 32
             tm = self.task_meta
-            if pid_tgid not in self.told:
+            if pid_tgid != self._told_last and pid_tgid not in self.told:
                 self.told.add(pid_tgid)
                 if self.on_task is not None and pid != pid_tgid & 0xFFFFFFFF:
                     self.on_task(pid)  # sent by a thread: the process's name is read from /proc, now
                 if self.on_process is not None:
                     self.on_process(pid)
+            self._told_last = pid_tgid
             if tm == TASK_ALL:  # (the usual case: every task field, without a test per field)
                 meta = tuple.__new__(PacketMeta, (kt, ifindex, pkt_type, ns, ifname, pid, pid_tgid & 0xFFFFFFFF,
                                                   self.comms.get(comm) or self.comm(comm), uid_gid & 0xFFFFFFFF,
@@ -120,26 +139,26 @@ class EventRing:
         """Bytes the kernel has written to this ring so far, headers and padding included (its producer position)."""
         return _U64.unpack_from(self._data, 0)[0]
 
-    def read(self, out: list, unpack: Callable = EVENT_META.unpack_from, framing: Optional[Framing] = None) -> None:
+    def read(self, out: list, framing: Optional[Framing] = None) -> None:
         """Append each committed record, up to the first one still being written, to ``out``: its Frame
-        (``framing``; ``unpack`` is then LIVE_META's), or (``unpack``'s event_meta fields, packet bytes). Their space
-        goes back to the kernel once they are copied. Bounded by the ring's size."""
+        (``framing``), or (event_meta's fields, packet bytes). Their space goes back to the kernel once they are
+        copied. Bounded by the ring's size."""
         data = self._data
         cons = _U64.unpack_from(self._cons, 0)[0]
         prod = _U64.unpack_from(data, 0)[0]
         append = out.append
-        unpack_u32 = _U32.unpack_from
+        unpack = RECORD.unpack_from if framing is None else LIVE_RECORD.unpack_from
         base, mask, meta_size = self._base, self._mask, META_SIZE
         pos = cons
         while pos < prod:
             off = base + (pos & mask)
-            length = unpack_u32(data, off)[0]
+            fields = unpack(data, off)
+            length = fields[0]
             if length & _RB_BUSY:
                 break
             if not length & _RB_DISCARD:  # (a sample is meta + cap_len bytes: its length says where they end)
-                fields = unpack(data, off + _RB_HDR)
                 packet = data[off + _RB_HDR + meta_size:off + _RB_HDR + length]
-                append((fields, packet) if framing is None else framing.frame(fields, packet))
+                append((fields[1:], packet) if framing is None else framing.frame(fields, packet))
             pos += ((length & 0x3FFFFFFF) + _RB_HDR + 7) & ~7
         if pos != cons:
             _U64.pack_into(self._cons, 0, pos)
@@ -179,14 +198,13 @@ class EventRings:
             except InterruptedError:  # a signal: the caller looks at its flag
                 pass
 
-    def read(self, unpack: Callable = EVENT_META.unpack_from) -> List[Tuple[tuple, bytes]]:
-        """Every ring's records, (``unpack``'s event_meta fields, packet bytes), in kernel time order (``unpack``'s
-        first field is the kernel time)."""
+    def read(self) -> List[Tuple[tuple, bytes]]:
+        """Every ring's records, (event_meta's fields, packet bytes), in kernel time order."""
         out: List[Tuple[tuple, bytes]] = []
         merge = False
         for ring in self.rings:
             start = len(out)
-            ring.read(out, unpack)
+            ring.read(out)
             if 0 < start < len(out) and out[start][0][0] < out[start - 1][0][0]:
                 merge = True  # interleaved with an earlier ring's records
         if merge:
@@ -199,7 +217,7 @@ class EventRings:
         out: List[Frame] = []
         framing.start(last_kt, on_task, on_process)
         for ring in self.rings:
-            ring.read(out, LIVE_META.unpack_from, framing)
+            ring.read(out, framing)
         return out
 
     def close(self) -> None:
