@@ -2,6 +2,8 @@
 # compiles it with these). Module constants stay Python globals (tests change some of them).
 cimport cython
 
+cimport dnswatch.model as model  # (its C new_record)
+
 
 @cython.final
 cdef class FrameDecoder:

@@ -15,6 +15,7 @@ import struct
 from collections import OrderedDict, defaultdict
 from typing import Dict, Iterable, List, Optional, Tuple
 
+import dnswatch.model as model
 from dnswatch.model import (
     LINKTYPE_DLT_RAW1,
     LINKTYPE_DLT_RAW2,
@@ -354,8 +355,9 @@ class FrameDecoder:
                         continue
                     addrs = data[26:34]
                     pair = pairs.get(addrs) or self._addr_pair(addrs)
-                    append(_new_segment(Segment, (ts, pair[0], sport, pair[1], dport, "udp",
-                                                  data[42:34 + ulen if 8 <= ulen <= end - 34 else end], ifname, meta)))
+                    append(model.new_record(Segment, (ts, pair[0], sport, pair[1], dport, "udp",
+                                                      data[42:34 + ulen if 8 <= ulen <= end - 34 else end], ifname,
+                                                      meta)))
                     continue
             self._since_sweep = sweep - 1  # decode() counts this frame
             segs = decode(frame)

@@ -2,6 +2,8 @@
 # with these). A ring's read is one C loop, and each of its records one C call into Framing.frame.
 cimport cython
 
+cimport dnswatch.model as model
+
 cdef unsigned int _RB_BUSY, _RB_DISCARD
 cdef Py_ssize_t _RB_HDR
 

@@ -11,6 +11,7 @@ import select
 import struct
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+import dnswatch.model as model
 from dnswatch.model import Frame, PacketMeta
 from dnswatch.sources.bpf_testrun import TASK_ALL, TASK_CGROUP, TASK_COMM, TASK_PID, TASK_UID
 
@@ -94,11 +95,11 @@ class Framing:
                     self.on_process(pid)
             self._told_last = pid_tgid
             if tm == TASK_ALL:  # (the usual case: every task field, without a test per field)
-                meta = tuple.__new__(PacketMeta, (kt, ifindex, pkt_type, ns, ifname, pid, pid_tgid & 0xFFFFFFFF,
+                meta = model.new_record(PacketMeta, (kt, ifindex, pkt_type, ns, ifname, pid, pid_tgid & 0xFFFFFFFF,
                                                   self.comms.get(comm) or self.comm(comm), uid_gid & 0xFFFFFFFF,
                                                   cgroup_id, None))
             else:
-                meta = tuple.__new__(PacketMeta, (
+                meta = model.new_record(PacketMeta, (
                     kt, ifindex, pkt_type, ns, ifname,
                     pid if tm & TASK_PID else None,
                     pid_tgid & 0xFFFFFFFF if tm & TASK_PID else None,
@@ -107,8 +108,8 @@ class Framing:
                     cgroup_id if tm & TASK_CGROUP else None,
                     None))
         else:
-            meta = tuple.__new__(PacketMeta, (kt, ifindex, pkt_type, ns, ifname, None, None, None, None, None, None))
-        return tuple.__new__(Frame, (kt * 1e-9 + self.ts_offset, linktype, data, ifname, meta))
+            meta = model.new_record(PacketMeta, (kt, ifindex, pkt_type, ns, ifname, None, None, None, None, None, None))
+        return model.new_record(Frame, (kt * 1e-9 + self.ts_offset, linktype, data, ifname, meta))
 
 
 class EventRing:
