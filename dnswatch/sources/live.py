@@ -15,7 +15,6 @@ import gc
 import mmap
 import operator
 import os
-import select
 import socket
 import struct
 import sys
@@ -25,11 +24,11 @@ import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from dnswatch.model import LINKTYPE_ETHERNET, LINKTYPE_RAW, Frame, PacketMeta
+from dnswatch.model import LINKTYPE_ETHERNET, LINKTYPE_RAW, Frame
 from dnswatch.netns import LinkSocket
 from dnswatch.sources import bpf_testrun as _sys
 from dnswatch.sources.bpf_testrun import TASK_ALL, TASK_HELPERS
-from dnswatch.sources.ring import EVENT_META, META_MAC_BASE, META_TASK_VALID, EventRings, Framing  # noqa: F401
+from dnswatch.sources.ring import EVENT_META, EventRings, Framing  # noqa: F401 (EVENT_META: the record's layout)
 
 # The bound perf events had (their size was a u16), kept as the contract for --max-capture.
 MAX_CAPTURE_LIMIT = 65400
