@@ -1,8 +1,9 @@
 """The filter's ring buffers (bpf/dns_filter.c's ``rings``, one per CPU), read from our own mmap of each: their records
 as frames for live capture (:class:`Framing`), or as (event_meta fields, packet bytes) for the kernel's tests.
 
-Compiled with ring.pxd when the build is current (scripts/build-speedups): a record becomes its Frame in one C loop,
-without the intermediate record tuple. The same code runs as plain Python otherwise.
+Compiled with ring.pxd when the build is current (scripts/build-speedups): a record becomes its Frame in one C loop
+(one struct read of its header and event_meta, its fields as C integers, the Frame and PacketMeta made by
+model.pxd's new_record). The same code runs as plain Python otherwise.
 """
 from __future__ import annotations
 
