@@ -2,6 +2,8 @@
 # compiles it with these). Module constants stay Python globals (tests change some of them).
 cimport cython
 
+cimport dnswatch.model as model  # (its C new_record)
+
 cdef bint COMPILED  # True here: decode_records reads the bytes through a pointer
 
 
@@ -30,5 +32,6 @@ cdef class FrameDecoder:
     cpdef decode_records(self, data, Py_ssize_t pos, Py_ssize_t limit, tuple layout)
     # live capture's batches (sc's): the frame's fields as objects (compared with module constants), sizes as C ints
     @cython.locals(out=list, pairs=dict, pair=tuple, sweep=Py_ssize_t, size=Py_ssize_t, total=cython.long,
-                   ulen=cython.long, end=Py_ssize_t)
+                   ulen=cython.long, end=Py_ssize_t, p=cython.p_uchar, eth=cython.long, ip4=cython.long,
+                   udp=cython.long, expire_every=Py_ssize_t)
     cpdef list decode_frames(self, frames)

@@ -19,7 +19,7 @@ import os
 import sys
 from typing import Dict, List, Optional, Tuple
 
-# the modules that pay for compiling: replay's decode process (and watch's). Not built, as they were no faster
+# the modules that pay for compiling: replay's decode process (and watch's), and live capture's ring reading. Not built, as they were no faster
 # compiled: the writer's (layout, store: sqlite3, marshal and map() take its time; bench/writer --pure), dns (its
 # decoding is dnslib's; replay finds most messages in its cache), sources.pcap (bytes operations).
 MODULES = (
@@ -27,6 +27,7 @@ MODULES = (
     "dnswatch.correlate",
     "dnswatch.lookups",
     "dnswatch.pipeline",
+    "dnswatch.sources.ring",
 )
 PURE_ENV = "DNSWATCH_PURE_PYTHON"
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -50,26 +51,32 @@ def extension_name(name: str) -> str:
     return name + EXT_SUFFIX
 
 
-def cimports_of(name: str) -> List[str]:
-    """The modules whose .pxd the module's .pxd cimports (``from dnswatch.x cimport ...``): its build uses
-    their C types, so it loads compiled only when they do too."""
+def _pxd_cimports(name: str) -> List[str]:
+    """The dnswatch modules the module's .pxd cimports (``from dnswatch.x cimport ...``, ``cimport dnswatch.x``)."""
     try:
         with open(source_path(name)[:-3] + ".pxd") as f:
             lines = f.read().splitlines()
     except OSError:
         return []
-    return sorted({w[1] for w in map(str.split, lines)
-                   if len(w) >= 3 and w[0] == "from" and w[2] == "cimport" and w[1] in MODULES})
+    return sorted({w[1] for w in map(str.split, lines) if len(w) >= 2 and w[1].startswith("dnswatch.") and (
+        w[0] == "cimport" or len(w) >= 3 and w[0] == "from" and w[2] == "cimport")})
+
+
+def cimports_of(name: str) -> List[str]:
+    """The modules of MODULES whose .pxd the module's .pxd cimports: its build uses their C types, so it loads
+    compiled only when they do too."""
+    return [dep for dep in _pxd_cimports(name) if dep in MODULES]
 
 
 def sources_of(name: str) -> List[str]:
     """What a module's extension is built from (paths relative to the package): its .py, its .pxd if it has
-    one, and the .pxd files that one cimports."""
+    one, and the .pxd files that one cimports (model.pxd's C helpers too, whose module is not compiled)."""
     py = source_path(name)
     out = [os.path.relpath(py, PACKAGE_DIR)]
     if os.path.exists(py[:-3] + ".pxd"):
         out.append(os.path.relpath(py[:-3] + ".pxd", PACKAGE_DIR))
-    out += sorted(os.path.relpath(source_path(dep)[:-3] + ".pxd", PACKAGE_DIR) for dep in cimports_of(name))
+    out += sorted(os.path.relpath(source_path(dep)[:-3] + ".pxd", PACKAGE_DIR) for dep in _pxd_cimports(name)
+                  if os.path.exists(source_path(dep)[:-3] + ".pxd"))
     return out
 
 

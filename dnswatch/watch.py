@@ -22,8 +22,9 @@ HELD_POLL_MS = 20
 HOUSEKEEPING_INTERVAL = 0.1
 # The cyclic collector. The capture loop makes no reference cycles (see pipeline._pause_gc), but what it keeps
 # (waiting queries, held lookups, row templates: hundreds of thousands of objects at 40k queries/s) would be
-# scanned again by the collections each poll's allocations set off (~15% of the loop's CPU). So what survives a
-# poll is frozen (gc.freeze: no longer scanned, still freed by reference counting as usual), and every
+# scanned again by the collections each poll's allocations set off (~15% of the loop's CPU). So the collector is
+# paused from a poll's ring read to the end of its feed, what survives the poll is then frozen (gc.freeze: no longer
+# scanned, still freed by reference counting as usual; the allocation count starts again from 0), and every
 # GC_FULL_EVERY seconds all of it is unfrozen and collected once, which frees any cycle a library made.
 GC_FULL_EVERY = 60.0
 
@@ -151,8 +152,14 @@ def run_watch(
                 # rows held for their NAT copy (lookups) go on within HOLD_LIVE even when no packet comes
                 lookups = getattr(pipeline, "lookups", None)
                 held = lookups is not None and lookups.holding
-                feed(list(capture.poll(HELD_POLL_MS if held else POLL_MS)))
-                gc.freeze()
+                collecting = gc.isenabled()
+                gc.disable()  # from the ring read to the freeze: no collection scans the poll's young objects
+                try:
+                    feed(list(capture.poll(HELD_POLL_MS if held else POLL_MS)))
+                    gc.freeze()
+                finally:
+                    if collecting:
+                        gc.enable()
                 now = time.monotonic()
                 # kernel counters, timeouts, flushes and rescans: every 100 ms, not after every wakeup
                 if now >= next_housekeeping:

@@ -16,7 +16,8 @@ from dnswatch import speedups
 
 # the correctness tests that also run as pure Python when this run uses the compiled path
 CORE_TESTS = ["test_golden.py", "test_tshark_oracle.py", "test_lookups.py", "test_correlate.py",
-              "test_replay_fast_path.py", "test_writer.py", "test_compiled.py"]
+              "test_replay_fast_path.py", "test_writer.py", "test_compiled.py", "test_ring.py", "test_reorder.py",
+              "test_live_batch.py"]
 PROBE = ("import importlib, json, sys\nfrom dnswatch import speedups\nfrom dnswatch.doctor import check_compiled\n"
          "files = {n: importlib.import_module(n).__file__ for n in speedups.MODULES}\n"
          "print(json.dumps({'files': files, 'status': speedups.status, 'doctor': check_compiled().__dict__}))\n")
@@ -149,7 +150,8 @@ def test_built_files_are_ignored_by_git():
 
 
 def test_core_tests_pass_as_pure_python():
-    """The golden files, the tshark oracle, lookups, correlate, replay's fast path and the writer once more with
+    """The golden files, the tshark oracle, lookups, correlate, replay's fast path, the writer and live capture's ring
+    reading, reorder window and batches once more with
     DNSWATCH_PURE_PYTHON=1, when this run is compiled (a pure run covers that path itself)."""
     if speedups.pure_requested() or not speedups.describe()[1].startswith("compiled"):
         pytest.skip("this run is pure Python already")

@@ -3,11 +3,12 @@ ring's records were committed in, and only once no older frame can still be unre
 filter is replaced by a script of what each read of the ring returned."""
 from __future__ import annotations
 
+import struct
 import time
 from typing import List, Tuple
 
 from dnswatch.model import LINKTYPE_ETHERNET, Frame, PacketMeta
-from dnswatch.sources import live
+from dnswatch.sources import live, ring
 
 MS = 1_000_000
 
@@ -16,12 +17,23 @@ def frame(kt: int, size: int = 80) -> Frame:
     return Frame(kt * 1e-9, LINKTYPE_ETHERNET, b"x" * size, None, PacketMeta(kt, 2, 0))
 
 
-def record(f: Frame, unpack=live.EVENT_META.unpack_from) -> Tuple[tuple, bytes]:
-    """The ring record a frame came from (its event_meta as ``unpack`` reads it, packet bytes)."""
+def record(f: Frame) -> Tuple[tuple, bytes]:
+    """The ring record a frame came from (its header and event_meta as ring.LIVE_RECORD reads them, packet bytes)."""
     n = len(f.data)
-    meta = live.EVENT_META.pack(f.meta.ktime_ns, 0, 0, 0, f.meta.ifindex, f.meta.pkt_type, n, n, 0, 0, b"", 0, 0, 0,
+    meta = ring.EVENT_META.pack(f.meta.ktime_ns, 0, 0, 0, f.meta.ifindex, f.meta.pkt_type, n, n, 0, 0, b"", 0, 0, 0,
                                 0, 0, 1)
-    return unpack(meta, 0), f.data
+    return ring.LIVE_RECORD.unpack(struct.pack("<II", len(meta) + n, 0) + meta), f.data
+
+
+class Rings:
+    """What the rings hold, read as EventRings.read_frames reads them (records through ring.Framing)."""
+
+    def __init__(self, frames: List[Frame]):
+        self.records = [record(f) for f in frames]
+
+    def read_frames(self, framing, last_kt, on_task, on_process) -> List[Frame]:
+        framing.start(last_kt, on_task, on_process)
+        return [framing.frame(fields, data) for fields, data in self.records]
 
 
 class ScriptedFilter:
@@ -32,12 +44,12 @@ class ScriptedFilter:
         self.cap, self.script, self.timeouts = cap, list(script), []
         self.mark = 0
 
-    def poll(self, timeout_ms: int, unpack=live.EVENT_META.unpack_from):
+    def poll(self, timeout_ms: int, read):
         self.timeouts.append(timeout_ms)
         if not self.script:
             return self.mark, []
         frames, self.mark = self.script.pop(0)
-        return self.mark, [record(f, unpack) for f in frames]
+        return self.mark, read(Rings(frames))
 
     def read(self, unpack=None):
         return []
@@ -74,9 +86,9 @@ def test_poll_returns_held_frames_once_due_not_at_its_timeout():
     now = time.monotonic_ns()
 
     class Clocked(ScriptedFilter):
-        def poll(self, timeout_ms: int, unpack=live.EVENT_META.unpack_from):
+        def poll(self, timeout_ms: int, read):
             self.timeouts.append(timeout_ms)
-            return time.monotonic_ns(), [record(f, unpack) for f in (self.script.pop(0)[0] if self.script else [])]
+            return time.monotonic_ns(), read(Rings(self.script.pop(0)[0] if self.script else []))
 
     cap = live.LiveCapture()
     cap.filter = Clocked(cap, [([frame(now)], 0)])

@@ -15,7 +15,6 @@ import gc
 import mmap
 import operator
 import os
-import select
 import socket
 import struct
 import sys
@@ -25,10 +24,11 @@ import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from dnswatch.model import LINKTYPE_ETHERNET, LINKTYPE_RAW, Frame, PacketMeta
+from dnswatch.model import LINKTYPE_ETHERNET, LINKTYPE_RAW, Frame
 from dnswatch.netns import LinkSocket
 from dnswatch.sources import bpf_testrun as _sys
-from dnswatch.sources.bpf_testrun import TASK_ALL, TASK_CGROUP, TASK_COMM, TASK_HELPERS, TASK_PID, TASK_UID
+from dnswatch.sources.bpf_testrun import TASK_ALL, TASK_HELPERS
+from dnswatch.sources.ring import EVENT_META, EventRings, Framing  # noqa: F401 (EVENT_META: the record's layout)
 
 # The bound perf events had (their size was a u16), kept as the contract for --max-capture.
 MAX_CAPTURE_LIMIT = 65400
@@ -92,15 +92,6 @@ REORDER_MARGIN_NS = 2_000_000
 REORDER_BATCH_NS = 2_000_000
 REORDER_POLL_MS = 5
 REORDER_MAX_BYTES = 8 << 20
-
-# struct event_meta in dns_filter.c
-EVENT_META = struct.Struct("<QQQQIIIIII16sHHHHBB6x")
-META_TASK_VALID = 1
-META_MAC_BASE = 2
-_META_SIZE = EVENT_META.size
-# the fields LiveCapture uses: ktime, pid_tgid, uid_gid, cgroup_id, ifindex, pkt_type, netns, flags, comm
-_LIVE_META = struct.Struct("<QQQQII8xII16s16x")
-assert _LIVE_META.size == _META_SIZE
 
 _FIX_BCC = (
     "apt-get install python3-bpfcc linux-headers-$(uname -r) (on Debian: linux-headers-amd64, "
@@ -260,18 +251,19 @@ class LoadedFilter:
             raise LiveCaptureError(f"cannot map the ring buffers ({len(self.ring_fds)} of {self.ring_pages} pages:"
                                    f" {e})", "run as root or grant CAP_BPF and CAP_PERFMON") from None
 
-    def poll(self, timeout_ms: int, unpack: Callable = EVENT_META.unpack_from) -> Tuple[int, List[Tuple[tuple, bytes]]]:
+    def poll(self, timeout_ms: int, read: Optional[Callable[[EventRings], list]] = None) -> Tuple[int, list]:
         """Wait up to timeout_ms for a record (not at all if one is there), then read what the rings hold.
 
         Returns (mark, records): mark is CLOCK_MONOTONIC (the clock of bpf_ktime_get_ns) taken just before
-        the read, records are (EVENT_META fields, packet bytes) in kernel time order."""
+        the read, records are (EVENT_META fields, packet bytes) in kernel time order, or what ``read(rings)`` gives
+        (LiveCapture's frames)."""
         self.ring.wait(timeout_ms)
         mark = time.monotonic_ns()
-        return mark, self.ring.read(unpack)
+        return mark, self.ring.read() if read is None else read(self.ring)
 
-    def read(self, unpack: Callable = EVENT_META.unpack_from) -> List[Tuple[tuple, bytes]]:
-        """What the rings hold now, without waiting, in kernel time order."""
-        return self.ring.read(unpack)
+    def read(self) -> List[Tuple[tuple, bytes]]:
+        """What the rings hold now, without waiting, in kernel time order: (EVENT_META fields, packet bytes)."""
+        return self.ring.read()
 
     def counters(self) -> Dict[str, int]:
         table = self.bpf[b"counters"]
@@ -288,121 +280,6 @@ class LoadedFilter:
                 os.close(fd)
             self.ring_fds = self.ring_fds[:1]
             self.bpf.cleanup()
-
-
-_U64 = struct.Struct("<Q")
-_U32 = struct.Struct("<I")
-_RB_BUSY = 1 << 31  # struct bpf_ringbuf_hdr.len: reserved, not committed yet
-_RB_DISCARD = 1 << 30
-_RB_HDR = 8
-
-
-class EventRing:
-    """Our own mmap of a BPF ring buffer (what libbpf's ring_buffer does, without a C callback per record):
-    the consumer page read-write, then the producer page and the data pages, mapped twice in a row so that a
-    record wrapping around the end reads as one piece. Records are parsed with struct straight from the map.
-
-    x86 orders loads with loads and stores with stores, which is the acquire/release pairing libbpf needs
-    barriers for; the position and header reads here are single aligned loads."""
-
-    def __init__(self, map_fd: int, size: int):
-        psz = mmap.PAGESIZE
-        self.size = size
-        self._mask = size - 1
-        self._base = psz
-        self._cons = mmap.mmap(map_fd, psz, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=0)
-        try:
-            self._data = mmap.mmap(map_fd, psz + 2 * size, mmap.MAP_SHARED, mmap.PROT_READ, offset=psz)
-        except BaseException:
-            self._cons.close()
-            raise
-
-    def pending(self) -> bool:
-        return _U64.unpack_from(self._data, 0)[0] != _U64.unpack_from(self._cons, 0)[0]
-
-    def written(self) -> int:
-        """Bytes the kernel has written to this ring so far, headers and padding included (its producer position)."""
-        return _U64.unpack_from(self._data, 0)[0]
-
-    def read(self, unpack: Callable = EVENT_META.unpack_from) -> List[Tuple[tuple, bytes]]:
-        """(event_meta fields, packet bytes) of each committed record, up to the first one still being
-        written; their space goes back to the kernel once they are copied. Bounded by the ring's size.
-        ``unpack``: a struct's unpack_from for the meta (EVENT_META's, or one skipping fields)."""
-        data, cons_map = self._data, self._cons
-        cons = _U64.unpack_from(cons_map, 0)[0]
-        prod = _U64.unpack_from(data, 0)[0]
-        out: List[Tuple[tuple, bytes]] = []
-        append = out.append
-        unpack_u32 = _U32.unpack_from
-        base, mask = self._base, self._mask
-        pos = cons
-        while pos < prod:
-            off = base + (pos & mask)
-            length = unpack_u32(data, off)[0]
-            if length & _RB_BUSY:
-                break
-            if not length & _RB_DISCARD:  # (a sample is meta + cap_len bytes: its length says where they end)
-                append((unpack(data, off + _RB_HDR), data[off + _RB_HDR + _META_SIZE:off + _RB_HDR + length]))
-            pos += ((length & 0x3FFFFFFF) + _RB_HDR + 7) & ~7
-        if pos != cons:
-            _U64.pack_into(cons_map, 0, pos)
-        return out
-
-    def close(self) -> None:
-        self._data.close()
-        self._cons.close()
-
-
-def _record_ktime(record: Tuple[tuple, bytes]) -> int:
-    return record[0][0]
-
-
-class EventRings:
-    """The filter's rings (one per CPU, dns_filter.c's ``rings``) read as one: :meth:`wait` sleeps on all of them
-    (one epoll), :meth:`read` takes what each holds and merges them by kernel time (each ring is in kernel time
-    order, as one CPU writes it; nearly so after a full ring spilled into it, which LiveCapture's sort mends)."""
-
-    def __init__(self, map_fds: Sequence[int], size: int):
-        self.rings: List[EventRing] = []
-        self._epoll = select.epoll()
-        try:
-            for fd in map_fds:
-                self.rings.append(EventRing(fd, size))
-                self._epoll.register(fd, select.EPOLLIN)
-        except BaseException:
-            self.close()
-            raise
-
-    def pending(self) -> bool:
-        return any(ring.pending() for ring in self.rings)
-
-    def wait(self, timeout_ms: int) -> None:
-        if timeout_ms > 0 and not self.pending():
-            try:
-                self._epoll.poll(timeout_ms / 1000)
-            except InterruptedError:  # a signal: the caller looks at its flag
-                pass
-
-    def read(self, unpack: Callable = EVENT_META.unpack_from) -> List[Tuple[tuple, bytes]]:
-        """Every ring's :meth:`EventRing.read`, in kernel time order (``unpack``'s first field is the kernel time)."""
-        out: List[Tuple[tuple, bytes]] = []
-        merge = False
-        for ring in self.rings:
-            got = ring.read(unpack)
-            if got:
-                if out and got[0][0][0] < out[-1][0][0]:
-                    merge = True  # interleaved with an earlier ring's records
-                out += got
-        if merge:
-            out.sort(key=_record_ktime)  # (a merge of sorted runs, which list.sort finds)
-        return out
-
-    def close(self) -> None:
-        self._epoll.close()
-        for ring in self.rings:
-            ring.close()
-        self.rings = []
-
 
 
 def load_filter(ports: Sequence[int] = (53,), responses: bool = False, max_capture: int = DEFAULT_MAX_CAPTURE,
@@ -661,8 +538,9 @@ class LiveCapture:
         self._released_kt = 0  # kernel time of the last frame handed on
         self.reorder_late = 0  # frames read after a younger one was handed on (0 unless the margin is too short)
         self.reorder_forced = 0  # frames handed on early because the window hit REORDER_MAX_BYTES
-        self._where: Dict[int, Tuple[int, Optional[str], int]] = {}  # netns << 32 | ifindex -> (inode, name, linktype)
-        self._comms: Dict[bytes, str] = {}  # the kernel's task names, decoded
+        self._framing = Framing(self._lookup_where, self._comm)  # ring records -> frames
+        self._where = self._framing.where  # netns << 32 | ifindex -> (inode, name, linktype)
+        self._comms = self._framing.comms  # the kernel's task names, decoded
         # called with the sender's pid as each event is read (before the reorder window holds it): what must be
         # looked up while the sender still exists (enrich.ProcessNames.name: /proc/PID/comm) is looked up then
         self.on_task: Optional[Callable[[int], object]] = None
@@ -806,27 +684,37 @@ class LiveCapture:
                             REORDER_POLL_MS * 1_000_000, deadline - now)
                 if pause > 0:
                     time.sleep(pause * 1e-9)
-                mark, records = self.filter.poll(0, _LIVE_META.unpack_from)
+                mark, frames = self.filter.poll(0, self._read)
             else:
-                mark, records = self.filter.poll(max(0, (deadline - now) // 1_000_000), _LIVE_META.unpack_from)
-            out = self._release(records, mark - REORDER_MARGIN_NS)
+                mark, frames = self.filter.poll(max(0, (deadline - now) // 1_000_000), self._read)
+            out = self._release(frames, mark - REORDER_MARGIN_NS)
             if out or not self._held or time.monotonic_ns() >= deadline:
                 return out
 
     def drain(self) -> List[Frame]:
         """Every frame read so far, the reorder window's too (the end of a capture)."""
-        records = self.filter.read(_LIVE_META.unpack_from) if self.filter is not None else []
-        return self._release(records, None)
+        frames = self.filter.poll(0, self._read)[1] if self.filter is not None else []
+        return self._release(frames, None)
 
-    def _release(self, records: List[Tuple[tuple, bytes]], mark: Optional[int]) -> List[Frame]:
-        held = self._held
+    def _read(self, rings: EventRings) -> List[Frame]:
+        """The frames of what the rings hold (``self._framing.ordered``: in kernel time order from the last held on;
+        the usual case, as the rings' records come in kernel time order, so sorting is seldom needed)."""
+        framing = self._framing
+        framing.ts_offset, framing.task_meta = self._ts_offset, self._task_meta
         collecting = gc.isenabled()
         gc.disable()  # as Pipeline.feed_all: two tuples per record and no cycles, so no rescans while they are made
         try:
-            new, ordered = self._frames(records, held[-1].meta.ktime_ns if held else 0)
+            return rings.read_frames(framing, self._held[-1].meta.ktime_ns if self._held else 0, self.on_task,
+                                     self.on_process)
         finally:
             if collecting:
                 gc.enable()
+
+    def _release(self, new: List[Frame], mark: Optional[int]) -> List[Frame]:
+        """The frames of a read (``_read``) and those held that are older than ``mark`` (None: all of them), in
+        kernel time order; the younger ones are held."""
+        held = self._held
+        ordered = self._framing.ordered
         if held:
             new = held + new
         if not new:
@@ -837,7 +725,7 @@ class LiveCapture:
             cut = len(new)
         else:
             cut = len(new) if new[-1].meta.ktime_ns < mark else bisect.bisect_left(new, mark, key=_by_ktime)
-            if cut < len(new):
+            if cut < len(new) and sum(map(len, map(_frame_data, new[cut:]))) > REORDER_MAX_BYTES:
                 size = 0
                 for i in range(len(new) - 1, cut - 1, -1):
                     size += len(new[i].data)
@@ -855,50 +743,6 @@ class LiveCapture:
                 self.reorder_late += sum(1 for f in out if f.meta.ktime_ns < self._released_kt)
             self._released_kt = out[-1].meta.ktime_ns
         return out
-
-    def _frames(self, records: List[Tuple[tuple, bytes]], last_kt: int) -> Tuple[List[Frame], bool]:
-        """Frames of ring records, and whether their kernel times never go back from last_kt on (the usual
-        case: the rings' records come merged by kernel time, so sorting is seldom needed)."""
-        out: List[Frame] = []
-        append = out.append
-        where, ts_offset, tm, comms = self._where, self._ts_offset, self._task_meta, self._comms
-        on_task, on_process = self.on_task, self.on_process
-        if not tm & TASK_PID:
-            on_task = on_process = None
-        every = tm == TASK_ALL  # (the usual case: every task field, without a test per field and record)
-        told = set()  # senders (pid << 32 | tid) on_task / on_process heard of in this batch: once is enough
-        ordered = True
-        new_tuple, meta_t, frame_t, valid = _new_tuple, PacketMeta, Frame, META_TASK_VALID
-        for (kt, pid_tgid, uid_gid, cgroup_id, ifindex, pkt_type, tag, flags, comm), data in records:
-            if kt < last_kt:
-                ordered = False
-            last_kt = kt
-            ns, ifname, linktype = where.get(tag << 32 | ifindex) or self._lookup_where(tag, ifindex)
-            if flags & valid:
-                pid = pid_tgid >> 32
-                if pid_tgid not in told:
-                    told.add(pid_tgid)
-                    if on_task is not None and pid != pid_tgid & 0xFFFFFFFF:
-                        on_task(pid)  # sent by a thread: the process's name is read from /proc, now
-                    if on_process is not None:
-                        on_process(pid)
-                if every:
-                    meta = new_tuple(meta_t, (kt, ifindex, pkt_type, ns, ifname, pid, pid_tgid & 0xFFFFFFFF,
-                                              comms.get(comm) or self._comm(comm), uid_gid & 0xFFFFFFFF, cgroup_id,
-                                              None))
-                else:
-                    meta = new_tuple(meta_t, (
-                        kt, ifindex, pkt_type, ns, ifname,
-                        pid if tm & TASK_PID else None,
-                        pid_tgid & 0xFFFFFFFF if tm & TASK_PID else None,
-                        (comms.get(comm) or self._comm(comm)) if tm & TASK_COMM else None,
-                        uid_gid & 0xFFFFFFFF if tm & TASK_UID else None,
-                        cgroup_id if tm & TASK_CGROUP else None,
-                        None))
-            else:
-                meta = new_tuple(meta_t, (kt, ifindex, pkt_type, ns, ifname, None, None, None, None, None, None))
-            append(new_tuple(frame_t, (kt * 1e-9 + ts_offset, linktype, data, ifname, meta)))
-        return out, ordered
 
     def _comm(self, raw: bytes) -> str:
         """A task name as the kernel gives it (16 bytes, NUL-padded) as text; cached, as few names send DNS."""
@@ -958,10 +802,8 @@ class LiveCapture:
         return text
 
 
-_new_tuple = tuple.__new__  # a NamedTuple from all its fields, without its Python-level __new__
-
-
 _by_ktime = operator.attrgetter("meta.ktime_ns")  # a frame's kernel time (a C call: the sort's key per frame)
+_frame_data = operator.itemgetter(2)  # its bytes
 
 
 def _realtime_offset() -> float:
