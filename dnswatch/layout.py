@@ -113,16 +113,17 @@ def _after(column: Sequence[Any], ts: Sequence[float]) -> List[Any]:
     return [x if x is None or t + (d := round((x - t) * 1e6)) / 1e6 != x else d for x, t in zip(column, ts)]
 
 
-def _slots(groups: Dict[int, Any], t_col: Sequence[int], values: Sequence[Any]) -> List[Tuple[Any, list]]:
-    """(group, its ``values`` in row order) for each distinct group of ``groups`` (template -> group; a template
-    absent from it: no group): the rows bucketed at C speed, in row order within each bucket."""
-    slot: Dict[int, int] = {}
-    of = {t: slot.setdefault(id(g), len(slot)) for t, g in groups.items()}
-    owners = {id(g): g for g in groups.values()}
-    buckets: List[list] = [[] for _ in range(len(slot) + 1)]  # the last: rows of no group
-    none = len(slot)
-    any(map(list.append, map(buckets.__getitem__, map(of.get, t_col, repeat(none))), values))
-    return [(owners[key], buckets[i]) for key, i in slot.items()]
+def _merged(groups: Dict[int, Any], rows_of: List[Any]) -> List[Tuple[Any, List[int]]]:
+    """(group, its rows in row order) for each distinct group of ``groups`` (template -> group: several templates
+    may share one), from ``rows_of`` (template -> its rows, in row order)."""
+    found: Dict[int, list] = {}
+    for t, g in groups.items():
+        have = found.get(id(g))
+        if have is None:
+            found[id(g)] = [g, rows_of[t], False]
+        else:
+            have[1], have[2] = have[1] + rows_of[t], True
+    return [(g, sorted(at) if mixed else at) for g, at, mixed in found.values()]
 
 
 class _Ids(dict):
@@ -483,7 +484,8 @@ class LogWriter:
         roll, clients, pdns, pairs = self._roll, self._clients, self._pdns, self._pairs
         aggs: Dict[int, list] = {}
         sets: Dict[int, list] = {}
-        for t, count in Counter(t_col).items():
+        counts = Counter(t_col)
+        for t, count in counts.items():
             tp = info[t]
             key = (hour, *tp.rollup)
             agg = roll.get(key)
@@ -504,7 +506,13 @@ class LogWriter:
                 if qn is not None and (tp.set_id, qn) not in pairs:
                     pairs.add((tp.set_id, qn))
                     self._new_pairs.extend((d, tp.set_id, qn) for _n, _t, d in tp.items)
-        for agg, lats in _slots(aggs, t_col, cols[_I_LAT]):
+        rows_of: List[Any] = [None] * len(info)  # template -> its rows (indexes), bucketed at C speed
+        for t in counts:
+            rows_of[t] = []
+        any(map(list.append, map(rows_of.__getitem__, t_col), range(len(t_col))))
+        lat_col = cols[_I_LAT]
+        for agg, at in _merged(aggs, rows_of):
+            lats = _getter(at)(lat_col)
             try:  # added one by one in row order, as a running sum would: the same float
                 total = reduce(add, lats, agg[3])
             except TypeError:  # rows without a latency
@@ -516,14 +524,13 @@ class LogWriter:
                 top = max(lats)  # (the first of equal ones, as a running maximum keeps)
                 if agg[4] is None or top > agg[4]:
                     agg[4] = top
-        if sets:
-            for p, at in _slots(sets, t_col, range(len(t_col))):
-                times = _getter(at)(ts_col)
-                first, last_ts = min(times), max(times)
-                if first < p[1]:  # the first row of the earliest time names who resolved it first
-                    p[1], p[3] = first, info[t_col[at[times.index(first)]]].resolver
-                if last_ts > p[2]:
-                    p[2] = last_ts
+        for p, at in _merged(sets, rows_of):
+            times = _getter(at)(ts_col)
+            first, last_ts = min(times), max(times)
+            if first < p[1]:  # the first row of the earliest time names who resolved it first
+                p[1], p[3] = first, info[t_col[at[times.index(first)]]].resolver
+            if last_ts > p[2]:
+                p[2] = last_ts
         return columns
 
     def _pdns_entry(self, tp: _Template) -> list:
