@@ -15,6 +15,7 @@ import time
 from collections import Counter
 from hashlib import blake2b
 from itertools import chain, repeat
+from functools import reduce
 from operator import add, is_not, itemgetter
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
@@ -80,15 +81,16 @@ class _Template(NamedTuple):
 
 
 class _Layout(NamedTuple):
-    """How the query_log tuples of a batch are made and inserted (LogWriter._layout)."""
-    plain: Callable[[Sequence[Any]], tuple]  # a row's plain values (those not left out)
-    template: Optional[Callable[[tuple], tuple]]  # a template's ids not left out (None: all)
+    """How the query_log columns of a batch are chosen and inserted (LogWriter._layout)."""
+    plain: Tuple[int, ...]  # positions in a row of the plain values not left out
+    template: Tuple[int, ...]  # indexes of a template's ids not left out
     inserts: List[Tuple[int, str]]  # (rows per statement, INSERT)
 
 
-class _Encoded(list):
-    """query_log tuples, with the INSERTs of their layout."""
-    inserts: List[Tuple[int, str]] = []
+class _Encoded(NamedTuple):
+    """query_log values of a batch column by column (in the order the INSERTs name them), with those INSERTs."""
+    columns: List[Sequence[Any]]
+    inserts: List[Tuple[int, str]]
 
 
 def _getter(positions: Sequence[int]) -> Callable[[Sequence[Any]], tuple]:
@@ -99,6 +101,29 @@ def _getter(positions: Sequence[int]) -> Callable[[Sequence[Any]], tuple]:
         p = positions[0]
         return lambda r: (r[p],)
     return lambda r: ()
+
+
+def _ms(column: Sequence[Any]) -> List[Any]:
+    """Milliseconds as integer microseconds where that gives back the same float (schema: store="ms")."""
+    return [x if x is None or (d := round(x * 1000)) / 1000 != x else d for x in column]
+
+
+def _after(column: Sequence[Any], ts: Sequence[float]) -> List[Any]:
+    """Times as integer microseconds after ``ts`` where that gives back the same float (store="after_ts")."""
+    return [x if x is None or t + (d := round((x - t) * 1e6)) / 1e6 != x else d for x, t in zip(column, ts)]
+
+
+def _merged(groups: Dict[int, Any], rows_of: List[Any]) -> List[Tuple[Any, List[int]]]:
+    """(group, its rows in row order) for each distinct group of ``groups`` (template -> group: several templates
+    may share one), from ``rows_of`` (template -> its rows, in row order)."""
+    found: Dict[int, list] = {}
+    for t, g in groups.items():
+        have = found.get(id(g))
+        if have is None:
+            found[id(g)] = [g, rows_of[t], False]
+        else:
+            have[1], have[2] = have[1] + rows_of[t], True
+    return [(g, sorted(at) if mixed else at) for g, at, mixed in found.values()]
 
 
 class _Ids(dict):
@@ -120,10 +145,6 @@ class _Ids(dict):
     def reset(self) -> None:
         self.clear()
         self[self.none] = None
-
-
-_INSERT_LOOKUP = (f"INSERT OR REPLACE INTO {LOOKUP_TABLE} ({', '.join(LOOKUP_COLUMNS)}) "
-                  f"VALUES ({', '.join('?' for _ in LOOKUP_COLUMNS)})")
 
 
 class LogWriter:
@@ -158,7 +179,7 @@ class LogWriter:
         plain = [p for p in self._row_pos if p not in kinds]
         self._ids_of = [(p, kinds[p]) for p in self._row_pos if kinds.get(p) in ("str", "name", "answers")]
         keyed = [p for p, _kind in self._ids_of] + [p for c in self._combos for p in c[1]]
-        self._key_of = itemgetter(*keyed)  # a template's key: every value whose id the template holds
+        self._keyed_pos = keyed  # a template's key: every value whose id the template holds (their positions)
         self._keyed = {p: i for i, p in enumerate(keyed)}
         self._plain_pos = plain
         self._first_cols = ["id"] + [QUERY_COLUMNS[p] for p in self._ms + self._after]
@@ -168,6 +189,7 @@ class LogWriter:
         else:
             self._max_params = 32766 if sqlite3.sqlite_version_info >= (3, 32, 0) else 999
         self._layouts: Dict[tuple, _Layout] = {}
+        self._lookup_inserts: Dict[tuple, List[Tuple[int, str]]] = {}  # by the lookups columns not left out
         self._insert_malformed = (
             f"INSERT INTO malformed ({', '.join(MALFORMED_COLUMNS)}) VALUES ({', '.join('?' for _ in MALFORMED_COLUMNS)})"
         )
@@ -310,7 +332,7 @@ class LogWriter:
                 if malformed:
                     conn.executemany(self._insert_malformed, malformed)
                 if lookups:
-                    conn.executemany(_INSERT_LOOKUP, lookups)
+                    self._insert_lookups(lookups)
                 if self._pending and (force or self.sums_due()):
                     self._write_sums()
         except BaseException:
@@ -329,77 +351,102 @@ class LogWriter:
         if self._pending or self._lost_sums:
             self.write([], [], force=True)
 
-    def _layout(self, plain: tuple, template: tuple) -> "_Layout":
-        """The INSERTs of query_log tuples with the plain columns ``plain`` and the template columns ``template``
-        (indexes): columns NULL on every row of a batch are left out (binding a NULL costs more than an int).
-        Many rows per INSERT: each execution opens a cursor on the table and every index, which costs more
-        than binding a row. Bounded by SQLite's limit on parameters (999 before 3.32). The rest of a batch
-        goes in statements of 1/8 as many rows, and so on down to one."""
-        found = self._layouts.get((plain, template))
-        if found is not None:
-            return found
-        cols = (self._first_cols + [QUERY_COLUMNS[self._plain_pos[j]] for j in plain]
-                + [self._template_cols[j] for j in template])
+    def _statements(self, table: str, cols: Sequence[str], verb: str = "INSERT") -> List[Tuple[int, str]]:
+        """(rows per statement, statement) inserting rows of ``cols``: many rows per statement, as each execution
+        opens a cursor on the table and every index, which costs more than binding a row. Bounded by SQLite's limit
+        on parameters (999 before 3.32). The rest of a batch goes in statements of 1/8 as many rows, and so on down
+        to one."""
         values = f"({', '.join('?' for _ in cols)})"
         k = max(1, min(ROWS_PER_INSERT, self._max_params // len(cols)))
         inserts = []
         while True:
-            inserts.append((k, f"INSERT INTO {LOG_TABLE} ({', '.join(cols)}) VALUES {', '.join([values] * k)}"))
+            inserts.append((k, f"{verb} INTO {table} ({', '.join(cols)}) VALUES {', '.join([values] * k)}"))
             if k == 1:
-                break
+                return inserts
             k = max(1, k // 8)
-        found = self._layouts[(plain, template)] = _Layout(
-            _getter([self._plain_pos[j] for j in plain]),
-            None if len(template) == len(self._template_cols) else _getter(template), inserts)
+
+    def _layout(self, plain: tuple, template: tuple) -> "_Layout":
+        """The INSERTs of query_log columns with the plain columns ``plain`` and the template columns ``template``
+        (indexes): columns NULL on every row of a batch are left out (binding a NULL costs more than an int)."""
+        found = self._layouts.get((plain, template))
+        if found is None:
+            cols = (self._first_cols + [QUERY_COLUMNS[self._plain_pos[j]] for j in plain]
+                    + [self._template_cols[j] for j in template])
+            found = self._layouts[(plain, template)] = _Layout(
+                tuple(self._plain_pos[j] for j in plain), template, self._statements(LOG_TABLE, cols))
         return found
 
     def _insert(self, out: "_Encoded") -> None:
+        self._insert_columns(out.columns, out.inserts)
+
+    def _insert_columns(self, columns: Sequence[Sequence[Any]], inserts: List[Tuple[int, str]]) -> None:
+        """Insert the rows of ``columns`` (a sequence of values per column, in the order ``inserts`` name them).
+        A statement's parameters are filled one column at a time (slice assignment): no tuple per row."""
         conn = self.conn
-        done, n = 0, len(out)
-        for k, sql in out.inserts:
+        width = len(columns)
+        n = len(columns[0]) if columns else 0
+        done = 0
+        for k, sql in inserts:
             end = done + (n - done) // k * k
             if end == done:
                 continue
             if k == 1:
-                conn.executemany(sql, out[done:end])
+                conn.executemany(sql, zip(*[c[done:end] for c in columns]))
             else:
-                conn.executemany(sql, [tuple(chain.from_iterable(out[i:i + k])) for i in range(done, end, k)])
+                params = []
+                for i in range(done, end, k):
+                    flat = [None] * (k * width)
+                    for j, c in enumerate(columns):
+                        flat[j::width] = c[i:i + k]
+                    params.append(flat)
+                conn.executemany(sql, params)
             done = end
 
-    def _encode(self, rows: List[Sequence[Any]], first_id: Optional[int], ids: Optional[Sequence[int]] = None
+    def _insert_lookups(self, lookups: Sequence[Sequence[Any]]) -> None:
+        """lookups rows (LOOKUP_COLUMNS order), many per statement as query_log's, columns NULL on all left out."""
+        cols = list(zip(*lookups))
+        kept = tuple(j for j, c in enumerate(cols) if any(map(is_not, c, repeat(None)))) or (0,)
+        inserts = self._lookup_inserts.get(kept)
+        if inserts is None:  # (a lookup_id written again replaces its row, as it did one row per statement)
+            inserts = self._lookup_inserts[kept] = self._statements(
+                LOOKUP_TABLE, [LOOKUP_COLUMNS[j] for j in kept], "INSERT OR REPLACE")
+        self._insert_columns([cols[j] for j in kept], inserts)
+
+    def _encode(self, rows: Sequence[Sequence[Any]], first_id: Optional[int], ids: Optional[Sequence[int]] = None
                 ) -> "_Encoded":
-        """Rows as query_log tuples (id first), ids ``first_id``... (or ``ids``); their sums added to the
+        """Rows as query_log columns (id first), ids ``first_id``... (or ``ids``); their sums added to the
         pending ones.
 
         Most values of a row repeat those of many others (the question, the client, the answers...): each
         combination is a template that holds their ids, found once per row with one key at C speed, and the sums
-        are added per template, except for what differs on every row (latencies, first and last times)."""
+        are added per template, except for what differs on every row (latencies, first and last times). The batch
+        is turned into columns first, so that each step reads a column instead of every row."""
         n = len(rows)
         if not n:
-            return _Encoded()
-        ts_col = list(map(itemgetter(_I_TS), rows))
+            return _Encoded([], [])
+        cols = list(zip(*rows))
+        ts_col = cols[_I_TS]
         try:
             lo, hi = min(ts_col), max(ts_col)
         except TypeError:
             lo = hi = None
         if lo is None or hi is None:  # the pipeline always sets it; a row without a time goes first in a log by time
-            rows = [r if r[_I_TS] is not None else [*r[:_I_TS], 0.0, *r[_I_TS + 1:]] for r in rows]
-            ts_col = [0.0 if t is None else t for t in ts_col]
+            ts_col = cols[_I_TS] = tuple(0.0 if t is None else t for t in ts_col)
             lo, hi = min(ts_col), max(ts_col)
         if ids is None:
             ids = range(first_id, first_id + n)
         if len(self._template_info) + n > CACHE_ENTRIES // 4 or self._template_bytes > TEMPLATE_BYTES:
             self._forget_templates()  # (never while the rows of a batch refer to them)
-        t_col = list(map(self._templates.__getitem__, map(self._key_of, rows)))
+        t_col = list(map(self._templates.__getitem__, zip(*[cols[p] for p in self._keyed_pos])))
         used = dict.fromkeys(t_col)  # in the order of their first rows
         tids = self._template_ids
         layout = self._layout(
-            tuple(j for j, p in enumerate(self._plain_pos) if any(map(is_not, map(itemgetter(p), rows), repeat(None)))),
+            tuple(j for j, p in enumerate(self._plain_pos) if any(map(is_not, cols[p], repeat(None)))),
             tuple(j for j in range(len(self._template_cols))
                   if any(map(is_not, map(itemgetter(j), map(tids.__getitem__, used)), repeat(None)))))
         hour = int(lo // 3600) * 3600
         if int(hi // 3600) * 3600 == hour:
-            out = _Encoded(self._encode_hour(rows, ids, ts_col, t_col, hour, layout))
+            columns = self._encode_hour(cols, ids, t_col, hour, layout)
         else:  # the sums are hourly: the rows of each hour apart (passive DNS in the rows' order, as ties go)
             for t in used:
                 tp = self._template_info[t]
@@ -408,36 +455,38 @@ class LogWriter:
             by_hour: Dict[int, List[int]] = {}
             for i, t in enumerate(ts_col):
                 by_hour.setdefault(int(t // 3600) * 3600, []).append(i)
-            out = _Encoded()
+            columns = []
             for h, idx in by_hour.items():
-                out += self._encode_hour([rows[i] for i in idx], [ids[i] for i in idx], [ts_col[i] for i in idx],
-                                         [t_col[i] for i in idx], h, layout)
-        out.inserts = layout.inserts
+                pick = _getter(idx)
+                part = self._encode_hour([pick(c) for c in cols], pick(ids), pick(t_col), h, layout)
+                columns = [[*a, *b] for a, b in zip(columns, part)] if columns else part
         min_ts = self._pending_min_ts
         self._pending_min_ts = lo if min_ts is None or lo < min_ts else min_ts
         self._pending += n
-        return out
+        return _Encoded(columns, layout.inserts)
 
-    def _encode_hour(self, rows: List[Sequence[Any]], ids: Sequence[int], ts_col: List[float], t_col: List[int],
-                     hour: int, layout: "_Layout") -> List[tuple]:
-        """_encode for rows of one hour, of templates ``t_col``."""
+    def _encode_hour(self, cols: List[Sequence[Any]], ids: Sequence[int], t_col: Sequence[int], hour: int,
+                     layout: "_Layout") -> List[Sequence[Any]]:
+        """_encode for the rows of one hour (``cols``: their columns), of templates ``t_col``."""
         info = self._template_info
-        conv = []
+        ts_col = cols[_I_TS]
+        conv: List[Sequence[Any]] = []
+        last: Optional[tuple] = None
         for p in self._ms:
-            conv.append([x if x is None or (d := round(x * 1000)) / 1000 != x else d for x in map(itemgetter(p), rows)])
+            if last is None or cols[p] != last[0]:  # first_attempt_latency_ms is latency_ms on most rows
+                last = (cols[p], _ms(cols[p]))
+            conv.append(last[1])
         for p in self._after:
-            conv.append([x if x is None or t + (d := round((x - t) * 1e6)) / 1e6 != x else d
-                         for x, t in zip(map(itemgetter(p), rows), ts_col)])
-        template = map(self._template_ids.__getitem__, t_col)
-        if layout.template is not None:
-            template = map(layout.template, template)
-        out = list(map(add, map(add, zip(ids, *conv), map(layout.plain, rows)), template))
+            conv.append(_after(cols[p], ts_col))
+        tcols = list(zip(*map(self._template_ids.__getitem__, t_col)))
+        columns = [ids, *conv, *[cols[p] for p in layout.plain], *[tcols[j] for j in layout.template]]
 
-        # the sums: per template, then the latencies and first and last times row by row
+        # the sums: per template, then the latencies and first and last times of the rows of each sum, in row order
         roll, clients, pdns, pairs = self._roll, self._clients, self._pdns, self._pairs
         aggs: Dict[int, list] = {}
         sets: Dict[int, list] = {}
-        for t, count in Counter(t_col).items():
+        counts = Counter(t_col)
+        for t, count in counts.items():
             tp = info[t]
             key = (hour, *tp.rollup)
             agg = roll.get(key)
@@ -458,22 +507,32 @@ class LogWriter:
                 if qn is not None and (tp.set_id, qn) not in pairs:
                     pairs.add((tp.set_id, qn))
                     self._new_pairs.extend((d, tp.set_id, qn) for _n, _t, d in tp.items)
-        lat_col = map(itemgetter(_I_LAT), rows)
-        for t, ts, lat in zip(t_col, ts_col, lat_col):
-            if lat is not None:
-                agg = aggs[t]
-                agg[2] += 1
-                agg[3] += lat
-                if agg[4] is None or lat > agg[4]:
-                    agg[4] = lat
-            if sets:
-                p = sets.get(t)
-                if p is not None:
-                    if ts < p[1]:
-                        p[1], p[3] = ts, info[t].resolver
-                    if ts > p[2]:
-                        p[2] = ts
-        return out
+        rows_of: List[Any] = [None] * len(info)  # template -> its rows (indexes), bucketed at C speed
+        for t in counts:
+            rows_of[t] = []
+        any(map(list.append, map(rows_of.__getitem__, t_col), range(len(t_col))))
+        lat_col = cols[_I_LAT]
+        for agg, at in _merged(aggs, rows_of):
+            lats = _getter(at)(lat_col)
+            try:  # added one by one in row order, as a running sum would: the same float
+                total = reduce(add, lats, agg[3])
+            except TypeError:  # rows without a latency
+                lats = [x for x in lats if x is not None]
+                total = reduce(add, lats, agg[3])
+            if lats:
+                agg[2] += len(lats)
+                agg[3] = total
+                top = max(lats)  # (the first of equal ones, as a running maximum keeps)
+                if agg[4] is None or top > agg[4]:
+                    agg[4] = top
+        for p, at in _merged(sets, rows_of):
+            times = _getter(at)(ts_col)
+            first, last_ts = min(times), max(times)
+            if first < p[1]:  # the first row of the earliest time names who resolved it first
+                p[1], p[3] = first, info[t_col[at[times.index(first)]]].resolver
+            if last_ts > p[2]:
+                p[2] = last_ts
+        return columns
 
     def _pdns_entry(self, tp: _Template) -> list:
         p = self._pdns[tp.set_id] = [0, float("inf"), float("-inf"), None, tp.items]
