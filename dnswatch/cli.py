@@ -354,7 +354,21 @@ def _replay_one(store: Store, path: str, ports: Sequence[int], timeout: float, p
         summary.status = status
     finally:
         reader.close()
+    if isinstance(error, StoreError) and pipeline.capture_id is not None:  # rows sent were not all stored
+        summary.rows = _rows_stored(store.path, pipeline.capture_id, summary.rows)
     return summary, error
+
+
+def _rows_stored(path: str, capture_id: int, otherwise: int) -> int:
+    """The rows of a capture in the log, after its writer failed (a full disk): not the rows sent to it."""
+    try:
+        conn = read_only_connection(path)
+        try:
+            return conn.execute("SELECT count(*) FROM queries WHERE capture_id = ?", (capture_id,)).fetchone()[0]
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return otherwise
 
 
 def _summary_dict(s: Summary) -> dict:
