@@ -359,4 +359,3 @@ def test_a_log_whose_lookups_is_a_table_migrates(tmp_path):
     first = conn.execute("select * from lookups where capture_id = 1 order by lookup_id").fetchall()
     assert first == before
     assert conn.execute("select count(*) from lookups where capture_id = 2").fetchone()[0] > 0
-
