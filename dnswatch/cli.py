@@ -16,8 +16,8 @@ import click
 
 from dnswatch import __version__
 from dnswatch.correlate import DEFAULT_TIMEOUT
-from dnswatch.output import (ClosableOutput, EventFormatter, NeverWaitingOutput, colour_enabled, safe_message, safe_text,
-                              write_rows)
+from dnswatch.output import (ClosableOutput, EventFormatter, NeverWaitingOutput, colour_enabled, exit_on_broken_pipe,
+                             safe_message, safe_text, write_rows)
 from dnswatch.pcapng import restore_attribution
 from dnswatch.probe import dns_on_other_ports, file_fingerprint
 from dnswatch.pipeline import Pipeline, Summary
@@ -356,7 +356,21 @@ def _replay_one(store: Store, path: str, ports: Sequence[int], timeout: float, p
         summary.status = status
     finally:
         reader.close()
+    if isinstance(error, StoreError) and pipeline.capture_id is not None:  # rows sent were not all stored
+        summary.rows = _rows_stored(store.path, pipeline.capture_id, summary.rows)
     return summary, error
+
+
+def _rows_stored(path: str, capture_id: int, otherwise: int) -> int:
+    """The rows of a capture in the log, after its writer failed (a full disk): not the rows sent to it."""
+    try:
+        conn = read_only_connection(path)
+        try:
+            return conn.execute("SELECT count(*) FROM queries WHERE capture_id = ?", (capture_id,)).fetchone()[0]
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return otherwise
 
 
 def _summary_dict(s: Summary) -> dict:
@@ -483,15 +497,18 @@ def _run_sql(db, sql: str, params, fmt: str, wrap=None) -> None:
         out = NeverWaitingOutput(fd, getattr(sys.stdout, "encoding", None) or "utf-8")
     try:
         write_rows(rows, fmt, out, columns)
-    except sqlite3.Error as exc:
-        raise click.ClickException(_sql_error(db, exc))
-    finally:
         cursor.close()  # the read transaction ends here, before a slow reader gets the spool
         if fd is not None:
-            try:
-                out.close()
-            except BrokenPipeError:  # the reader went away (| head): nothing more to say
-                pass
+            out.close()
+    except sqlite3.Error as exc:
+        raise click.ClickException(_sql_error(db, exc))
+    except BrokenPipeError:  # the reader went away (| head): the query stops here
+        if fd is None:
+            raise
+        out.discard()
+        exit_on_broken_pipe(fd)
+    finally:
+        cursor.close()  # (again: harmless) when the output or the statement failed
 
 
 @cli.command(short_help="Run SQL against the log (read-only).")

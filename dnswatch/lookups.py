@@ -789,7 +789,10 @@ def build_lookup_search(f, min_wasted: Optional[int] = None, now: Optional[float
             where.append("(lower(asked_name) GLOB ? OR lower(answered_name) GLOB ?)")
             params += [f.name.lower()] * 2
         else:
-            escaped = f.name.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            # candidates is JSON text: the name (presentation form) as JSON spells it, \\ for a backslash and \" for a
+            # quote (\u00XX for a control character, which presentation form never has), then escaped for LIKE
+            as_json = json.dumps(f.name)[1:-1]
+            escaped = as_json.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
             where.append("candidates LIKE ? ESCAPE '\\'")
             params.append(f"%{escaped}%")
     for column, values, upper in (("rcode", f.rcodes, True), ("pid", f.pids, False), ("comm", f.comms, False),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import errno
 import json
 import math
 import os
@@ -293,6 +294,7 @@ def event_line(kind: str, row: Dict[str, Any]) -> str:
 
 PIPE_CHUNK = 4096  # PIPE_BUF: a write this small into a pipe that polls writable does not block
 SPOOL_IN_MEMORY = 8 << 20
+POLL_EVERY = 64 << 10  # bytes spooled between looks at whether the reader is still there
 
 
 class ClosableOutput:
@@ -342,7 +344,8 @@ class NeverWaitingOutput:
     whoever reads it: once ``fd`` cannot take more at once (a full pipe, a paused terminal), the rest goes into
     a spool (memory, then a private temporary file) and is written out by :meth:`close`, after the query ended.
     A query stalled on its output keeps its read snapshot, and a writer's WAL cannot start over meanwhile: it
-    grows by everything written, for as long as the reader of the pipe takes."""
+    grows by everything written, for as long as the reader of the pipe takes. A reader that goes away (``| head``)
+    raises BrokenPipeError from the next write, spooled or not, so that the query stops there."""
 
     def __init__(self, fd: int, encoding: str = "utf-8"):
         self.fd = fd
@@ -350,11 +353,17 @@ class NeverWaitingOutput:
         self.spooled = False
         self._pending = bytearray()
         self._spool: Optional[IO[bytes]] = None
+        self._unpolled = 0  # bytes spooled since the last look at the reader
 
     def write(self, text: str) -> int:
         data = text.encode(self.encoding, errors="replace")
         if self._spool is not None:
             self._spool.write(data)
+            self._unpolled += len(data)
+            if self._unpolled >= POLL_EVERY:
+                self._unpolled = 0
+                if _reader_gone(self.fd):
+                    raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
         else:
             self._pending += data
             if len(self._pending) >= PIPE_CHUNK:
@@ -393,6 +402,34 @@ class NeverWaitingOutput:
             view = memoryview(chunk)
             while view:
                 view = view[os.write(self.fd, view):]
+        self.discard()
+
+    def discard(self) -> None:
+        """Drop what is not written yet (the reader went away)."""
+        self._pending = bytearray()
         if self._spool is not None:
             self._spool.close()
             self._spool = None
+
+
+def _reader_gone(fd: int) -> bool:
+    """Whether the reading end of ``fd`` (a pipe, a socket) is closed, without writing: poll says POLLERR for a
+    pipe without readers, POLLHUP for a socket whose peer closed."""
+    import select
+
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return any(events & (select.POLLERR | select.POLLHUP) for _fd, events in poller.poll(0))
+
+
+def exit_on_broken_pipe(fd: int) -> None:
+    """End the process as a command does whose output pipe broke (``seq 1e9 | head -1``): quietly, killed by
+    SIGPIPE (status 141 in a shell), which Python ignores; fd points at /dev/null first, so nothing at exit can
+    write to the broken pipe."""
+    import signal
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGPIPE)

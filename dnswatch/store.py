@@ -625,6 +625,7 @@ def _writer_main(path: str, width: int, inbox: Connection, outbox: Connection) -
         except (EOFError, OSError):
             inbox_queue.put(None)
 
+    started: List[int] = []  # captures started here: 'failed' if a full disk ends us (see below)
     try:
         conn = _open(path)
         conn.execute("PRAGMA wal_autocheckpoint = 0")  # the checkpointer thread does it
@@ -670,12 +671,19 @@ def _writer_main(path: str, width: int, inbox: Connection, outbox: Connection) -
             elif kind == "update":
                 log.update(message[1], message[2])
             elif kind == "start":
-                reply("ok", message[2], log.start_capture(message[1]))
+                started.append(log.start_capture(message[1]))
+                reply("ok", message[2], started[-1])
             elif kind == "sync":
                 log.flush()
                 reply("ok", message[1], None)
             checkpointer.committed()
     except sqlite3.Error as exc:
+        if _is_full(exc) and started:  # the parent can no longer say so: a small update fits the WAL space the
+            try:  # rolled-back batch took, so its capture does not stay 'running'
+                log.update(f"UPDATE captures SET status = 'failed', ended = ? WHERE status = 'running' AND id IN "
+                           f"({', '.join('?' for _ in started)})", (time.time(), *started))
+            except sqlite3.Error:
+                pass
         reply("error", str(_friendly(path, exc)))
         return 1
     except StoreError as exc:

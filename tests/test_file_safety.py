@@ -162,3 +162,39 @@ def test_not_a_regular_file_is_refused(shared):
     os.mkfifo(db)
     out = replay(db)  # and does not hang opening it
     assert out.returncode == 1 and "is not a regular file" in out.stderr
+
+
+@pytest.mark.privileged
+def test_replay_onto_a_full_disk_counts_what_was_stored_and_ends_its_capture(tmp_path, runner):
+    """A log on a 3 MB tmpfs: replay ends with the disk-full error, its summary counts the rows the log holds (not
+    the rows sent to the writer process) and the capture is 'failed', not left 'running'."""
+    import re
+    import sqlite3
+
+    import hostile
+    from dnswatch.cli import cli
+
+    if os.geteuid() != 0:
+        if IN_CI:
+            pytest.fail("privileged tests run as root in CI")
+        pytest.skip("mounting a tmpfs needs root")
+    pcap = tmp_path / "many.pcap"
+    with open(pcap, "wb") as f:
+        hostile.write_pcap(f, hostile.frames_queries(60000))
+    full = tmp_path / "full"
+    full.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(full)], check=True)
+    try:
+        db = full / "f.db"
+        result = runner.invoke(cli, ["replay", str(pcap), "--db", str(db), "--no-progress"])
+        assert result.exit_code == 1, result.output
+        assert "database or disk is full" in result.output
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        stored = conn.execute("select count(*) from queries").fetchone()[0]
+        statuses = [r[0] for r in conn.execute("select status from captures")]
+        conn.close()
+        assert 0 < stored and f" {stored:,} rows," in result.output, (stored, result.output)
+        assert re.search(r"[\d,]+ rows", result.output).group(0) == f"{stored:,} rows"
+        assert statuses == ["failed"]
+    finally:
+        subprocess.run(["umount", str(full)], check=True)

@@ -164,6 +164,31 @@ def test_gzip_bomb_output_is_read_in_bounded_pieces(tmp_path):
     assert total == 64 << 20 and peak < 40 << 20
 
 
+def test_zero_filled_records_are_empty_records_not_lost_frames(runner, tmp_path):
+    """16 zero bytes are an empty record (no time, no bytes): a zero-filled stretch of a file (here 3 MiB, past
+    the reader's 1 MiB windows, in a .gz as a bomb would be) is skipped by the reader as empty records in one
+    warning, the file is damaged, nothing is lost in decoding, and the frames on either side (their payloads
+    holding zeros too: EDNS padding) are all read."""
+    def queries(first: int) -> bytes:
+        return b"".join(hostile.pcap_record(1_800_000_000 + i, hostile.ipv4(hostile.udp(
+            hostile.dns_query(i, b"q%d.example.test" % i, padding=40), sport=1024 + i)))
+            for i in range(first, first + 500))
+
+    path = tmp_path / "zeros.pcap.gz"
+    path.write_bytes(gzip.compress(hostile.pcap_header() + queries(0) + bytes(3 << 20) + queries(500), 6))
+    with PcapReader(str(path)) as reader:
+        assert sum(1 for _ in reader.frames()) == 1000
+        assert reader.stats == {"empty_records": 3 << 16} and reader.damaged
+    db = tmp_path / "zeros.db"
+    result = _replay(runner, db, path)
+    assert result.exit_code == 0, result.output
+    assert "196,608 empty records (16 zero bytes each" in result.output and " lost" not in result.output
+    capture, queries_stored = _capture(db)
+    assert queries_stored == 1000 and capture["frames"] == 1000 and capture["status"] == "damaged"
+    assert capture["dropped"] == 0 and capture["notes"]["losses"]["decode"] == 0
+    assert any("196,608 empty records" in w for w in capture["notes"]["warnings"])
+
+
 # -- pcapng ------------------------------------------------------------------------------------------
 
 def test_pcapng_ending_in_a_short_obsolete_packet_block(runner, tmp_path):

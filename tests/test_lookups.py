@@ -168,6 +168,30 @@ def test_search_lookups_and_top(cluster_db, runner):
     assert top[0]["client"] == POD and (top[0]["lookups"], top[0]["queries"], top[0]["wasted"]) == (2, 12, 8)
 
 
+def test_search_lookups_by_a_name_json_escapes(tmp_path, runner):
+    """candidates is JSON: a name's backslashes (presentation escapes) and quotes are spelled \\\\ and \\" there, so
+    `search --lookups NAME` matches the name as JSON writes it, not the raw text."""
+    p = Pcap()
+    names = {"caf\\195\\169.example.test": [b"caf\xc3\xa9", b"example", b"test"],
+             'q"uo\\\\te.example.test': [b'q"uo\\te', b"example", b"test"],
+             "ctl\\001x.example.test": [b"ctl\x01x", b"example", b"test"]}
+    for i, labels in enumerate(names.values()):
+        q = dnslib.DNSRecord(dnslib.DNSHeader(id=i + 1, rd=1), q=dnslib.DNSQuestion(dnslib.DNSLabel(labels), 1))
+        p.add(1_800_000_000.0 + i, POD, 40000 + i, SERVER, 53, bytes(q.pack()))
+    p.write(tmp_path / "escapes.pcap")
+    db = tmp_path / "escapes.db"
+    replay(db, tmp_path / "escapes.pcap", extra=("--lookups",))
+    for name in names:
+        result = runner.invoke(cli, ["search", "--lookups", name, "--db", str(db)])
+        assert result.exit_code == 0, result.output
+        assert [r["asked_name"] for r in json.loads(result.output)] == [name]
+    for typed, name in (("café.example.test", "caf\\195\\169.example.test"),
+                        ("ctl\x01x.example.test", "ctl\\001x.example.test")):
+        result = runner.invoke(cli, ["search", "--lookups", typed, "--db", str(db)])  # as stored: \DDD
+        assert result.exit_code == 0, result.output
+        assert [r["asked_name"] for r in json.loads(result.output)] == [name]
+
+
 class Stage:
     """Correlator -> LookupStage on synthetic segments."""
 

@@ -141,3 +141,35 @@ def test_a_query_stalled_on_a_full_pipe_does_not_hold_the_wal(tmp_path):
     assert proc.returncode == 0, err
     lines = out.decode().splitlines()
     assert len(lines) == total > 300 and all(json.loads(line)["id"] for line in lines)
+
+
+@pytest.mark.parametrize("fmt", ["--nl", "--json", "--csv", "--table"])
+@pytest.mark.parametrize("spooled", [False, True], ids=["reading", "spooled"])
+def test_a_query_stops_when_its_reader_goes_away(tmp_path, fmt, spooled):
+    """`query ... | head -1`: once the reader has gone the query stops (spooled or not: a spooled one looks at the
+    pipe as it spools) and the process ends quietly, as a command whose output pipe broke (SIGPIPE: 141 in a
+    shell). The statement here would run for hours to its end; the table format reads every row first, so it
+    gets a short one."""
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import PCAPS, replay
+
+    db = tmp_path / "q.db"
+    replay(db, PCAPS / "dnsperf_small.pcap")
+    rows = 40000 if fmt == "--table" else 10 ** 10  # (a table of 40,000 rows is more than a pipe holds)
+    sql = f"with recursive r(i) as (select 1 union all select i + 1 from r where i < {rows}) select i from r"
+    proc = subprocess.Popen([sys.executable, "-m", "dnswatch", "query", sql, fmt, "--db", str(db)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        if spooled:
+            time.sleep(1.0)  # nobody reads: the pipe fills, the rest goes to the spool
+        assert proc.stdout.readline()
+        proc.stdout.close()
+        _out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == -signal.SIGPIPE and err == b""

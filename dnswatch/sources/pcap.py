@@ -3,7 +3,8 @@
 Damage never loses what came before it: a truncated last record, a broken pcapng block or damaged
 gzip data ends the file with a warning (``PcapReader.warnings``, ``PcapReader.damaged``), and every frame
 read so far has already been yielded. gzip is decompressed incrementally (:class:`_GzipStream`), so
-damage in the middle of a ``.gz`` keeps every complete frame before the damaged byte.
+damage in the middle of a ``.gz`` keeps every complete frame before the damaged byte. Zero-filled stretches
+(16 zero bytes: an empty record) are skipped and counted as empty records, never as frames.
 
 Everything kept per file is bounded: interface tables (entries and name bytes), warnings, decompressed
 output per read; what a bound gives up is counted in ``PcapReader.stats`` and ``PcapReader.dropped``.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import select
 import struct
 import sys
@@ -48,6 +50,11 @@ MAX_INTERFACES = 4096  # interfaces per pcapng section (dumpcap writes a handful
 MAX_IFNAME = 128  # bytes of an if_name option kept
 MAX_WARNINGS = 20  # warnings kept per file; the rest are counted in one last line
 UNKNOWN_LINKTYPE = 0xFFFF  # an interface block too short to say its link type
+# A record header of 16 zero bytes is an empty record (no time, no bytes): zeroed or preallocated file space,
+# not a frame. The reader skips each run of them itself (one regex search a run), so a file of zeros is read at
+# the speed of its bytes, and counts them as empty records, not as frames that failed to decode.
+_EMPTY_HEADER = bytes(16)
+_NONZERO = re.compile(b"[^\0]")
 
 # Frame(...) goes through NamedTuple's Python-level __new__; tuple.__new__ with all five fields is ~3x cheaper.
 _new_frame = tuple.__new__
@@ -224,6 +231,16 @@ class _Buffer:
         return self.consumed + self.pos
 
 
+class _Window:
+    """The part of a _Buffer's data that the reader gives its consumer: ``data[pos:]`` (see PcapReader.windows)."""
+
+    __slots__ = ("data", "pos")
+
+    def __init__(self):
+        self.data = b""
+        self.pos = 0
+
+
 class _StreamError(Exception):
     pass
 
@@ -380,8 +397,24 @@ class PcapReader:
         buf.pos = 24
         unpack = struct.Struct(endian + "IIII").unpack_from  # seconds, fraction, captured and original length
         self.layout = (unpack, divisor, linktype, MAX_RECORD, endian == "<")  # (and whether it is little-endian)
+        window = _Window()
         while True:
-            yield buf  # the consumer reads the records wholly inside it
+            data, pos = buf.data, buf.pos
+            if data.startswith(_EMPTY_HEADER, pos):
+                self._skip_empty(buf)
+                continue
+            # The consumer reads the records wholly inside the window, which ends before the next empty header
+            # (looked for after the record at pos, whose bytes may be zeros).
+            after = pos + 16 + unpack(data, pos)[2] if len(data) - pos >= 16 else len(data)
+            empty = data.find(_EMPTY_HEADER, after) if after < len(data) else -1
+            if empty < 0:
+                yield buf
+            else:
+                window.data, window.pos = data[pos:empty], 0  # (copies only bytes the consumer reads next)
+                try:
+                    yield window
+                finally:
+                    buf.pos = pos + window.pos
             # The window's edge (or damage): make the next record whole in the window, reading more input.
             if not buf.ensure(16):
                 if len(buf.data) > buf.pos:
@@ -401,6 +434,24 @@ class PcapReader:
                     f"({len(buf.data) - buf.pos - 16} of {incl} bytes); kept the frames before it"
                 )
                 return
+
+    def _skip_empty(self, buf: _Buffer) -> None:
+        """At an empty record header: skip the run of them, counted in ``stats['empty_records']`` and one warning.
+        Zeros are not a capture tool's records, so the file counts as damaged; reading goes on after them (as
+        tshark does), holding one window at a time."""
+        start, n = buf.offset, 0
+        while True:
+            data, pos = buf.data, buf.pos
+            nonzero = _NONZERO.search(data, pos)
+            run = ((len(data) if nonzero is None else nonzero.start()) - pos) >> 4
+            n += run
+            buf.pos = pos + (run << 4)
+            if nonzero is not None or not buf.ensure(16) or not buf.data.startswith(_EMPTY_HEADER, buf.pos):
+                break
+        self.damaged = True
+        self.stats["empty_records"] = self.stats.get("empty_records", 0) + n
+        self._warn(f"{self.path}: {n:,} empty records (16 zero bytes each: zero-filled data, not frames) at bytes "
+                   f"{start:,} to {buf.offset:,}; skipped")
 
     # -- pcapng ---------------------------------------------------------------------------------
     def _pcapng(self, buf: _Buffer) -> Iterator[Frame]:
