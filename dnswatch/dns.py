@@ -1,5 +1,8 @@
 """Decode DNS messages: dnslib first, then a bounded raw-wire reader for what dnslib refuses.
 
+Plain messages (the common types, well-formed) are read by a fast reader instead, which gives exactly what
+dnslib's reading gives and leaves every other message to it (``_decode_fast``, tests/test_dns_fast.py).
+
 dnslib rejects labels that are not UTF-8, truncated records and other damage; tunnelling tools send
 binary labels on purpose. The raw reader still recovers the header and the questions wherever the
 wire format allows (the message is then flagged ``decoder='raw'`` with the reason), and reports
@@ -14,6 +17,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import struct
+from json.encoder import encode_basestring_ascii as _json_str
 from typing import Dict, List, NamedTuple, Optional, Tuple, Union
 
 from dnslib import CLASS, OPCODE, QTYPE, RCODE, RD, RR, DNSError, DNSHeader, DNSLabel, DNSQuestion
@@ -618,6 +622,9 @@ _HHH = struct.Struct("!HHH").unpack_from
 _HEADER = struct.Struct("!HHHHHH").unpack_from
 _SOA_TIMES = struct.Struct("!IIIII").unpack_from
 _NAME_RDATA = frozenset((2, 5, 12))  # NS CNAME PTR (not DNAME: dnslib has no class for it)
+_FLAG_TEXT = {m: _flags(m) for m in range(0, 0x800, 0x10) if not m & ~0x07B0}  # every combination of _FLAG_BITS
+# one answer as json.dumps writes {"name", "type", "ttl", "data"} (its separators, ensure_ascii's escapes)
+_ANSWER_JSON = '{"name": %s, "type": %s, "ttl": %d, "data": %s}'
 
 
 def _fast_name(data: bytes, pos: int, names: Dict[int, str], budget: List[int]) -> Tuple[str, int]:
@@ -681,6 +688,8 @@ def _fast_name(data: bytes, pos: int, names: Dict[int, str], budget: List[int]) 
 
 def _decode_fast(payload: bytes) -> Optional[Message]:
     """The Message the dnslib path makes of a plain message, or None (then that path decides)."""
+    if type(payload) is not bytes:
+        payload = bytes(payload)
     try:
         return _read_fast(payload)
     except (_Decline, IndexError, struct.error):
@@ -773,10 +782,10 @@ def _read_fast(payload: bytes) -> Optional[Message]:
             if pos != end:
                 return None
             if section == 1 and qr:
-                answers.append({"name": owner, "type": qtype_text(rtype), "ttl": ttl, "data": text})
+                answers.append(_ANSWER_JSON % (_json_str(owner), _json_str(qtype_text(rtype)), ttl, _json_str(text)))
     if pos != size:  # trailing bytes: dnslib ignores them, but such a message is not plain
         return None
     if qr:
-        answers = json.dumps(answers, ensure_ascii=True)
-    return Message(qr, (bitmap >> 11) & 0xF, _flags(bitmap), (ext_rcode << 4) | (bitmap & 0xF), qd, an,
+        answers = "[" + ", ".join(answers) + "]"
+    return Message(qr, (bitmap >> 11) & 0xF, _FLAG_TEXT[bitmap & 0x07B0], (ext_rcode << 4) | (bitmap & 0xF), qd, an,
                    tuple(questions), answers, udp_size, do, ecs, "dnslib", None)
