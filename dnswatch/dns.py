@@ -1,5 +1,8 @@
 """Decode DNS messages: dnslib first, then a bounded raw-wire reader for what dnslib refuses.
 
+Plain messages (the common types, well-formed) are read by a fast reader instead, which gives exactly what
+dnslib's reading gives and leaves every other message to it (``_decode_fast``, tests/test_dns_fast.py).
+
 dnslib rejects labels that are not UTF-8, truncated records and other damage; tunnelling tools send
 binary labels on purpose. The raw reader still recovers the header and the questions wherever the
 wire format allows (the message is then flagged ``decoder='raw'`` with the reason), and reports
@@ -14,10 +17,12 @@ from __future__ import annotations
 import ipaddress
 import json
 import struct
+from json.encoder import encode_basestring_ascii as _json_str
 from typing import Dict, List, NamedTuple, Optional, Tuple, Union
 
 from dnslib import CLASS, OPCODE, QTYPE, RCODE, RD, RR, DNSError, DNSHeader, DNSLabel, DNSQuestion
 from dnslib.buffer import BufferError as _DnslibBufferError
+from dnslib.dns import _format_ipv6
 from dnslib.label import DNSBuffer
 
 MAX_POINTER_JUMPS = 64  # more than any legitimate name needs; stops compression loops
@@ -183,6 +188,12 @@ def _flags(bitmap: int) -> str:
 def _decode(payload: bytes) -> Union[Message, Malformed]:
     if len(payload) < 12:
         return Malformed("empty payload" if not payload else f"truncated header ({len(payload)} bytes)")
+    fast = _decode_fast(payload)
+    return fast if fast is not None else _decode_dnslib(payload)
+
+
+def _decode_dnslib(payload: bytes) -> Union[Message, Malformed]:
+    """dnslib's reading of a message (of 12 bytes or more), the raw reader where dnslib refuses it."""
     try:
         parsed = _parse_bounded(payload)
     except Exception as exc:  # dnslib raises DNSError, but also ValueError/RecursionError on hostile input
@@ -593,3 +604,188 @@ def wire_rdata_text(payload: bytes, pos: int, rdlen: int, rtype: int) -> str:
 
 
 _u16 = struct.Struct("!H").unpack_from
+
+
+# -- fast reader ---------------------------------------------------------------------------------
+# Most messages are plain: one question, records of a few common types, names compressed backwards. For those,
+# ``_decode_fast`` reads the wire directly into the very Message the dnslib path builds (same texts, same
+# checks: strictly backward pointers, UTF-8 labels, the same step budget); anything else it declines (None) and
+# dnslib reads it. tests/test_dns_fast.py holds the two to the same output.
+
+class _Decline(Exception):
+    pass
+
+
+_HHIH = struct.Struct("!HHIH").unpack_from
+_HH = struct.Struct("!HH").unpack_from
+_HHH = struct.Struct("!HHH").unpack_from
+_HEADER = struct.Struct("!HHHHHH").unpack_from
+_SOA_TIMES = struct.Struct("!IIIII").unpack_from
+_NAME_RDATA = frozenset((2, 5, 12))  # NS CNAME PTR (not DNAME: dnslib has no class for it)
+_FLAG_TEXT = {m: _flags(m) for m in range(0, 0x800, 0x10) if not m & ~0x07B0}  # every combination of _FLAG_BITS
+# one answer as json.dumps writes {"name", "type", "ttl", "data"} (its separators, ensure_ascii's escapes)
+_ANSWER_JSON = '{"name": %s, "type": %s, "ttl": %d, "data": %s}'
+
+
+def _fast_name(data: bytes, pos: int, names: Dict[int, str], budget: List[int]) -> Tuple[str, int]:
+    """Text of the name at ``pos`` (name_text's form) and the offset after it, as _Buffer.decode_name reads it;
+    raises _Decline where that would raise. ``names``: offset -> text ("" for the root) of names read so far,
+    at their starts and pointer targets (what _Buffer caches, so steps here are never fewer than there)."""
+    parts: List[str] = []
+    starts = [(pos, 0)]
+    end = -1
+    size = len(data)
+    suffix = ""
+    steps = 0
+    while True:
+        steps += 1
+        if pos >= size:
+            raise _Decline
+        n = data[pos]
+        if n >= 0xC0:
+            if pos + 1 >= size:
+                raise _Decline
+            target = ((n & 0x3F) << 8) | data[pos + 1]
+            if target >= pos:
+                raise _Decline
+            if end < 0:
+                end = pos + 2
+            pos = target
+            hit = names.get(pos)
+            if hit is not None:
+                suffix = hit
+                break
+            starts.append((pos, len(parts)))
+            continue
+        if n == 0:
+            if end < 0:
+                end = pos + 1
+            break
+        if n & 0xC0:
+            raise _Decline
+        pos += 1
+        label = data[pos:pos + n]
+        pos += n
+        if pos > size:
+            raise _Decline
+        if _PLAIN.issuperset(label):
+            parts.append(label.decode("ascii"))
+        else:
+            try:
+                label.decode()
+            except UnicodeDecodeError:
+                raise _Decline from None
+            parts.append("".join([_ESCAPE[b] for b in label]))
+    budget[0] -= steps
+    if budget[0] < 0:
+        raise _Decline
+    if suffix:
+        parts.append(suffix)
+    for start, i in starts:
+        names[start] = ".".join(parts[i:])
+    return (".".join(parts) if parts else "."), end
+
+
+def _decode_fast(payload: bytes) -> Optional[Message]:
+    """The Message the dnslib path makes of a plain message, or None (then that path decides)."""
+    if type(payload) is not bytes:
+        payload = bytes(payload)
+    try:
+        return _read_fast(payload)
+    except (_Decline, IndexError, struct.error):
+        return None
+
+
+def _read_fast(payload: bytes) -> Optional[Message]:
+    size = len(payload)
+    _id, bitmap, qd, an, ns, ar = _HEADER(payload, 0)
+    if qd == 0 or qd > MAX_QUESTIONS or an + ns + ar > MAX_RECORDS:
+        return None
+    names: Dict[int, str] = {}
+    budget = [NAME_STEPS]
+    pos = 12
+    questions = []
+    for _ in range(qd):
+        qname, pos = _fast_name(payload, pos, names, budget)
+        if pos + 4 > size:
+            return None
+        qtype, qclass = _HH(payload, pos)
+        pos += 4
+        questions.append(Question(qname, qtype, qclass))
+    qr = bool(bitmap & 0x8000)
+    answers = [] if qr else None
+    udp_size = do = ecs = None
+    ext_rcode = 0
+    section = 0
+    for count in (an, ns, ar):
+        section += 1
+        for _ in range(count):
+            owner, pos = _fast_name(payload, pos, names, budget)
+            if pos + 10 > size:
+                return None
+            rtype, rclass, ttl, rdlen = _HHIH(payload, pos)
+            pos += 10
+            end = pos + rdlen
+            if end > size:
+                return None
+            if rtype == OPT:
+                if section != 3:
+                    return None
+                udp_size = rclass
+                ext_rcode = ttl >> 24
+                do = 1 if ttl & 0x8000 else 0
+                while end - pos > 4:  # as dnslib: a last option of 4 bytes or fewer is not read
+                    code, length = _HH(payload, pos)
+                    pos += 4 + length
+                    if pos > end:
+                        return None
+                    if code == EDNS_OPTION_ECS:
+                        ecs = _ecs_text(payload[pos - length:pos])
+                pos = end
+                continue
+            if rdlen == 0:
+                return None
+            if rtype == 1:
+                if rdlen != 4:
+                    return None
+                text = "%d.%d.%d.%d" % (payload[pos], payload[pos + 1], payload[pos + 2], payload[pos + 3])
+                pos = end
+            elif rtype == 28:
+                if rdlen != 16:
+                    return None
+                text = _format_ipv6(payload[pos:end])
+                pos = end
+            elif rtype in _NAME_RDATA:
+                text, pos = _fast_name(payload, pos, names, budget)
+            elif rtype == TYPE_MX:
+                text, pos = _fast_name(payload, pos + 2, names, budget)
+                text = "%d %s" % ((payload[end - rdlen] << 8) | payload[end - rdlen + 1], text)
+            elif rtype == TYPE_SRV:
+                text, pos = _fast_name(payload, pos + 6, names, budget)
+                text = "%d %d %d %s" % (*_HHH(payload, end - rdlen), text)
+            elif rtype == TYPE_SOA:
+                mname, pos = _fast_name(payload, pos, names, budget)
+                rname, pos = _fast_name(payload, pos, names, budget)
+                if pos + 20 != end:
+                    return None
+                text = "%s %s %d %d %d %d %d" % (mname, rname, *_SOA_TIMES(payload, pos))
+                pos = end
+            elif rtype == TYPE_TXT:
+                strings = []
+                while pos < end:
+                    n = payload[pos]
+                    pos += 1 + n
+                    strings.append(payload[pos - n:pos])
+                text = strings_text(strings)
+            else:
+                return None
+            if pos != end:
+                return None
+            if section == 1 and qr:
+                answers.append(_ANSWER_JSON % (_json_str(owner), _json_str(qtype_text(rtype)), ttl, _json_str(text)))
+    if pos != size:  # trailing bytes: dnslib ignores them, but such a message is not plain
+        return None
+    if qr:
+        answers = "[" + ", ".join(answers) + "]"
+    return Message(qr, (bitmap >> 11) & 0xF, _FLAG_TEXT[bitmap & 0x07B0], (ext_rcode << 4) | (bitmap & 0xF), qd, an,
+                   tuple(questions), answers, udp_size, do, ecs, "dnslib", None)

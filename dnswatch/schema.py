@@ -106,7 +106,8 @@ QUERIES = Table(
         Column("query_size", "INTEGER", "Size of the query message in bytes (DNS payload)."),
         Column("response_size", "INTEGER", "Size of the response message in bytes (DNS payload)."),
         Column("decoder", "TEXT",
-               "'dnslib', or 'raw' when dnslib refused the message and the question was read from the wire bytes.", store="shape"),
+               "'dnslib': a well-formed message, read by dnslib or by dnswatch's equivalent fast reader (the same result); "
+               "'raw' when dnslib refused the message and the question was read from the wire bytes.", store="shape"),
         Column("decode_note", "TEXT",
                "Why the raw reader was needed, or a header/body mismatch (qdcount...). A message with more than 16 "
                "questions gives rows for the first 16 only and says here how many were not recorded."),

@@ -17,7 +17,7 @@ from dnswatch import speedups
 # the correctness tests that also run as pure Python when this run uses the compiled path
 CORE_TESTS = ["test_golden.py", "test_tshark_oracle.py", "test_lookups.py", "test_correlate.py",
               "test_replay_fast_path.py", "test_writer.py", "test_compiled.py", "test_ring.py", "test_reorder.py",
-              "test_live_batch.py"]
+              "test_live_batch.py", "test_dns_fast.py"]
 PROBE = ("import importlib, json, sys\nfrom dnswatch import speedups\nfrom dnswatch.doctor import check_compiled\n"
          "files = {n: importlib.import_module(n).__file__ for n in speedups.MODULES}\n"
          "print(json.dumps({'files': files, 'status': speedups.status, 'doctor': check_compiled().__dict__}))\n")
