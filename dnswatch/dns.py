@@ -22,8 +22,9 @@ from typing import Dict, List, NamedTuple, Optional, Tuple, Union
 
 from dnslib import CLASS, OPCODE, QTYPE, RCODE, RD, RR, DNSError, DNSHeader, DNSLabel, DNSQuestion
 from dnslib.buffer import BufferError as _DnslibBufferError
-from dnslib.dns import _format_ipv6
 from dnslib.label import DNSBuffer
+
+from dnswatch.model import ipv6_text
 
 MAX_POINTER_JUMPS = 64  # more than any legitimate name needs; stops compression loops
 MAX_NAME_LENGTH = 255
@@ -43,7 +44,7 @@ NAME_STEPS = 32768
 OPT = 41
 EDNS_OPTION_ECS = 8
 _NAME_TYPES = frozenset((2, 5, 12, 39))  # NS CNAME PTR DNAME: rdata is one domain name
-TYPE_MX, TYPE_TXT, TYPE_SOA, TYPE_SRV, TYPE_SPF = 15, 16, 6, 33, 99
+TYPE_MX, TYPE_TXT, TYPE_SOA, TYPE_SRV, TYPE_SPF, TYPE_AAAA = 15, 16, 6, 33, 99, 28
 _FLAG_BITS = (("aa", 0x0400), ("tc", 0x0200), ("rd", 0x0100), ("ra", 0x0080), ("ad", 0x0020), ("cd", 0x0010))
 
 
@@ -405,6 +406,8 @@ def _rdata_text(rr, payload: bytes) -> str:
         return wire_rdata_text(payload, rr.rdata_pos, len(rd.data), t)
     if t in _NAME_TYPES:
         return _name(rd.label)
+    if t == TYPE_AAAA:  # (dnslib compresses the first run of zero groups, not the longest as dig does)
+        return ipv6_text(bytes(rd.data))
     if t == TYPE_MX:
         return "%d %s" % (rd.preference, _name(rd.label))
     if t == TYPE_TXT:
@@ -429,7 +432,7 @@ def _rdata_text(rr, payload: bytes) -> str:
         text = repr(rd).split(" ")
         text[1] = name_text(rd.target)
         return " ".join(text)
-    return repr(rd)  # A, AAAA, DS, DNSKEY, CAA, SSHFP, TLSA, LOC: dnslib writes these as dig does
+    return repr(rd)  # A, DS, DNSKEY, CAA, SSHFP, TLSA, LOC: dnslib writes these as dig does
 
 
 def generic_rdata(data: bytes) -> str:
@@ -459,7 +462,7 @@ def _ecs_text(data: bytes) -> Optional[str]:
         if family == 1:
             return "%s/%d" % (ipaddress.IPv4Address(addr.ljust(4, b"\0")[:4]), source_len)
         if family == 2:
-            return "%s/%d" % (ipaddress.IPv6Address(addr.ljust(16, b"\0")[:16]), source_len)
+            return "%s/%d" % (ipv6_text(addr.ljust(16, b"\0")[:16]), source_len)
     except ValueError:
         return None
     return None
@@ -577,7 +580,7 @@ def wire_rdata_text(payload: bytes, pos: int, rdlen: int, rtype: int) -> str:
         if rtype == 1 and rdlen == 4:
             return str(ipaddress.IPv4Address(rdata))
         if rtype == 28 and rdlen == 16:
-            return str(ipaddress.IPv6Address(rdata))
+            return ipv6_text(rdata)
         if rtype in _NAME_TYPES:
             labels, after = read_name(payload, pos)
             if after == end:
@@ -753,7 +756,7 @@ def _read_fast(payload: bytes) -> Optional[Message]:
             elif rtype == 28:
                 if rdlen != 16:
                     return None
-                text = _format_ipv6(payload[pos:end])
+                text = ipv6_text(payload[pos:end])
                 pos = end
             elif rtype in _NAME_RDATA:
                 text, pos = _fast_name(payload, pos, names, budget)

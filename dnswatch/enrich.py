@@ -21,7 +21,6 @@ point for FRESH seconds (0.1 s, as a process identity read from /proc does).
 """
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 import time
@@ -30,7 +29,7 @@ from typing import Callable, Dict, Generic, Iterator, List, NamedTuple, Optional
 
 from dnswatch.correlate import (I_CGROUP, I_COMM, I_CONTAINER, I_CONTAINER_ID, I_NETNS, I_PID, I_POD, I_POD_NS,
                                 I_POD_UID, I_SRC, I_TID, Row)
-from dnswatch.model import Segment
+from dnswatch.model import Segment, ipv6_text
 from dnswatch.netns import PEER_KINDS, LinkSocket
 from dnswatch.schema import Q
 
@@ -421,7 +420,7 @@ def _local_addresses(net: str) -> Iterator[str]:
             for line in f:
                 fields = line.split()
                 if len(fields) >= 6 and fields[5] != "lo" and not fields[0].startswith("fe80"):
-                    yield str(ipaddress.IPv6Address(bytes.fromhex(fields[0])))
+                    yield ipv6_text(bytes.fromhex(fields[0]))
     except (OSError, ValueError):
         pass
 

@@ -4,6 +4,7 @@ source (pcap | live) --Frame--> frames.FrameDecoder --Segment--> dns.parse_messa
 """
 from __future__ import annotations
 
+import socket
 from typing import NamedTuple, Optional
 
 # Link-layer header types (https://www.tcpdump.org/linktypes.html)
@@ -35,6 +36,12 @@ PACKET_OUTGOING = 4
 # NamedTuple's Python-level __new__ (~3x cheaper). Modules compiled with ``cimport dnswatch.model as model`` call
 # model.pxd's C version instead.
 new_record = tuple.__new__
+
+
+def ipv6_text(packed: bytes) -> str:
+    """An IPv6 address as every column stores it: inet_ntop's form (RFC 5952: the longest run of zero groups
+    compressed, the first of equal runs; IPv4-mapped as ::ffff:198.18.0.1), as dig and tshark print it."""
+    return socket.inet_ntop(socket.AF_INET6, packed)
 
 
 class PacketMeta(NamedTuple):

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import List, Optional, Sequence, Tuple
 
+from dnswatch.model import ipv6_text
 from dnswatch.schema import COMBOS, LOG_TABLE, QUERIES, column_expr, reverse_name
 
 _RELATIVE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|d|w)\s*(?:ago)?\s*$", re.I)
@@ -131,12 +132,12 @@ def check_mnemonics(option: str, values: Sequence[str], known: Sequence[str], nu
 
 def address_condition(option: str, column: str, text: str) -> Tuple[str, List[object]]:
     """``--src``/``--dst``: one address in any spelling (IPv6 compressed or not), or a CIDR prefix.
-    Stored addresses are in Python's (RFC 5952) form, so one address is an index-friendly equality."""
+    Stored addresses are in one form (model.ipv6_text's), so one address is an index-friendly equality."""
     try:
         if "/" in text:
             net = ipaddress.ip_network(text.strip(), strict=False)
         else:
-            return _in(column, [str(ipaddress.ip_address(text.strip()))])
+            return _in(column, [address_text(text)])
     except ValueError:
         raise SearchError(f"{option} {text}: not an address or prefix (198.18.0.1, 2001:db8::1, 198.18.0.0/15, fd00::/8)")
     if net.prefixlen == net.max_prefixlen:
@@ -206,11 +207,17 @@ def as_decoded(text: str, option: str) -> str:
     return _utf8(text, option).decode("utf-8", "replace")
 
 
+def address_text(text: str) -> str:
+    """An address in any spelling as the log stores it (IPv6 as model.ipv6_text writes it). Raises ValueError."""
+    ip = ipaddress.ip_address(text.strip())
+    return ipv6_text(ip.packed) if ip.version == 6 else str(ip)
+
+
 def answer_value(text: str) -> str:
-    """``--answer`` as answers are stored: an address in Python's (RFC 5952) form, whatever its spelling; a name in
+    """``--answer`` as answers are stored: an address in the stored form, whatever its spelling; a name in
     presentation form."""
     try:
-        return str(ipaddress.ip_address(text.strip()))
+        return address_text(text)
     except ValueError:
         return presentation(text, "--answer")
 
