@@ -196,6 +196,21 @@ class LogWriter:
         self._strings = _Ids(self._find_string, CACHE_ENTRIES)
         self._names = _Ids(self._find_name, CACHE_ENTRIES)
         self._sets = _Ids(self._find_set, CACHE_ENTRIES // 4)
+        # _template's steps, worked out once (under a flood of new names every row makes a template): the index in
+        # a template key of each value whose id it holds, with the cache that gives that id; the values it keeps
+        at = self._keyed
+        caches = {"str": self._strings, "name": self._names, "answers": self._sets}
+        self._id_steps = [(at[p], caches[kind]) for p, kind in self._ids_of]
+        self._combo_steps = [(_getter([at[p] for p in positions]), found) for _kind, positions, found in self._combos]
+        id_index = {p: i for i, (p, _k) in enumerate(self._ids_of)}
+        id_index.update((c[0], len(self._ids_of) + i) for i, c in enumerate(self._combos))
+        none = len(self._ids_of) + len(self._combos)  # an index past the ids: None appended there
+        self._rollup_ids = _getter([id_index.get(_I_QNAME, none), id_index.get("shape", none),
+                                    id_index.get("sender", none) if self.live else none])
+        self._src_answers_ids = _getter([id_index.get(_I_SRC, none), id_index.get(_I_ANSWERS, none)])
+        past = len(keyed)  # an index past the key's values
+        self._template_values = _getter([at.get(p, past) for p in (_I_ANSWERS, _I_STATUS, _I_QNAME, _I_SRC, _I_PID,
+                                                                    _I_COMM, _I_NS, _I_POD)])
         self._templates = _Ids(self._template)  # template key -> its number: index in _template_info (never None)
         self._template_info: List[_Template] = []
         self._template_ids: List[tuple] = []  # template t's ids, as its rows' query_log tuples end
@@ -546,26 +561,17 @@ class LogWriter:
 
     def _template(self, key: tuple) -> int:
         """A new template: the ids (and what the sums need) of the values of ``key`` (see _encode_hour)."""
-        at = self._keyed
-        ids = []
-        for p, kind in self._ids_of:
-            x = key[at[p]]
-            found = self._strings if kind == "str" else self._names if kind == "name" else self._sets
-            ids.append(found[x])
-        for _kind, positions, found in self._combos:
-            ids.append(found[tuple(key[at[p]] for p in positions)])
-        value = dict(zip(at, key)).get
-        by_pos = dict(zip((p for p, _k in self._ids_of), ids)).get
-        combo = dict(zip((c[0] for c in self._combos), ids[len(self._ids_of):])).get
-        answers = value(_I_ANSWERS)
+        ids = [found[key[i]] for i, found in self._id_steps]
+        ids += [found[pick(key)] for pick, found in self._combo_steps]
+        answers, status, *resolver = self._template_values((*key, None))
         if answers is not None:
             self._template_bytes += len(answers)
-        resolver = (value(_I_QNAME), value(_I_SRC), value(_I_PID), value(_I_COMM), value(_I_NS), value(_I_POD))
         self._template_ids.append(tuple(ids))
+        ids.append(None)
+        src, set_id = self._src_answers_ids(ids)
         self._template_info.append(_Template(
-            (by_pos(_I_QNAME), combo("shape"), combo("sender") if self.live else None),
-            value(_I_STATUS) == "unanswered", by_pos(_I_SRC), by_pos(_I_ANSWERS),
-            _items(answers) if answers is not None else [], resolver))
+            self._rollup_ids(ids), status == "unanswered", src, set_id,
+            _items(answers) if answers is not None else [], tuple(resolver)))
         return len(self._template_ids) - 1
 
     def _dims(self, table: str, columns: str, cid: Optional[int], cache: Dict[int, tuple]) -> tuple:
