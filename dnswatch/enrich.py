@@ -77,19 +77,29 @@ class Pod(NamedTuple):
 
 class Rescans:
     """When a cache miss may walk its source again: once per RESCAN_INTERVAL; at once (at most every
-    FIRST_MISS_INTERVAL) for a key that no walk has missed yet, as it may be new since the last walk."""
+    FIRST_MISS_INTERVAL) for a key that no walk has missed yet, as it may be new since the last walk; and, given
+    ``sent`` (when the packet was sent, CLOCK_MONOTONIC seconds), for such a key whenever the last walk began
+    before the packet was sent (what the packet came from may be newer than that walk, so a miss there proves
+    nothing). Each key walks that way once before it is missed: callers pass ``sent`` only for keys an outsider
+    cannot make up (a veth's namespace id, not a source address)."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic):
         self.clock = clock
         self.last = -RESCAN_INTERVAL
+        self._last_monotonic = -RESCAN_INTERVAL  # the last walk's start in CLOCK_MONOTONIC (clock may be a test's)
         self._missed: "TTLCache[object, bool]" = TTLCache(size=4096, ttl=CACHE_TTL, clock=clock)
 
-    def due(self, key: object) -> bool:
+    def due(self, key: object, sent: Optional[float] = None) -> bool:
         since = self.clock() - self.last
-        return since >= RESCAN_INTERVAL or (since >= FIRST_MISS_INTERVAL and self._missed.get(key) is None)
+        if since >= RESCAN_INTERVAL:
+            return True
+        if self._missed.get(key) is not None:
+            return False
+        return since >= FIRST_MISS_INTERVAL or (sent is not None and self._last_monotonic < sent)
 
     def scanned(self) -> None:
         self.last = self.clock()
+        self._last_monotonic = time.monotonic()
 
     def missed(self, key: object) -> None:
         self._missed.put(key, True)
@@ -364,9 +374,10 @@ class VethPeers:
         self._ids: TTLCache[int, Dict[int, int]] = TTLCache(size=1024, ttl=CACHE_TTL, clock=clock)
         self._rescans = Rescans(clock)
 
-    def peer(self, netns: int, ifindex: int) -> Optional[int]:
+    def peer(self, netns: int, ifindex: int, sent: Optional[float] = None) -> Optional[int]:
         """The inode of the pod namespace at the other end; 0 when the link is a veth whose other end holds no
-        pod that we know of; None when it is no veth to another namespace (or the namespace cannot be asked)."""
+        pod that we know of; None when it is no veth to another namespace (or the namespace cannot be asked).
+        ``sent``: when the packet was sent (CLOCK_MONOTONIC seconds; see Rescans.due)."""
         sock = self.link_socket(netns) if self.link_socket is not None else None
         if sock is None:
             return None
@@ -377,9 +388,9 @@ class VethPeers:
             ok = link is not None and link.kind in PEER_KINDS and link.peer_nsid is not None
             nsid = link.peer_nsid if ok else -1  # type: ignore[union-attr]
             self._links.put(key, nsid)
-        return self._namespace(netns, sock, nsid) if nsid >= 0 else None
+        return self._namespace(netns, sock, nsid, sent) if nsid >= 0 else None
 
-    def _namespace(self, netns: int, sock: LinkSocket, nsid: int) -> int:
+    def _namespace(self, netns: int, sock: LinkSocket, nsid: int, sent: Optional[float]) -> int:
         ids = self._ids.get(netns) or {}
         inode = ids.get(nsid)
         if inode is not None:
@@ -387,10 +398,10 @@ class VethPeers:
             if pid is not None and sock.nsid_of_pid(pid) == nsid:
                 return inode
         key = (netns, nsid)
-        if not self._rescans.due(key):
+        if not self._rescans.due(key, sent):
             return 0
         self._rescans.scanned()
-        if self.owners.rescans.due(key):
+        if self.owners.rescans.due(key, sent):
             self.owners.rescan()
         ids = {}
         for inode, pid in self.owners.pids():
@@ -604,7 +615,7 @@ class Enricher:
         queries to a pod go out on that pod's veth)."""
         if meta.pkt_type == PACKET_OUTGOING or not meta.netns:
             return None
-        return self.veth_peers.peer(meta.netns, meta.ifindex)
+        return self.veth_peers.peer(meta.netns, meta.ifindex, meta.ktime_ns * 1e-9 if meta.ktime_ns else None)
 
     def _by_netns(self, netns: int) -> Optional[Tuple]:
         path = self.netns_owners.cgroup_path(netns)
