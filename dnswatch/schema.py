@@ -58,7 +58,7 @@ QUERIES = Table(
         Column("id", "INTEGER PRIMARY KEY", "Row id."),
         Column("ts", "REAL", "When the query was seen, Unix seconds (the response's time for response_only rows)."),
         Column("capture_id", "INTEGER", "The capture this row came from: captures.id."),
-        Column("src", "TEXT", "Client address (the query's source).", store="str"),
+        Column("src", "TEXT", "Client address (the query's source; IPv6 in RFC 5952 form, as answers).", store="str"),
         Column("sport", "INTEGER", "Client port."),
         Column("dst", "TEXT", "Server address (the query's destination).", store="shape"),
         Column("dport", "INTEGER", "Server port (53 unless --port said otherwise).", store="shape"),
@@ -80,7 +80,8 @@ QUERIES = Table(
         Column("answers", "TEXT",
                "Answer section as JSON: a list of {name, type, ttl, data}. Search it with json_each(answers). 'name' "
                "is written as qname is; 'data' is the rdata in presentation form as dig prints it: addresses as "
-               "text; domain names inside rdata (CNAME, PTR, NS, DNAME, MX, SRV, SOA, NAPTR, SVCB/HTTPS targets...) "
+               "text (IPv6 as inet_ntop writes it, RFC 5952: '1:0:0:2::3', '::ffff:198.18.0.1'; src, dst and ecs "
+               "too); domain names inside rdata (CNAME, PTR, NS, DNAME, MX, SRV, SOA, NAPTR, SVCB/HTTPS targets...) "
                "exactly as qname is written (same \\DDD escapes, no trailing dot, the root as '.'), e.g. "
                "'10 mail.example.test' for MX; TXT and SPF as quoted strings separated by one space, with \\\" "
                "\\\\ and decimal \\DDD escapes ('\"v=spf1 -all\" \"a\\\"b\"'); types with no text form "
